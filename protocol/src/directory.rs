@@ -1,0 +1,184 @@
+//! The broker's directory: the last value of every thing, already encoded for the wire.
+//!
+//! A pure model: every function takes `now` as an argument, so tests need no clock and no socket.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::codec::{encode_update, UPDATE_PREFIX};
+use crate::message::{Timestamp, UpdateRef};
+use crate::namespace::Namespace;
+
+/// One thing's last update.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The timestamp of the last update (the adaptor's, or the arrival time).
+    pub ts: Timestamp,
+    /// The sequence number of the last update.
+    pub seq: u64,
+    /// The last non-empty documentation URL the thing was given.
+    pub documentation_url: Option<Arc<str>>,
+    /// The update as published (see [`crate::codec::encode_update`]); shared, never copied.
+    pub encoded: Arc<[u8]>,
+}
+
+impl Entry {
+    /// The snapshot form of this entry, without its leading `{` (see [`crate::codec::UPDATE_PREFIX`]).
+    pub fn snapshot_body(&self) -> &[u8] {
+        &self.encoded[UPDATE_PREFIX.len()..]
+    }
+}
+
+type Map = HashMap<Namespace, Entry, foldhash::fast::RandomState>;
+
+/// The last value of every thing, keyed by namespace, plus the sequence counter.
+///
+/// ```
+/// use thingsbus_protocol::{codec, Directory, Limits, Timestamp};
+/// let mut dir = Directory::new();
+/// let now = Timestamp::from_secs(1000.0).unwrap();
+/// let update = codec::decode_json_input(br#"["a.b", null, 42, null]"#, &Limits::default()).unwrap();
+/// let entry = dir.apply(&update, now);
+/// assert_eq!(entry.seq, 1);
+/// assert_eq!(dir.get("a.b").unwrap().ts, now);
+/// ```
+#[derive(Debug, Default)]
+pub struct Directory {
+    things: Map,
+    seq: u64,
+    scratch: Vec<u8>,
+}
+
+impl Directory {
+    /// An empty directory at sequence 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `update` (stamped with `now` when it has no `ts`), gives it the next sequence
+    /// number, keeps the documentation URL sticky, and returns the entry as stored.
+    pub fn apply(&mut self, update: &UpdateRef<'_>, now: Timestamp) -> Entry {
+        self.seq += 1;
+        let ts = update.ts.unwrap_or(now);
+        let ns = update.ns.as_str();
+        let prev_url = self.things.get(ns).and_then(|e| e.documentation_url.clone());
+        let documentation_url = match (update.documentation_url.as_deref(), prev_url) {
+            (Some(new), Some(prev)) if *prev == *new => Some(prev),
+            (Some(new), _) => Some(Arc::from(new)),
+            (None, prev) => prev,
+        };
+        self.scratch.clear();
+        encode_update(
+            &mut self.scratch,
+            ns,
+            &update.data,
+            ts,
+            documentation_url.as_deref(),
+            self.seq,
+        );
+        let entry = Entry {
+            ts,
+            seq: self.seq,
+            documentation_url,
+            encoded: Arc::from(&self.scratch[..]),
+        };
+        // Look up by &str first so a known thing costs no namespace allocation.
+        match self.things.get_mut(ns) {
+            Some(slot) => *slot = entry.clone(),
+            None => {
+                self.things.insert(update.ns.to_namespace(), entry.clone());
+            }
+        }
+        entry
+    }
+
+    /// The sequence number of the last applied update (0 before any).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Continues numbering after `seq` (for a broker that restores a saved directory).
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// Number of things held.
+    pub fn len(&self) -> usize {
+        self.things.len()
+    }
+
+    /// True when no thing is held.
+    pub fn is_empty(&self) -> bool {
+        self.things.is_empty()
+    }
+
+    /// The entry of one thing.
+    pub fn get(&self, ns: &str) -> Option<&Entry> {
+        self.things.get(ns)
+    }
+
+    /// Every thing and its entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Namespace, &Entry)> {
+        self.things.iter()
+    }
+
+    /// The entries whose `ts` is within `live_window` seconds of `now`, in no particular order.
+    /// Cheap: shares the encoded bytes.
+    pub fn live_entries(&self, now: Timestamp, live_window: f64) -> Vec<Arc<[u8]>> {
+        let cutoff = now.as_secs() - live_window;
+        self.things
+            .values()
+            .filter(|e| e.ts.as_secs() >= cutoff)
+            .map(|e| e.encoded.clone())
+            .collect()
+    }
+
+    /// Removes things whose last `ts` is more than `forget_after` seconds before `now`, and
+    /// returns how many were removed.
+    pub fn forget_older_than(&mut self, now: Timestamp, forget_after: f64) -> usize {
+        let cutoff = now.as_secs() - forget_after;
+        let before = self.things.len();
+        self.things.retain(|_, e| e.ts.as_secs() >= cutoff);
+        before - self.things.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_json_input, Limits};
+
+    fn apply(dir: &mut Directory, json: &str, now: f64) -> Entry {
+        let u = decode_json_input(json.as_bytes(), &Limits::default()).unwrap();
+        dir.apply(&u, Timestamp::from_secs(now).unwrap())
+    }
+
+    #[test]
+    fn stamps_numbers_and_keeps_url() {
+        let mut d = Directory::new();
+        let e = apply(&mut d, r#"["a", null, 1, "http://doc"]"#, 100.0);
+        assert_eq!((e.seq, e.ts.as_secs()), (1, 100.0));
+        let e = apply(&mut d, r#"["a", 50.0, 2, null]"#, 101.0);
+        assert_eq!((e.seq, e.ts.as_secs()), (2, 50.0));
+        assert_eq!(e.documentation_url.as_deref(), Some("http://doc"));
+        let text = std::str::from_utf8(&e.encoded).unwrap();
+        assert!(text.contains(r#""documentation_url":"http://doc""#), "{text}");
+        let e = apply(&mut d, r#"["a", null, 3, "http://new"]"#, 102.0);
+        assert_eq!(e.documentation_url.as_deref(), Some("http://new"));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.seq(), 3);
+    }
+
+    #[test]
+    fn live_window_and_forgetting() {
+        let mut d = Directory::new();
+        apply(&mut d, r#"["old", 10.0, 1, null]"#, 0.0);
+        apply(&mut d, r#"["mid", 80.0, 1, null]"#, 0.0);
+        apply(&mut d, r#"["new", 99.0, 1, null]"#, 0.0);
+        let now = Timestamp::from_secs(100.0).unwrap();
+        assert_eq!(d.live_entries(now, 60.0).len(), 2);
+        assert_eq!(d.forget_older_than(now, 50.0), 1);
+        assert!(d.get("old").is_none());
+        assert!(d.get("mid").is_some());
+    }
+}

@@ -1,0 +1,151 @@
+//! Snapshots split into chunks of bounded size.
+//!
+//! A chunk is an ordinary `thing_snapshot`, so a 0.2.x client applies chunks one after another:
+//!
+//! ```json
+//! {"type":"thing_snapshot","ts":1700000000.0,"seq":812,"snapshot":3,"chunk":0,
+//!  "data":{"a.b":{"ns":"a.b","data":1,"ts":1699999990.0,"documentation_url":null,"seq":805}},
+//!  "last":true}
+//! ```
+//!
+//! `seq` is the sequence number of the last update the snapshot includes; `snapshot` numbers the
+//! snapshots of one broker run; `chunk` counts from 0; `last` marks the final chunk.
+
+use crate::codec::{write_f64, UPDATE_PREFIX};
+use crate::message::Timestamp;
+
+/// Default bound on one chunk, in bytes.
+pub const DEFAULT_CHUNK_BYTES: usize = 256 * 1024;
+
+const TAIL_MORE: &[u8] = b"},\"last\":false}";
+const TAIL_LAST: &[u8] = b"},\"last\":true}";
+
+/// What every chunk of one snapshot carries.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotHeader {
+    /// When the snapshot was taken.
+    pub ts: Timestamp,
+    /// The sequence number the snapshot is consistent with.
+    pub seq: u64,
+    /// The snapshot's number within this broker run.
+    pub id: u64,
+}
+
+/// Builds the chunks of one snapshot from encoded updates.
+///
+/// ```
+/// use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader};
+/// use thingsbus_protocol::Timestamp;
+/// let header = SnapshotHeader { ts: Timestamp::from_secs(5.0).unwrap(), seq: 0, id: 1 };
+/// let w = ChunkWriter::new(header, 1024);
+/// let last = w.finish();
+/// assert_eq!(last, br#"{"type":"thing_snapshot","ts":5.0,"seq":0,"snapshot":1,"chunk":0,"data":{},"last":true}"#);
+/// ```
+#[derive(Debug)]
+pub struct ChunkWriter {
+    header: SnapshotHeader,
+    max_bytes: usize,
+    chunk: u64,
+    buf: Vec<u8>,
+    entries: usize,
+}
+
+impl ChunkWriter {
+    /// Starts the first chunk. A chunk stays within `max_bytes` unless a single entry is larger.
+    pub fn new(header: SnapshotHeader, max_bytes: usize) -> Self {
+        let mut w = ChunkWriter {
+            header,
+            max_bytes,
+            chunk: 0,
+            buf: Vec::new(),
+            entries: 0,
+        };
+        w.start();
+        w
+    }
+
+    fn start(&mut self) {
+        self.buf.clear();
+        self.buf.reserve(self.max_bytes.min(1 << 20));
+        self.entries = 0;
+        self.buf
+            .extend_from_slice(b"{\"type\":\"thing_snapshot\",\"ts\":");
+        write_f64(&mut self.buf, self.header.ts.as_secs());
+        let rest = format!(
+            ",\"seq\":{},\"snapshot\":{},\"chunk\":{},\"data\":{{",
+            self.header.seq, self.header.id, self.chunk
+        );
+        self.buf.extend_from_slice(rest.as_bytes());
+    }
+
+    /// Adds one thing, given its encoded update and its namespace. Returns a finished chunk when
+    /// the current one had no room left.
+    pub fn push(&mut self, ns: &[u8], encoded_update: &[u8]) -> Option<Vec<u8>> {
+        let body = encoded_update.get(UPDATE_PREFIX.len()..)?;
+        let needed = ns.len() + 4 + body.len() + 1;
+        let mut finished = None;
+        if self.entries > 0 && self.buf.len() + needed + TAIL_MORE.len() > self.max_bytes {
+            self.buf.extend_from_slice(TAIL_MORE);
+            finished = Some(std::mem::take(&mut self.buf));
+            self.chunk += 1;
+            self.start();
+        }
+        if self.entries > 0 {
+            self.buf.push(b',');
+        }
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(ns);
+        self.buf.extend_from_slice(b"\":{");
+        self.buf.extend_from_slice(body);
+        self.entries += 1;
+        finished
+    }
+
+    /// Closes and returns the last chunk (possibly with no entries).
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(TAIL_LAST);
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{encode_update, encoded_update_ns};
+
+    #[test]
+    fn chunks_are_bounded_valid_json_and_complete() {
+        let header = SnapshotHeader {
+            ts: Timestamp::from_secs(10.0).unwrap(),
+            seq: 500,
+            id: 2,
+        };
+        let max = 2048;
+        let mut w = ChunkWriter::new(header, max);
+        let mut chunks = Vec::new();
+        for i in 0..500 {
+            let mut e = Vec::new();
+            encode_update(&mut e, &format!("t.n{i}"), "[1,2,3]", header.ts, None, i);
+            if let Some(c) = w.push(encoded_update_ns(&e), &e) {
+                chunks.push(c);
+            }
+        }
+        chunks.push(w.finish());
+        assert!(chunks.len() > 10);
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in chunks.iter().enumerate() {
+            assert!(c.len() <= max, "chunk {i} is {} bytes", c.len());
+            let v: serde_json::Value = serde_json::from_slice(c).unwrap();
+            assert_eq!(v["type"], "thing_snapshot");
+            assert_eq!(v["seq"], 500);
+            assert_eq!(v["chunk"], i as u64);
+            assert_eq!(v["last"], i + 1 == chunks.len());
+            for (k, entry) in v["data"].as_object().unwrap() {
+                assert_eq!(entry["ns"], k.as_str());
+                assert!(entry["ts"].is_f64());
+                assert!(seen.insert(k.clone()));
+            }
+        }
+        assert_eq!(seen.len(), 500);
+    }
+}
