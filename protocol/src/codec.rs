@@ -177,7 +177,11 @@ pub fn decode_json_input<'a>(bytes: &'a [u8], limits: &Limits) -> Result<UpdateR
         return Err(Rejection::Empty);
     }
     let text = std::str::from_utf8(bytes).map_err(|_| Rejection::InvalidUtf8)?;
-    match text.trim_start_matches([' ', '\t', '\n', '\r']).as_bytes().first() {
+    match text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .as_bytes()
+        .first()
+    {
         Some(b'{') => {
             let f: ObjectFields<'a> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
             let ty = f.ty.ok_or(Rejection::MissingType)?;
@@ -270,7 +274,8 @@ fn check_json_value(text: &str, max_depth: usize) -> Result<(), Rejection> {
             b'-' | b'0'..=b'9' => {
                 let start = i;
                 let mut integral = true;
-                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
                     integral &= !matches!(b[i], b'.' | b'e' | b'E');
                     i += 1;
                 }
@@ -314,7 +319,10 @@ struct MpReader<'a> {
 impl<'a> MpReader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], Rejection> {
         let end = self.pos.checked_add(n).ok_or(Rejection::InvalidMsgpack)?;
-        let s = self.buf.get(self.pos..end).ok_or(Rejection::InvalidMsgpack)?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(Rejection::InvalidMsgpack)?;
         self.pos = end;
         Ok(s)
     }
@@ -394,7 +402,12 @@ impl<'a> MpReader<'a> {
     }
 
     /// Reads one value and writes it to `out` as JSON. `depth` counts enclosing containers.
-    fn transcode(&mut self, out: &mut Vec<u8>, depth: usize, max_depth: usize) -> Result<(), Rejection> {
+    fn transcode(
+        &mut self,
+        out: &mut Vec<u8>,
+        depth: usize,
+        max_depth: usize,
+    ) -> Result<(), Rejection> {
         match self.head()? {
             Head::Nil => out.extend_from_slice(b"null"),
             Head::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
@@ -486,7 +499,10 @@ impl<'a> MpReader<'a> {
 ///
 /// # Errors
 /// The [`Rejection`] that says why the datagram must be dropped.
-pub fn decode_msgpack_input<'a>(bytes: &'a [u8], limits: &Limits) -> Result<UpdateRef<'a>, Rejection> {
+pub fn decode_msgpack_input<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+) -> Result<UpdateRef<'a>, Rejection> {
     if bytes.is_empty() {
         return Err(Rejection::Empty);
     }
@@ -653,34 +669,85 @@ mod tests {
             ("[1,2,3]", Rejection::BadListLength),
             (r#"["a",null,1,null,5]"#, Rejection::BadListLength),
             (r#"{"ns":"a","data":1}"#, Rejection::MissingType),
-            (r#"{"type":"hello","ns":"a","data":1}"#, Rejection::UnknownType),
-            (r#"{"type":"thing_snapshot","data":{}}"#, Rejection::SnapshotOnInput),
+            (
+                r#"{"type":"hello","ns":"a","data":1}"#,
+                Rejection::UnknownType,
+            ),
+            (
+                r#"{"type":"thing_snapshot","data":{}}"#,
+                Rejection::SnapshotOnInput,
+            ),
             (r#"{"type":"thing_update","data":1}"#, Rejection::MissingNs),
-            (r#"{"type":"thing_update","ns":5,"data":1}"#, Rejection::BadNs),
-            (r#"{"type":"thing_update","ns":"A","data":1}"#, Rejection::InvalidNs),
-            (r#"{"type":"thing_update","ns":"a"}"#, Rejection::MissingData),
-            (r#"{"type":"thing_update","ns":"a","data":1,"ts":"now"}"#, Rejection::BadTs),
-            (r#"{"type":"thing_update","ns":"a","data":1,"ts":true}"#, Rejection::BadTs),
-            (r#"{"type":"thing_update","ns":"a","data":1,"documentation_url":5}"#, Rejection::BadDocumentationUrl),
-            (r#"{"type":"thing_update","ns":"a","data":123456789012345678901}"#, Rejection::BigInteger),
-            (r#"{"type":"thing_update","ns":"a","data":[-9223372036854775809]}"#, Rejection::BigInteger),
-            (r#"{"type":"thing_update","ns":"a","data":NaN}"#, Rejection::InvalidJson),
+            (
+                r#"{"type":"thing_update","ns":5,"data":1}"#,
+                Rejection::BadNs,
+            ),
+            (
+                r#"{"type":"thing_update","ns":"A","data":1}"#,
+                Rejection::InvalidNs,
+            ),
+            (
+                r#"{"type":"thing_update","ns":"a"}"#,
+                Rejection::MissingData,
+            ),
+            (
+                r#"{"type":"thing_update","ns":"a","data":1,"ts":"now"}"#,
+                Rejection::BadTs,
+            ),
+            (
+                r#"{"type":"thing_update","ns":"a","data":1,"ts":true}"#,
+                Rejection::BadTs,
+            ),
+            (
+                r#"{"type":"thing_update","ns":"a","data":1,"documentation_url":5}"#,
+                Rejection::BadDocumentationUrl,
+            ),
+            (
+                r#"{"type":"thing_update","ns":"a","data":123456789012345678901}"#,
+                Rejection::BigInteger,
+            ),
+            (
+                r#"{"type":"thing_update","ns":"a","data":[-9223372036854775809]}"#,
+                Rejection::BigInteger,
+            ),
+            (
+                r#"{"type":"thing_update","ns":"a","data":NaN}"#,
+                Rejection::InvalidJson,
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(json(input).unwrap_err(), want, "{input}");
         }
         assert_eq!(
-            decode_json_input(b"{\"type\":\"thing_update\",\"ns\":\"a\",\"data\":\"\xff\"}", &Limits::default()).unwrap_err(),
+            decode_json_input(
+                b"{\"type\":\"thing_update\",\"ns\":\"a\",\"data\":\"\xff\"}",
+                &Limits::default()
+            )
+            .unwrap_err(),
             Rejection::InvalidUtf8
         );
-        let deep = format!(r#"{{"type":"thing_update","ns":"a","data":{}1{}}}"#, "[".repeat(65), "]".repeat(65));
+        let deep = format!(
+            r#"{{"type":"thing_update","ns":"a","data":{}1{}}}"#,
+            "[".repeat(65),
+            "]".repeat(65)
+        );
         assert_eq!(json(&deep).unwrap_err(), Rejection::TooDeep);
-        let very_deep = format!(r#"{{"type":"thing_update","ns":"a","data":{}1{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        let very_deep = format!(
+            r#"{{"type":"thing_update","ns":"a","data":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert_eq!(json(&very_deep).unwrap_err(), Rejection::TooDeep);
-        let ok_depth = format!(r#"{{"type":"thing_update","ns":"a","data":{}1{}}}"#, "[".repeat(64), "]".repeat(64));
+        let ok_depth = format!(
+            r#"{{"type":"thing_update","ns":"a","data":{}1{}}}"#,
+            "[".repeat(64),
+            "]".repeat(64)
+        );
         assert!(json(&ok_depth).is_ok());
         // Big numbers inside strings are just text.
-        assert!(json(r#"{"type":"thing_update","ns":"a","data":"123456789012345678901234"}"#).is_ok());
+        assert!(
+            json(r#"{"type":"thing_update","ns":"a","data":"123456789012345678901234"}"#).is_ok()
+        );
         assert!(json(r#"{"type":"thing_update","ns":"a","data":1.5e300}"#).is_ok());
     }
 
@@ -711,7 +778,10 @@ mod tests {
         );
         // Every truncation of it is rejected, never a panic.
         for n in 0..bytes.len() {
-            assert!(decode_msgpack_input(&bytes[..n], &Limits::default()).is_err(), "prefix {n}");
+            assert!(
+                decode_msgpack_input(&bytes[..n], &Limits::default()).is_err(),
+                "prefix {n}"
+            );
         }
     }
 
@@ -722,25 +792,59 @@ mod tests {
         let mut nan = vec![0x94, 0xa1, b'a', 0xc0, 0xcb];
         nan.extend_from_slice(&f64::NAN.to_be_bytes());
         nan.push(0xc0);
-        assert_eq!(decode_msgpack_input(&nan, &l).unwrap_err(), Rejection::NonFinite);
+        assert_eq!(
+            decode_msgpack_input(&nan, &l).unwrap_err(),
+            Rejection::NonFinite
+        );
         // bin in data
-        assert_eq!(decode_msgpack_input(&[0x94, 0xa1, b'a', 0xc0, 0xc4, 1, 0, 0xc0], &l).unwrap_err(), Rejection::BinaryValue);
+        assert_eq!(
+            decode_msgpack_input(&[0x94, 0xa1, b'a', 0xc0, 0xc4, 1, 0, 0xc0], &l).unwrap_err(),
+            Rejection::BinaryValue
+        );
         // ext in data
-        assert_eq!(decode_msgpack_input(&[0x94, 0xa1, b'a', 0xc0, 0xd4, 1, 0, 0xc0], &l).unwrap_err(), Rejection::BinaryValue);
-        assert_eq!(decode_msgpack_input(&[0x93, 0xa1, b'a', 0xc0, 1], &l).unwrap_err(), Rejection::BadListLength);
-        assert_eq!(decode_msgpack_input(&[0x95, 0xa1, b'a', 0xc0, 1, 0xc0, 0xc0], &l).unwrap_err(), Rejection::BadListLength);
-        assert_eq!(decode_msgpack_input(&[0x2a], &l).unwrap_err(), Rejection::NotObject);
-        assert_eq!(decode_msgpack_input(&[0xc1], &l).unwrap_err(), Rejection::InvalidMsgpack);
-        assert_eq!(decode_msgpack_input(&[0x94, 0xa1, b'A', 0xc0, 1, 0xc0], &l).unwrap_err(), Rejection::InvalidNs);
-        assert_eq!(decode_msgpack_input(&[0x94, 0xa1, 0xff, 0xc0, 1, 0xc0], &l).unwrap_err(), Rejection::InvalidUtf8);
+        assert_eq!(
+            decode_msgpack_input(&[0x94, 0xa1, b'a', 0xc0, 0xd4, 1, 0, 0xc0], &l).unwrap_err(),
+            Rejection::BinaryValue
+        );
+        assert_eq!(
+            decode_msgpack_input(&[0x93, 0xa1, b'a', 0xc0, 1], &l).unwrap_err(),
+            Rejection::BadListLength
+        );
+        assert_eq!(
+            decode_msgpack_input(&[0x95, 0xa1, b'a', 0xc0, 1, 0xc0, 0xc0], &l).unwrap_err(),
+            Rejection::BadListLength
+        );
+        assert_eq!(
+            decode_msgpack_input(&[0x2a], &l).unwrap_err(),
+            Rejection::NotObject
+        );
+        assert_eq!(
+            decode_msgpack_input(&[0xc1], &l).unwrap_err(),
+            Rejection::InvalidMsgpack
+        );
+        assert_eq!(
+            decode_msgpack_input(&[0x94, 0xa1, b'A', 0xc0, 1, 0xc0], &l).unwrap_err(),
+            Rejection::InvalidNs
+        );
+        assert_eq!(
+            decode_msgpack_input(&[0x94, 0xa1, 0xff, 0xc0, 1, 0xc0], &l).unwrap_err(),
+            Rejection::InvalidUtf8
+        );
         // Deeply nested arrays: no stack overflow, a clean rejection.
         let mut deep = vec![0x94, 0xa1, b'a', 0xc0];
         deep.extend(std::iter::repeat(0x91).take(100_000));
         deep.push(1);
         deep.push(0xc0);
-        assert_eq!(decode_msgpack_input(&deep, &l).unwrap_err(), Rejection::TooDeep);
+        assert_eq!(
+            decode_msgpack_input(&deep, &l).unwrap_err(),
+            Rejection::TooDeep
+        );
         // Array32 announcing 4 billion items in a tiny datagram.
-        assert_eq!(decode_msgpack_input(&[0x94, 0xa1, b'a', 0xc0, 0xdd, 0xff, 0xff, 0xff, 0xff], &l).unwrap_err(), Rejection::InvalidMsgpack);
+        assert_eq!(
+            decode_msgpack_input(&[0x94, 0xa1, b'a', 0xc0, 0xdd, 0xff, 0xff, 0xff, 0xff], &l)
+                .unwrap_err(),
+            Rejection::InvalidMsgpack
+        );
     }
 
     #[test]
@@ -759,7 +863,14 @@ mod tests {
     #[test]
     fn encode_writes_float_ts_and_sticky_fields() {
         let mut out = Vec::new();
-        encode_update(&mut out, "a.b", "{\"x\":1}", Timestamp::from_secs(1.7e9).unwrap(), Some("u\"rl"), 9);
+        encode_update(
+            &mut out,
+            "a.b",
+            "{\"x\":1}",
+            Timestamp::from_secs(1.7e9).unwrap(),
+            Some("u\"rl"),
+            9,
+        );
         let s = std::str::from_utf8(&out).unwrap();
         assert_eq!(
             s,

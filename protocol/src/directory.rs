@@ -61,7 +61,10 @@ impl Directory {
         self.seq += 1;
         let ts = update.ts.unwrap_or(now);
         let ns = update.ns.as_str();
-        let prev_url = self.things.get(ns).and_then(|e| e.documentation_url.clone());
+        let prev_url = self
+            .things
+            .get(ns)
+            .and_then(|e| e.documentation_url.clone());
         let documentation_url = match (update.documentation_url.as_deref(), prev_url) {
             (Some(new), Some(prev)) if *prev == *new => Some(prev),
             (Some(new), _) => Some(Arc::from(new)),
@@ -162,7 +165,10 @@ mod tests {
         assert_eq!((e.seq, e.ts.as_secs()), (2, 50.0));
         assert_eq!(e.documentation_url.as_deref(), Some("http://doc"));
         let text = std::str::from_utf8(&e.encoded).unwrap();
-        assert!(text.contains(r#""documentation_url":"http://doc""#), "{text}");
+        assert!(
+            text.contains(r#""documentation_url":"http://doc""#),
+            "{text}"
+        );
         let e = apply(&mut d, r#"["a", null, 3, "http://new"]"#, 102.0);
         assert_eq!(e.documentation_url.as_deref(), Some("http://new"));
         assert_eq!(d.len(), 1);

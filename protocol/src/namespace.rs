@@ -47,9 +47,9 @@ fn part_is_valid(part: &[u8]) -> bool {
         Some((first, rest)) => {
             first.is_ascii_lowercase()
                 && rest.len() < MAX_PART_LEN
-                && rest
-                    .iter()
-                    .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+                && rest.iter().all(|&b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                })
         }
         None => false,
     }
@@ -214,7 +214,19 @@ mod tests {
             assert!(Namespace::new(ok).is_ok(), "{ok:?} should be valid");
         }
         for bad in [
-            "A", "a.B", "a.", ".a", "a..b", ".", "0a", "_a", "-a", "a b", "a/b", "ä", too_long.as_str(),
+            "A",
+            "a.B",
+            "a.",
+            ".a",
+            "a..b",
+            ".",
+            "0a",
+            "_a",
+            "-a",
+            "a b",
+            "a/b",
+            "ä",
+            too_long.as_str(),
         ] {
             assert!(Namespace::new(bad).is_err(), "{bad:?} should be invalid");
         }
@@ -234,12 +246,21 @@ mod tests {
         let ns = Namespace::new("a.b.c").unwrap();
         assert_eq!(ns.parent().unwrap().as_str(), "a.b");
         assert_eq!(ns.parent().unwrap().parent().unwrap().as_str(), "a");
-        assert!(ns.parent().unwrap().parent().unwrap().parent().unwrap().is_root());
+        assert!(ns
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .is_root());
         assert!(Namespace::root().parent().is_none());
         assert!(ns.is_within(&Namespace::new("a").unwrap()));
         assert!(ns.is_within(&Namespace::root()));
         assert!(ns.is_within(&ns));
-        assert!(!Namespace::new("ab").unwrap().is_within(&Namespace::new("a").unwrap()));
+        assert!(!Namespace::new("ab")
+            .unwrap()
+            .is_within(&Namespace::new("a").unwrap()));
         assert_eq!(Namespace::root().join("x.y").unwrap().as_str(), "x.y");
         assert_eq!(ns.join("d").unwrap().as_str(), "a.b.c.d");
         assert!(ns.join("D").is_err());

@@ -78,18 +78,33 @@ impl ChunkWriter {
         self.buf.extend_from_slice(rest.as_bytes());
     }
 
-    /// Adds one thing, given its encoded update and its namespace. Returns a finished chunk when
-    /// the current one had no room left.
-    pub fn push(&mut self, ns: &[u8], encoded_update: &[u8]) -> Option<Vec<u8>> {
-        let body = encoded_update.get(UPDATE_PREFIX.len()..)?;
-        let needed = ns.len() + 4 + body.len() + 1;
-        let mut finished = None;
-        if self.entries > 0 && self.buf.len() + needed + TAIL_MORE.len() > self.max_bytes {
-            self.buf.extend_from_slice(TAIL_MORE);
-            finished = Some(std::mem::take(&mut self.buf));
-            self.chunk += 1;
-            self.start();
-        }
+    fn needed(ns: &[u8], encoded_update: &[u8]) -> usize {
+        // `,"<ns>":{` + body
+        ns.len() + 5 + encoded_update.len().saturating_sub(UPDATE_PREFIX.len())
+    }
+
+    /// True when the current chunk holds something and this entry would push it past the bound:
+    /// call [`ChunkWriter::take_chunk`] before [`ChunkWriter::push`].
+    pub fn is_full_for(&self, ns: &[u8], encoded_update: &[u8]) -> bool {
+        self.entries > 0
+            && self.buf.len() + Self::needed(ns, encoded_update) + TAIL_MORE.len() > self.max_bytes
+    }
+
+    /// Closes the current chunk (not the last one), returns it and starts the next.
+    pub fn take_chunk(&mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(TAIL_MORE);
+        let chunk = std::mem::take(&mut self.buf);
+        self.chunk += 1;
+        self.start();
+        chunk
+    }
+
+    /// Adds one thing, given its namespace and its update as written by
+    /// [`crate::codec::encode_update`].
+    pub fn push(&mut self, ns: &[u8], encoded_update: &[u8]) {
+        let Some(body) = encoded_update.get(UPDATE_PREFIX.len()..) else {
+            return;
+        };
         if self.entries > 0 {
             self.buf.push(b',');
         }
@@ -98,6 +113,15 @@ impl ChunkWriter {
         self.buf.extend_from_slice(b"\":{");
         self.buf.extend_from_slice(body);
         self.entries += 1;
+    }
+
+    /// Adds one thing, first closing the current chunk if the entry does not fit; returns the
+    /// closed chunk.
+    pub fn push_or_take(&mut self, ns: &[u8], encoded_update: &[u8]) -> Option<Vec<u8>> {
+        let finished = self
+            .is_full_for(ns, encoded_update)
+            .then(|| self.take_chunk());
+        self.push(ns, encoded_update);
         finished
     }
 
@@ -126,7 +150,7 @@ mod tests {
         for i in 0..500 {
             let mut e = Vec::new();
             encode_update(&mut e, &format!("t.n{i}"), "[1,2,3]", header.ts, None, i);
-            if let Some(c) = w.push(encoded_update_ns(&e), &e) {
+            if let Some(c) = w.push_or_take(encoded_update_ns(&e), &e) {
                 chunks.push(c);
             }
         }

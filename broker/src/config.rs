@@ -1,0 +1,68 @@
+//! What a broker is told at start.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use thingsbus_protocol::{
+    codec::DEFAULT_MAX_DEPTH, snapshot::DEFAULT_CHUNK_BYTES, DEFAULT_DIRECTORY_PORT,
+};
+
+/// Broker settings. [`Config::default`] gives the 0.2.x-compatible defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address every endpoint binds to.
+    pub bind: IpAddr,
+    /// Directory output (PUB) port; 0 picks a free one.
+    pub port: u16,
+    /// Input port for ZMQ and UDP; `None` means `port + 1` (or a free one when `port` is 0).
+    pub input_port: Option<u16>,
+    /// Time between periodic snapshots.
+    pub snapshot_interval: Duration,
+    /// Only things whose last `ts` is this recent appear in snapshots.
+    pub live_window: Duration,
+    /// A thing whose last `ts` is older than this is removed.
+    pub forget_after: Duration,
+    /// Largest accepted input message (ZMQ frame or UDP datagram).
+    pub max_message_bytes: usize,
+    /// Messages queued per directory subscriber before that subscriber alone loses messages.
+    pub subscriber_hwm: i32,
+    /// Messages queued per ZMQ input connection before its sender's messages are dropped.
+    pub input_hwm: i32,
+    /// Upper bound on one snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Deepest nesting accepted inside a thing's data.
+    pub max_depth: usize,
+    /// Kernel receive buffer asked for the UDP socket.
+    pub udp_recv_buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: DEFAULT_DIRECTORY_PORT,
+            input_port: None,
+            snapshot_interval: Duration::from_secs(15),
+            live_window: Duration::from_secs(60),
+            forget_after: Duration::from_secs(86_400),
+            max_message_bytes: 1 << 20,
+            subscriber_hwm: 10_000,
+            input_hwm: 10_000,
+            snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES,
+            max_depth: DEFAULT_MAX_DEPTH,
+            udp_recv_buffer: 4 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// A config for tests and embedding: everything on 127.0.0.1 with ports picked by the OS.
+    pub fn ephemeral() -> Self {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            input_port: Some(0),
+            ..Config::default()
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The ingest thread: owns the input sockets and the directory.
+//!
+//! One wake-up drains everything both inputs offer (up to a budget, for fairness), applies each
+//! accepted update to the directory and hands the encoded updates to the publisher in one batch.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thingsbus_protocol::codec::{decode_json_input, decode_msgpack_input};
+use thingsbus_protocol::snapshot::SnapshotHeader;
+use thingsbus_protocol::{Directory, Limits, Rejection, Timestamp};
+
+use crate::config::Config;
+use crate::log_limit::LogLimiter;
+use crate::publish::Job;
+use crate::stats::{self, Stats};
+
+/// Messages taken from one input per round before the other gets its turn.
+const BUDGET: usize = 1024;
+/// Longest sleep in poll: bounds how long a stop request waits.
+const MAX_POLL_MS: i64 = 50;
+/// Largest possible UDP payload plus one, so an oversized datagram is seen as such.
+const UDP_BUF: usize = 65_536;
+
+enum Source<'a> {
+    Zmq(Option<&'a str>),
+    Udp(SocketAddr),
+}
+
+impl std::fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Zmq(Some(peer)) => write!(f, "zmq {peer}"),
+            Source::Zmq(None) => f.write_str("zmq"),
+            Source::Udp(addr) => write!(f, "udp {addr}"),
+        }
+    }
+}
+
+pub(crate) struct Ingest {
+    sub: zmq::Socket,
+    udp: UdpSocket,
+    input_monitor: zmq::Socket,
+    output_monitor: zmq::Socket,
+    tx: SyncSender<Job>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    dir: Directory,
+    limits: Limits,
+    max_message_bytes: usize,
+    snapshot_interval: Duration,
+    live_window: f64,
+    forget_after: f64,
+    batch: Vec<Arc<[u8]>>,
+    udp_buf: Vec<u8>,
+    bad_input_log: LogLimiter,
+    snapshot_id: u64,
+}
+
+impl Ingest {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: &Config,
+        sub: zmq::Socket,
+        udp: UdpSocket,
+        input_monitor: zmq::Socket,
+        output_monitor: zmq::Socket,
+        tx: SyncSender<Job>,
+        stats: Arc<Stats>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Ingest {
+            sub,
+            udp,
+            input_monitor,
+            output_monitor,
+            tx,
+            stats,
+            stop,
+            dir: Directory::new(),
+            limits: Limits {
+                max_depth: config.max_depth,
+            },
+            max_message_bytes: config.max_message_bytes,
+            snapshot_interval: config.snapshot_interval,
+            live_window: config.live_window.as_secs_f64(),
+            forget_after: config.forget_after.as_secs_f64(),
+            batch: Vec::with_capacity(BUDGET),
+            udp_buf: vec![0; UDP_BUF],
+            bad_input_log: LogLimiter::new(Duration::from_secs(10), 20),
+            snapshot_id: 0,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut next_snapshot = Instant::now();
+        let udp_fd = self.udp.as_raw_fd();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= next_snapshot {
+                if self.snapshot().is_err() {
+                    break;
+                }
+                next_snapshot = now + self.snapshot_interval;
+            }
+            let wait = next_snapshot.saturating_duration_since(Instant::now());
+            let timeout = i64::try_from(wait.as_millis())
+                .unwrap_or(MAX_POLL_MS)
+                .clamp(0, MAX_POLL_MS);
+            let mut items = [
+                self.sub.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(udp_fd, zmq::POLLIN),
+                self.input_monitor.as_poll_item(zmq::POLLIN),
+                self.output_monitor.as_poll_item(zmq::POLLIN),
+            ];
+            if let Err(e) = zmq::poll(&mut items, timeout) {
+                if e != zmq::Error::EINTR {
+                    tracing::error!(error = %e, "poll failed; stopping");
+                    break;
+                }
+                continue;
+            }
+            let monitors = items[2].is_readable() || items[3].is_readable();
+            drop(items);
+            // Drain both inputs in turns until neither has a full budget's worth waiting.
+            loop {
+                let now = Timestamp::now();
+                let zmq_n = self.drain_zmq(now);
+                let udp_n = self.drain_udp(now);
+                if self.flush().is_err() {
+                    return;
+                }
+                if zmq_n < BUDGET && udp_n < BUDGET {
+                    break;
+                }
+            }
+            if monitors {
+                self.read_monitors();
+            }
+        }
+        tracing::debug!("ingest thread stopped");
+    }
+
+    fn drain_zmq(&mut self, now: Timestamp) -> usize {
+        let mut n = 0;
+        let mut msg = zmq::Message::new();
+        while n < BUDGET {
+            match self.sub.recv(&mut msg, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) => break,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "receiving on the ZMQ input failed");
+                    break;
+                }
+            }
+            n += 1;
+            stats::add(&self.stats.bytes_in, msg.len() as u64);
+            if msg.get_more() {
+                // Take the rest of the message off the socket, then drop it whole.
+                let mut part = zmq::Message::new();
+                while self.sub.recv(&mut part, zmq::DONTWAIT).is_ok() {
+                    stats::add(&self.stats.bytes_in, part.len() as u64);
+                    if !part.get_more() {
+                        break;
+                    }
+                }
+                self.reject_zmq(Rejection::Multipart, &mut msg);
+                continue;
+            }
+            if msg.len() > self.max_message_bytes {
+                self.reject_zmq(Rejection::TooLarge, &mut msg);
+                continue;
+            }
+            match decode_json_input(&msg, &self.limits) {
+                Ok(update) => {
+                    let entry = self.dir.apply(&update, now);
+                    self.batch.push(entry.encoded);
+                }
+                Err(reason) => self.reject_zmq(reason, &mut msg),
+            }
+        }
+        n
+    }
+
+    fn drain_udp(&mut self, now: Timestamp) -> usize {
+        let mut n = 0;
+        while n < BUDGET {
+            let (len, from) = match self.udp.recv_from(&mut self.udp_buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors and the like surface here; they concern one peer only.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    break;
+                }
+            };
+            n += 1;
+            stats::add(&self.stats.bytes_in, len as u64);
+            if len > self.max_message_bytes {
+                self.reject(Rejection::TooLarge, Source::Udp(from), len, &[]);
+                continue;
+            }
+            match decode_msgpack_input(&self.udp_buf[..len], &self.limits) {
+                Ok(update) => {
+                    let entry = self.dir.apply(&update, now);
+                    self.batch.push(entry.encoded);
+                }
+                Err(reason) => {
+                    let head = self.udp_buf[..len.min(48)].to_vec();
+                    self.reject(reason, Source::Udp(from), len, &head);
+                }
+            }
+        }
+        n
+    }
+
+    fn reject_zmq(&mut self, reason: Rejection, msg: &mut zmq::Message) {
+        let len = msg.len();
+        let head = msg[..len.min(48)].to_vec();
+        let peer = msg.gets("Peer-Address").map(str::to_owned);
+        self.reject(reason, Source::Zmq(peer.as_deref()), len, &head);
+    }
+
+    fn reject(&mut self, reason: Rejection, source: Source<'_>, len: usize, head: &[u8]) {
+        self.stats.reject(reason);
+        let allowed = self.bad_input_log.allow(Instant::now(), |suppressed| {
+            tracing::warn!(suppressed, "more bad input was dropped without a log line");
+        });
+        if allowed {
+            tracing::warn!(
+                reason = reason.as_str(),
+                from = %source,
+                bytes = len,
+                head = %head.escape_ascii(),
+                "dropped bad input: {reason}"
+            );
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), ()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let n = self.batch.len() as u64;
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BUDGET));
+        stats::add(&self.stats.accepted, n);
+        stats::set(&self.stats.things, self.dir.len() as u64);
+        self.tx.send(Job::Updates(batch)).map_err(|_| ())
+    }
+
+    fn snapshot(&mut self) -> Result<(), ()> {
+        let now = Timestamp::now();
+        let forgotten = self.dir.forget_older_than(now, self.forget_after);
+        if forgotten > 0 {
+            stats::add(&self.stats.forgotten, forgotten as u64);
+            tracing::debug!(forgotten, "forgot things not heard of within forget_after");
+        }
+        stats::set(&self.stats.things, self.dir.len() as u64);
+        let entries = self.dir.live_entries(now, self.live_window);
+        self.snapshot_id += 1;
+        let header = SnapshotHeader {
+            ts: now,
+            seq: self.dir.seq(),
+            id: self.snapshot_id,
+        };
+        self.tx
+            .send(Job::Snapshot { header, entries })
+            .map_err(|_| ())
+    }
+
+    fn read_monitors(&mut self) {
+        for (socket, open, closed) in [
+            (
+                &self.input_monitor,
+                &self.stats.input_connections,
+                Some(&self.stats.input_disconnects),
+            ),
+            (&self.output_monitor, &self.stats.subscribers, None),
+        ] {
+            while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+                let Some(event) = frames
+                    .first()
+                    .and_then(|f| f.get(..2))
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                else {
+                    continue;
+                };
+                if event == zmq::SocketEvent::ACCEPTED.to_raw() {
+                    stats::add(open, 1);
+                } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                    stats::dec(open);
+                    if let Some(c) = closed {
+                        stats::add(c, 1);
+                    }
+                }
+            }
+        }
+    }
+}

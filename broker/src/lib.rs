@@ -1,0 +1,29 @@
+//! The thingsbus broker as a library: keeps the last value of every thing, republishes each
+//! update and periodic snapshots, compatible with thingsbus 0.2.x peers.
+//!
+//! The binary `thingsbus-broker` only parses flags into a [`Config`] and calls [`Broker::start`].
+//!
+//! ```
+//! use thingsbus_broker::{Broker, Config};
+//! // Everything on 127.0.0.1, ports picked by the system.
+//! let broker = Broker::start(Config::ephemeral())?;
+//! let at = broker.endpoints().clone();
+//! assert!(at.directory.starts_with("tcp://127.0.0.1:"));
+//! broker.shutdown();
+//! broker.join();
+//! # Ok::<(), thingsbus_broker::Error>(())
+//! ```
+//!
+//! Inside, two threads: *ingest* owns the input sockets (ZMQ SUB and UDP) and the directory,
+//! *publish* owns the directory output (ZMQ PUB). See `ARCHITECTURE.md` at the repository root.
+
+mod config;
+mod ingest;
+mod log_limit;
+mod publish;
+mod server;
+mod stats;
+
+pub use config::Config;
+pub use server::{Broker, Endpoints, Error, Stopper};
+pub use stats::Stats;

@@ -1,0 +1,171 @@
+//! `thingsbus-broker`: flags in, broker running until SIGINT or SIGTERM.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use thingsbus_broker::{Broker, Config};
+use tracing_subscriber::EnvFilter;
+
+/// A thingsbus broker: keeps the live directory of things, republishes every update and
+/// periodic snapshots. Compatible with thingsbus 0.2.x adaptors, boards and clients.
+///
+/// Every flag can also be set in the environment as THINGSBUS_<FLAG>, e.g. THINGSBUS_PORT=7954.
+/// Log filtering follows RUST_LOG when it is set (e.g. RUST_LOG=thingsbus_broker=debug).
+#[derive(Debug, Parser)]
+#[command(name = "thingsbus-broker", version, about, long_about)]
+struct Args {
+    /// Address to bind every endpoint to.
+    #[arg(long, env = "THINGSBUS_BIND", default_value = "0.0.0.0")]
+    bind: IpAddr,
+
+    /// Directory output port (clients connect here). ZMQ and UDP input use PORT+1.
+    #[arg(long, env = "THINGSBUS_PORT", default_value_t = 7954)]
+    port: u16,
+
+    /// Input port for ZMQ and UDP, instead of PORT+1.
+    #[arg(long, env = "THINGSBUS_INPUT_PORT")]
+    input_port: Option<u16>,
+
+    /// Seconds between periodic snapshots on the directory output.
+    #[arg(long, env = "THINGSBUS_SNAPSHOT_INTERVAL", default_value_t = 15.0, value_parser = positive_secs)]
+    snapshot_interval: f64,
+
+    /// Only things whose last timestamp is at most this many seconds old appear in snapshots.
+    #[arg(long, env = "THINGSBUS_LIVE_WINDOW", default_value_t = 60.0, value_parser = positive_secs)]
+    live_window: f64,
+
+    /// Forget a thing whose last timestamp is older than this many seconds.
+    #[arg(long, env = "THINGSBUS_FORGET_AFTER", default_value_t = 86_400.0, value_parser = positive_secs)]
+    forget_after: f64,
+
+    /// Largest input message accepted, in bytes (ZMQ frames and UDP datagrams). Larger ZMQ
+    /// frames make libzmq drop that sender's connection; it reconnects by itself.
+    #[arg(long, env = "THINGSBUS_MAX_MESSAGE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
+    max_message_bytes: u64,
+
+    /// Messages queued for one slow subscriber before that subscriber alone loses messages.
+    #[arg(long, env = "THINGSBUS_SUBSCRIBER_HWM", default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..))]
+    subscriber_hwm: i32,
+
+    /// Messages queued per ZMQ input connection before that sender's messages are dropped.
+    #[arg(long, env = "THINGSBUS_INPUT_HWM", default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..))]
+    input_hwm: i32,
+
+    /// Upper bound on one snapshot message, in bytes; bigger directories go out in several.
+    #[arg(long, env = "THINGSBUS_SNAPSHOT_CHUNK_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(64 << 20)))]
+    snapshot_chunk_bytes: u64,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG, when set, wins.
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    quiet: u8,
+
+    /// Log line format.
+    #[arg(long, env = "THINGSBUS_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+fn init_logging(args: &Args) {
+    let level = match (args.verbose, args.quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v > 1 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn config(args: &Args) -> Config {
+    Config {
+        bind: args.bind,
+        port: args.port,
+        input_port: args.input_port,
+        snapshot_interval: Duration::from_secs_f64(args.snapshot_interval),
+        live_window: Duration::from_secs_f64(args.live_window),
+        forget_after: Duration::from_secs_f64(args.forget_after),
+        max_message_bytes: usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX),
+        subscriber_hwm: args.subscriber_hwm,
+        input_hwm: args.input_hwm,
+        snapshot_chunk_bytes: usize::try_from(args.snapshot_chunk_bytes).unwrap_or(usize::MAX),
+        ..Config::default()
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    let config = config(&args);
+    let broker = Broker::start(config.clone())?;
+    let at = broker.endpoints();
+    tracing::info!(
+        directory = %at.directory,
+        input = %at.input,
+        udp = %at.udp,
+        bind = %config.bind,
+        snapshot_interval_s = args.snapshot_interval,
+        live_window_s = args.live_window,
+        "thingsbus broker running"
+    );
+    let signal = runtime.block_on(shutdown_signal())?;
+    tracing::info!(signal, "stopping");
+    let stats = broker.stats().clone();
+    broker.shutdown();
+    broker.join();
+    tracing::info!(
+        accepted = stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        rejected = stats.rejected_total(),
+        "stopped"
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("thingsbus-broker: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The publish thread: owns the directory output socket.
+//!
+//! Live updates go out as they come. A snapshot is cut into chunks, and live updates waiting
+//! between two chunks go out before the next chunk, so a big snapshot never holds them back.
+//! A snapshot entry whose thing got a newer live update meanwhile is left out of the remaining
+//! chunks: subscribers already have the newer value, and a 0.2.x client would otherwise go back
+//! to the older one.
+
+use std::collections::HashSet;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+
+use thingsbus_protocol::codec::encoded_update_ns;
+use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader};
+
+use crate::stats::{self, Stats};
+
+/// Work for the publish thread, in the order it must go out.
+pub(crate) enum Job {
+    /// Encoded `thing_update`s.
+    Updates(Vec<Arc<[u8]>>),
+    /// A snapshot consistent with `header.seq`: the encoded last update of each live thing.
+    Snapshot {
+        header: SnapshotHeader,
+        entries: Vec<Arc<[u8]>>,
+    },
+}
+
+pub(crate) struct Publisher {
+    socket: zmq::Socket,
+    rx: Receiver<Job>,
+    stats: Arc<Stats>,
+    chunk_bytes: usize,
+}
+
+impl Publisher {
+    pub(crate) fn new(
+        socket: zmq::Socket,
+        rx: Receiver<Job>,
+        stats: Arc<Stats>,
+        chunk_bytes: usize,
+    ) -> Self {
+        Publisher {
+            socket,
+            rx,
+            stats,
+            chunk_bytes,
+        }
+    }
+
+    pub(crate) fn run(self) {
+        let mut queued = Vec::new();
+        loop {
+            let job = match queued.pop() {
+                Some(job) => job,
+                None => match self.rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            match job {
+                Job::Updates(batch) => self.send_updates(&batch, None),
+                Job::Snapshot { header, entries } => {
+                    if !self.send_snapshot(header, entries, &mut queued) {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::debug!("publish thread stopped");
+    }
+
+    fn send(&self, bytes: &[u8]) {
+        // PUB never blocks: a subscriber at its high-water mark loses this message, alone.
+        match self.socket.send(bytes, zmq::DONTWAIT) {
+            Ok(()) => {
+                stats::add(&self.stats.messages_out, 1);
+                stats::add(&self.stats.bytes_out, bytes.len() as u64);
+            }
+            Err(e) => tracing::debug!(error = %e, "directory send failed"),
+        }
+    }
+
+    fn send_updates(&self, batch: &[Arc<[u8]>], mut superseded: Option<&mut HashSet<Box<[u8]>>>) {
+        for update in batch {
+            if let Some(set) = superseded.as_deref_mut() {
+                set.insert(encoded_update_ns(update).into());
+            }
+            self.send(update);
+        }
+    }
+
+    /// Sends live updates that are already waiting; a snapshot found there is queued.
+    /// Returns false when the ingest side has gone away.
+    fn forward_waiting(&self, superseded: &mut HashSet<Box<[u8]>>, queued: &mut Vec<Job>) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Job::Updates(batch)) => self.send_updates(&batch, Some(superseded)),
+                Ok(snapshot @ Job::Snapshot { .. }) => queued.insert(0, snapshot),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn send_snapshot(
+        &self,
+        header: SnapshotHeader,
+        entries: Vec<Arc<[u8]>>,
+        queued: &mut Vec<Job>,
+    ) -> bool {
+        let started = std::time::Instant::now();
+        let mut writer = ChunkWriter::new(header, self.chunk_bytes);
+        let mut superseded = HashSet::new();
+        let mut chunks = 0u64;
+        let mut skipped = 0u64;
+        for entry in &entries {
+            let ns = encoded_update_ns(entry);
+            if superseded.contains(ns) {
+                skipped += 1;
+                continue;
+            }
+            if writer.is_full_for(ns, entry) {
+                self.send(&writer.take_chunk());
+                chunks += 1;
+                // The current chunk is empty now, so no entry already written can be superseded.
+                if !self.forward_waiting(&mut superseded, queued) {
+                    return false;
+                }
+                if superseded.contains(ns) {
+                    skipped += 1;
+                    continue;
+                }
+            }
+            writer.push(ns, entry);
+        }
+        self.send(&writer.finish());
+        chunks += 1;
+        stats::add(&self.stats.snapshots, 1);
+        stats::add(&self.stats.snapshot_chunks, chunks);
+        stats::add(&self.stats.snapshot_entries_superseded, skipped);
+        tracing::debug!(
+            things = entries.len(),
+            chunks,
+            superseded = skipped,
+            seq = header.seq,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "snapshot sent"
+        );
+        true
+    }
+}

@@ -1,0 +1,322 @@
+//! Starting and stopping a broker: binds every endpoint, then runs the ingest and publish threads.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::publish::Publisher;
+use crate::stats::Stats;
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An endpoint's address is taken.
+    #[error(
+        "{what} {endpoint} is already in use (is another broker running?); choose another port"
+    )]
+    AddressInUse {
+        /// Which endpoint.
+        what: &'static str,
+        /// The address that was asked for.
+        endpoint: String,
+    },
+    /// An endpoint could not be bound for another reason.
+    #[error("cannot bind {what} {endpoint}: {reason}")]
+    Bind {
+        /// Which endpoint.
+        what: &'static str,
+        /// The address that was asked for.
+        endpoint: String,
+        /// What the system said.
+        reason: String,
+    },
+    /// Setting up a ZeroMQ socket failed.
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zmq::Error),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] io::Error),
+}
+
+/// Where a running broker can be reached.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// Directory output, e.g. `tcp://127.0.0.1:7954`: clients connect a SUB socket here.
+    pub directory: String,
+    /// ZMQ input, e.g. `tcp://127.0.0.1:7955`: adaptors connect a PUB socket here.
+    pub input: String,
+    /// UDP input: adaptors send MessagePack datagrams here.
+    pub udp: SocketAddr,
+}
+
+/// A running broker. Dropping it stops it and waits for its threads.
+///
+/// ```no_run
+/// use thingsbus_broker::{Broker, Config};
+/// let broker = Broker::start(Config::default())?;
+/// println!("clients connect to {}", broker.endpoints().directory);
+/// broker.join(); // runs until another handle calls shutdown(); see Broker::stopper
+/// # Ok::<(), thingsbus_broker::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Broker {
+    endpoints: Endpoints,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Stops a broker from another thread (for example a signal handler).
+#[derive(Debug, Clone)]
+pub struct Stopper(Arc<AtomicBool>);
+
+impl Stopper {
+    /// Asks the broker to stop; it does within about 50 ms.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn zmq_endpoint(addr: IpAddr, port: u16) -> String {
+    let port = if port == 0 {
+        "*".to_owned()
+    } else {
+        port.to_string()
+    };
+    match addr {
+        IpAddr::V4(a) => format!("tcp://{a}:{port}"),
+        IpAddr::V6(a) => format!("tcp://[{a}]:{port}"),
+    }
+}
+
+fn bound_port(socket: &zmq::Socket) -> Result<u16, Error> {
+    let last = socket
+        .get_last_endpoint()?
+        .map_err(|_| Error::Zmq(zmq::Error::EINVAL))?;
+    last.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or(Error::Zmq(zmq::Error::EINVAL))
+}
+
+fn bind_zmq(
+    socket: &zmq::Socket,
+    what: &'static str,
+    addr: IpAddr,
+    port: u16,
+) -> Result<u16, Error> {
+    let endpoint = zmq_endpoint(addr, port);
+    match socket.bind(&endpoint) {
+        Ok(()) => bound_port(socket),
+        Err(zmq::Error::EADDRINUSE) => Err(Error::AddressInUse { what, endpoint }),
+        Err(e) => Err(Error::Bind {
+            what,
+            endpoint,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn bind_udp(config: &Config, port: u16) -> Result<UdpSocket, io::Error> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = SocketAddr::new(config.bind, port);
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Bursts from many boards must not overflow the kernel queue; the kernel caps the value.
+    if let Err(e) = socket.set_recv_buffer_size(config.udp_recv_buffer) {
+        tracing::debug!(error = %e, "could not raise the UDP receive buffer");
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn udp_error(e: io::Error, config: &Config, port: u16) -> Error {
+    let endpoint = SocketAddr::new(config.bind, port).to_string();
+    if e.kind() == io::ErrorKind::AddrInUse {
+        Error::AddressInUse {
+            what: "UDP input",
+            endpoint,
+        }
+    } else {
+        Error::Bind {
+            what: "UDP input",
+            endpoint,
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn input_sockets(
+    ctx: &zmq::Context,
+    config: &Config,
+) -> Result<(zmq::Socket, UdpSocket, u16), Error> {
+    let make_sub = || -> Result<zmq::Socket, Error> {
+        let sub = ctx.socket(zmq::SUB)?;
+        sub.set_ipv6(config.bind.is_ipv6())?;
+        sub.set_maxmsgsize(i64::try_from(config.max_message_bytes).unwrap_or(i64::MAX))?;
+        sub.set_rcvhwm(config.input_hwm)?;
+        sub.set_linger(0)?;
+        sub.set_subscribe(b"")?;
+        Ok(sub)
+    };
+    let wanted = match config.input_port {
+        Some(p) => p,
+        None if config.port == 0 => 0,
+        None => config.port.checked_add(1).ok_or_else(|| Error::Bind {
+            what: "input",
+            endpoint: zmq_endpoint(config.bind, config.port),
+            reason: "the input port (port + 1) does not exist; pass --input-port".into(),
+        })?,
+    };
+    if wanted != 0 {
+        let sub = make_sub()?;
+        let port = bind_zmq(&sub, "ZMQ input", config.bind, wanted)?;
+        let udp = bind_udp(config, port).map_err(|e| udp_error(e, config, port))?;
+        return Ok((sub, udp, port));
+    }
+    // A free port for ZMQ, then the same number for UDP; retry if UDP has it taken.
+    let mut last_err = None;
+    for _ in 0..20 {
+        let sub = make_sub()?;
+        let port = bind_zmq(&sub, "ZMQ input", config.bind, 0)?;
+        match bind_udp(config, port) {
+            Ok(udp) => return Ok((sub, udp, port)),
+            Err(e) => last_err = Some(udp_error(e, config, port)),
+        }
+    }
+    Err(last_err.expect("the loop ran at least once"))
+}
+
+fn monitor(ctx: &zmq::Context, socket: &zmq::Socket, name: &str) -> Result<zmq::Socket, Error> {
+    let endpoint = format!("inproc://thingsbus-monitor-{name}");
+    let events = zmq::SocketEvent::ACCEPTED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
+    socket.monitor(&endpoint, i32::from(events))?;
+    let pair = ctx.socket(zmq::PAIR)?;
+    pair.connect(&endpoint)?;
+    Ok(pair)
+}
+
+impl Broker {
+    /// Binds every endpoint and starts serving.
+    ///
+    /// # Errors
+    /// [`Error::AddressInUse`] when a port is taken, other variants when the system refuses.
+    pub fn start(config: Config) -> Result<Broker, Error> {
+        let ctx = zmq::Context::new();
+        let publisher = ctx.socket(zmq::PUB)?;
+        publisher.set_ipv6(config.bind.is_ipv6())?;
+        publisher.set_sndhwm(config.subscriber_hwm)?;
+        publisher.set_linger(100)?;
+        let directory_port = bind_zmq(&publisher, "directory output", config.bind, config.port)?;
+        let (sub, udp, input_port) = input_sockets(&ctx, &config)?;
+        let input_monitor = monitor(&ctx, &sub, "input")?;
+        let output_monitor = monitor(&ctx, &publisher, "output")?;
+
+        let connect_host = if config.bind.is_unspecified() {
+            match config.bind {
+                IpAddr::V4(_) => "127.0.0.1".to_owned(),
+                IpAddr::V6(_) => "[::1]".to_owned(),
+            }
+        } else {
+            match config.bind {
+                IpAddr::V4(a) => a.to_string(),
+                IpAddr::V6(a) => format!("[{a}]"),
+            }
+        };
+        let endpoints = Endpoints {
+            directory: format!("tcp://{connect_host}:{directory_port}"),
+            input: format!("tcp://{connect_host}:{input_port}"),
+            udp: udp.local_addr()?,
+        };
+
+        let stats = Arc::new(Stats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        // Bounded: if publishing ever fell behind, ingest waits and libzmq's input queues (not
+        // this process's heap) absorb the difference.
+        let (tx, rx) = mpsc::sync_channel(256);
+
+        let publish = Publisher::new(publisher, rx, stats.clone(), config.snapshot_chunk_bytes);
+        let ingest = Ingest::new(
+            &config,
+            sub,
+            udp,
+            input_monitor,
+            output_monitor,
+            tx,
+            stats.clone(),
+            stop.clone(),
+        );
+        let mut threads = Vec::new();
+        threads.push(
+            std::thread::Builder::new()
+                .name("thingsbus-publish".into())
+                .spawn(move || publish.run())?,
+        );
+        let ingest_thread = std::thread::Builder::new()
+            .name("thingsbus-ingest".into())
+            .spawn(move || {
+                ingest.run();
+                // Sockets are closed by now; the context can end.
+                drop(ctx);
+            });
+        match ingest_thread {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        }
+        Ok(Broker {
+            endpoints,
+            stats,
+            stop,
+            threads,
+        })
+    }
+
+    /// Where the broker listens, with the ports it actually got.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// A handle that stops this broker from elsewhere.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+
+    /// Asks the broker to stop (returns at once; [`Broker::join`] waits).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits until the broker has stopped.
+    pub fn join(mut self) {
+        self.join_threads();
+    }
+
+    fn join_threads(&mut self) {
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a broker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.shutdown();
+        self.join_threads();
+    }
+}

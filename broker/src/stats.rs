@@ -1,0 +1,84 @@
+//! The broker's counters, shared read-only with whoever wants to look (tests, metrics).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use thingsbus_protocol::Rejection;
+
+/// Counters kept by the broker. All are totals since start except the gauges `things`,
+/// `input_connections` and `subscribers`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Updates accepted and republished.
+    pub accepted: AtomicU64,
+    /// Input messages rejected, indexed like [`Rejection::ALL`].
+    rejected: [AtomicU64; 32],
+    /// Input bytes received (ZMQ frames and UDP datagrams).
+    pub bytes_in: AtomicU64,
+    /// Bytes handed to the directory output (updates and snapshot chunks).
+    pub bytes_out: AtomicU64,
+    /// Messages handed to the directory output.
+    pub messages_out: AtomicU64,
+    /// Things currently held (gauge).
+    pub things: AtomicU64,
+    /// Things removed because their last `ts` was older than `forget_after`.
+    pub forgotten: AtomicU64,
+    /// Snapshots published.
+    pub snapshots: AtomicU64,
+    /// Snapshot chunks published.
+    pub snapshot_chunks: AtomicU64,
+    /// Snapshot entries left out because a newer live update for the thing went out while the
+    /// snapshot was being sent.
+    pub snapshot_entries_superseded: AtomicU64,
+    /// ZMQ input connections open now (gauge).
+    pub input_connections: AtomicU64,
+    /// ZMQ input connections closed, by the peer or by libzmq (for example after a frame larger
+    /// than `max_message_bytes`, which libzmq refuses before reading it).
+    pub input_disconnects: AtomicU64,
+    /// Directory subscribers connected now (gauge).
+    pub subscribers: AtomicU64,
+}
+
+const _: () = assert!(Rejection::ALL.len() <= 32, "grow Stats::rejected");
+
+impl Stats {
+    /// Counts one rejected message.
+    pub fn reject(&self, reason: Rejection) {
+        if let Some(i) = Rejection::ALL.iter().position(|r| *r == reason) {
+            self.rejected[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Messages rejected for `reason`.
+    pub fn rejected(&self, reason: Rejection) -> u64 {
+        Rejection::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.rejected[i].load(Ordering::Relaxed))
+    }
+
+    /// Messages rejected for any reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Every reason with its count.
+    pub fn rejected_by_reason(&self) -> impl Iterator<Item = (Rejection, u64)> + '_ {
+        Rejection::ALL.iter().map(|r| (*r, self.rejected(*r)))
+    }
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+pub(crate) fn set(gauge: &AtomicU64, v: u64) {
+    gauge.store(v, Ordering::Relaxed);
+}
+
+pub(crate) fn dec(gauge: &AtomicU64) {
+    // Saturating: a disconnect seen without its accept must not wrap the gauge.
+    let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+}

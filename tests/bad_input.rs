@@ -1,0 +1,264 @@
+//! Every kind of bad input is dropped and counted by reason, and the broker keeps serving: each
+//! case is followed by a valid update that must come through.
+
+use std::time::Duration;
+
+use serde_json::json;
+use thingsbus_protocol::Rejection;
+use thingsbus_tests::*;
+
+const UPDATE_DATA: &str = r#"{"type":"thing_update","ns":"ok.after","data":"#;
+
+fn follow_up_arrives(rig: &Rig, via_udp: bool, n: usize) {
+    let ns = format!("ok.after.n{n}");
+    if via_udp {
+        rig.udp.send_msgpack(&json!([ns, null, n, null]));
+    } else {
+        rig.zmq.send_json(&json!([ns, null, n, null]));
+    }
+    let v = rig.sub.update_for(&ns);
+    assert_eq!(v["data"], n);
+}
+
+#[test]
+fn bad_zmq_frames_are_dropped_and_counted() {
+    let rig = Rig::new(|c| c.max_depth = 16);
+    let deep = format!("{UPDATE_DATA}{}1{}}}", "[".repeat(17), "]".repeat(17));
+    let cases: Vec<(Vec<u8>, Rejection)> = vec![
+        (b"".to_vec(), Rejection::Empty),
+        (b"\xff\xfe{}".to_vec(), Rejection::InvalidUtf8),
+        (
+            b"{\"type\":\"thing_update\",\"ns\":\"a\",\"data\":\"\xc3\x28\"}".to_vec(),
+            Rejection::InvalidUtf8,
+        ),
+        (b"{not json".to_vec(), Rejection::InvalidJson),
+        (b"[1, 2".to_vec(), Rejection::InvalidJson),
+        (b"42".to_vec(), Rejection::NotObject),
+        (b"\"thing_update\"".to_vec(), Rejection::NotObject),
+        (b"null".to_vec(), Rejection::NotObject),
+        (br#"["a", null, 1]"#.to_vec(), Rejection::BadListLength),
+        (
+            br#"["a", null, 1, null, 5]"#.to_vec(),
+            Rejection::BadListLength,
+        ),
+        (br#"{"ns":"a","data":1}"#.to_vec(), Rejection::MissingType),
+        (
+            br#"{"type":"thing_delete","ns":"a","data":1}"#.to_vec(),
+            Rejection::UnknownType,
+        ),
+        (
+            br#"{"type":"thing_snapshot","ts":1.0,"data":{"a":{"ns":"a","data":1,"ts":1.0}}}"#
+                .to_vec(),
+            Rejection::SnapshotOnInput,
+        ),
+        (
+            br#"{"type":"thing_update","data":1}"#.to_vec(),
+            Rejection::MissingNs,
+        ),
+        (
+            br#"{"type":"thing_update","ns":["a"],"data":1}"#.to_vec(),
+            Rejection::BadNs,
+        ),
+        (
+            br#"{"type":"thing_update","ns":"a..b","data":1}"#.to_vec(),
+            Rejection::InvalidNs,
+        ),
+        (
+            br#"{"type":"thing_update","ns":"a"}"#.to_vec(),
+            Rejection::MissingData,
+        ),
+        (
+            br#"{"type":"thing_update","ns":"a","data":1,"ts":"yesterday"}"#.to_vec(),
+            Rejection::BadTs,
+        ),
+        (
+            br#"{"type":"thing_update","ns":"a","data":1,"ts":1e999}"#.to_vec(),
+            Rejection::BadTs,
+        ),
+        (
+            br#"{"type":"thing_update","ns":"a","data":1,"documentation_url":{}}"#.to_vec(),
+            Rejection::BadDocumentationUrl,
+        ),
+        (
+            br#"{"type":"thing_update","ns":"a","data":99999999999999999999999}"#.to_vec(),
+            Rejection::BigInteger,
+        ),
+        (
+            br#"{"type":"thing_update","ns":"a","data":NaN}"#.to_vec(),
+            Rejection::InvalidJson,
+        ),
+        (deep.into_bytes(), Rejection::TooDeep),
+        (
+            format!("{UPDATE_DATA}{}1{}}}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+            Rejection::TooDeep,
+        ),
+    ];
+    for (n, (bytes, reason)) in cases.into_iter().enumerate() {
+        let before = rig.stats().rejected(reason);
+        rig.zmq.send(&bytes);
+        follow_up_arrives(&rig, false, n);
+        assert_eq!(
+            rig.stats().rejected(reason),
+            before + 1,
+            "case {n} ({}) not counted as {}",
+            String::from_utf8_lossy(&bytes),
+            reason.as_str()
+        );
+    }
+}
+
+#[test]
+fn multipart_message_is_dropped_whole() {
+    let rig = Rig::new(|_| {});
+    let part = json!({"type": "thing_update", "ns": "multi.part", "data": 1}).to_string();
+    rig.zmq
+        .0
+        .send(part.as_bytes(), zmq::SNDMORE)
+        .expect("send first frame");
+    rig.zmq
+        .0
+        .send(part.as_bytes(), 0)
+        .expect("send second frame");
+    rig.sub
+        .assert_no_update_before_probe("multi.part", &rig.zmq);
+    assert_eq!(rig.stats().rejected(Rejection::Multipart), 1);
+    follow_up_arrives(&rig, false, 0);
+}
+
+#[test]
+fn bad_udp_datagrams_are_dropped_and_counted() {
+    let rig = Rig::new(|c| {
+        c.max_depth = 16;
+        c.max_message_bytes = 8192;
+    });
+    let mut nan = vec![0x94, 0xa1, b'a', 0xc0, 0xcb];
+    nan.extend_from_slice(&f64::NAN.to_be_bytes());
+    nan.push(0xc0);
+    let mut inf = vec![0x94, 0xa1, b'a', 0xc0, 0xca];
+    inf.extend_from_slice(&f32::NEG_INFINITY.to_be_bytes());
+    inf.push(0xc0);
+    let mut nan_ts = vec![0x94, 0xa1, b'a', 0xcb];
+    nan_ts.extend_from_slice(&f64::NAN.to_be_bytes());
+    nan_ts.extend_from_slice(&[0x01, 0xc0]);
+    let mut deep = vec![0x94, 0xa1, b'a', 0xc0];
+    deep.extend(std::iter::repeat_n(0x91, 17));
+    deep.extend_from_slice(&[0x01, 0xc0]);
+    let vector = vector("esp8266-list-update.msgpack.hex");
+    let mut too_big = vec![0x94, 0xa1, b'a', 0xc0, 0xda, 0x27, 0x10];
+    too_big.extend(std::iter::repeat_n(b'x', 10_000));
+    too_big.push(0xc0);
+    let cases: Vec<(Vec<u8>, Rejection)> = vec![
+        (vec![], Rejection::Empty),
+        (nan, Rejection::NonFinite),
+        (inf, Rejection::NonFinite),
+        (nan_ts, Rejection::BadTs),
+        (
+            vec![0x94, 0xa1, b'a', 0xc0, 0xc4, 0x02, 1, 2, 0xc0],
+            Rejection::BinaryValue,
+        ),
+        (
+            vec![0x94, 0xa1, b'a', 0xc0, 0xd5, 0x01, 1, 2, 0xc0],
+            Rejection::BinaryValue,
+        ),
+        (
+            vector[..vector.len() - 10].to_vec(),
+            Rejection::InvalidMsgpack,
+        ),
+        (vec![0xc1], Rejection::InvalidMsgpack),
+        (vec![0x93, 0xa1, b'a', 0xc0, 0x01], Rejection::BadListLength),
+        (
+            vec![0x95, 0xa1, b'a', 0xc0, 0x01, 0xc0, 0xc0],
+            Rejection::BadListLength,
+        ),
+        (vec![0x2a], Rejection::NotObject),
+        (
+            vec![0x94, 0xa2, 0xc3, 0x28, 0xc0, 0x01, 0xc0],
+            Rejection::InvalidUtf8,
+        ),
+        (vec![0x94, 0x05, 0xc0, 0x01, 0xc0], Rejection::BadNs),
+        (
+            vec![0x94, 0xa1, b'A', 0xc0, 0x01, 0xc0],
+            Rejection::InvalidNs,
+        ),
+        (
+            vec![0x94, 0xa1, b'a', 0xc0, 0x81, 0xc3, 0x01, 0xc0],
+            Rejection::BadMapKey,
+        ),
+        (
+            rmp_serde::to_vec(&json!({"ns": "a", "data": 1})).expect("msgpack"),
+            Rejection::MissingType,
+        ),
+        (
+            rmp_serde::to_vec(&json!({"type": "thing_snapshot", "data": {}})).expect("msgpack"),
+            Rejection::SnapshotOnInput,
+        ),
+        (
+            rmp_serde::to_vec(&json!({"type": "x", "ns": "a", "data": 1})).expect("msgpack"),
+            Rejection::UnknownType,
+        ),
+        (deep, Rejection::TooDeep),
+        (too_big, Rejection::TooLarge),
+    ];
+    for (n, (bytes, reason)) in cases.into_iter().enumerate() {
+        let before = rig.stats().rejected(reason);
+        rig.udp.send(&bytes);
+        follow_up_arrives(&rig, true, n);
+        assert_eq!(
+            rig.stats().rejected(reason),
+            before + 1,
+            "case {n} ({bytes:02x?}) not counted as {}",
+            reason.as_str()
+        );
+    }
+}
+
+#[test]
+fn biggest_udp_datagram_is_accepted() {
+    let rig = Rig::new(|_| {});
+    // 65,507 bytes: the largest UDP payload over IPv4. 0.2.x read only 4,096 bytes of it.
+    let overhead = rmp_serde::to_vec(&json!(["big.one", null, "", null]))
+        .expect("msgpack")
+        .len()
+        + 2; // str16 header instead of fixstr
+    let text = "x".repeat(65_507 - overhead);
+    let bytes = rmp_serde::to_vec(&json!(["big.one", null, text, null])).expect("msgpack");
+    assert_eq!(bytes.len(), 65_507);
+    rig.udp.send(&bytes);
+    let v = rig.sub.update_for("big.one");
+    assert_eq!(v["data"].as_str().map(str::len), Some(text.len()));
+}
+
+#[test]
+fn oversized_zmq_frame_costs_only_that_connection() {
+    let rig = Rig::new(|c| c.max_message_bytes = 4096);
+    let other = ZmqInput::connect(&rig.broker);
+    sync(&rig.sub, &other);
+    let disconnects = rig
+        .stats()
+        .input_disconnects
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let big = json!({"type": "thing_update", "ns": "too.big", "data": "x".repeat(10_000)});
+    rig.zmq.send_json(&big);
+    eventually(DEADLINE, "libzmq to drop the oversized sender", || {
+        (rig.stats()
+            .input_disconnects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > disconnects)
+            .then_some(())
+    });
+    // The other adaptor was never affected.
+    other.send_json(&json!(["other.adaptor", null, 1, null]));
+    rig.sub.update_for("other.adaptor");
+    // The offender's PUB socket reconnects by itself and its next updates come through.
+    let sub = &rig.sub;
+    eventually(DEADLINE, "the oversized sender to reconnect", || {
+        rig.zmq.send_json(&json!(["back.again", null, 1, null]));
+        sub.recv_json(Duration::from_millis(50))
+            .filter(|v| v["ns"] == "back.again")
+    });
+    assert!(
+        !std::iter::from_fn(|| sub.recv_json(Duration::from_millis(100)))
+            .any(|v| v["ns"] == "too.big"),
+        "an oversized frame must never be published"
+    );
+}

@@ -1,0 +1,262 @@
+//! Shared test harness: a real broker on 127.0.0.1 with ephemeral ports, real ZMQ and UDP peers,
+//! and [`eventually`] to wait on a condition with a deadline instead of sleeping.
+
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+pub use thingsbus_broker::{Broker, Config, Stats};
+
+/// Deadline for anything that should happen "at once" on loopback; generous for loaded CI.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Starts a broker on 127.0.0.1 with ephemeral ports, after `tweak` adjusts its config.
+pub fn spawn_broker(tweak: impl FnOnce(&mut Config)) -> Broker {
+    let mut config = Config::ephemeral();
+    tweak(&mut config);
+    Broker::start(config).expect("broker starts on ephemeral ports")
+}
+
+/// Polls `f` until it returns `Some`, or panics naming `what` after `deadline`.
+pub fn eventually<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Seconds since the epoch, now.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// One ZMQ context per test process is plenty.
+pub fn ctx() -> zmq::Context {
+    static CTX: std::sync::OnceLock<zmq::Context> = std::sync::OnceLock::new();
+    CTX.get_or_init(zmq::Context::new).clone()
+}
+
+/// An adaptor's ZMQ PUB socket connected to the broker's input.
+pub struct ZmqInput(pub zmq::Socket);
+
+impl ZmqInput {
+    /// Connects to `broker`'s ZMQ input.
+    pub fn connect(broker: &Broker) -> Self {
+        let s = ctx().socket(zmq::PUB).expect("PUB socket");
+        s.set_linger(1000).expect("linger");
+        s.connect(&broker.endpoints().input)
+            .expect("connect to input");
+        ZmqInput(s)
+    }
+
+    /// Sends one single-frame message.
+    pub fn send(&self, bytes: &[u8]) {
+        self.0.send(bytes, 0).expect("send on PUB");
+    }
+
+    /// Sends a JSON value.
+    pub fn send_json(&self, v: &Value) {
+        self.send(v.to_string().as_bytes());
+    }
+}
+
+/// An adaptor's UDP socket aimed at the broker's UDP input.
+pub struct UdpInput {
+    socket: UdpSocket,
+    to: std::net::SocketAddr,
+}
+
+impl UdpInput {
+    /// A socket on 127.0.0.1 aimed at `broker`.
+    pub fn new(broker: &Broker) -> Self {
+        UdpInput {
+            socket: UdpSocket::bind("127.0.0.1:0").expect("bind UDP"),
+            to: broker.endpoints().udp,
+        }
+    }
+
+    /// Sends one datagram.
+    pub fn send(&self, bytes: &[u8]) {
+        self.socket.send_to(bytes, self.to).expect("send datagram");
+    }
+
+    /// Sends a JSON value encoded as MessagePack.
+    pub fn send_msgpack(&self, v: &Value) {
+        self.send(&rmp_serde::to_vec(v).expect("encode msgpack"));
+    }
+}
+
+/// A client's SUB socket on the broker's directory output.
+pub struct Subscriber(pub zmq::Socket);
+
+impl Subscriber {
+    /// Connects to `broker`'s directory output, subscribed to everything.
+    pub fn connect(broker: &Broker) -> Self {
+        let s = ctx().socket(zmq::SUB).expect("SUB socket");
+        s.set_subscribe(b"").expect("subscribe");
+        s.set_rcvhwm(1_000_000).expect("rcvhwm");
+        s.connect(&broker.endpoints().directory)
+            .expect("connect to directory");
+        Subscriber(s)
+    }
+
+    /// The next message as JSON, if one arrives within `timeout`.
+    pub fn recv_json(&self, timeout: Duration) -> Option<Value> {
+        let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        if self.0.poll(zmq::POLLIN, ms).expect("poll") == 0 {
+            return None;
+        }
+        let bytes = self.0.recv_bytes(0).expect("recv");
+        Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "broker sent invalid JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        }))
+    }
+
+    /// The first message matching `pred` within `deadline`; others are skipped.
+    pub fn wait_for(
+        &self,
+        deadline: Duration,
+        what: &str,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out after {deadline:?} waiting for {what}"
+            );
+            if let Some(v) = self.recv_json(left) {
+                if pred(&v) {
+                    return v;
+                }
+            }
+        }
+    }
+
+    /// The next `thing_update` for `ns`.
+    pub fn update_for(&self, ns: &str) -> Value {
+        self.wait_for(DEADLINE, &format!("an update for {ns}"), |v| {
+            v["type"] == "thing_update" && v["ns"] == ns
+        })
+    }
+
+    /// Asserts that no `thing_update` for `ns` arrives before the next probe goes round trip
+    /// through `input`: the broker handles messages from one connection in order, so if the probe
+    /// came through first, the update was dropped.
+    pub fn assert_no_update_before_probe(&self, ns: &str, input: &dyn Probe) {
+        let probe = input.probe();
+        let v = self.wait_for(DEADLINE, "the probe", |v| {
+            v["type"] == "thing_update" && (v["ns"] == ns || v["ns"] == probe.as_str())
+        });
+        assert_eq!(
+            v["ns"],
+            probe.as_str(),
+            "update for {ns} was published, expected it dropped"
+        );
+    }
+}
+
+/// Something that can send a probe update: a fresh thing under `test.probe`.
+pub trait Probe {
+    /// Sends a probe and returns its namespace.
+    fn probe(&self) -> String;
+}
+
+fn probe_ns() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("test.probe.p{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Probe for ZmqInput {
+    fn probe(&self) -> String {
+        let ns = probe_ns();
+        self.send_json(&json!({"type": "thing_update", "ns": ns, "data": "probe"}));
+        ns
+    }
+}
+
+impl Probe for UdpInput {
+    fn probe(&self) -> String {
+        let ns = probe_ns();
+        self.send_msgpack(&json!([ns, null, "probe", null]));
+        ns
+    }
+}
+
+/// Waits until an update sent through `input` reaches `sub`: both connections are then up
+/// (ZMQ drops messages sent before a PUB/SUB connection is complete).
+pub fn sync(sub: &Subscriber, input: &dyn Probe) {
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        let ns = input.probe();
+        let got = (0..20).any(|_| {
+            sub.recv_json(Duration::from_millis(10))
+                .is_some_and(|v| v["type"] == "thing_update" && v["ns"] == ns.as_str())
+        });
+        if got {
+            return;
+        }
+    }
+    panic!("input and subscriber never connected within {DEADLINE:?}");
+}
+
+/// A broker with a subscriber and both inputs, all connected.
+pub struct Rig {
+    /// The broker.
+    pub broker: Broker,
+    /// A subscriber on its directory output.
+    pub sub: Subscriber,
+    /// A ZMQ adaptor connection.
+    pub zmq: ZmqInput,
+    /// A UDP adaptor socket.
+    pub udp: UdpInput,
+}
+
+impl Rig {
+    /// Starts a broker (after `tweak`) and connects everything.
+    pub fn new(tweak: impl FnOnce(&mut Config)) -> Self {
+        let broker = spawn_broker(tweak);
+        let sub = Subscriber::connect(&broker);
+        let zmq = ZmqInput::connect(&broker);
+        let udp = UdpInput::new(&broker);
+        sync(&sub, &zmq);
+        sync(&sub, &udp);
+        Rig {
+            broker,
+            sub,
+            zmq,
+            udp,
+        }
+    }
+
+    /// The broker's counters.
+    pub fn stats(&self) -> &Stats {
+        self.broker.stats()
+    }
+}
+
+/// Reads a hex test vector from `tests/data/`.
+pub fn vector(name: &str) -> Vec<u8> {
+    let path = format!("{}/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    let hex = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let hex = hex.trim();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
+        .collect()
+}
