@@ -114,21 +114,22 @@ impl Ingest {
             let timeout = i64::try_from(wait.as_millis())
                 .unwrap_or(MAX_POLL_MS)
                 .clamp(0, MAX_POLL_MS);
-            let mut items = [
-                self.sub.as_poll_item(zmq::POLLIN),
-                zmq::PollItem::from_fd(udp_fd, zmq::POLLIN),
-                self.input_monitor.as_poll_item(zmq::POLLIN),
-                self.output_monitor.as_poll_item(zmq::POLLIN),
-            ];
-            if let Err(e) = zmq::poll(&mut items, timeout) {
-                if e != zmq::Error::EINTR {
-                    tracing::error!(error = %e, "poll failed; stopping");
-                    break;
+            let monitors = {
+                let mut items = [
+                    self.sub.as_poll_item(zmq::POLLIN),
+                    zmq::PollItem::from_fd(udp_fd, zmq::POLLIN),
+                    self.input_monitor.as_poll_item(zmq::POLLIN),
+                    self.output_monitor.as_poll_item(zmq::POLLIN),
+                ];
+                match zmq::poll(&mut items, timeout) {
+                    Ok(_) => items[2].is_readable() || items[3].is_readable(),
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "poll failed; stopping");
+                        break;
+                    }
                 }
-                continue;
-            }
-            let monitors = items[2].is_readable() || items[3].is_readable();
-            drop(items);
+            };
             // Drain both inputs in turns until neither has a full budget's worth waiting.
             loop {
                 let now = Timestamp::now();

@@ -95,6 +95,7 @@ fn init_logging(args: &Args) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),
@@ -136,11 +137,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = config(&args);
     let broker = Broker::start(config.clone())?;
     let at = broker.endpoints();
+    let host = match config.bind {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
     tracing::info!(
-        directory = %at.directory,
-        input = %at.input,
-        udp = %at.udp,
-        bind = %config.bind,
+        directory = %format!("tcp://{host}:{}", at.directory_port),
+        input = %format!("tcp://{host}:{}", at.input_port),
+        udp = %format!("{host}:{}", at.input_port),
         snapshot_interval_s = args.snapshot_interval,
         live_window_s = args.live_window,
         "thingsbus broker running"

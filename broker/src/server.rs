@@ -53,6 +53,10 @@ pub struct Endpoints {
     pub input: String,
     /// UDP input: adaptors send MessagePack datagrams here.
     pub udp: SocketAddr,
+    /// The directory output port that was bound.
+    pub directory_port: u16,
+    /// The input port (ZMQ and UDP) that was bound.
+    pub input_port: u16,
 }
 
 /// A running broker. Dropping it stops it and waits for its threads.
@@ -233,6 +237,8 @@ impl Broker {
             directory: format!("tcp://{connect_host}:{directory_port}"),
             input: format!("tcp://{connect_host}:{input_port}"),
             udp: udp.local_addr()?,
+            directory_port,
+            input_port,
         };
 
         let stats = Arc::new(Stats::default());

@@ -832,7 +832,7 @@ mod tests {
         );
         // Deeply nested arrays: no stack overflow, a clean rejection.
         let mut deep = vec![0x94, 0xa1, b'a', 0xc0];
-        deep.extend(std::iter::repeat(0x91).take(100_000));
+        deep.extend(std::iter::repeat_n(0x91, 100_000));
         deep.push(1);
         deep.push(0xc0);
         assert_eq!(

@@ -1,0 +1,2 @@
+//! Runnable examples; see the `[[example]]` entries. Run one with
+//! `cargo run --example send_update -- --help`.
