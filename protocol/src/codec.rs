@@ -660,6 +660,18 @@ mod tests {
     }
 
     #[test]
+    fn ts_survives_the_round_trip_exactly() {
+        for ts in [1795934895.6141953, 1423351104.945, 0.1, 1e-7, 1.7e9] {
+            let input = format!(r#"["a", {}, 1, null]"#, serde_json::to_string(&ts).unwrap());
+            let u = json(&input).unwrap();
+            let mut out = Vec::new();
+            encode_update(&mut out, "a", "1", u.ts.unwrap(), None, 1);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["ts"].as_f64(), Some(ts), "{}", String::from_utf8_lossy(&out));
+        }
+    }
+
+    #[test]
     fn json_rejections() {
         let cases = [
             ("", Rejection::Empty),
