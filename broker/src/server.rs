@@ -99,6 +99,17 @@ fn zmq_endpoint(addr: IpAddr, port: u16) -> String {
     }
 }
 
+/// TCP keepalive finds peers that vanished without closing the connection (a board unplugged, a
+/// laptop suspended), so their queues are freed. Chosen over ZMTP heartbeats, which send PING
+/// commands that peers on libzmq older than 4.2 do not know.
+fn set_keepalive(socket: &zmq::Socket) -> Result<(), Error> {
+    socket.set_tcp_keepalive(1)?;
+    socket.set_tcp_keepalive_idle(60)?;
+    socket.set_tcp_keepalive_intvl(10)?;
+    socket.set_tcp_keepalive_cnt(3)?;
+    Ok(())
+}
+
 fn bound_port(socket: &zmq::Socket) -> Result<u16, Error> {
     let last = socket
         .get_last_endpoint()?
@@ -167,6 +178,7 @@ fn input_sockets(
         sub.set_rcvhwm(config.input_hwm)?;
         sub.set_linger(0)?;
         sub.set_subscribe(b"")?;
+        set_keepalive(&sub)?;
         Ok(sub)
     };
     let wanted = match config.input_port {
@@ -217,6 +229,7 @@ impl Broker {
         publisher.set_ipv6(config.bind.is_ipv6())?;
         publisher.set_sndhwm(config.subscriber_hwm)?;
         publisher.set_linger(100)?;
+        set_keepalive(&publisher)?;
         let directory_port = bind_zmq(&publisher, "directory output", config.bind, config.port)?;
         let (sub, udp, input_port) = input_sockets(&ctx, &config)?;
         let input_monitor = monitor(&ctx, &sub, "input")?;

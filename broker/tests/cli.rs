@@ -12,6 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_thingsbus-broker");
 /// A broker process on 127.0.0.1 with ephemeral ports, killed on drop.
 struct Proc {
     child: Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
     directory: String,
     input: String,
 }
@@ -48,14 +49,34 @@ impl Proc {
                 break v;
             }
         };
-        // Keep draining stderr so the broker never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep reading stderr so the broker never blocks on a full pipe.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().expect("log lock").push(v);
+                }
+            }
+        });
         let f = &started["fields"];
         Proc {
             child,
+            log,
             directory: f["directory"].as_str().expect("directory").to_owned(),
             input: f["input"].as_str().expect("input").to_owned(),
         }
+    }
+
+    fn log_lines_with(&self, message_prefix: &str) -> usize {
+        let log = self.log.lock().expect("log lock");
+        log.iter()
+            .filter(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message_prefix))
+            })
+            .count()
     }
 
     fn pid(&self) -> libc::pid_t {
@@ -298,5 +319,37 @@ fn stuck_subscriber_costs_bounded_memory_and_nobody_else_loses() {
     assert!(
         rss_end < rss_after_warmup + 30 * 1024,
         "broker memory grew from {rss_after_warmup} KiB to {rss_end} KiB with a stuck subscriber"
+    );
+}
+
+#[test]
+fn bad_input_flood_is_logged_at_a_bounded_rate() {
+    let broker = Proc::start(&[]);
+    let sub = ctx().socket(zmq::SUB).expect("sub");
+    sub.set_subscribe(b"").expect("subscribe");
+    sub.connect(&broker.directory).expect("connect sub");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let to = broker.input.trim_start_matches("tcp://").to_owned();
+    eventually(DEADLINE, "the subscriber to be connected", || {
+        udp.send_to(&[0x94, 0xa1, b'w', 0xc0, 0x01, 0xc0], &to)
+            .expect("send");
+        (sub.poll(zmq::POLLIN, 50).expect("poll") > 0).then_some(())
+    });
+    for _ in 0..2000 {
+        udp.send_to(b"not msgpack at all", &to).expect("send");
+    }
+    // A valid update after the flood still comes through...
+    udp.send_to(&[0x94, 0xa1, b'z', 0xc0, 0x01, 0xc0], &to)
+        .expect("send");
+    eventually(DEADLINE, "the update after the flood", || {
+        let bytes = sub.recv_bytes(0).expect("recv");
+        let v: Value = serde_json::from_slice(&bytes).expect("json");
+        (v["ns"] == "z").then_some(())
+    });
+    // ...and the 2000 bad datagrams (some may be lost in the kernel) made at most 20 log lines.
+    let warned = broker.log_lines_with("dropped bad input");
+    assert!(
+        (1..=20).contains(&warned),
+        "{warned} bad-input log lines for a flood"
     );
 }

@@ -667,7 +667,12 @@ mod tests {
             let mut out = Vec::new();
             encode_update(&mut out, "a", "1", u.ts.unwrap(), None, 1);
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-            assert_eq!(v["ts"].as_f64(), Some(ts), "{}", String::from_utf8_lossy(&out));
+            assert_eq!(
+                v["ts"].as_f64(),
+                Some(ts),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
         }
     }
 
