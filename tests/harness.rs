@@ -260,3 +260,5 @@ pub fn vector(name: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
         .collect()
 }
+#[path = "harness/dns.rs"]
+pub mod dns;

@@ -31,7 +31,12 @@ fn snapshot_at_start_even_when_empty() {
     // The first snapshot goes out at start-up, usually before this subscriber is connected, so
     // its counter proves it; the next would come an hour later.
     eventually(DEADLINE, "the start-up snapshot", || {
-        (broker.stats().snapshots.load(std::sync::atomic::Ordering::Relaxed) == 1).then_some(())
+        (broker
+            .stats()
+            .snapshots
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+            .then_some(())
     });
     // If the subscriber was quick enough to see it, it is snapshot 1 and empty.
     while let Some(v) = sub.recv_json(Duration::from_millis(100)) {
@@ -40,7 +45,13 @@ fn snapshot_at_start_even_when_empty() {
         assert_eq!(v["data"], json!({}));
         assert_eq!(v["last"], true);
     }
-    assert_eq!(broker.stats().snapshots.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        broker
+            .stats()
+            .snapshots
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[test]

@@ -569,6 +569,198 @@ pub fn decode_msgpack_input<'a>(
 }
 
 // ---------------------------------------------------------------------------------------------
+// What clients receive
+
+/// One thing's value as published by a broker: a live `thing_update` or a snapshot entry.
+#[derive(Debug, Clone)]
+pub struct PublishedUpdate<'a> {
+    /// The thing.
+    pub ns: NamespaceRef<'a>,
+    /// The value as JSON text.
+    pub data: &'a RawValue,
+    /// The update's timestamp; `None` when the broker sent none (clients use "now").
+    pub ts: Option<Timestamp>,
+    /// The documentation URL, if any.
+    pub documentation_url: Option<Cow<'a, str>>,
+    /// The broker's sequence number (absent from 0.2.x brokers).
+    pub seq: Option<u64>,
+}
+
+/// One `thing_snapshot` message (a whole 0.2.x snapshot, or one chunk of ours).
+#[derive(Debug, Clone)]
+pub struct PublishedSnapshot<'a> {
+    /// When it was taken.
+    pub ts: Option<Timestamp>,
+    /// The sequence number it is consistent with (absent from 0.2.x brokers).
+    pub seq: Option<u64>,
+    /// The snapshot's number within a broker run.
+    pub id: Option<u64>,
+    /// This chunk's index.
+    pub chunk: Option<u64>,
+    /// False on all chunks but the last; absent (0.2.x) means a complete snapshot.
+    pub last: Option<bool>,
+    /// The valid entries; invalid ones are skipped, as 0.2.x clients do.
+    pub entries: Vec<PublishedUpdate<'a>>,
+    /// How many entries were skipped as invalid.
+    pub skipped: usize,
+}
+
+impl PublishedSnapshot<'_> {
+    /// True when this message completes a snapshot (the last chunk, or a 0.2.x snapshot).
+    pub fn is_complete(&self) -> bool {
+        self.last.unwrap_or(true)
+    }
+}
+
+/// A message from a broker's directory output.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Published<'a> {
+    /// A live update.
+    Update(PublishedUpdate<'a>),
+    /// A snapshot or one of its chunks.
+    Snapshot(PublishedSnapshot<'a>),
+    /// A thing left the live window.
+    Expired {
+        /// The thing.
+        ns: NamespaceRef<'a>,
+        /// Its last timestamp.
+        ts: Option<Timestamp>,
+    },
+    /// A message type this version does not know; ignore it.
+    Unknown,
+}
+
+#[derive(Deserialize)]
+struct PublishedFields<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
+    ty: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    ns: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    ts: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    documentation_url: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    seq: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    snapshot: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    chunk: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    last: Option<&'a RawValue>,
+}
+
+fn opt_u64(raw: Option<&RawValue>) -> Option<u64> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+fn opt_ts(raw: Option<&RawValue>) -> Result<Option<Timestamp>, Rejection> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(r) => serde_json::from_str::<f64>(r)
+            .ok()
+            .and_then(Timestamp::from_secs)
+            .map(Some)
+            .ok_or(Rejection::BadTs),
+    }
+}
+
+fn published_update<'a>(f: &PublishedFields<'a>) -> Result<PublishedUpdate<'a>, Rejection> {
+    let ns = json_str(f.ns.ok_or(Rejection::MissingNs)?).ok_or(Rejection::BadNs)?;
+    let ns = NamespaceRef::new(ns).map_err(|_| Rejection::InvalidNs)?;
+    let data = f.data.ok_or(Rejection::MissingData)?;
+    let ts = opt_ts(f.ts)?;
+    let documentation_url = match f.documentation_url {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => Some(json_str(raw).ok_or(Rejection::BadDocumentationUrl)?),
+    }
+    .filter(|u| !u.is_empty());
+    Ok(PublishedUpdate {
+        ns,
+        data,
+        ts,
+        documentation_url,
+        seq: opt_u64(f.seq),
+    })
+}
+
+/// The entries of a snapshot's `data` object, each decoded on its own so one bad entry costs
+/// only itself.
+struct SnapshotEntries<'a>(Vec<Result<PublishedUpdate<'a>, Rejection>>);
+
+impl<'de> Deserialize<'de> for SnapshotEntries<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SnapshotEntries<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of snapshot entries")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(_key) = map.next_key::<IgnoredAny>()? {
+                    let entry: &'de RawValue = map.next_value()?;
+                    let decoded = serde_json::from_str::<PublishedFields<'de>>(entry.get())
+                        .map_err(|e| json_error(&e))
+                        .and_then(|f| published_update(&f));
+                    out.push(decoded);
+                }
+                Ok(SnapshotEntries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Decodes one message from a broker's directory output.
+///
+/// # Errors
+/// A [`Rejection`] when the message is not a valid update or snapshot; unknown types are
+/// [`Published::Unknown`], not errors.
+pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
+    if bytes.is_empty() {
+        return Err(Rejection::Empty);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| Rejection::InvalidUtf8)?;
+    let f: PublishedFields<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
+    let ty = json_str(f.ty.ok_or(Rejection::MissingType)?).ok_or(Rejection::UnknownType)?;
+    match ty.as_ref() {
+        "thing_update" => published_update(&f).map(Published::Update),
+        "thing_snapshot" => {
+            let data = f.data.ok_or(Rejection::MissingData)?;
+            let SnapshotEntries(all) =
+                serde_json::from_str(data.get()).map_err(|e| json_error(&e))?;
+            let total = all.len();
+            let entries: Vec<_> = all.into_iter().filter_map(Result::ok).collect();
+            Ok(Published::Snapshot(PublishedSnapshot {
+                ts: opt_ts(f.ts).unwrap_or(None),
+                seq: opt_u64(f.seq),
+                id: opt_u64(f.snapshot),
+                chunk: opt_u64(f.chunk),
+                last: f.last.and_then(|r| serde_json::from_str(r.get()).ok()),
+                skipped: total - entries.len(),
+                entries,
+            }))
+        }
+        "thing_expired" => {
+            let ns = json_str(f.ns.ok_or(Rejection::MissingNs)?).ok_or(Rejection::BadNs)?;
+            Ok(Published::Expired {
+                ns: NamespaceRef::new(ns).map_err(|_| Rejection::InvalidNs)?,
+                ts: opt_ts(f.ts)?,
+            })
+        }
+        _ => Ok(Published::Unknown),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Output
 
 /// How every published `thing_update` starts; a snapshot entry is `{` followed by the rest.
@@ -875,6 +1067,53 @@ mod tests {
         assert_eq!(u.ns.as_str(), "a.b");
         assert_eq!(u.data, r#"{"1":-2.5}"#);
         assert_eq!(u.ts, Timestamp::from_secs(7.0));
+    }
+
+    #[test]
+    fn published_messages_decode() {
+        let mut out = Vec::new();
+        encode_update(
+            &mut out,
+            "a.b",
+            "[1]",
+            Timestamp::from_secs(5.5).unwrap(),
+            Some("u"),
+            7,
+        );
+        match decode_published(&out).unwrap() {
+            Published::Update(u) => {
+                assert_eq!(u.ns.as_str(), "a.b");
+                assert_eq!(u.data.get(), "[1]");
+                assert_eq!(u.seq, Some(7));
+                assert_eq!(u.documentation_url.as_deref(), Some("u"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A 0.2.x snapshot: no seq, no chunking, one bad entry among good ones.
+        let snap = br#"{"type":"thing_snapshot","ts":9.0,"data":{
+            "a":{"ns":"a","data":1,"ts":8.0,"documentation_url":null},
+            "B":{"ns":"B","data":2,"ts":8.0},
+            "c":{"ns":"c","data":{"x":[1,2]},"ts":null}}}"#;
+        match decode_published(snap).unwrap() {
+            Published::Snapshot(s) => {
+                assert!(s.is_complete());
+                assert_eq!(s.seq, None);
+                assert_eq!(s.entries.len(), 2);
+                assert_eq!(s.skipped, 1);
+                assert_eq!(s.entries[1].data.get(), r#"{"x":[1,2]}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode_published(br#"{"type":"hello","x":1}"#).unwrap(),
+            Published::Unknown
+        ));
+        assert!(matches!(
+            decode_published(br#"{"type":"thing_expired","ns":"a.b","ts":3.0}"#).unwrap(),
+            Published::Expired { .. }
+        ));
+        assert!(decode_published(b"{").is_err());
+        assert!(decode_published(br#"{"type":"thing_update","ns":"a"}"#).is_err());
     }
 
     #[test]

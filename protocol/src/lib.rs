@@ -19,6 +19,7 @@
 
 pub mod codec;
 pub mod directory;
+pub mod discovery;
 pub mod endpoint;
 pub mod message;
 pub mod namespace;

@@ -1,0 +1,386 @@
+//! The adaptor handle and its builder.
+
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use thingsbus_protocol::discovery::Discovery;
+use thingsbus_protocol::endpoint::connect_url;
+use thingsbus_protocol::Namespace;
+
+use crate::zmq_sender::{Counters, ZmqSender};
+use crate::Error;
+
+/// Largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+
+/// How an update is laid out in a UDP datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UdpForm {
+    /// The 4-item list `[ns, ts, data, documentation_url]` that small boards send.
+    #[default]
+    Compact,
+    /// A map shaped like the JSON `thing_update`.
+    Map,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Zone(String),
+    Zmq(String),
+    Udp(String),
+}
+
+/// Builds an [`Adaptor`]; see [`Adaptor::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "call .connect() or .connect_blocking()"]
+pub struct AdaptorBuilder {
+    ns: String,
+    documentation_url: Option<String>,
+    target: Option<Target>,
+    prefer_udp: bool,
+    udp_form: UdpForm,
+    queue_capacity: usize,
+    discovery: Discovery,
+}
+
+impl AdaptorBuilder {
+    /// Find the broker through the SRV record `_thingsbus._tcp.<zone>`.
+    pub fn zone(mut self, zone: &str) -> Self {
+        self.target = Some(Target::Zone(zone.to_owned()));
+        self
+    }
+
+    /// Connect to this ZMQ input URL, e.g. `tcp://broker:7955`. `tcp://*:7955` (from 0.2.x
+    /// service files) means this machine.
+    pub fn url(mut self, url: &str) -> Self {
+        self.target = Some(Target::Zmq(url.to_owned()));
+        self
+    }
+
+    /// Send MessagePack datagrams to this UDP address, e.g. `broker:7955`.
+    pub fn udp(mut self, addr: &str) -> Self {
+        self.target = Some(Target::Udp(addr.to_owned()));
+        self
+    }
+
+    /// With [`AdaptorBuilder::zone`]: send over UDP (to P + 1) instead of ZMQ.
+    pub fn prefer_udp(mut self, yes: bool) -> Self {
+        self.prefer_udp = yes;
+        self
+    }
+
+    /// The layout of UDP datagrams (default: the compact 4-list).
+    pub fn udp_form(mut self, form: UdpForm) -> Self {
+        self.udp_form = form;
+        self
+    }
+
+    /// Sent with every update; a thing keeps the last one it was given.
+    pub fn documentation_url(mut self, url: &str) -> Self {
+        self.documentation_url = Some(url.to_owned()).filter(|u| !u.is_empty());
+        self
+    }
+
+    /// How many updates may wait while the broker is unreachable (default 10,000); beyond it
+    /// the oldest is dropped.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+
+    /// Ask this DNS server (`IP:PORT`) for the SRV record instead of the system's resolver.
+    pub fn nameserver(mut self, addr: SocketAddr) -> Self {
+        self.discovery = self.discovery.nameserver(addr);
+        self
+    }
+
+    /// How long to wait for DNS (default 3 s).
+    pub fn discovery_timeout(mut self, timeout: Duration) -> Self {
+        self.discovery = self.discovery.timeout(timeout);
+        self
+    }
+
+    /// Resolves the broker and starts the adaptor. Returns at once: the connection itself is
+    /// made in the background, and updates wait in the queue until it is up.
+    ///
+    /// # Errors
+    /// An invalid namespace, no target, a failed SRV lookup, or a malformed URL or address.
+    pub async fn connect(self) -> Result<Adaptor, Error> {
+        let target = match self.target.clone() {
+            Some(Target::Zone(zone)) => {
+                let brokers = self.discovery.brokers(&zone).await?;
+                let first = brokers.first().ok_or(Error::NoTarget)?;
+                tracing::info!(%zone, broker = %first, "found the broker through SRV");
+                if self.prefer_udp {
+                    Target::Udp(first.udp_addr())
+                } else {
+                    Target::Zmq(first.input_url())
+                }
+            }
+            Some(t) => t,
+            None => return Err(Error::NoTarget),
+        };
+        self.start(target)
+    }
+
+    /// [`AdaptorBuilder::connect`] for code without a tokio runtime.
+    ///
+    /// # Errors
+    /// As [`AdaptorBuilder::connect`].
+    pub fn connect_blocking(self) -> Result<Adaptor, Error> {
+        match &self.target {
+            Some(Target::Zone(_)) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(Error::Thread)?;
+                runtime.block_on(self.connect())
+            }
+            Some(t) => {
+                let t = t.clone();
+                self.start(t)
+            }
+            None => Err(Error::NoTarget),
+        }
+    }
+
+    fn start(self, target: Target) -> Result<Adaptor, Error> {
+        let ns = Namespace::new(&self.ns)?;
+        let counters = Arc::new(Counters::default());
+        let transport = match target {
+            Target::Zmq(url) => {
+                let (url, rewritten) = connect_url(&url);
+                if rewritten {
+                    tracing::info!(%url, "a '*' host in a connect URL means this machine");
+                }
+                Transport::Zmq(ZmqSender::start(
+                    &url,
+                    self.queue_capacity,
+                    counters.clone(),
+                )?)
+            }
+            Target::Udp(addr) => {
+                let to = addr
+                    .to_socket_addrs()
+                    .map_err(|e| Error::Udp {
+                        addr: addr.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .next()
+                    .ok_or_else(|| Error::Udp {
+                        addr: addr.clone(),
+                        reason: "resolves to no address".into(),
+                    })?;
+                let local: SocketAddr = if to.is_ipv4() {
+                    ([0, 0, 0, 0], 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let socket = UdpSocket::bind(local).map_err(|e| Error::Udp {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+                socket.set_nonblocking(true).map_err(|e| Error::Udp {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+                Transport::Udp { socket, to }
+            }
+            Target::Zone(_) => return Err(Error::NoTarget),
+        };
+        Ok(Adaptor {
+            inner: Arc::new(Inner {
+                ns,
+                documentation_url: self.documentation_url,
+                udp_form: self.udp_form,
+                transport,
+                counters,
+            }),
+        })
+    }
+}
+
+enum Transport {
+    Zmq(ZmqSender),
+    Udp { socket: UdpSocket, to: SocketAddr },
+}
+
+struct Inner {
+    ns: Namespace,
+    documentation_url: Option<String>,
+    udp_form: UdpForm,
+    transport: Transport,
+    counters: Arc<Counters>,
+}
+
+/// What an adaptor has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AdaptorStats {
+    /// Updates handed to the network.
+    pub sent: u64,
+    /// Updates dropped: the oldest when the queue was full, or a datagram the kernel refused.
+    pub dropped: u64,
+    /// Updates waiting in the queue now.
+    pub queued: usize,
+    /// Whether a broker is connected now (always true over UDP, which cannot tell).
+    pub connected: bool,
+}
+
+/// A handle that publishes things under a base namespace. Cheap to clone; every clone shares one
+/// connection. Dropping the last clone delivers what is queued (for up to a second).
+#[derive(Clone)]
+pub struct Adaptor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Adaptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adaptor")
+            .field("ns", &self.inner.ns)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct JsonUpdate<'a, T: ?Sized> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    ns: &'a str,
+    data: &'a T,
+    ts: Option<f64>,
+    documentation_url: Option<&'a str>,
+}
+
+impl Adaptor {
+    /// Starts building an adaptor whose things live under `ns` (e.g. `"shop.shopbot"`).
+    pub fn builder(ns: &str) -> AdaptorBuilder {
+        AdaptorBuilder {
+            ns: ns.to_owned(),
+            documentation_url: None,
+            target: None,
+            prefer_udp: false,
+            udp_form: UdpForm::default(),
+            queue_capacity: 10_000,
+            discovery: Discovery::new(),
+        }
+    }
+
+    /// The base namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.ns
+    }
+
+    /// Publishes `data` (anything serde can turn into JSON) as the base thing, stamped by the
+    /// broker on arrival.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] when `data` cannot be encoded, [`Error::Closed`] after `close`.
+    pub fn send<T: Serialize + ?Sized>(&self, data: &T) -> Result<(), Error> {
+        self.publish(&self.inner.ns, data, None)
+    }
+
+    /// Publishes `data` as the thing `<base>.<sub_ns>`; `ts` in seconds since 1970, or `None`
+    /// for "now" (the broker stamps it).
+    ///
+    /// # Errors
+    /// [`Error::Namespace`] when `sub_ns` is not a valid namespace, otherwise as [`Adaptor::send`].
+    pub fn send_to<T: Serialize + ?Sized>(
+        &self,
+        sub_ns: &str,
+        data: &T,
+        ts: Option<f64>,
+    ) -> Result<(), Error> {
+        let ns = self.inner.ns.join(sub_ns)?;
+        self.publish(&ns, data, ts)
+    }
+
+    fn publish<T: Serialize + ?Sized>(
+        &self,
+        ns: &Namespace,
+        data: &T,
+        ts: Option<f64>,
+    ) -> Result<(), Error> {
+        if ts.is_some_and(|t| !t.is_finite()) {
+            return Err(Error::Encode(
+                "ts must be a finite number of seconds".into(),
+            ));
+        }
+        let url = self.inner.documentation_url.as_deref();
+        match &self.inner.transport {
+            Transport::Zmq(sender) => {
+                let msg = serde_json::to_vec(&JsonUpdate {
+                    ty: "thing_update",
+                    ns: ns.as_str(),
+                    data,
+                    ts,
+                    documentation_url: url,
+                })
+                .map_err(|e| Error::Encode(e.to_string()))?;
+                sender.push(msg)
+            }
+            Transport::Udp { socket, to } => {
+                let encoded = match self.inner.udp_form {
+                    UdpForm::Compact => rmp_serde::to_vec(&(ns.as_str(), ts, data, url)),
+                    UdpForm::Map => rmp_serde::to_vec_named(&JsonUpdate {
+                        ty: "thing_update",
+                        ns: ns.as_str(),
+                        data,
+                        ts,
+                        documentation_url: url,
+                    }),
+                }
+                .map_err(|e| Error::Encode(e.to_string()))?;
+                if encoded.len() > MAX_DATAGRAM {
+                    return Err(Error::TooBigForUdp {
+                        size: encoded.len(),
+                    });
+                }
+                match socket.send_to(&encoded, to) {
+                    Ok(_) => self.inner.counters.sent.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::debug!(error = %e, %to, "datagram not sent");
+                        self.inner.counters.dropped.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// Counters and state.
+    pub fn stats(&self) -> AdaptorStats {
+        let (queued, connected) = match &self.inner.transport {
+            Transport::Zmq(s) => (s.queued(), s.connected()),
+            Transport::Udp { .. } => (0, true),
+        };
+        AdaptorStats {
+            sent: self.inner.counters.sent.load(Ordering::Relaxed),
+            dropped: self.inner.counters.dropped.load(Ordering::Relaxed),
+            queued,
+            connected,
+        }
+    }
+
+    /// Waits until every queued update has been handed to the network, at most `timeout`.
+    /// Returns false on time-out (for example while no broker is reachable).
+    pub fn flush(&self, timeout: Duration) -> bool {
+        match &self.inner.transport {
+            Transport::Zmq(s) => s.flush(timeout),
+            Transport::Udp { .. } => true,
+        }
+    }
+
+    /// Stops taking updates and delivers what is queued, for at most `timeout`. Every clone is
+    /// closed. Returns false if updates were left undelivered.
+    pub fn close(&self, timeout: Duration) -> bool {
+        match &self.inner.transport {
+            Transport::Zmq(s) => s.close(timeout),
+            Transport::Udp { .. } => true,
+        }
+    }
+}

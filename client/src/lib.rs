@@ -1,0 +1,42 @@
+//! A live local mirror of a thingsbus directory: query things, subscribe to their events.
+//!
+//! Three lines: connect (through the zone's DNS SRV record, or an explicit URL), wait until the
+//! mirror is filled, read.
+//!
+//! ```
+//! # use thingsbus_broker::{Broker, Config};
+//! # let broker = Broker::start(Config { snapshot_interval: std::time::Duration::from_millis(100), ..Config::ephemeral() }).unwrap();
+//! # let directory_url = broker.endpoints().directory.clone();
+//! use std::time::Duration;
+//! use thingsbus_client::Client;
+//!
+//! let client = Client::builder().url(&directory_url).connect_blocking()?;
+//! client.wait_filled_blocking(Duration::from_secs(20));
+//! if let Some(thing) = client.get("shop.shopbot.spacemon") {
+//!     println!("{:.1}s old: {}", thing.age(), thing.value());
+//! }
+//! # Ok::<(), thingsbus_client::Error>(())
+//! ```
+//!
+//! With a zone: `Client::builder().zone("example.org").connect().await?`.
+//!
+//! # The model (as in 0.2.x)
+//! - Things form a tree: every prefix of a thing's namespace exists ([`Client::children`],
+//!   [`Client::walk`]).
+//! - A snapshot entry never replaces a newer value.
+//! - [`Client::subscribe`] gives a stream of [`Event`]s for one namespace; with
+//!   [`SubscribeOptions::tree`] also its descendants', with [`SubscribeOptions::snapshots`] also
+//!   snapshot-replayed values. Each subscriber has its own bounded queue: a slow one gets
+//!   `Err(Lagged)` and never stalls the client or other subscribers.
+//! - Gaps in the broker's sequence numbers are counted in [`ClientStats`].
+
+mod client;
+mod error;
+mod mirror;
+mod subscription;
+mod thing;
+
+pub use client::{Client, ClientBuilder, ClientStats};
+pub use error::Error;
+pub use subscription::{Event, EventKind, Lagged, SubscribeOptions, Subscription};
+pub use thing::Thing;

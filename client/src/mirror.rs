@@ -1,0 +1,228 @@
+//! The local mirror of the directory: every thing's last value, and the tree of namespaces.
+//!
+//! Written only by the client's receive thread; read from anywhere through `DashMap` (readers get
+//! clones, never a reference held across an await).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde_json::value::RawValue;
+use thingsbus_protocol::codec::PublishedUpdate;
+use thingsbus_protocol::Namespace;
+
+use crate::Thing;
+
+#[derive(Debug, Default)]
+struct Node {
+    thing: Option<Thing>,
+    children: BTreeSet<Namespace>,
+}
+
+/// Every thing and every prefix of one (things form a tree, as in 0.2.x).
+#[derive(Debug)]
+pub(crate) struct Mirror {
+    nodes: DashMap<Namespace, Node, foldhash::fast::RandomState>,
+}
+
+impl Mirror {
+    pub(crate) fn new() -> Self {
+        let nodes = DashMap::with_hasher(foldhash::fast::RandomState::default());
+        nodes.insert(Namespace::root(), Node::default());
+        Mirror { nodes }
+    }
+
+    /// Applies one value. A snapshot entry never replaces a newer value (by timestamp, then by
+    /// sequence number). Returns the thing as stored when it was applied.
+    pub(crate) fn apply(
+        &self,
+        u: &PublishedUpdate<'_>,
+        from_snapshot: bool,
+        now: f64,
+    ) -> Option<Thing> {
+        let ts = u.ts.map_or(now, |t| t.as_secs());
+        let ns_str = u.ns.as_str();
+        let data: Arc<RawValue> = Arc::from(RawValue::from_string(u.data.get().to_owned()).ok()?);
+        let make = |ns: Namespace, prev_url: Option<Arc<str>>| Thing {
+            ns,
+            data: data.clone(),
+            ts,
+            documentation_url: u.documentation_url.as_deref().map(Arc::from).or(prev_url),
+            seq: u.seq,
+            from_snapshot,
+        };
+        if let Some(mut node) = self.nodes.get_mut(ns_str) {
+            if from_snapshot {
+                if let Some(cur) = &node.thing {
+                    let newer = cur.ts > ts
+                        || (cur.ts == ts
+                            && matches!((cur.seq, u.seq), (Some(c), Some(s)) if c > s));
+                    if newer {
+                        return None;
+                    }
+                }
+            }
+            let prev_url = node
+                .thing
+                .as_ref()
+                .and_then(|t| t.documentation_url.clone());
+            let ns = node.key().clone();
+            let thing = make(ns, prev_url);
+            node.thing = Some(thing.clone());
+            return Some(thing);
+        }
+        let ns = u.ns.to_namespace();
+        let thing = make(ns.clone(), None);
+        self.nodes.entry(ns.clone()).or_default().thing = Some(thing.clone());
+        self.link(ns);
+        Some(thing)
+    }
+
+    /// Makes every prefix of `ns` exist and know its child.
+    fn link(&self, mut child: Namespace) {
+        while let Some(parent) = child.parent() {
+            let inserted = self
+                .nodes
+                .entry(parent.clone())
+                .or_default()
+                .children
+                .insert(child);
+            if !inserted {
+                break;
+            }
+            child = parent;
+        }
+    }
+
+    pub(crate) fn get(&self, ns: &str) -> Option<Thing> {
+        self.nodes.get(ns).and_then(|n| n.thing.clone())
+    }
+
+    /// True when `ns` exists in the tree (as a thing or as a prefix of one).
+    pub(crate) fn exists(&self, ns: &str) -> bool {
+        self.nodes.contains_key(ns)
+    }
+
+    pub(crate) fn children(&self, ns: &str) -> Vec<Namespace> {
+        self.nodes
+            .get(ns)
+            .map(|n| n.children.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every thing with a value at or below `ns`, in namespace order.
+    pub(crate) fn walk(&self, ns: &str) -> Vec<Thing> {
+        let mut out = Vec::new();
+        let Some(start) = self.nodes.get(ns).map(|n| n.key().clone()) else {
+            return out;
+        };
+        let mut stack = vec![start];
+        while let Some(ns) = stack.pop() {
+            let Some(node) = self.nodes.get(&ns) else {
+                continue;
+            };
+            if let Some(t) = &node.thing {
+                out.push(t.clone());
+            }
+            // Reverse so that popping visits children in order.
+            stack.extend(node.children.iter().rev().cloned());
+        }
+        out
+    }
+
+    /// Number of things with a value.
+    pub(crate) fn things(&self) -> usize {
+        self.nodes.iter().filter(|n| n.thing.is_some()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thingsbus_protocol::codec::{decode_published, Published};
+
+    fn update(json: &str) -> Published<'_> {
+        decode_published(json.as_bytes()).unwrap()
+    }
+
+    fn apply(m: &Mirror, json: &str, from_snapshot: bool) -> Option<Thing> {
+        match update(json) {
+            Published::Update(u) => m.apply(&u, from_snapshot, 1000.0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tree_and_values() {
+        let m = Mirror::new();
+        apply(
+            &m,
+            r#"{"type":"thing_update","ns":"a.b.c","data":1,"ts":5.0}"#,
+            false,
+        )
+        .unwrap();
+        apply(
+            &m,
+            r#"{"type":"thing_update","ns":"a.x","data":2,"ts":null,"documentation_url":"u"}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(m.get("a.b.c").unwrap().data.get(), "1");
+        assert!(m.get("a.b").is_none(), "prefixes exist but have no value");
+        assert!(m.exists("a.b"));
+        assert_eq!(m.get("a.x").unwrap().ts, 1000.0);
+        let kids: Vec<String> = m.children("a").iter().map(ToString::to_string).collect();
+        assert_eq!(kids, ["a.b", "a.x"]);
+        assert_eq!(m.children("").len(), 1);
+        let walked: Vec<String> = m.walk("").iter().map(|t| t.ns.to_string()).collect();
+        assert_eq!(walked, ["a.b.c", "a.x"]);
+        // Sticky documentation URL.
+        let t = apply(
+            &m,
+            r#"{"type":"thing_update","ns":"a.x","data":3,"ts":2.0}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(t.documentation_url.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn snapshot_never_overwrites_newer() {
+        let m = Mirror::new();
+        apply(
+            &m,
+            r#"{"type":"thing_update","ns":"t","data":"new","ts":10.0,"seq":5}"#,
+            false,
+        )
+        .unwrap();
+        assert!(apply(
+            &m,
+            r#"{"type":"thing_update","ns":"t","data":"old","ts":9.0,"seq":4}"#,
+            true
+        )
+        .is_none());
+        assert!(apply(
+            &m,
+            r#"{"type":"thing_update","ns":"t","data":"old","ts":10.0,"seq":4}"#,
+            true
+        )
+        .is_none());
+        assert_eq!(m.get("t").unwrap().data.get(), "\"new\"");
+        // A live update always applies, even with an older timestamp.
+        apply(
+            &m,
+            r#"{"type":"thing_update","ns":"t","data":"live","ts":1.0}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(m.get("t").unwrap().data.get(), "\"live\"");
+        // A newer snapshot value applies.
+        let t = apply(
+            &m,
+            r#"{"type":"thing_update","ns":"t","data":"snap","ts":20.0}"#,
+            true,
+        )
+        .unwrap();
+        assert!(t.from_snapshot);
+    }
+}
