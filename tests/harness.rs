@@ -18,6 +18,37 @@ pub fn spawn_broker(tweak: impl FnOnce(&mut Config)) -> Broker {
     Broker::start(config).expect("broker starts on ephemeral ports")
 }
 
+/// Starts a broker on 127.0.0.1 whose input port is its directory port + 1, as DNS SRV
+/// discovery expects. Free ports are found by trying.
+pub fn spawn_broker_on_port_pair(tweak: impl Fn(&mut Config)) -> Broker {
+    for _ in 0..100 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+        let port = probe.local_addr().expect("probe addr").port();
+        drop(probe);
+        if port == u16::MAX {
+            continue;
+        }
+        match start_on(port, &tweak) {
+            Ok(b) => return b,
+            Err(thingsbus_broker::Error::AddressInUse { .. }) => continue,
+            Err(e) => panic!("broker failed to start: {e}"),
+        }
+    }
+    panic!("no free port pair found");
+}
+
+/// Starts a broker on 127.0.0.1 with directory port `port` and input `port + 1`.
+///
+/// # Errors
+/// When a port is taken.
+pub fn start_on(port: u16, tweak: &dyn Fn(&mut Config)) -> Result<Broker, thingsbus_broker::Error> {
+    let mut config = Config::ephemeral();
+    config.port = port;
+    config.input_port = None;
+    tweak(&mut config);
+    Broker::start(config)
+}
+
 /// Polls `f` until it returns `Some`, or panics naming `what` after `deadline`.
 pub fn eventually<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + deadline;

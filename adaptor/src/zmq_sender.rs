@@ -63,6 +63,13 @@ impl ZmqSender {
         socket
             .set_sndhwm(i32::try_from(capacity).unwrap_or(i32::MAX))
             .map_err(zmq_err("setting the high-water mark"))?;
+        socket.set_ipv6(true).map_err(zmq_err("enabling IPv6"))?;
+        // Only completed connections get a pipe, and a lost connection ends its pipe, so the
+        // broker's going away shows up as an unsubscription: updates then wait in our own
+        // queue (drop-oldest, counted) instead of libzmq's (drop-newest, silent).
+        socket
+            .set_immediate(true)
+            .map_err(zmq_err("setting ZMQ_IMMEDIATE"))?;
         socket
             .set_reconnect_ivl_max(5_000)
             .map_err(zmq_err("setting the reconnect interval"))?;

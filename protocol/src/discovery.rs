@@ -12,7 +12,7 @@
 //! ```
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
@@ -29,6 +29,9 @@ pub const SRV_PREFIX: &str = "_thingsbus._tcp";
 pub struct BrokerAddr {
     /// Host name (trailing dot stripped) or IP address.
     pub host: String,
+    /// The host's address, when it was resolved through the same name server as the SRV record
+    /// (so split-horizon and test name servers work); URLs use it when present.
+    pub ip: Option<IpAddr>,
     /// The directory port P.
     pub port: u16,
     /// SRV priority (lower first).
@@ -42,6 +45,7 @@ impl BrokerAddr {
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         BrokerAddr {
             host: host.into(),
+            ip: None,
             port,
             priority: 0,
             weight: 0,
@@ -49,10 +53,13 @@ impl BrokerAddr {
     }
 
     fn url_host(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
+        match self.ip {
+            Some(IpAddr::V4(ip)) => ip.to_string(),
+            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+            None if self.host.contains(':') && !self.host.starts_with('[') => {
+                format!("[{}]", self.host)
+            }
+            None => self.host.clone(),
         }
     }
 
@@ -83,7 +90,10 @@ impl BrokerAddr {
 
 impl fmt::Display for BrokerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.url_host(), self.port)
+        match self.ip {
+            Some(ip) => write!(f, "{}:{} ({ip})", self.host, self.port),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
     }
 }
 
@@ -343,6 +353,7 @@ impl Discovery {
             .filter_map(|r| match &r.data {
                 RData::SRV(srv) => Some(BrokerAddr {
                     host: srv.target.to_utf8().trim_end_matches('.').to_owned(),
+                    ip: None,
                     port: srv.port,
                     priority: srv.priority,
                     weight: srv.weight,
@@ -357,7 +368,23 @@ impl Discovery {
         if records.len() == 1 && records[0].host.is_empty() {
             return Err(DiscoveryError::NoService { name });
         }
-        Ok(records.into_iter().filter(|r| !r.host.is_empty()).collect())
+        let mut records: Vec<BrokerAddr> =
+            records.into_iter().filter(|r| !r.host.is_empty()).collect();
+        for r in &mut records {
+            r.ip = match r.host.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                // Unresolved here, the name is left to the system resolver when connecting.
+                Err(_) => resolver
+                    .lookup_ip(format!("{}.", r.host))
+                    .await
+                    .ok()
+                    .and_then(|found| {
+                        let ips: Vec<IpAddr> = found.iter().collect();
+                        ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()).copied()
+                    }),
+            };
+        }
+        Ok(records)
     }
 }
 
@@ -393,6 +420,7 @@ mod tests {
     fn rec(host: &str, priority: u16, weight: u16) -> BrokerAddr {
         BrokerAddr {
             host: host.into(),
+            ip: None,
             port: 7954,
             priority,
             weight,
