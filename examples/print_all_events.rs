@@ -1,54 +1,59 @@
-//! Prints every event on a broker's directory output, one line each:
-//! `<ns> <ts> <json data>`, with ` snapshot` appended for values replayed from a snapshot.
+//! Prints every event on a broker's directory, one line each: `<ns> <ts> <json data>`, with
+//! ` snapshot` at the end for values replayed from a snapshot.
 //!
 //! ```text
 //! cargo run --example print_all_events -- --url tcp://127.0.0.1:7954
+//! cargo run --example print_all_events -- --zone example.org
 //! ```
 
-use anyhow::Context;
 use clap::Parser;
-use serde_json::Value;
-use thingsbus_protocol::endpoint::connect_url;
+use thingsbus_client::{Client, SubscribeOptions};
+use thingsbus_examples::{init_logging, Find};
 
-/// Print every thing update and snapshot entry a thingsbus broker publishes.
+/// Print every thing update (and snapshot-replayed value) a thingsbus broker publishes.
 #[derive(Parser)]
 struct Args {
-    /// The broker's directory output, e.g. tcp://127.0.0.1:7954.
-    #[arg(long, default_value = "tcp://127.0.0.1:7954")]
-    url: String,
+    #[command(flatten)]
+    find: Find,
+    /// The broker's directory output, e.g. tcp://127.0.0.1:7954 (default without --zone).
+    #[arg(short, long)]
+    url: Option<String>,
 }
 
-fn print(entry: &Value, snapshot: bool) {
-    let ts = entry["ts"].as_f64().unwrap_or(f64::NAN);
-    let suffix = if snapshot { " snapshot" } else { "" };
-    println!(
-        "{} {ts:.3} {}{suffix}",
-        entry["ns"].as_str().unwrap_or("?"),
-        entry["data"]
-    );
-}
-
-fn main() -> anyhow::Result<()> {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
     let args = Args::parse();
-    let (url, _) = connect_url(&args.url);
-    let ctx = zmq::Context::new();
-    let sub = ctx.socket(zmq::SUB)?;
-    sub.set_subscribe(b"")?;
-    sub.connect(&url)
-        .with_context(|| format!("connecting to {url}"))?;
-    loop {
-        let bytes = sub.recv_bytes(0)?;
-        let Ok(msg) = serde_json::from_slice::<Value>(&bytes) else {
-            continue;
-        };
-        match msg["type"].as_str() {
-            Some("thing_update") => print(&msg, false),
-            Some("thing_snapshot") => {
-                for entry in msg["data"].as_object().into_iter().flat_map(|m| m.values()) {
-                    print(entry, true);
-                }
+    let mut builder = Client::builder();
+    if let Some(ns) = args.find.nameserver {
+        builder = builder.nameserver(ns);
+    }
+    builder = match (&args.find.zone, &args.url) {
+        (Some(zone), _) => builder.zone(zone),
+        (None, Some(url)) => builder.url(url),
+        (None, None) => builder.url("tcp://127.0.0.1:7954"),
+    };
+    let client = builder.connect().await?;
+    let mut events = client.subscribe(
+        "",
+        SubscribeOptions::new()
+            .tree(true)
+            .snapshots(true)
+            .capacity(100_000),
+    )?;
+    while let Some(item) = events.next().await {
+        match item {
+            Ok(e) => {
+                let suffix = if e.from_snapshot() { " snapshot" } else { "" };
+                println!(
+                    "{} {:.3} {}{suffix}",
+                    e.ns(),
+                    e.thing.ts,
+                    e.thing.data.get()
+                );
             }
-            _ => {}
+            Err(lag) => eprintln!("(too slow: {} events skipped)", lag.missed),
         }
     }
+    Ok(())
 }

@@ -1,31 +1,36 @@
-//! Sends one thing update to a broker, over ZMQ (JSON) or UDP (MessagePack), then exits.
+//! Sends one thing update to a broker and exits once it is sent.
 //!
 //! ```text
 //! cargo run --example send_update -- --url tcp://127.0.0.1:7955 shop.door '{"open": true}'
 //! cargo run --example send_update -- --udp 127.0.0.1:7955 garden.temp 21.5
+//! cargo run --example send_update -- --zone example.org shop.door '{"open": false}'
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use serde_json::{json, Value};
-use thingsbus_protocol::{endpoint::connect_url, Namespace};
+use serde_json::Value;
+use thingsbus_adaptor::Adaptor;
+use thingsbus_examples::{init_logging, Find};
 
-/// Send one thing update to a thingsbus broker and exit once it is sent.
+/// Send one thing update to a thingsbus broker (ZMQ + JSON, or UDP + MessagePack) and exit once
+/// it is sent.
 #[derive(Parser)]
-#[command(group(clap::ArgGroup::new("to").required(true).args(["url", "udp"])))]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["zone", "url", "udp"])))]
 struct Args {
+    #[command(flatten)]
+    find: Find,
     /// The broker's ZMQ input, e.g. tcp://127.0.0.1:7955 (the directory port + 1).
-    #[arg(long)]
+    #[arg(short, long)]
     url: Option<String>,
-    /// The broker's UDP input, e.g. 127.0.0.1:7955; sends the compact MessagePack 4-list.
+    /// Send over UDP: the broker's input address (host:port), or with --zone, the word "srv".
     #[arg(long)]
     udp: Option<String>,
     /// Documentation URL for the thing.
-    #[arg(long)]
-    doc_url: Option<String>,
-    /// Seconds to wait for the broker's ZMQ input to answer.
+    #[arg(short, long)]
+    documentation: Option<String>,
+    /// Seconds to wait for the broker.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
     /// The thing's namespace, e.g. shop.door.
@@ -34,47 +39,29 @@ struct Args {
     json: String,
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
     let args = Args::parse();
-    let ns = Namespace::new(&args.ns)?;
     let data: Value =
         serde_json::from_str(&args.json).with_context(|| format!("{:?} is not JSON", args.json))?;
-    if let Some(addr) = &args.udp {
-        let bytes = rmp_serde::to_vec(&json!([ns.as_str(), null, data, args.doc_url]))?;
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        socket
-            .send_to(&bytes, addr)
-            .with_context(|| format!("sending to {addr}"))?;
-        return Ok(());
+    let mut builder = Adaptor::builder(&args.ns);
+    if let Some(doc) = &args.documentation {
+        builder = builder.documentation_url(doc);
     }
-    let url = args.url.as_deref().expect("clap requires --url or --udp");
-    let (url, rewritten) = connect_url(url);
-    if rewritten {
-        eprintln!("note: connecting to {url} (a '*' host means this machine)");
+    if let Some(ns) = args.find.nameserver {
+        builder = builder.nameserver(ns);
     }
-    // An XPUB socket hears the broker's subscription, so we know our message will be delivered.
-    let ctx = zmq::Context::new();
-    let socket = ctx.socket(zmq::XPUB)?;
-    socket.set_linger(2000)?;
-    socket
-        .connect(&url)
-        .with_context(|| format!("connecting to {url}"))?;
-    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            bail!("no broker answered at {url} within {}s", args.timeout);
-        }
-        if socket.poll(
-            zmq::POLLIN,
-            i64::try_from(left.as_millis()).unwrap_or(i64::MAX),
-        )? > 0
-            && socket.recv_bytes(0)?.first() == Some(&1)
-        {
-            break;
-        }
+    builder = match (&args.find.zone, &args.url, args.udp.as_deref()) {
+        (Some(zone), _, udp) => builder.zone(zone).prefer_udp(udp.is_some()),
+        (None, Some(url), _) => builder.url(url),
+        (None, None, Some(addr)) => builder.udp(addr),
+        (None, None, None) => unreachable!("clap requires one of them"),
+    };
+    let adaptor = builder.connect().await?;
+    adaptor.send(&data)?;
+    if !adaptor.close(Duration::from_secs_f64(args.timeout)) {
+        bail!("not sent: no broker answered within {}s", args.timeout);
     }
-    let msg = json!({"type": "thing_update", "ns": ns.as_str(), "data": data, "ts": null, "documentation_url": args.doc_url});
-    socket.send(msg.to_string().as_bytes(), 0)?;
     Ok(())
 }

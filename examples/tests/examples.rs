@@ -1,0 +1,159 @@
+//! The examples, run as users run them, against a real broker found through a real DNS server.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use thingsbus_broker::Config;
+use thingsbus_tests::dns::{DnsServer, SrvRecord};
+use thingsbus_tests::{eventually, spawn_broker_on_port_pair, DEADLINE};
+
+/// `cargo test` builds the examples next to the test binaries' folder.
+fn example(name: &str) -> Command {
+    let mut dir: PathBuf = std::env::current_exe().expect("test exe path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built (cargo test builds examples)",
+        path.display()
+    );
+    let mut c = Command::new(path);
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn quick(c: &mut Config) {
+    c.snapshot_interval = Duration::from_millis(200);
+}
+
+#[test]
+fn send_then_query_then_watch_through_srv() {
+    let broker = spawn_broker_on_port_pair(quick);
+    let dns = DnsServer::start(
+        "example.org",
+        &[SrvRecord {
+            name: "_thingsbus._tcp.example.org".into(),
+            priority: 0,
+            weight: 0,
+            port: broker.endpoints().directory_port,
+            target: "broker.example.org.".into(),
+        }],
+        &[("broker.example.org", Ipv4Addr::LOCALHOST)],
+    );
+    let ns_arg = dns.addr().to_string();
+    let find = ["--zone", "example.org", "--nameserver", ns_arg.as_str()];
+
+    let mut watch = example("print_all_events")
+        .args(find)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start print_all_events");
+    let lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+
+    let out = example("send_update")
+        .args(find)
+        .args(["shop.door", r#"{"open": true}"#])
+        .output()
+        .expect("run send_update");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = example("udp_msgpack")
+        .args([
+            &broker.endpoints().udp.to_string(),
+            "bottlekid.prototype",
+            r#"{"loops": 154}"#,
+        ])
+        .output()
+        .expect("run udp_msgpack");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = example("query_thing")
+        .args(find)
+        .args(["shop.door", "--timeout", "10"])
+        .output()
+        .expect("run query_thing");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let (age, data) = text.trim().split_once(' ').expect("<age> <data>");
+    let age: f64 = age.parse().expect("age is a number");
+    assert!((0.0..30.0).contains(&age), "{text}");
+    assert_eq!(data, r#"{"open":true}"#);
+
+    let out = example("query_thing")
+        .args([
+            "--url",
+            &broker.endpoints().directory,
+            "no.such.thing",
+            "--timeout",
+            "5",
+        ])
+        .output()
+        .expect("run query_thing");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown thing"));
+
+    // The watcher prints the door (as a snapshot at least) and the board's datagram.
+    let mut seen_door = false;
+    let mut seen_board = false;
+    eventually(DEADLINE, "print_all_events to show both things", || {
+        while let Ok(line) = rx.try_recv() {
+            let parts: Vec<&str> = line.splitn(3, ' ').collect();
+            assert_eq!(parts.len(), 3, "{line}");
+            assert!(parts[1].parse::<f64>().is_ok(), "{line}");
+            seen_door |= parts[0] == "shop.door" && parts[2].starts_with(r#"{"open":true}"#);
+            seen_board |= parts[0] == "bottlekid.prototype";
+        }
+        (seen_door && seen_board).then_some(())
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[test]
+fn every_example_has_help() {
+    for name in [
+        "send_update",
+        "print_all_events",
+        "query_thing",
+        "udp_msgpack",
+    ] {
+        let out = example(name).arg("--help").output().expect("run --help");
+        assert!(out.status.success(), "{name} --help");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{name}"
+        );
+    }
+    let out = example("send_update")
+        .arg("a.b")
+        .arg("1")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "a target is required");
+}
