@@ -1,0 +1,250 @@
+//! The systems under test, each in its own process: our broker and the floor are this same
+//! binary started in a hidden server mode; the Python broker is the original 0.2.1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+/// Which system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Kind {
+    /// This project's broker.
+    Ours,
+    /// libzmq forwarding with no parsing: what any broker must be slower than.
+    Floor,
+    /// The original Python thingsbus 0.2.1 broker.
+    Python,
+}
+
+impl Kind {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kind::Ours => "thingsbus (ours)",
+            Kind::Floor => "floor (libzmq forwarder)",
+            Kind::Python => "python 0.2.1",
+        }
+    }
+
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Kind::Ours => "ours",
+            Kind::Floor => "floor",
+            Kind::Python => "python",
+        }
+    }
+}
+
+/// Settings for a server start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub(crate) subscriber_hwm: i32,
+    pub(crate) snapshot_interval_s: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            subscriber_hwm: 100_000,
+            snapshot_interval_s: 3600.0,
+        }
+    }
+}
+
+/// A running server process, killed on drop.
+pub(crate) struct Server {
+    pub(crate) kind: Kind,
+    child: Child,
+    pub(crate) directory: String,
+    pub(crate) input: String,
+    pub(crate) udp: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub(crate) fn start(kind: Kind, opts: Options) -> anyhow::Result<Server> {
+        match kind {
+            Kind::Ours | Kind::Floor => {
+                let exe = std::env::current_exe().context("locating the bench binary")?;
+                let mode = if kind == Kind::Ours {
+                    "serve-broker"
+                } else {
+                    "serve-floor"
+                };
+                let mut child = Command::new(exe)
+                    .args([
+                        mode,
+                        &opts.subscriber_hwm.to_string(),
+                        &opts.snapshot_interval_s.to_string(),
+                    ])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .with_context(|| format!("starting {mode}"))?;
+                let stdout = child.stdout.take().context("server stdout")?;
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line)?;
+                let v: Value =
+                    serde_json::from_str(&line).with_context(|| format!("server said {line:?}"))?;
+                let s = |k: &str| v[k].as_str().map(str::to_owned).context("endpoint missing");
+                Ok(Server {
+                    kind,
+                    directory: s("directory")?,
+                    input: s("input")?,
+                    udp: s("udp")?.parse()?,
+                    child,
+                })
+            }
+            Kind::Python => {
+                let python = python().context(
+                    "the Python 0.2.1 broker is not installed (scripts/python-peers.sh)",
+                )?;
+                let (dport, iport) = free_port_pair()?;
+                let script = format!(
+                    "import thingsbus.broker as b\nb.INPUT_PORT = {iport}\nb.DIRECTORY_INTERVAL = {}\n\
+                     br = b.Broker(adaptor_url='tcp://127.0.0.1:{iport}', directory_url='tcp://127.0.0.1:{dport}')\n\
+                     try:\n    br.run()\nexcept KeyboardInterrupt:\n    pass\n",
+                    opts.snapshot_interval_s
+                );
+                let child = Command::new(python)
+                    .args(["-c", &script])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .context("starting the Python broker")?;
+                Ok(Server {
+                    kind,
+                    child,
+                    directory: format!("tcp://127.0.0.1:{dport}"),
+                    input: format!("tcp://127.0.0.1:{iport}"),
+                    udp: format!("127.0.0.1:{iport}").parse()?,
+                })
+            }
+        }
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// The Python 0.2.1 interpreter, if installed by scripts/python-peers.sh (or THINGSBUS_PY02).
+pub(crate) fn python() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv =
+        std::env::var_os("THINGSBUS_PY02").map_or_else(|| root.join("target/py02"), PathBuf::from);
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import thingsbus.broker, thingsbus_msgpack_compat"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(py)
+}
+
+fn free_port_pair() -> anyhow::Result<(u16, u16)> {
+    for _ in 0..100 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let p = a.local_addr()?.port();
+        if p == u16::MAX {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+            && UdpSocket::bind(("0.0.0.0", p + 1)).is_ok()
+        {
+            return Ok((p, p + 1));
+        }
+    }
+    bail!("no free port pair")
+}
+
+/// Hidden mode `serve-broker HWM SNAPSHOT_S`: our broker, endpoints on stdout, until stdin closes.
+pub(crate) fn serve_broker(args: &[String]) -> anyhow::Result<()> {
+    let hwm: i32 = args.first().context("hwm")?.parse()?;
+    let interval: f64 = args.get(1).context("interval")?.parse()?;
+    let config = thingsbus_broker::Config {
+        subscriber_hwm: hwm,
+        input_hwm: 100_000,
+        snapshot_interval: Duration::from_secs_f64(interval),
+        live_window: Duration::from_secs(3600),
+        ..thingsbus_broker::Config::ephemeral()
+    };
+    let broker = thingsbus_broker::Broker::start(config)?;
+    let e = broker.endpoints();
+    println!(
+        "{}",
+        json!({"directory": e.directory, "input": e.input, "udp": e.udp.to_string()})
+    );
+    std::io::stdout().flush()?;
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    Ok(())
+}
+
+/// Hidden mode `serve-floor HWM _`: the least any broker must do. One thread polls the ZMQ SUB
+/// and the UDP socket, drains both without blocking and forwards every frame and datagram to the
+/// PUB as it is: no parsing, no state, no copies beyond libzmq's own.
+pub(crate) fn serve_floor(args: &[String]) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let hwm: i32 = args.first().context("hwm")?.parse()?;
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB)?;
+    sub.set_subscribe(b"")?;
+    sub.set_rcvhwm(100_000)?;
+    sub.bind("tcp://127.0.0.1:*")?;
+    let publisher = ctx.socket(zmq::PUB)?;
+    publisher.set_sndhwm(hwm)?;
+    publisher.bind("tcp://127.0.0.1:*")?;
+    let udp = UdpSocket::bind("127.0.0.1:0")?;
+    udp.set_nonblocking(true)?;
+    let endpoint = |s: &zmq::Socket| -> anyhow::Result<String> {
+        s.get_last_endpoint()?
+            .map_err(|_| anyhow::anyhow!("endpoint"))
+    };
+    println!(
+        "{}",
+        json!({"directory": endpoint(&publisher)?, "input": endpoint(&sub)?, "udp": udp.local_addr()?.to_string()})
+    );
+    std::io::stdout().flush()?;
+    std::thread::spawn(move || {
+        let mut msg = zmq::Message::new();
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let mut items = [
+                sub.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(udp.as_raw_fd(), zmq::POLLIN),
+            ];
+            if zmq::poll(&mut items, 100).is_err() {
+                continue;
+            }
+            while sub.recv(&mut msg, zmq::DONTWAIT).is_ok() {
+                let _ = publisher.send(&*msg, zmq::DONTWAIT);
+            }
+            while let Ok(n) = udp.recv(&mut buf) {
+                let _ = publisher.send(&buf[..n], zmq::DONTWAIT);
+            }
+        }
+    });
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    Ok(())
+}
