@@ -86,6 +86,8 @@ impl ZmqInput {
     pub fn connect(broker: &Broker) -> Self {
         let s = ctx().socket(zmq::PUB).expect("PUB socket");
         s.set_linger(1000).expect("linger");
+        // Tests send bursts; libzmq's default of 1,000 queued messages would drop some.
+        s.set_sndhwm(1_000_000).expect("sndhwm");
         s.connect(&broker.endpoints().input)
             .expect("connect to input");
         ZmqInput(s)

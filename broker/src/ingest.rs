@@ -16,11 +16,13 @@ use thingsbus_protocol::{Directory, Limits, Rejection, Timestamp};
 
 use crate::config::Config;
 use crate::log_limit::LogLimiter;
-use crate::publish::Job;
+use crate::publish::{Job, Output};
 use crate::stats::{self, Stats};
 
 /// Messages taken from one input per round before the other gets its turn.
 const BUDGET: usize = 1024;
+/// Batches up to this size are sent by ingest itself when the publish thread is idle.
+const DIRECT_MAX: usize = 32;
 /// Longest sleep in poll: bounds how long a stop request waits.
 const MAX_POLL_MS: i64 = 50;
 /// Largest possible UDP payload plus one, so an oversized datagram is seen as such.
@@ -47,6 +49,7 @@ pub(crate) struct Ingest {
     input_monitor: zmq::Socket,
     output_monitor: zmq::Socket,
     tx: SyncSender<Job>,
+    output: Arc<Output>,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     dir: Directory,
@@ -70,6 +73,7 @@ impl Ingest {
         input_monitor: zmq::Socket,
         output_monitor: zmq::Socket,
         tx: SyncSender<Job>,
+        output: Arc<Output>,
         stats: Arc<Stats>,
         stop: Arc<AtomicBool>,
     ) -> Self {
@@ -79,6 +83,7 @@ impl Ingest {
             input_monitor,
             output_monitor,
             tx,
+            output,
             stats,
             stop,
             dir: Directory::new(),
@@ -252,9 +257,15 @@ impl Ingest {
             return Ok(());
         }
         let n = self.batch.len() as u64;
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BUDGET));
         stats::add(&self.stats.accepted, n);
         stats::set(&self.stats.things, self.dir.len() as u64);
+        if self.batch.len() <= DIRECT_MAX && self.output.idle() {
+            self.output.send_all(&self.batch);
+            self.batch.clear();
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BUDGET));
+        self.output.begin();
         self.tx.send(Job::Updates(batch)).map_err(|_| ())
     }
 
@@ -273,6 +284,7 @@ impl Ingest {
             seq: self.dir.seq(),
             id: self.snapshot_id,
         };
+        self.output.begin();
         self.tx
             .send(Job::Snapshot { header, entries })
             .map_err(|_| ())

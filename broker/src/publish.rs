@@ -7,10 +7,11 @@
 //! to the older one.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use thingsbus_protocol::codec::encoded_update_ns;
+use thingsbus_protocol::codec::{encoded_update_ns, UPDATE_PREFIX};
 use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader};
 
 use crate::stats::{self, Stats};
@@ -26,8 +27,77 @@ pub(crate) enum Job {
     },
 }
 
+/// The directory output socket, shared by the ingest and publish threads under a mutex (the
+/// mutex is the full fence libzmq asks for when a socket changes threads).
+///
+/// At low load ingest sends its few updates itself: one thread hand-off less, so latency stays
+/// near libzmq's own. When a wake-up brings a big batch, or the publish thread still has work,
+/// ingest queues the batch instead, and parsing and sending run on two cores. `in_flight` counts
+/// queued jobs, so ingest never sends ahead of queued work (order is kept) nor during a snapshot
+/// (whose chunks must see every live update that overtakes them).
+pub(crate) struct Output {
+    socket: Mutex<zmq::Socket>,
+    in_flight: AtomicUsize,
+    stats: Arc<Stats>,
+}
+
+impl Output {
+    pub(crate) fn new(socket: zmq::Socket, stats: Arc<Stats>) -> Self {
+        Output {
+            socket: Mutex::new(socket),
+            in_flight: AtomicUsize::new(0),
+            stats,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, zmq::Socket> {
+        self.socket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// True when nothing is queued for the publish thread.
+    pub(crate) fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Counts a job handed to the publish thread.
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        let before = self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a job ended that was never begun");
+    }
+
+    /// Sends messages in order, holding the socket once.
+    pub(crate) fn send_all(&self, msgs: &[Arc<[u8]>]) {
+        let socket = self.lock();
+        for m in msgs {
+            self.send_on(&socket, m);
+        }
+    }
+
+    fn send_one(&self, bytes: &[u8]) {
+        let socket = self.lock();
+        self.send_on(&socket, bytes);
+    }
+
+    fn send_on(&self, socket: &zmq::Socket, bytes: &[u8]) {
+        // PUB never blocks: a subscriber at its high-water mark loses this message, alone.
+        match socket.send(bytes, zmq::DONTWAIT) {
+            Ok(()) => {
+                stats::add(&self.stats.messages_out, 1);
+                stats::add(&self.stats.bytes_out, bytes.len() as u64);
+            }
+            Err(e) => tracing::debug!(error = %e, "directory send failed"),
+        }
+    }
+}
+
 pub(crate) struct Publisher {
-    socket: zmq::Socket,
+    output: Arc<Output>,
     rx: Receiver<Job>,
     stats: Arc<Stats>,
     chunk_bytes: usize,
@@ -35,13 +105,13 @@ pub(crate) struct Publisher {
 
 impl Publisher {
     pub(crate) fn new(
-        socket: zmq::Socket,
+        output: Arc<Output>,
         rx: Receiver<Job>,
         stats: Arc<Stats>,
         chunk_bytes: usize,
     ) -> Self {
         Publisher {
-            socket,
+            output,
             rx,
             stats,
             chunk_bytes,
@@ -61,7 +131,9 @@ impl Publisher {
             match job {
                 Job::Updates(batch) => self.send_updates(&batch, None),
                 Job::Snapshot { header, entries } => {
-                    if !self.send_snapshot(header, entries, &mut queued) {
+                    let more = self.send_snapshot(header, entries, &mut queued);
+                    self.output.end();
+                    if !more {
                         break;
                     }
                 }
@@ -70,24 +142,15 @@ impl Publisher {
         tracing::debug!("publish thread stopped");
     }
 
-    fn send(&self, bytes: &[u8]) {
-        // PUB never blocks: a subscriber at its high-water mark loses this message, alone.
-        match self.socket.send(bytes, zmq::DONTWAIT) {
-            Ok(()) => {
-                stats::add(&self.stats.messages_out, 1);
-                stats::add(&self.stats.bytes_out, bytes.len() as u64);
-            }
-            Err(e) => tracing::debug!(error = %e, "directory send failed"),
-        }
-    }
-
-    fn send_updates(&self, batch: &[Arc<[u8]>], mut superseded: Option<&mut HashSet<Box<[u8]>>>) {
-        for update in batch {
-            if let Some(set) = superseded.as_deref_mut() {
+    /// Sends a queued batch, remembering each namespace while a snapshot is going out.
+    fn send_updates(&self, batch: &[Arc<[u8]>], superseded: Option<&mut HashSet<Box<[u8]>>>) {
+        if let Some(set) = superseded {
+            for update in batch.iter().filter(|u| u.starts_with(UPDATE_PREFIX)) {
                 set.insert(encoded_update_ns(update).into());
             }
-            self.send(update);
         }
+        self.output.send_all(batch);
+        self.output.end();
     }
 
     /// Sends live updates that are already waiting; a snapshot found there is queued.
@@ -121,7 +184,7 @@ impl Publisher {
                 continue;
             }
             if writer.is_full_for(ns, entry) {
-                self.send(&writer.take_chunk());
+                self.output.send_one(&writer.take_chunk());
                 chunks += 1;
                 // The current chunk is empty now, so no entry already written can be superseded.
                 if !self.forward_waiting(&mut superseded, queued) {
@@ -134,7 +197,7 @@ impl Publisher {
             }
             writer.push(ns, entry);
         }
-        self.send(&writer.finish());
+        self.output.send_one(&writer.finish());
         chunks += 1;
         stats::add(&self.stats.snapshots, 1);
         stats::add(&self.stats.snapshot_chunks, chunks);

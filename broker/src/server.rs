@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use crate::config::Config;
 use crate::ingest::Ingest;
-use crate::publish::Publisher;
+use crate::publish::{Output, Publisher};
 use crate::stats::Stats;
 
 /// Why a broker could not start.
@@ -260,7 +260,13 @@ impl Broker {
         // this process's heap) absorb the difference.
         let (tx, rx) = mpsc::sync_channel(256);
 
-        let publish = Publisher::new(publisher, rx, stats.clone(), config.snapshot_chunk_bytes);
+        let output = Arc::new(Output::new(publisher, stats.clone()));
+        let publish = Publisher::new(
+            output.clone(),
+            rx,
+            stats.clone(),
+            config.snapshot_chunk_bytes,
+        );
         let ingest = Ingest::new(
             &config,
             sub,
@@ -268,6 +274,7 @@ impl Broker {
             input_monitor,
             output_monitor,
             tx,
+            output,
             stats.clone(),
             stop.clone(),
         );
