@@ -16,6 +16,11 @@ pub struct Config {
     pub port: u16,
     /// Input port for ZMQ and UDP; `None` means `port + 1` (or a free one when `port` is 0).
     pub input_port: Option<u16>,
+    /// Snapshot request endpoint port; `None` means `port + 2` (or a free one when `port` is 0).
+    pub snapshot_port: Option<u16>,
+    /// How often the broker publishes its own counters as the thing `thingsbus.broker`;
+    /// zero turns that off.
+    pub stats_interval: Duration,
     /// Time between periodic snapshots.
     pub snapshot_interval: Duration,
     /// Only things whose last `ts` is this recent appear in snapshots.
@@ -42,6 +47,8 @@ impl Default for Config {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: DEFAULT_DIRECTORY_PORT,
             input_port: None,
+            snapshot_port: None,
+            stats_interval: Duration::from_secs(5),
             snapshot_interval: Duration::from_secs(15),
             live_window: Duration::from_secs(60),
             forget_after: Duration::from_secs(86_400),
@@ -62,6 +69,8 @@ impl Config {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
             input_port: Some(0),
+            snapshot_port: Some(0),
+
             ..Config::default()
         }
     }

@@ -3,20 +3,23 @@
 //! One wake-up drains everything both inputs offer (up to a budget, for fairness), applies each
 //! accepted update to the directory and hands the encoded updates to the publisher in one batch.
 
+use std::borrow::Cow;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thingsbus_protocol::codec::{decode_json_input, decode_msgpack_input};
+use thingsbus_protocol::codec::{decode_json_input, decode_msgpack_input, encode_expired};
+use thingsbus_protocol::namespace::is_within_str;
 use thingsbus_protocol::snapshot::SnapshotHeader;
-use thingsbus_protocol::{Directory, Limits, Rejection, Timestamp};
+use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
 
 use crate::config::Config;
 use crate::log_limit::LogLimiter;
 use crate::publish::{Job, Output};
+use crate::snapshot_server::View;
 use crate::stats::{self, Stats};
 
 /// Messages taken from one input per round before the other gets its turn.
@@ -25,6 +28,10 @@ const BUDGET: usize = 1024;
 const DIRECT_MAX: usize = 32;
 /// Longest sleep in poll: bounds how long a stop request waits.
 const MAX_POLL_MS: i64 = 50;
+/// How often things that left the live window are looked for.
+const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+/// Documentation of the broker's own thing.
+const BROKER_DOC: &str = "https://github.com/thingsbus/thingsbus#the-broker-as-a-thing";
 /// Largest possible UDP payload plus one, so an oversized datagram is seen as such.
 const UDP_BUF: usize = 65_536;
 
@@ -62,72 +69,112 @@ pub(crate) struct Ingest {
     udp_buf: Vec<u8>,
     bad_input_log: LogLimiter,
     snapshot_id: u64,
+    snapshot_wake: zmq::Socket,
+    views: Sender<View>,
+    stats_interval: Duration,
+    epoch: u64,
+    started: Instant,
 }
 
+/// The sockets ingest owns.
+pub(crate) struct IngestSockets {
+    pub(crate) sub: zmq::Socket,
+    pub(crate) udp: UdpSocket,
+    pub(crate) input_monitor: zmq::Socket,
+    pub(crate) output_monitor: zmq::Socket,
+    /// The snapshot endpoint asks for a view here; ingest answers "ready" on it.
+    pub(crate) snapshot_wake: zmq::Socket,
+}
+
+/// Where ingest's results go.
+pub(crate) struct IngestLinks {
+    pub(crate) tx: SyncSender<Job>,
+    pub(crate) output: Arc<Output>,
+    pub(crate) views: Sender<View>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) stop: Arc<AtomicBool>,
+}
+
+/// The reserved namespace of the broker's own thing.
+pub(crate) const BROKER_NS: &str = "thingsbus.broker";
+
 impl Ingest {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        config: &Config,
-        sub: zmq::Socket,
-        udp: UdpSocket,
-        input_monitor: zmq::Socket,
-        output_monitor: zmq::Socket,
-        tx: SyncSender<Job>,
-        output: Arc<Output>,
-        stats: Arc<Stats>,
-        stop: Arc<AtomicBool>,
-    ) -> Self {
+    pub(crate) fn new(config: &Config, sockets: IngestSockets, links: IngestLinks) -> Self {
         Ingest {
-            sub,
-            udp,
-            input_monitor,
-            output_monitor,
-            tx,
-            output,
-            stats,
-            stop,
+            sub: sockets.sub,
+            udp: sockets.udp,
+            input_monitor: sockets.input_monitor,
+            output_monitor: sockets.output_monitor,
+            snapshot_wake: sockets.snapshot_wake,
+            tx: links.tx,
+            output: links.output,
+            views: links.views,
+            stats: links.stats,
+            stop: links.stop,
             dir: Directory::new(),
             limits: Limits {
                 max_depth: config.max_depth,
             },
             max_message_bytes: config.max_message_bytes,
             snapshot_interval: config.snapshot_interval,
+            stats_interval: config.stats_interval,
             live_window: config.live_window.as_secs_f64(),
             forget_after: config.forget_after.as_secs_f64(),
             batch: Vec::with_capacity(BUDGET),
             udp_buf: vec![0; UDP_BUF],
             bad_input_log: LogLimiter::new(Duration::from_secs(10), 20),
             snapshot_id: 0,
+            epoch: (Timestamp::now().as_secs() * 1e6) as u64,
+            started: Instant::now(),
         }
     }
 
     pub(crate) fn run(mut self) {
         let mut next_snapshot = Instant::now();
+        let mut next_expiry = Instant::now() + EXPIRY_EVERY;
+        let mut next_stats = Instant::now();
         let udp_fd = self.udp.as_raw_fd();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
             let now = Instant::now();
+            if now >= next_expiry {
+                self.expire();
+                next_expiry = now + EXPIRY_EVERY;
+            }
+            if !self.stats_interval.is_zero() && now >= next_stats {
+                self.publish_stats();
+                next_stats = now + self.stats_interval;
+            }
             if now >= next_snapshot {
-                if self.snapshot().is_err() {
+                if self.flush().is_err() || self.snapshot().is_err() {
                     break;
                 }
                 next_snapshot = now + self.snapshot_interval;
             }
-            let wait = next_snapshot.saturating_duration_since(Instant::now());
+            if self.flush().is_err() {
+                break;
+            }
+            let wait = next_snapshot
+                .min(next_expiry)
+                .saturating_duration_since(Instant::now());
             let timeout = i64::try_from(wait.as_millis())
                 .unwrap_or(MAX_POLL_MS)
                 .clamp(0, MAX_POLL_MS);
-            let monitors = {
+            let (monitors, view_wanted) = {
                 let mut items = [
                     self.sub.as_poll_item(zmq::POLLIN),
                     zmq::PollItem::from_fd(udp_fd, zmq::POLLIN),
                     self.input_monitor.as_poll_item(zmq::POLLIN),
                     self.output_monitor.as_poll_item(zmq::POLLIN),
+                    self.snapshot_wake.as_poll_item(zmq::POLLIN),
                 ];
                 match zmq::poll(&mut items, timeout) {
-                    Ok(_) => items[2].is_readable() || items[3].is_readable(),
+                    Ok(_) => (
+                        items[2].is_readable() || items[3].is_readable(),
+                        items[4].is_readable(),
+                    ),
                     Err(zmq::Error::EINTR) => continue,
                     Err(e) => {
                         tracing::error!(error = %e, "poll failed; stopping");
@@ -147,11 +194,86 @@ impl Ingest {
                     break;
                 }
             }
+            if view_wanted {
+                self.send_view();
+            }
             if monitors {
                 self.read_monitors();
             }
         }
         tracing::debug!("ingest thread stopped");
+    }
+
+    /// A consistent copy of the live directory for the snapshot endpoint.
+    fn send_view(&mut self) {
+        while self.snapshot_wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
+        let now = Timestamp::now();
+        let view = View {
+            header: SnapshotHeader {
+                ts: now,
+                seq: self.dir.seq(),
+                id: 0,
+                epoch: self.epoch,
+            },
+            entries: self.dir.live_entries(now, self.live_window),
+        };
+        if self.views.send(view).is_ok() {
+            let _ = self.snapshot_wake.send(&b"r"[..], zmq::DONTWAIT);
+        }
+    }
+
+    /// Publishes `thing_expired` for things that left the live window.
+    fn expire(&mut self) {
+        let now = Timestamp::now();
+        let expired = self.dir.expire(now, self.live_window);
+        if expired.is_empty() {
+            return;
+        }
+        stats::add(&self.stats.expired, expired.len() as u64);
+        for (ns, ts, seq) in expired {
+            let mut out = Vec::with_capacity(64 + ns.as_str().len());
+            encode_expired(&mut out, ns.as_str(), ts, seq);
+            self.batch.push(Arc::from(out));
+        }
+    }
+
+    /// Publishes the broker's own counters as the thing `thingsbus.broker`.
+    fn publish_stats(&mut self) {
+        let st = &self.stats;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let rejected: serde_json::Map<String, serde_json::Value> = st
+            .rejected_by_reason()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (r.as_str().to_owned(), n.into()))
+            .collect();
+        let replies = l(&st.snapshot_replies);
+        let data = serde_json::json!({
+            "uptime_s": self.started.elapsed().as_secs(),
+            "things": self.dir.len(),
+            "accepted": l(&st.accepted),
+            "rejected": st.rejected_total(),
+            "rejected_by_reason": rejected,
+            "bytes_in": l(&st.bytes_in),
+            "bytes_out": l(&st.bytes_out),
+            "messages_out": l(&st.messages_out),
+            "subscribers": l(&st.subscribers),
+            "input_connections": l(&st.input_connections),
+            "snapshots": l(&st.snapshots),
+            "snapshot_requests": l(&st.snapshot_requests),
+            "snapshot_request_errors": l(&st.snapshot_request_errors),
+            "snapshot_replies": replies,
+            "snapshot_reply_ms_avg": if replies == 0 { 0.0 } else { l(&st.snapshot_reply_micros) as f64 / replies as f64 / 1e3 },
+            "expired": l(&st.expired),
+            "forgotten": l(&st.forgotten),
+        });
+        let update = UpdateRef {
+            ns: NamespaceRef::new(Cow::Borrowed(BROKER_NS)).expect("the broker namespace is valid"),
+            ts: None,
+            data: Cow::Owned(data.to_string()),
+            documentation_url: Some(Cow::Borrowed(BROKER_DOC)),
+        };
+        let entry = self.dir.apply(&update, Timestamp::now());
+        self.batch.push(entry.encoded);
     }
 
     fn drain_zmq(&mut self, now: Timestamp) -> usize {
@@ -186,9 +308,13 @@ impl Ingest {
                 continue;
             }
             match decode_json_input(&msg, &self.limits) {
+                Ok(update) if is_within_str(update.ns.as_str(), BROKER_NS) => {
+                    self.reject_zmq(Rejection::ReservedNs, &mut msg);
+                }
                 Ok(update) => {
                     let entry = self.dir.apply(&update, now);
                     self.batch.push(entry.encoded);
+                    stats::add(&self.stats.accepted, 1);
                 }
                 Err(reason) => self.reject_zmq(reason, &mut msg),
             }
@@ -216,9 +342,14 @@ impl Ingest {
                 continue;
             }
             match decode_msgpack_input(&self.udp_buf[..len], &self.limits) {
+                Ok(update) if is_within_str(update.ns.as_str(), BROKER_NS) => {
+                    let head = self.udp_buf[..len.min(48)].to_vec();
+                    self.reject(Rejection::ReservedNs, Source::Udp(from), len, &head);
+                }
                 Ok(update) => {
                     let entry = self.dir.apply(&update, now);
                     self.batch.push(entry.encoded);
+                    stats::add(&self.stats.accepted, 1);
                 }
                 Err(reason) => {
                     let head = self.udp_buf[..len.min(48)].to_vec();
@@ -256,8 +387,6 @@ impl Ingest {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let n = self.batch.len() as u64;
-        stats::add(&self.stats.accepted, n);
         stats::set(&self.stats.things, self.dir.len() as u64);
         if self.batch.len() <= DIRECT_MAX && self.output.idle() {
             self.output.send_all(&self.batch);
@@ -283,6 +412,7 @@ impl Ingest {
             ts: now,
             seq: self.dir.seq(),
             id: self.snapshot_id,
+            epoch: self.epoch,
         };
         self.output.begin();
         self.tx

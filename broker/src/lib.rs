@@ -22,6 +22,7 @@ mod ingest;
 mod log_limit;
 mod publish;
 mod server;
+mod snapshot_server;
 mod stats;
 
 pub use config::Config;

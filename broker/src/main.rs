@@ -29,6 +29,14 @@ struct Args {
     #[arg(long, env = "THINGSBUS_INPUT_PORT")]
     input_port: Option<u16>,
 
+    /// Snapshot request port (late joiners get the directory at once), instead of PORT+2.
+    #[arg(long, env = "THINGSBUS_SNAPSHOT_PORT")]
+    snapshot_port: Option<u16>,
+
+    /// Seconds between updates of the broker's own thing, thingsbus.broker (its counters); 0 turns it off.
+    #[arg(long, env = "THINGSBUS_STATS_INTERVAL", default_value_t = 5.0, value_parser = non_negative_secs)]
+    stats_interval: f64,
+
     /// Seconds between periodic snapshots on the directory output.
     #[arg(long, env = "THINGSBUS_SNAPSHOT_INTERVAL", default_value_t = 15.0, value_parser = positive_secs)]
     snapshot_interval: f64,
@@ -77,6 +85,13 @@ enum LogFormat {
     Json,
 }
 
+fn non_negative_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..1e9).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds (0 or more)")),
+    }
+}
+
 fn positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(v),
@@ -108,6 +123,8 @@ fn config(args: &Args) -> Config {
         bind: args.bind,
         port: args.port,
         input_port: args.input_port,
+        snapshot_port: args.snapshot_port,
+        stats_interval: Duration::from_secs_f64(args.stats_interval),
         snapshot_interval: Duration::from_secs_f64(args.snapshot_interval),
         live_window: Duration::from_secs_f64(args.live_window),
         forget_after: Duration::from_secs_f64(args.forget_after),
@@ -145,6 +162,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         directory = %format!("tcp://{host}:{}", at.directory_port),
         input = %format!("tcp://{host}:{}", at.input_port),
         udp = %format!("{host}:{}", at.input_port),
+        snapshot = %format!("tcp://{host}:{}", at.snapshot_port),
+
         snapshot_interval_s = args.snapshot_interval,
         live_window_s = args.live_window,
         "thingsbus broker running"

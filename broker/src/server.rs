@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::Config;
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, IngestLinks, IngestSockets};
 use crate::publish::{Output, Publisher};
+use crate::snapshot_server::SnapshotServer;
 use crate::stats::Stats;
 
 /// Why a broker could not start.
@@ -57,6 +58,10 @@ pub struct Endpoints {
     pub directory_port: u16,
     /// The input port (ZMQ and UDP) that was bound.
     pub input_port: u16,
+    /// Snapshot requests, e.g. `tcp://127.0.0.1:7956`: late joiners connect a DEALER socket here.
+    pub snapshot: String,
+    /// The snapshot endpoint port that was bound.
+    pub snapshot_port: u16,
 }
 
 /// A running broker. Dropping it stops it and waits for its threads.
@@ -234,6 +239,28 @@ impl Broker {
         let (sub, udp, input_port) = input_sockets(&ctx, &config)?;
         let input_monitor = monitor(&ctx, &sub, "input")?;
         let output_monitor = monitor(&ctx, &publisher, "output")?;
+        let router = ctx.socket(zmq::ROUTER)?;
+        router.set_ipv6(config.bind.is_ipv6())?;
+        SnapshotServer::configure(&router)?;
+        let wanted_snapshot_port = match config.snapshot_port {
+            Some(p) => p,
+            None if config.port == 0 => 0,
+            None => config.port.checked_add(2).ok_or_else(|| Error::Bind {
+                what: "snapshot endpoint",
+                endpoint: zmq_endpoint(config.bind, config.port),
+                reason: "the snapshot port (port + 2) does not exist; pass --snapshot-port".into(),
+            })?,
+        };
+        let snapshot_port = bind_zmq(
+            &router,
+            "snapshot endpoint",
+            config.bind,
+            wanted_snapshot_port,
+        )?;
+        let wake_ingest = ctx.socket(zmq::PAIR)?;
+        wake_ingest.bind("inproc://thingsbus-snapshot-wake")?;
+        let wake_server = ctx.socket(zmq::PAIR)?;
+        wake_server.connect("inproc://thingsbus-snapshot-wake")?;
 
         let connect_host = if config.bind.is_unspecified() {
             match config.bind {
@@ -252,6 +279,8 @@ impl Broker {
             udp: udp.local_addr()?,
             directory_port,
             input_port,
+            snapshot: format!("tcp://{connect_host}:{snapshot_port}"),
+            snapshot_port,
         };
 
         let stats = Arc::new(Stats::default());
@@ -259,6 +288,15 @@ impl Broker {
         // Bounded: if publishing ever fell behind, ingest waits and libzmq's input queues (not
         // this process's heap) absorb the difference.
         let (tx, rx) = mpsc::sync_channel(256);
+        let (views_tx, views_rx) = mpsc::channel();
+        let snapshot_server = SnapshotServer {
+            router,
+            wake: wake_server,
+            views: views_rx,
+            stats: stats.clone(),
+            stop: stop.clone(),
+            chunk_bytes: config.snapshot_chunk_bytes,
+        };
 
         let output = Arc::new(Output::new(publisher, stats.clone()));
         let publish = Publisher::new(
@@ -269,16 +307,28 @@ impl Broker {
         );
         let ingest = Ingest::new(
             &config,
-            sub,
-            udp,
-            input_monitor,
-            output_monitor,
-            tx,
-            output,
-            stats.clone(),
-            stop.clone(),
+            IngestSockets {
+                sub,
+                udp,
+                input_monitor,
+                output_monitor,
+                snapshot_wake: wake_ingest,
+            },
+            IngestLinks {
+                tx,
+                output,
+                views: views_tx,
+                stats: stats.clone(),
+                stop: stop.clone(),
+            },
         );
         let mut threads = Vec::new();
+        threads.push(
+            std::thread::Builder::new()
+                .name("thingsbus-snapshots".into())
+                .spawn(move || snapshot_server.run())?,
+        );
+
         threads.push(
             std::thread::Builder::new()
                 .name("thingsbus-publish".into())

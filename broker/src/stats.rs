@@ -36,6 +36,18 @@ pub struct Stats {
     pub input_disconnects: AtomicU64,
     /// Directory subscribers connected now (gauge).
     pub subscribers: AtomicU64,
+    /// Snapshot requests accepted on the snapshot endpoint.
+    pub snapshot_requests: AtomicU64,
+    /// Snapshot requests refused (malformed, or too many at once).
+    pub snapshot_request_errors: AtomicU64,
+    /// Snapshot replies sent completely.
+    pub snapshot_replies: AtomicU64,
+    /// Snapshot replies abandoned (client gone, or not read within 30 s).
+    pub snapshot_replies_dropped: AtomicU64,
+    /// Total time from request to last chunk sent, over all replies, in microseconds.
+    pub snapshot_reply_micros: AtomicU64,
+    /// `thing_expired` events published.
+    pub expired: AtomicU64,
 }
 
 const _: () = assert!(Rejection::ALL.len() <= 32, "grow Stats::rejected");

@@ -81,6 +81,7 @@ rejections! {
     NonFinite => "non_finite", "NaN or infinite float";
     BinaryValue => "binary_value", "MessagePack bin or ext value (JSON cannot carry it)";
     BadMapKey => "bad_map_key", "MessagePack map key that is neither a string nor an integer";
+    ReservedNs => "reserved_ns", "namespace under thingsbus.broker, which only the broker publishes";
 }
 
 impl fmt::Display for Rejection {
@@ -595,6 +596,10 @@ pub struct PublishedSnapshot<'a> {
     pub seq: Option<u64>,
     /// The snapshot's number within a broker run.
     pub id: Option<u64>,
+    /// The broker run (absent from 0.2.x brokers).
+    pub epoch: Option<u64>,
+    /// On a reply to a snapshot request: the request's `id`, as JSON text.
+    pub request: Option<&'a RawValue>,
     /// This chunk's index.
     pub chunk: Option<u64>,
     /// False on all chunks but the last; absent (0.2.x) means a complete snapshot.
@@ -627,6 +632,13 @@ pub enum Published<'a> {
         /// Its last timestamp.
         ts: Option<Timestamp>,
     },
+    /// A snapshot request was refused.
+    SnapshotError {
+        /// The request's `id`, as JSON text.
+        request: Option<&'a RawValue>,
+        /// `bad_request` or `busy`.
+        error: String,
+    },
     /// A message type this version does not know; ignore it.
     Unknown,
 }
@@ -651,6 +663,12 @@ struct PublishedFields<'a> {
     chunk: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     last: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    epoch: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    request: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
 }
 
 fn opt_u64(raw: Option<&RawValue>) -> Option<u64> {
@@ -743,12 +761,21 @@ pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
                 ts: opt_ts(f.ts).unwrap_or(None),
                 seq: opt_u64(f.seq),
                 id: opt_u64(f.snapshot),
+                epoch: opt_u64(f.epoch),
+                request: f.request,
                 chunk: opt_u64(f.chunk),
                 last: f.last.and_then(|r| serde_json::from_str(r.get()).ok()),
                 skipped: total - entries.len(),
                 entries,
             }))
         }
+        "snapshot_error" => Ok(Published::SnapshotError {
+            request: f.request,
+            error: f
+                .error
+                .and_then(json_str)
+                .map_or_else(String::new, Cow::into_owned),
+        }),
         "thing_expired" => {
             let ns = json_str(f.ns.ok_or(Rejection::MissingNs)?).ok_or(Rejection::BadNs)?;
             Ok(Published::Expired {
@@ -812,6 +839,17 @@ pub fn encode_update(
         Some(u) => write_json_str(out, u),
         None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"seq\":");
+    write_display(out, seq);
+    out.push(b'}');
+}
+
+/// Writes a `thing_expired` event: `{"type":"thing_expired","ns":…,"ts":<last ts>,"seq":<last seq>}`.
+pub fn encode_expired(out: &mut Vec<u8>, ns: &str, ts: Timestamp, seq: u64) {
+    out.extend_from_slice(b"{\"type\":\"thing_expired\",\"ns\":\"");
+    out.extend_from_slice(ns.as_bytes());
+    out.extend_from_slice(b"\",\"ts\":");
+    write_f64(out, ts.as_secs());
     out.extend_from_slice(b",\"seq\":");
     write_display(out, seq);
     out.push(b'}');

@@ -20,6 +20,8 @@ pub struct Entry {
     pub documentation_url: Option<Arc<str>>,
     /// The update as published (see [`crate::codec::encode_update`]); shared, never copied.
     pub encoded: Arc<[u8]>,
+    /// True once the thing has left the live window (and `thing_expired` was published).
+    pub expired: bool,
 }
 
 impl Entry {
@@ -84,6 +86,7 @@ impl Directory {
             seq: self.seq,
             documentation_url,
             encoded: Arc::from(&self.scratch[..]),
+            expired: false,
         };
         // Look up by &str first so a known thing costs no namespace allocation.
         match self.things.get_mut(ns) {
@@ -136,6 +139,20 @@ impl Directory {
             .collect()
     }
 
+    /// Marks the things whose last `ts` fell out of the live window since the last call, and
+    /// returns them (namespace, last `ts`, last `seq`), so each expiry is reported once.
+    pub fn expire(&mut self, now: Timestamp, live_window: f64) -> Vec<(Namespace, Timestamp, u64)> {
+        let cutoff = now.as_secs() - live_window;
+        let mut out = Vec::new();
+        for (ns, e) in &mut self.things {
+            if !e.expired && e.ts.as_secs() < cutoff {
+                e.expired = true;
+                out.push((ns.clone(), e.ts, e.seq));
+            }
+        }
+        out
+    }
+
     /// Removes things whose last `ts` is more than `forget_after` seconds before `now`, and
     /// returns how many were removed.
     pub fn forget_older_than(&mut self, now: Timestamp, forget_after: f64) -> usize {
@@ -183,6 +200,17 @@ mod tests {
         apply(&mut d, r#"["new", 99.0, 1, null]"#, 0.0);
         let now = Timestamp::from_secs(100.0).unwrap();
         assert_eq!(d.live_entries(now, 60.0).len(), 2);
+        let expired = d.expire(now, 15.0);
+        let mut names: Vec<&str> = expired.iter().map(|(n, _, _)| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["mid", "old"]);
+        assert!(
+            d.expire(now, 15.0).is_empty(),
+            "each expiry is reported once"
+        );
+        apply(&mut d, r#"["mid", 100.0, 2, null]"#, 0.0);
+        assert!(!d.get("mid").unwrap().expired, "a new value is live again");
+
         assert_eq!(d.forget_older_than(now, 50.0), 1);
         assert!(d.get("old").is_none());
         assert!(d.get("mid").is_some());

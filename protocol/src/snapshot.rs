@@ -3,13 +3,15 @@
 //! A chunk is an ordinary `thing_snapshot`, so a 0.2.x client applies chunks one after another:
 //!
 //! ```json
-//! {"type":"thing_snapshot","ts":1700000000.0,"seq":812,"snapshot":3,"chunk":0,
+//! {"type":"thing_snapshot","ts":1700000000.0,"seq":812,"epoch":1699990000000000,"snapshot":3,"chunk":0,
 //!  "data":{"a.b":{"ns":"a.b","data":1,"ts":1699999990.0,"documentation_url":null,"seq":805}},
 //!  "last":true}
 //! ```
 //!
-//! `seq` is the sequence number of the last update the snapshot includes; `snapshot` numbers the
-//! snapshots of one broker run; `chunk` counts from 0; `last` marks the final chunk.
+//! `seq` is the sequence number of the last update the snapshot includes; `epoch` identifies the
+//! broker run; `snapshot` numbers the snapshots of one broker run; `chunk` counts from 0; `last`
+//! marks the final chunk. Replies to snapshot requests add `"request"` (the request's `id`) and
+//! `"subtree"` (the namespace asked for).
 
 use crate::codec::{write_f64, UPDATE_PREFIX};
 use crate::message::Timestamp;
@@ -29,6 +31,9 @@ pub struct SnapshotHeader {
     pub seq: u64,
     /// The snapshot's number within this broker run.
     pub id: u64,
+    /// Identifies the broker run (its start time in microseconds): a client that sees it change
+    /// knows the broker restarted and its `seq` started over.
+    pub epoch: u64,
 }
 
 /// Builds the chunks of one snapshot from encoded updates.
@@ -36,14 +41,15 @@ pub struct SnapshotHeader {
 /// ```
 /// use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader};
 /// use thingsbus_protocol::Timestamp;
-/// let header = SnapshotHeader { ts: Timestamp::from_secs(5.0).unwrap(), seq: 0, id: 1 };
+/// let header = SnapshotHeader { ts: Timestamp::from_secs(5.0).unwrap(), seq: 0, id: 1, epoch: 7 };
 /// let w = ChunkWriter::new(header, 1024);
 /// let last = w.finish();
-/// assert_eq!(last, br#"{"type":"thing_snapshot","ts":5.0,"seq":0,"snapshot":1,"chunk":0,"data":{},"last":true}"#);
+/// assert_eq!(last, br#"{"type":"thing_snapshot","ts":5.0,"seq":0,"epoch":7,"snapshot":1,"chunk":0,"data":{},"last":true}"#);
 /// ```
 #[derive(Debug)]
 pub struct ChunkWriter {
     header: SnapshotHeader,
+    extra: String,
     max_bytes: usize,
     chunk: u64,
     buf: Vec<u8>,
@@ -53,8 +59,15 @@ pub struct ChunkWriter {
 impl ChunkWriter {
     /// Starts the first chunk. A chunk stays within `max_bytes` unless a single entry is larger.
     pub fn new(header: SnapshotHeader, max_bytes: usize) -> Self {
+        Self::with_extra(header, max_bytes, String::new())
+    }
+
+    /// Like [`ChunkWriter::new`], with more header fields: `extra` is written as is after the
+    /// standard ones and must be `,"key":value` pairs of valid JSON.
+    pub fn with_extra(header: SnapshotHeader, max_bytes: usize, extra: String) -> Self {
         let mut w = ChunkWriter {
             header,
+            extra,
             max_bytes,
             chunk: 0,
             buf: Vec::new(),
@@ -72,9 +85,10 @@ impl ChunkWriter {
             .extend_from_slice(b"{\"type\":\"thing_snapshot\",\"ts\":");
         write_f64(&mut self.buf, self.header.ts.as_secs());
         let rest = format!(
-            ",\"seq\":{},\"snapshot\":{},\"chunk\":{},\"data\":{{",
-            self.header.seq, self.header.id, self.chunk
+            ",\"seq\":{},\"epoch\":{},\"snapshot\":{},\"chunk\":{}{},\"data\":{{",
+            self.header.seq, self.header.epoch, self.header.id, self.chunk, self.extra
         );
+
         self.buf.extend_from_slice(rest.as_bytes());
     }
 
@@ -143,7 +157,9 @@ mod tests {
             ts: Timestamp::from_secs(10.0).unwrap(),
             seq: 500,
             id: 2,
+            epoch: 1,
         };
+
         let max = 2048;
         let mut w = ChunkWriter::new(header, max);
         let mut chunks = Vec::new();

@@ -1,0 +1,312 @@
+//! The instant snapshot endpoint (ZMQ ROUTER on P + 2): late joiners get the whole directory, or
+//! one subtree, at once instead of waiting for the next periodic snapshot.
+//!
+//! Request (one frame from a DEALER): `{"type":"snapshot_request","ns":"shop","id":17}` — `ns`
+//! (the subtree, default the whole directory) and `id` (echoed back) are optional.
+//! Reply: one or more `thing_snapshot` chunks, as on the directory output, with `"request"` and
+//! `"subtree"` added, the last marked `"last":true`. A refusal is
+//! `{"type":"snapshot_error","request":…,"error":"bad_request"|"busy","detail":…}`.
+//!
+//! The view is taken by the ingest thread (it owns the directory) as a list of shared entries,
+//! consistent with one `seq`; requests waiting at the same time share one view. Chunks are built
+//! and sent here, one at a time per client in turn, so a slow or vanished client costs one
+//! list of pointers, never a pile of chunks.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use thingsbus_protocol::codec::encoded_update_ns;
+use thingsbus_protocol::namespace::{self, is_within_str};
+use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader};
+
+use crate::log_limit::LogLimiter;
+use crate::stats::{self, Stats};
+
+/// Requests being served or waiting at once; more are refused with `busy`.
+const MAX_JOBS: usize = 64;
+/// A reply not taken by its client within this long is dropped.
+const JOB_TIMEOUT: Duration = Duration::from_secs(30);
+/// Chunks sent to one client before the next client's turn.
+const CHUNKS_PER_TURN: usize = 4;
+/// Largest request accepted.
+const MAX_REQUEST_BYTES: i64 = 4096;
+
+/// A consistent copy of the live directory, taken by the ingest thread.
+pub(crate) struct View {
+    pub(crate) header: SnapshotHeader,
+    pub(crate) entries: Vec<Arc<[u8]>>,
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    #[serde(default)]
+    ns: Option<String>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+}
+
+struct Job {
+    identity: Vec<u8>,
+    /// A REQ client puts an empty delimiter frame before its payload; replies must carry it.
+    delimiter: bool,
+    request_id: String,
+    subtree: String,
+    view: Option<Arc<View>>,
+    writer: Option<ChunkWriter>,
+    pos: usize,
+    /// A chunk the client had no room for yet.
+    pending: Option<(Vec<u8>, bool)>,
+    done: bool,
+    started: Instant,
+}
+
+pub(crate) struct SnapshotServer {
+    pub(crate) router: zmq::Socket,
+    /// Ingest's end says "view ready" here; we say "view wanted".
+    pub(crate) wake: zmq::Socket,
+    pub(crate) views: Receiver<View>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) chunk_bytes: usize,
+}
+
+impl SnapshotServer {
+    pub(crate) fn configure(router: &zmq::Socket) -> zmq::Result<()> {
+        router.set_router_mandatory(true)?;
+        router.set_sndhwm(CHUNKS_PER_TURN as i32 * 4)?;
+        router.set_maxmsgsize(MAX_REQUEST_BYTES)?;
+        router.set_linger(0)
+    }
+
+    pub(crate) fn run(self) {
+        let mut waiting: Vec<Job> = Vec::new();
+        let mut jobs: VecDeque<Job> = VecDeque::new();
+        let mut view_asked = false;
+        let mut log = LogLimiter::new(Duration::from_secs(10), 20);
+        while !self.stop.load(Ordering::Relaxed) {
+            let timeout = if jobs.is_empty() { 50 } else { 5 };
+            let (requests, ready) = {
+                let mut items = [
+                    self.router.as_poll_item(zmq::POLLIN),
+                    self.wake.as_poll_item(zmq::POLLIN),
+                ];
+                match zmq::poll(&mut items, timeout) {
+                    Ok(_) => (items[0].is_readable(), items[1].is_readable()),
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "snapshot endpoint poll failed; stopping it");
+                        return;
+                    }
+                }
+            };
+            if requests {
+                while let Ok(frames) = self.router.recv_multipart(zmq::DONTWAIT) {
+                    match self.parse(frames, waiting.len() + jobs.len()) {
+                        Ok(job) => {
+                            stats::add(&self.stats.snapshot_requests, 1);
+                            waiting.push(job);
+                        }
+                        Err((identity, delimiter, id, error, detail)) => {
+                            stats::add(&self.stats.snapshot_request_errors, 1);
+                            if log.allow(Instant::now(), |n| {
+                                tracing::warn!(suppressed = n, "more snapshot requests refused")
+                            }) {
+                                tracing::warn!(error, detail, "snapshot request refused");
+                            }
+                            let reply = serde_json::json!({
+                                "type": "snapshot_error", "request": id, "error": error, "detail": detail
+                            });
+                            let _ = self.send(&identity, delimiter, reply.to_string().as_bytes());
+                        }
+                    }
+                }
+                if !waiting.is_empty() && !view_asked {
+                    view_asked = self.wake.send(&b"v"[..], zmq::DONTWAIT).is_ok();
+                }
+            }
+            if ready {
+                while self.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
+                while let Ok(view) = self.views.try_recv() {
+                    view_asked = false;
+                    let view = Arc::new(view);
+                    for mut job in waiting.drain(..) {
+                        job.view = Some(view.clone());
+                        jobs.push_back(job);
+                    }
+                }
+                if !waiting.is_empty() && !view_asked {
+                    view_asked = self.wake.send(&b"v"[..], zmq::DONTWAIT).is_ok();
+                }
+            }
+            self.serve(&mut jobs);
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn parse(
+        &self,
+        mut frames: Vec<Vec<u8>>,
+        busy_count: usize,
+    ) -> Result<Job, (Vec<u8>, bool, serde_json::Value, &'static str, String)> {
+        let identity = if frames.is_empty() {
+            Vec::new()
+        } else {
+            frames.remove(0)
+        };
+        let delimiter = frames.len() == 2 && frames[0].is_empty();
+        if delimiter {
+            frames.remove(0);
+        }
+        let refuse = |id: serde_json::Value, error: &'static str, detail: String| {
+            (identity.clone(), delimiter, id, error, detail)
+        };
+        if frames.len() != 1 {
+            return Err(refuse(
+                serde_json::Value::Null,
+                "bad_request",
+                "expected one frame".into(),
+            ));
+        }
+        let req: Request<'_> = serde_json::from_slice(&frames[0]).map_err(|e| {
+            refuse(
+                serde_json::Value::Null,
+                "bad_request",
+                format!("not a snapshot request: {e}"),
+            )
+        })?;
+        let id_text = req
+            .id
+            .map_or_else(|| "null".to_owned(), |r| r.get().to_owned());
+        let id_value: serde_json::Value =
+            serde_json::from_str(&id_text).unwrap_or(serde_json::Value::Null);
+        if req.ty != "snapshot_request" {
+            return Err(refuse(
+                id_value,
+                "bad_request",
+                format!("unknown type {:?}", req.ty),
+            ));
+        }
+        let subtree = req.ns.unwrap_or_default();
+        if let Err(e) = namespace::validate(&subtree) {
+            return Err(refuse(id_value, "bad_request", e.to_string()));
+        }
+        if busy_count >= MAX_JOBS {
+            return Err(refuse(
+                id_value,
+                "busy",
+                format!("{MAX_JOBS} requests in progress; retry shortly"),
+            ));
+        }
+        Ok(Job {
+            identity,
+            delimiter,
+            request_id: id_text,
+            subtree,
+            view: None,
+            writer: None,
+            pos: 0,
+            pending: None,
+            done: false,
+            started: Instant::now(),
+        })
+    }
+
+    fn send(&self, identity: &[u8], delimiter: bool, payload: &[u8]) -> zmq::Result<()> {
+        self.router.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
+        if delimiter {
+            self.router.send(&b""[..], zmq::SNDMORE | zmq::DONTWAIT)?;
+        }
+        self.router.send(payload, zmq::DONTWAIT)
+    }
+
+    /// Sends a few chunks of each reply in turn.
+    fn serve(&self, jobs: &mut VecDeque<Job>) {
+        for _ in 0..jobs.len() {
+            let Some(mut job) = jobs.pop_front() else {
+                break;
+            };
+            if job.started.elapsed() > JOB_TIMEOUT {
+                stats::add(&self.stats.snapshot_replies_dropped, 1);
+                continue;
+            }
+            let mut gone = false;
+            for _ in 0..CHUNKS_PER_TURN {
+                let Some(chunk) = self.next_chunk(&mut job) else {
+                    break;
+                };
+                match self.send(&job.identity, job.delimiter, &chunk.0) {
+                    Ok(()) => {
+                        stats::add(&self.stats.bytes_out, chunk.0.len() as u64);
+                        if chunk.1 {
+                            job.done = true;
+                            let ms = job.started.elapsed().as_secs_f64() * 1e3;
+                            stats::add(&self.stats.snapshot_replies, 1);
+                            stats::add(&self.stats.snapshot_reply_micros, (ms * 1e3) as u64);
+                            break;
+                        }
+                    }
+                    Err(zmq::Error::EAGAIN) => {
+                        // The client's queue is full: keep this chunk for its next turn.
+                        job.pending = Some(chunk);
+                        break;
+                    }
+                    Err(_) => {
+                        // EHOSTUNREACH: the client is gone.
+                        stats::add(&self.stats.snapshot_replies_dropped, 1);
+                        gone = true;
+                        break;
+                    }
+                }
+            }
+            if !gone && !job.done {
+                jobs.push_back(job);
+            }
+        }
+    }
+
+    /// The next chunk of a reply and whether it is the last.
+    fn next_chunk(&self, job: &mut Job) -> Option<(Vec<u8>, bool)> {
+        if let Some(c) = job.pending.take() {
+            return Some(c);
+        }
+        if job.done {
+            return None;
+        }
+        let view = job.view.clone()?;
+        if job.writer.is_none() && job.pos == 0 {
+            let extra = format!(
+                ",\"request\":{},\"subtree\":{}",
+                job.request_id,
+                serde_json::Value::String(job.subtree.clone())
+            );
+            job.writer = Some(ChunkWriter::with_extra(
+                view.header,
+                self.chunk_bytes,
+                extra,
+            ));
+        }
+        let writer = job.writer.as_mut()?;
+
+        while job.pos < view.entries.len() {
+            let entry = &view.entries[job.pos];
+            let ns = encoded_update_ns(entry);
+            let inside = std::str::from_utf8(ns).is_ok_and(|ns| is_within_str(ns, &job.subtree));
+            if inside && writer.is_full_for(ns, entry) {
+                return Some((writer.take_chunk(), false));
+            }
+            if inside {
+                writer.push(ns, entry);
+            }
+            job.pos += 1;
+        }
+        let last = job.writer.take()?.finish();
+        Some((last, true))
+    }
+}
