@@ -29,7 +29,8 @@ pub enum UdpForm {
 #[derive(Debug, Clone)]
 enum Target {
     Zone(String),
-    Zmq(String),
+    /// ZMQ input URLs, tried in order.
+    Zmq(Vec<String>),
     Udp(String),
 }
 
@@ -44,9 +45,17 @@ pub struct AdaptorBuilder {
     udp_form: UdpForm,
     queue_capacity: usize,
     discovery: Discovery,
+    failover_timeout: Duration,
 }
 
 impl AdaptorBuilder {
+    /// With several brokers in SRV: how long the current one may stay unreachable before the
+    /// adaptor moves to the next (default 3 s).
+    pub fn failover_timeout(mut self, timeout: Duration) -> Self {
+        self.failover_timeout = timeout;
+        self
+    }
+
     /// Find the broker through the SRV record `_thingsbus._tcp.<zone>`.
     pub fn zone(mut self, zone: &str) -> Self {
         self.target = Some(Target::Zone(zone.to_owned()));
@@ -56,7 +65,7 @@ impl AdaptorBuilder {
     /// Connect to this ZMQ input URL, e.g. `tcp://broker:7955`. `tcp://*:7955` (from 0.2.x
     /// service files) means this machine.
     pub fn url(mut self, url: &str) -> Self {
-        self.target = Some(Target::Zmq(url.to_owned()));
+        self.target = Some(Target::Zmq(vec![url.to_owned()]));
         self
     }
 
@@ -113,11 +122,12 @@ impl AdaptorBuilder {
             Some(Target::Zone(zone)) => {
                 let brokers = self.discovery.brokers(&zone).await?;
                 let first = brokers.first().ok_or(Error::NoTarget)?;
-                tracing::info!(%zone, broker = %first, "found the broker through SRV");
+                tracing::info!(%zone, broker = %first, others = brokers.len() - 1, "found brokers through SRV");
                 if self.prefer_udp {
+                    // UDP cannot tell whether anyone listens: the first broker it is.
                     Target::Udp(first.udp_addr())
                 } else {
-                    Target::Zmq(first.input_url())
+                    Target::Zmq(brokers.iter().map(|b| b.input_url()).collect())
                 }
             }
             Some(t) => t,
@@ -151,13 +161,20 @@ impl AdaptorBuilder {
         let ns = Namespace::new(&self.ns)?;
         let counters = Arc::new(Counters::default());
         let transport = match target {
-            Target::Zmq(url) => {
-                let (url, rewritten) = connect_url(&url);
-                if rewritten {
-                    tracing::info!(%url, "a '*' host in a connect URL means this machine");
-                }
+            Target::Zmq(urls) => {
+                let urls = urls
+                    .iter()
+                    .map(|u| {
+                        let (url, rewritten) = connect_url(u);
+                        if rewritten {
+                            tracing::info!(%url, "a '*' host in a connect URL means this machine");
+                        }
+                        url.into_owned()
+                    })
+                    .collect();
                 Transport::Zmq(ZmqSender::start(
-                    &url,
+                    urls,
+                    self.failover_timeout,
                     self.queue_capacity,
                     counters.clone(),
                 )?)
@@ -267,6 +284,7 @@ impl Adaptor {
             udp_form: UdpForm::default(),
             queue_capacity: 10_000,
             discovery: Discovery::new(),
+            failover_timeout: Duration::from_secs(3),
         }
     }
 

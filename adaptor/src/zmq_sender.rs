@@ -47,11 +47,15 @@ pub(crate) struct ZmqSender {
 }
 
 impl ZmqSender {
+    /// Connects to the first of `urls`; with several, moves to the next when a broker stays
+    /// unreachable for `failover_timeout`.
     pub(crate) fn start(
-        url: &str,
+        urls: Vec<String>,
+        failover_timeout: Duration,
         capacity: usize,
         counters: Arc<Counters>,
     ) -> Result<Self, Error> {
+        let url = urls.first().cloned().ok_or(Error::NoTarget)?;
         let zmq_err = |what: &str| {
             let what = what.to_owned();
             move |source| Error::Zmq { what, source }
@@ -74,7 +78,7 @@ impl ZmqSender {
             .set_reconnect_ivl_max(5_000)
             .map_err(zmq_err("setting the reconnect interval"))?;
         socket
-            .connect(url)
+            .connect(&url)
             .map_err(zmq_err(&format!("connecting to {url}")))?;
         let (wake, wake_rx) = UnixDatagram::pair().map_err(Error::Thread)?;
         wake.set_nonblocking(true).map_err(Error::Thread)?;
@@ -89,10 +93,9 @@ impl ZmqSender {
             close_deadline: Mutex::new(None),
         });
         let thread_shared = shared.clone();
-        let url = url.to_owned();
         let thread = std::thread::Builder::new()
             .name("thingsbus-adaptor".into())
-            .spawn(move || run(socket, ctx, wake_rx, thread_shared, url))
+            .spawn(move || run(socket, ctx, wake_rx, thread_shared, urls, failover_timeout))
             .map_err(Error::Thread)?;
         Ok(ZmqSender {
             shared,
@@ -181,10 +184,26 @@ fn run(
     ctx: zmq::Context,
     wake: UnixDatagram,
     shared: Arc<Shared>,
-    url: String,
+    urls: Vec<String>,
+    failover_timeout: Duration,
 ) {
     let mut buf = [0u8; 64];
+    let mut current = 0;
+    let mut url = urls[0].clone();
+    let mut unreachable_since = Some(Instant::now());
     loop {
+        if urls.len() > 1 && unreachable_since.is_some_and(|t| t.elapsed() > failover_timeout) {
+            let _ = socket.disconnect(&url);
+            current = (current + 1) % urls.len();
+            let next = urls[current].clone();
+            tracing::warn!(from = %url, to = %next, "broker unreachable; moving to the next one in the SRV list");
+            if let Err(e) = socket.connect(&next) {
+                tracing::error!(to = %next, error = %e, "cannot connect");
+            }
+            url = next;
+            unreachable_since = Some(Instant::now());
+        }
+
         let closing = shared.closing.load(Ordering::Relaxed);
         let deadline = *shared
             .close_deadline
@@ -216,6 +235,7 @@ fn run(
             let now_connected = msg.first() == Some(&1);
             let was = shared.connected.swap(now_connected, Ordering::Relaxed);
             if now_connected != was {
+                unreachable_since = (!now_connected).then(Instant::now);
                 if now_connected {
                     tracing::debug!(%url, "broker connected");
                 } else {

@@ -6,14 +6,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use thingsbus_protocol::codec::{decode_published, Published, PublishedUpdate};
-use thingsbus_protocol::discovery::{BrokerAddr, Discovery};
+use thingsbus_protocol::discovery::Discovery;
 use thingsbus_protocol::endpoint::connect_url;
 use thingsbus_protocol::Namespace;
 
+use crate::driver::{lock, Driver, DriverOptions, Endpoint};
 use crate::mirror::Mirror;
-use crate::subscription::{self, Event, EventKind, Slot, SubscribeOptions, Subscription};
-use crate::thing::now_secs;
+use crate::subscription::{self, Slot, SubscribeOptions, Subscription};
 use crate::{Error, Thing};
 
 #[derive(Debug, Clone)]
@@ -28,6 +27,8 @@ enum Target {
 pub struct ClientBuilder {
     target: Option<Target>,
     discovery: Discovery,
+    snapshot_url: Option<String>,
+    options: DriverOptions,
 }
 
 impl ClientBuilder {
@@ -55,23 +56,67 @@ impl ClientBuilder {
         self
     }
 
+    /// With [`ClientBuilder::url`]: the snapshot endpoint, if not the directory port + 2.
+    pub fn snapshot_url(mut self, url: &str) -> Self {
+        self.snapshot_url = Some(url.to_owned());
+        self
+    }
+
+    /// Ask the broker for the whole directory on connect and after a gap (default on). Off, the
+    /// client waits for the periodic snapshot, as 0.2.x clients do.
+    pub fn instant_snapshot(mut self, yes: bool) -> Self {
+        self.options.instant = yes;
+        self
+    }
+
+    /// How long a snapshot request may go unanswered before the client falls back to the
+    /// periodic snapshot (a 0.2.x broker has no snapshot endpoint). Default 2 s.
+    pub fn snapshot_timeout(mut self, timeout: Duration) -> Self {
+        self.options.snapshot_timeout = timeout;
+        self
+    }
+
+    /// With several brokers in SRV: how long the current one may be unreachable before the
+    /// client moves to the next. Default 3 s.
+    pub fn failover_timeout(mut self, timeout: Duration) -> Self {
+        self.options.failover_timeout = timeout;
+        self
+    }
+
     /// Resolves the broker and starts mirroring. Returns at once; the mirror fills as updates
     /// and snapshots arrive ([`Client::wait_filled`]).
     ///
     /// # Errors
     /// No target, a failed SRV lookup, or a malformed URL.
     pub async fn connect(self) -> Result<Client, Error> {
-        let url = match self.target {
+        let targets = match &self.target {
             Some(Target::Zone(zone)) => {
-                let brokers = self.discovery.brokers(&zone).await?;
-                let first: &BrokerAddr = brokers.first().ok_or(Error::NoTarget)?;
-                tracing::info!(%zone, broker = %first, "found the broker through SRV");
-                first.directory_url()
+                let brokers = self.discovery.brokers(zone).await?;
+                if brokers.is_empty() {
+                    return Err(Error::NoTarget);
+                }
+                tracing::info!(%zone, broker = %brokers[0], others = brokers.len() - 1, "found brokers through SRV");
+                brokers
+                    .iter()
+                    .map(|b| Endpoint {
+                        directory: b.directory_url(),
+                        snapshot: Some(b.snapshot_url()),
+                    })
+                    .collect()
             }
-            Some(Target::Url(url)) => url,
+            Some(Target::Url(url)) => {
+                let (url, rewritten) = connect_url(url);
+                if rewritten {
+                    tracing::info!(%url, "a '*' host in a connect URL means this machine");
+                }
+                vec![Endpoint {
+                    snapshot: self.snapshot_url.clone().or_else(|| port_plus(&url, 2)),
+                    directory: url.into_owned(),
+                }]
+            }
             None => return Err(Error::NoTarget),
         };
-        Client::start(&url)
+        Client::start(targets, self.options)
     }
 
     /// [`ClientBuilder::connect`] for code without a tokio runtime.
@@ -79,15 +124,19 @@ impl ClientBuilder {
     /// # Errors
     /// As [`ClientBuilder::connect`].
     pub fn connect_blocking(self) -> Result<Client, Error> {
-        match &self.target {
-            Some(Target::Url(url)) => Client::start(url),
-            _ => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(Error::Start)?
-                .block_on(self.connect()),
-        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Start)?
+            .block_on(self.connect())
     }
+}
+
+/// `tcp://host:P` → `tcp://host:P+n`.
+fn port_plus(url: &str, n: u16) -> Option<String> {
+    let (head, port) = url.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    Some(format!("{head}:{}", port.checked_add(n)?))
 }
 
 /// What the client has seen so far.
@@ -110,34 +159,41 @@ pub struct ClientStats {
     pub seq_resets: u64,
     /// The last live sequence number seen.
     pub last_seq: u64,
+    /// Snapshot requests answered (on connect, and to resynchronise after a gap).
+    pub snapshot_replies: u64,
+    /// Times the client moved to another broker from the SRV list.
+    pub failovers: u64,
 }
 
 #[derive(Debug, Default)]
-struct Counters {
-    updates: AtomicU64,
-    snapshot_messages: AtomicU64,
-    snapshots: AtomicU64,
-    bad_messages: AtomicU64,
-    seq_gaps: AtomicU64,
-    missed_updates: AtomicU64,
-    seq_resets: AtomicU64,
-    last_seq: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) updates: AtomicU64,
+    pub(crate) snapshot_messages: AtomicU64,
+    pub(crate) snapshots: AtomicU64,
+    pub(crate) bad_messages: AtomicU64,
+    pub(crate) seq_gaps: AtomicU64,
+    pub(crate) missed_updates: AtomicU64,
+    pub(crate) seq_resets: AtomicU64,
+    pub(crate) last_seq: AtomicU64,
+    pub(crate) snapshot_replies: AtomicU64,
+    pub(crate) failovers: AtomicU64,
 }
 
 pub(crate) struct Shared {
-    mirror: Mirror,
-    subs: Mutex<Vec<Slot>>,
-    counters: Counters,
-    filled: Mutex<bool>,
-    filled_cv: Condvar,
-    filled_notify: tokio::sync::Notify,
+    pub(crate) mirror: Mirror,
+    pub(crate) subs: Mutex<Vec<Slot>>,
+    pub(crate) counters: Counters,
+    pub(crate) filled: Mutex<bool>,
+    pub(crate) filled_cv: Condvar,
+    pub(crate) filled_notify: tokio::sync::Notify,
+    /// The directory URL in use (it changes on fail-over).
+    pub(crate) current: Mutex<String>,
 }
 
 struct Inner {
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    url: String,
 }
 
 impl Drop for Inner {
@@ -166,9 +222,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("url", &self.inner.url)
-            .finish()
+        f.debug_struct("Client").field("url", &self.url()).finish()
     }
 }
 
@@ -178,24 +232,7 @@ impl Client {
         ClientBuilder::default()
     }
 
-    fn start(url: &str) -> Result<Client, Error> {
-        let (url, rewritten) = connect_url(url);
-        if rewritten {
-            tracing::info!(%url, "a '*' host in a connect URL means this machine");
-        }
-        let zmq_err = |what: String| move |source| Error::Zmq { what, source };
-        let ctx = zmq::Context::new();
-        let sub = ctx
-            .socket(zmq::SUB)
-            .map_err(zmq_err("creating the socket".into()))?;
-        sub.set_subscribe(b"")
-            .map_err(zmq_err("subscribing".into()))?;
-        sub.set_rcvhwm(100_000)
-            .map_err(zmq_err("setting the high-water mark".into()))?;
-        sub.set_reconnect_ivl_max(5_000)
-            .map_err(zmq_err("setting the reconnect interval".into()))?;
-        sub.connect(&url)
-            .map_err(zmq_err(format!("connecting to {url}")))?;
+    fn start(targets: Vec<Endpoint>, options: DriverOptions) -> Result<Client, Error> {
         let shared = Arc::new(Shared {
             mirror: Mirror::new(),
             subs: Mutex::new(Vec::new()),
@@ -203,29 +240,26 @@ impl Client {
             filled: Mutex::new(false),
             filled_cv: Condvar::new(),
             filled_notify: tokio::sync::Notify::new(),
+            current: Mutex::new(targets[0].directory.clone()),
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let shared = shared.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("thingsbus-client".into())
-                .spawn(move || receive(sub, ctx, &shared, &stop))
-                .map_err(Error::Start)?
-        };
+        let driver = Driver::new(targets, options, shared.clone(), stop.clone())?;
+        let thread = std::thread::Builder::new()
+            .name("thingsbus-client".into())
+            .spawn(move || driver.run())
+            .map_err(Error::Start)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 shared,
                 stop,
                 thread: Mutex::new(Some(thread)),
-                url: url.into_owned(),
             }),
         })
     }
 
-    /// The directory URL this client is connected to.
-    pub fn url(&self) -> &str {
-        &self.inner.url
+    /// The directory URL of the broker this client uses now.
+    pub fn url(&self) -> String {
+        lock(&self.inner.shared.current).clone()
     }
 
     /// The thing's last value, or `None` if it never had one (or `ns` is not a valid namespace).
@@ -287,6 +321,8 @@ impl Client {
             missed_updates: l(&c.missed_updates),
             seq_resets: l(&c.seq_resets),
             last_seq: l(&c.last_seq),
+            snapshot_replies: l(&c.snapshot_replies),
+            failovers: l(&c.failovers),
         }
     }
 
@@ -334,101 +370,5 @@ impl Client {
                 .unwrap_or_else(|e| e.into_inner().0);
         }
         true
-    }
-}
-
-fn receive(sub: zmq::Socket, ctx: zmq::Context, shared: &Shared, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        match sub.poll(zmq::POLLIN, 50) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(zmq::Error::EINTR) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "client poll failed; stopping");
-                break;
-            }
-        }
-        while let Ok(bytes) = sub.recv_bytes(zmq::DONTWAIT) {
-            handle(shared, &bytes);
-        }
-    }
-    let _ = sub.set_linger(0);
-    drop(sub);
-    drop(ctx);
-}
-
-fn handle(shared: &Shared, bytes: &[u8]) {
-    let c = &shared.counters;
-    let now = now_secs();
-    match decode_published(bytes) {
-        Ok(Published::Update(u)) => {
-            c.updates.fetch_add(1, Ordering::Relaxed);
-            if let Some(seq) = u.seq {
-                track_seq(c, seq);
-            }
-            apply(shared, &u, false, now);
-        }
-        Ok(Published::Snapshot(s)) => {
-            c.snapshot_messages.fetch_add(1, Ordering::Relaxed);
-            for e in &s.entries {
-                apply(shared, e, true, now);
-            }
-            if s.is_complete() {
-                c.snapshots.fetch_add(1, Ordering::Relaxed);
-                let mut filled = shared
-                    .filled
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if !*filled {
-                    *filled = true;
-                    shared.filled_cv.notify_all();
-                    shared.filled_notify.notify_waiters();
-                }
-            }
-        }
-        Ok(_) => {}
-        Err(reason) => {
-            c.bad_messages.fetch_add(1, Ordering::Relaxed);
-            tracing::trace!(%reason, "dropped a message from the broker");
-        }
-    }
-}
-
-fn track_seq(c: &Counters, seq: u64) {
-    let last = c.last_seq.swap(seq, Ordering::Relaxed);
-    if last == 0 {
-        return;
-    }
-    if seq > last + 1 {
-        c.seq_gaps.fetch_add(1, Ordering::Relaxed);
-        c.missed_updates
-            .fetch_add(seq - last - 1, Ordering::Relaxed);
-    } else if seq <= last {
-        c.seq_resets.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn apply(shared: &Shared, u: &PublishedUpdate<'_>, from_snapshot: bool, now: f64) {
-    let Some(thing) = shared.mirror.apply(u, from_snapshot, now) else {
-        return;
-    };
-    let mut subs = shared
-        .subs
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if subs.is_empty() {
-        return;
-    }
-    subs.retain(|s| !s.is_closed());
-    let event = Event {
-        thing,
-        kind: if from_snapshot {
-            EventKind::Snapshot
-        } else {
-            EventKind::Update
-        },
-    };
-    for s in subs.iter().filter(|s| s.wants(&event)) {
-        s.offer(&event);
     }
 }

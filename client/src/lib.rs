@@ -31,6 +31,7 @@
 //! - Gaps in the broker's sequence numbers are counted in [`ClientStats`].
 
 mod client;
+mod driver;
 mod error;
 mod mirror;
 mod subscription;

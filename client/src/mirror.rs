@@ -50,6 +50,7 @@ impl Mirror {
             documentation_url: u.documentation_url.as_deref().map(Arc::from).or(prev_url),
             seq: u.seq,
             from_snapshot,
+            stale: false,
         };
         if let Some(mut node) = self.nodes.get_mut(ns_str) {
             if from_snapshot {
@@ -92,6 +93,17 @@ impl Mirror {
             }
             child = parent;
         }
+    }
+
+    /// Marks a thing stale; returns it when it had a value and was not stale yet.
+    pub(crate) fn mark_stale(&self, ns: &str) -> Option<Thing> {
+        let mut node = self.nodes.get_mut(ns)?;
+        let thing = node.thing.as_mut()?;
+        if thing.stale {
+            return None;
+        }
+        thing.stale = true;
+        Some(thing.clone())
     }
 
     pub(crate) fn get(&self, ns: &str) -> Option<Thing> {

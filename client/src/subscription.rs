@@ -68,6 +68,8 @@ pub enum EventKind {
     Update,
     /// A value replayed from a snapshot.
     Snapshot,
+    /// The thing left the broker's live window (`thing_expired`): [`Thing::stale`] is now true.
+    Expired,
 }
 
 /// One event of a subscription: a thing's new value and where it came from.

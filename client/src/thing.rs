@@ -23,6 +23,9 @@ pub struct Thing {
     pub seq: Option<u64>,
     /// True when the value came from a snapshot rather than a live update.
     pub from_snapshot: bool,
+    /// True when the broker said the thing left its live window (`thing_expired`) and no new
+    /// value has come since.
+    pub stale: bool,
 }
 
 pub(crate) fn now_secs() -> f64 {
