@@ -295,3 +295,11 @@ pub fn vector(name: &str) -> Vec<u8> {
 }
 #[path = "harness/dns.rs"]
 pub mod dns;
+
+/// A client builder aimed at `broker`'s directory and snapshot endpoints (ephemeral ports do not
+/// follow the P, P+2 rule that `url()` alone assumes).
+pub fn client_for(broker: &Broker) -> thingsbus_client::ClientBuilder {
+    thingsbus_client::Client::builder()
+        .url(&broker.endpoints().directory)
+        .snapshot_url(&broker.endpoints().snapshot)
+}

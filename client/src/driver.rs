@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use thingsbus_protocol::codec::{decode_published, Published, PublishedUpdate};
 
-use crate::client::{Counters, Shared};
+use crate::client::Shared;
+use crate::mirror::Source;
 use crate::subscription::{Event, EventKind};
 use crate::thing::now_secs;
 use crate::Error;
@@ -72,6 +73,14 @@ pub(crate) struct Driver {
     resync_wanted: bool,
     last_request: Option<Instant>,
     next_id: u64,
+    /// Counts broker runs as this client sees them (restarts, fail-overs).
+    generation: u64,
+    /// The last live seq seen.
+    live_last: u64,
+    /// The seq the last snapshot reply was consistent with: live updates up to it are in it.
+    covered: u64,
+    /// The broker run the last snapshot reply came from.
+    epoch: Option<u64>,
 }
 
 fn zmq_err(what: &str) -> impl FnOnce(zmq::Error) -> Error + '_ {
@@ -127,6 +136,10 @@ impl Driver {
             resync_wanted: false,
             last_request: None,
             next_id: 1,
+            generation: 0,
+            live_last: 0,
+            covered: 0,
+            epoch: None,
         };
         d.open_dealer();
         d.request_snapshot();
@@ -291,6 +304,7 @@ impl Driver {
         }
         *lock(&self.shared.current) = to;
         self.shared.counters.last_seq.store(0, Ordering::Relaxed);
+        self.new_run();
         self.connected = false;
         self.unreachable_since = Some(Instant::now());
         self.pending = None;
@@ -298,26 +312,76 @@ impl Driver {
         self.request_snapshot();
     }
 
+    /// The broker restarted, or we moved to another: sequence numbers start over.
+    fn new_run(&mut self) {
+        self.generation += 1;
+        self.live_last = 0;
+        self.covered = 0;
+    }
+
+    /// Decides what a live update's `seq` means; false when the update is already covered by a
+    /// snapshot reply (an older update that was still on its way) and must not be applied.
+    fn track_live(&mut self, seq: u64) -> bool {
+        let c = &self.shared.counters;
+        c.last_seq.store(seq, Ordering::Relaxed);
+        if self.live_last != 0 && seq <= self.live_last {
+            c.seq_resets.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                seq,
+                last = self.live_last,
+                "sequence numbers started over: the broker restarted"
+            );
+            self.new_run();
+            self.live_last = seq;
+            self.resync_wanted = true;
+            return true;
+        }
+        let newest = self.live_last.max(self.covered);
+        self.live_last = seq;
+        if seq <= self.covered {
+            return false;
+        }
+        if newest != 0 && seq > newest + 1 {
+            c.seq_gaps.fetch_add(1, Ordering::Relaxed);
+            c.missed_updates
+                .fetch_add(seq - newest - 1, Ordering::Relaxed);
+            self.resync_wanted = true;
+        }
+        true
+    }
+
     fn handle(&mut self, bytes: &[u8]) {
-        let shared = &*self.shared;
-        let c = &shared.counters;
         let now = now_secs();
         match decode_published(bytes) {
             Ok(Published::Update(u)) => {
-                c.updates.fetch_add(1, Ordering::Relaxed);
-                if let Some(seq) = u.seq {
-                    if track_seq(c, seq) {
-                        self.resync_wanted = true;
-                    }
+                self.shared.counters.updates.fetch_add(1, Ordering::Relaxed);
+                if u.seq.is_some_and(|seq| !self.track_live(seq)) {
+                    return;
                 }
-                apply(shared, &u, false, now);
+                apply(&self.shared, &u, Source::Live, self.generation, now);
             }
             Ok(Published::Snapshot(s)) => {
-                c.snapshot_messages.fetch_add(1, Ordering::Relaxed);
-                for e in &s.entries {
-                    apply(shared, e, true, now);
-                }
+                self.shared
+                    .counters
+                    .snapshot_messages
+                    .fetch_add(1, Ordering::Relaxed);
                 let is_reply = s.request.is_some();
+                let source = if is_reply {
+                    Source::Reply
+                } else {
+                    Source::Periodic
+                };
+                if is_reply && s.epoch.is_some() && self.epoch.is_some() && s.epoch != self.epoch {
+                    self.new_run();
+                }
+                if is_reply && s.epoch.is_some() {
+                    self.epoch = s.epoch;
+                }
+                let shared = &*self.shared;
+                let c = &shared.counters;
+                for e in &s.entries {
+                    apply(shared, e, source, self.generation, now);
+                }
                 if is_reply {
                     if let Some(p) = &mut self.pending {
                         if s.request.is_some_and(|r| r.get() == p.id.to_string()) {
@@ -333,7 +397,7 @@ impl Driver {
                         }
                         // Live updates up to the snapshot's seq are in it.
                         if let Some(seq) = s.seq {
-                            c.last_seq.fetch_max(seq, Ordering::Relaxed);
+                            self.covered = self.covered.max(seq);
                         }
                     }
                     c.snapshots.fetch_add(1, Ordering::Relaxed);
@@ -346,6 +410,7 @@ impl Driver {
                 }
             }
             Ok(Published::Expired { ns, .. }) => {
+                let shared = &*self.shared;
                 if let Some(thing) = shared.mirror.mark_stale(ns.as_str()) {
                     dispatch(
                         shared,
@@ -362,40 +427,24 @@ impl Driver {
             }
             Ok(_) => {}
             Err(reason) => {
-                c.bad_messages.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .bad_messages
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::trace!(%reason, "dropped a message from the broker");
             }
         }
     }
 }
 
-/// Records a live `seq`; true when updates were missed or the broker started over.
-fn track_seq(c: &Counters, seq: u64) -> bool {
-    let last = c.last_seq.swap(seq, Ordering::Relaxed);
-    if last == 0 {
-        return false;
-    }
-    if seq > last + 1 {
-        c.seq_gaps.fetch_add(1, Ordering::Relaxed);
-        c.missed_updates
-            .fetch_add(seq - last - 1, Ordering::Relaxed);
-        true
-    } else if seq <= last {
-        c.seq_resets.fetch_add(1, Ordering::Relaxed);
-        true
-    } else {
-        false
-    }
-}
-
-fn apply(shared: &Shared, u: &PublishedUpdate<'_>, from_snapshot: bool, now: f64) {
-    let Some(thing) = shared.mirror.apply(u, from_snapshot, now) else {
+fn apply(shared: &Shared, u: &PublishedUpdate<'_>, source: Source, generation: u64, now: f64) {
+    let Some(thing) = shared.mirror.apply(u, source, generation, now) else {
         return;
     };
-    let kind = if from_snapshot {
-        EventKind::Snapshot
-    } else {
+    let kind = if source == Source::Live {
         EventKind::Update
+    } else {
+        EventKind::Snapshot
     };
     dispatch(shared, Event { thing, kind });
 }

@@ -19,6 +19,44 @@ struct Node {
     children: BTreeSet<Namespace>,
 }
 
+/// Where a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A live `thing_update`.
+    Live,
+    /// A periodic `thing_snapshot` on the directory output.
+    Periodic,
+    /// A reply to this client's snapshot request.
+    Reply,
+}
+
+fn raw(u: &PublishedUpdate<'_>) -> Option<Arc<RawValue>> {
+    RawValue::from_string(u.data.get().to_owned())
+        .ok()
+        .map(Arc::from)
+}
+
+fn make(
+    ns: Namespace,
+    prev_url: Option<Arc<str>>,
+    data: Arc<RawValue>,
+    ts: f64,
+    u: &PublishedUpdate<'_>,
+    from_snapshot: bool,
+    generation: u64,
+) -> Thing {
+    Thing {
+        ns,
+        data,
+        ts,
+        documentation_url: u.documentation_url.as_deref().map(Arc::from).or(prev_url),
+        seq: u.seq,
+        from_snapshot,
+        stale: false,
+        generation,
+    }
+}
+
 /// Every thing and every prefix of one (things form a tree, as in 0.2.x).
 #[derive(Debug)]
 pub(crate) struct Mirror {
@@ -33,47 +71,50 @@ impl Mirror {
     }
 
     /// Applies one value. A snapshot entry never replaces a newer value (by timestamp, then by
-    /// sequence number). Returns the thing as stored when it was applied.
+    /// sequence number); a reply to a snapshot request does not re-apply the value the mirror
+    /// already has (periodic snapshots do, as 0.2.x replays them). Returns the thing as stored
+    /// when it was applied.
     pub(crate) fn apply(
         &self,
         u: &PublishedUpdate<'_>,
-        from_snapshot: bool,
+        source: Source,
+        generation: u64,
         now: f64,
     ) -> Option<Thing> {
         let ts = u.ts.map_or(now, |t| t.as_secs());
         let ns_str = u.ns.as_str();
-        let data: Arc<RawValue> = Arc::from(RawValue::from_string(u.data.get().to_owned()).ok()?);
-        let make = |ns: Namespace, prev_url: Option<Arc<str>>| Thing {
-            ns,
-            data: data.clone(),
-            ts,
-            documentation_url: u.documentation_url.as_deref().map(Arc::from).or(prev_url),
-            seq: u.seq,
-            from_snapshot,
-            stale: false,
-        };
+        let from_snapshot = source != Source::Live;
         if let Some(mut node) = self.nodes.get_mut(ns_str) {
-            if from_snapshot {
-                if let Some(cur) = &node.thing {
-                    let newer = cur.ts > ts
-                        || (cur.ts == ts
-                            && matches!((cur.seq, u.seq), (Some(c), Some(s)) if c > s));
-                    if newer {
-                        return None;
-                    }
+            if let Some(cur) = &node.thing {
+                let same_run = cur.generation == generation;
+                let keep_current = match (source, cur.seq, u.seq) {
+                    // Within one broker run, seq orders everything.
+                    (Source::Live, Some(c), Some(s)) if same_run => c >= s,
+                    (Source::Reply, Some(c), Some(s)) if same_run => c >= s,
+                    (Source::Live | Source::Reply, _, _) => false,
+                    // Periodic snapshots, as 0.2.x: replayed unless older.
+                    (Source::Periodic, _, _) => cur
+                        .ts
+                        .total_cmp(&ts)
+                        .then(cur.seq.unwrap_or(0).cmp(&u.seq.unwrap_or(0)))
+                        .is_gt(),
+                };
+                if keep_current {
+                    return None;
                 }
             }
+            let data = raw(u)?;
             let prev_url = node
                 .thing
                 .as_ref()
                 .and_then(|t| t.documentation_url.clone());
             let ns = node.key().clone();
-            let thing = make(ns, prev_url);
+            let thing = make(ns, prev_url, data, ts, u, from_snapshot, generation);
             node.thing = Some(thing.clone());
             return Some(thing);
         }
         let ns = u.ns.to_namespace();
-        let thing = make(ns.clone(), None);
+        let thing = make(ns.clone(), None, raw(u)?, ts, u, from_snapshot, generation);
         self.nodes.entry(ns.clone()).or_default().thing = Some(thing.clone());
         self.link(ns);
         Some(thing)
@@ -158,8 +199,13 @@ mod tests {
     }
 
     fn apply(m: &Mirror, json: &str, from_snapshot: bool) -> Option<Thing> {
+        let source = if from_snapshot {
+            Source::Periodic
+        } else {
+            Source::Live
+        };
         match update(json) {
-            Published::Update(u) => m.apply(&u, from_snapshot, 1000.0),
+            Published::Update(u) => m.apply(&u, source, 0, 1000.0),
             other => panic!("{other:?}"),
         }
     }
