@@ -45,12 +45,7 @@ async fn main() -> anyhow::Result<()> {
         match item {
             Ok(e) => {
                 let suffix = if e.from_snapshot() { " snapshot" } else { "" };
-                println!(
-                    "{} {:.3} {}{suffix}",
-                    e.ns(),
-                    e.thing.ts,
-                    e.thing.data.get()
-                );
+                println!("{} {:.3} {}{suffix}", e.ns(), e.thing.ts, e.thing.data);
             }
             Err(lag) => eprintln!("(too slow: {} events skipped)", lag.missed),
         }

@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     let filled = client.wait_filled(timeout).await;
     match client.get(&args.ns) {
         Some(thing) => {
-            println!("{:.3} {}", thing.age(), thing.data.get());
+            println!("{:.3} {}", thing.age(), thing.data);
             Ok(ExitCode::SUCCESS)
         }
         None if !filled => {

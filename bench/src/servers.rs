@@ -62,6 +62,8 @@ pub(crate) struct Server {
     pub(crate) directory: String,
     pub(crate) input: String,
     pub(crate) udp: SocketAddr,
+    /// The snapshot request endpoint (ours only).
+    pub(crate) snapshot: Option<String>,
 }
 
 impl Drop for Server {
@@ -103,6 +105,7 @@ impl Server {
                     directory: s("directory")?,
                     input: s("input")?,
                     udp: s("udp")?.parse()?,
+                    snapshot: v["snapshot"].as_str().map(str::to_owned),
                     child,
                 })
             }
@@ -130,6 +133,7 @@ impl Server {
                     directory: format!("tcp://127.0.0.1:{dport}"),
                     input: format!("tcp://127.0.0.1:{iport}"),
                     udp: format!("127.0.0.1:{iport}").parse()?,
+                    snapshot: None,
                 })
             }
         }
@@ -194,7 +198,7 @@ pub(crate) fn serve_broker(args: &[String]) -> anyhow::Result<()> {
     let e = broker.endpoints();
     println!(
         "{}",
-        json!({"directory": e.directory, "input": e.input, "udp": e.udp.to_string()})
+        json!({"directory": e.directory, "input": e.input, "udp": e.udp.to_string(), "snapshot": e.snapshot})
     );
     std::io::stdout().flush()?;
     let _ = std::io::stdin().read_to_end(&mut Vec::new());

@@ -90,8 +90,15 @@ impl SnapshotServer {
         let mut jobs: VecDeque<Job> = VecDeque::new();
         let mut view_asked = false;
         let mut log = LogLimiter::new(Duration::from_secs(10), 20);
+        // What the last round of sending achieved: keep going at once while chunks move.
+        let mut progress = false;
         while !self.stop.load(Ordering::Relaxed) {
-            let timeout = if jobs.is_empty() { 50 } else { 5 };
+            let timeout = match (jobs.is_empty(), progress) {
+                (true, _) => 50,
+                (false, true) => 0,
+                // Every client's queue is full: give them a moment to read.
+                (false, false) => 1,
+            };
             let (requests, ready) = {
                 let mut items = [
                     self.router.as_poll_item(zmq::POLLIN),
@@ -145,7 +152,7 @@ impl SnapshotServer {
                     view_asked = self.wake.send(&b"v"[..], zmq::DONTWAIT).is_ok();
                 }
             }
-            self.serve(&mut jobs);
+            progress = self.serve(&mut jobs);
         }
     }
 
@@ -226,8 +233,9 @@ impl SnapshotServer {
         self.router.send(payload, zmq::DONTWAIT)
     }
 
-    /// Sends a few chunks of each reply in turn.
-    fn serve(&self, jobs: &mut VecDeque<Job>) {
+    /// Sends a few chunks of each reply in turn; true when anything was sent.
+    fn serve(&self, jobs: &mut VecDeque<Job>) -> bool {
+        let mut progress = false;
         for _ in 0..jobs.len() {
             let Some(mut job) = jobs.pop_front() else {
                 break;
@@ -243,6 +251,7 @@ impl SnapshotServer {
                 };
                 match self.send(&job.identity, job.delimiter, &chunk.0) {
                     Ok(()) => {
+                        progress = true;
                         stats::add(&self.stats.bytes_out, chunk.0.len() as u64);
                         if chunk.1 {
                             job.done = true;
@@ -269,6 +278,7 @@ impl SnapshotServer {
                 jobs.push_back(job);
             }
         }
+        progress
     }
 
     /// The next chunk of a reply and whether it is the last.

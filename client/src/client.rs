@@ -188,6 +188,8 @@ pub(crate) struct Shared {
     pub(crate) filled_notify: tokio::sync::Notify,
     /// The directory URL in use (it changes on fail-over).
     pub(crate) current: Mutex<String>,
+    /// Subscriptions open (or recently closed): events are built only when there are some.
+    pub(crate) subscribers: std::sync::atomic::AtomicUsize,
 }
 
 struct Inner {
@@ -241,6 +243,7 @@ impl Client {
             filled_cv: Condvar::new(),
             filled_notify: tokio::sync::Notify::new(),
             current: Mutex::new(targets[0].directory.clone()),
+            subscribers: std::sync::atomic::AtomicUsize::new(0),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let driver = Driver::new(targets, options, shared.clone(), stop.clone())?;
@@ -305,6 +308,10 @@ impl Client {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(slot);
+        self.inner
+            .shared
+            .subscribers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(subscription)
     }
 

@@ -438,9 +438,12 @@ impl Driver {
 }
 
 fn apply(shared: &Shared, u: &PublishedUpdate<'_>, source: Source, generation: u64, now: f64) {
-    let Some(thing) = shared.mirror.apply(u, source, generation, now) else {
+    // Without subscribers, no event: the mirror keeps its value and hands out no copy.
+    let want = shared.subscribers.load(Ordering::Relaxed) > 0;
+    let Some(thing) = shared.mirror.apply(u, source, generation, now, want) else {
         return;
     };
+    let Some(thing) = thing else { return };
     let kind = if source == Source::Live {
         EventKind::Update
     } else {
@@ -455,6 +458,7 @@ fn dispatch(shared: &Shared, event: Event) {
         return;
     }
     subs.retain(|s| !s.is_closed());
+    shared.subscribers.store(subs.len(), Ordering::Relaxed);
     for s in subs.iter().filter(|s| s.wants(&event)) {
         s.offer(&event);
     }

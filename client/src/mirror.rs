@@ -3,11 +3,10 @@
 //! Written only by the client's receive thread; read from anywhere through `DashMap` (readers get
 //! clones, never a reference held across an await).
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use serde_json::value::RawValue;
 use thingsbus_protocol::codec::PublishedUpdate;
 use thingsbus_protocol::Namespace;
 
@@ -16,7 +15,8 @@ use crate::Thing;
 #[derive(Debug, Default)]
 struct Node {
     thing: Option<Thing>,
-    children: BTreeSet<Namespace>,
+    /// Unordered (a hash set stays fast with 100,000 siblings); sorted when read.
+    children: HashSet<Namespace, foldhash::fast::RandomState>,
 }
 
 /// Where a value came from.
@@ -30,16 +30,14 @@ pub(crate) enum Source {
     Reply,
 }
 
-fn raw(u: &PublishedUpdate<'_>) -> Option<Arc<RawValue>> {
-    RawValue::from_string(u.data.get().to_owned())
-        .ok()
-        .map(Arc::from)
+fn raw(u: &PublishedUpdate<'_>) -> Option<Arc<str>> {
+    Some(Arc::from(u.data.get()))
 }
 
 fn make(
     ns: Namespace,
     prev_url: Option<Arc<str>>,
-    data: Arc<RawValue>,
+    data: Arc<str>,
     ts: f64,
     u: &PublishedUpdate<'_>,
     from_snapshot: bool,
@@ -80,7 +78,8 @@ impl Mirror {
         source: Source,
         generation: u64,
         now: f64,
-    ) -> Option<Thing> {
+        want_copy: bool,
+    ) -> Option<Option<Thing>> {
         let ts = u.ts.map_or(now, |t| t.as_secs());
         let ns_str = u.ns.as_str();
         let from_snapshot = source != Source::Live;
@@ -110,28 +109,37 @@ impl Mirror {
                 .and_then(|t| t.documentation_url.clone());
             let ns = node.key().clone();
             let thing = make(ns, prev_url, data, ts, u, from_snapshot, generation);
-            node.thing = Some(thing.clone());
-            return Some(thing);
+            let copy = want_copy.then(|| thing.clone());
+            node.thing = Some(thing);
+            return Some(copy);
         }
         let ns = u.ns.to_namespace();
         let thing = make(ns.clone(), None, raw(u)?, ts, u, from_snapshot, generation);
-        self.nodes.entry(ns.clone()).or_default().thing = Some(thing.clone());
+        let copy = want_copy.then(|| thing.clone());
+        self.nodes.entry(ns.clone()).or_default().thing = Some(thing);
         self.link(ns);
-        Some(thing)
+        Some(copy)
     }
 
-    /// Makes every prefix of `ns` exist and know its child.
+    /// Makes every prefix of `ns` exist and know its child. Stops at the first prefix that
+    /// already existed (its own ancestors are linked), and allocates nothing for it.
     fn link(&self, mut child: Namespace) {
-        while let Some(parent) = child.parent() {
-            let inserted = self
-                .nodes
+        loop {
+            let parent_str = match child.as_str().rfind('.') {
+                Some(i) => &child.as_str()[..i],
+                None if child.is_root() => return,
+                None => "",
+            };
+            if let Some(mut parent) = self.nodes.get_mut(parent_str) {
+                parent.children.insert(child);
+                return;
+            }
+            let Some(parent) = child.parent() else { return };
+            self.nodes
                 .entry(parent.clone())
                 .or_default()
                 .children
                 .insert(child);
-            if !inserted {
-                break;
-            }
             child = parent;
         }
     }
@@ -157,10 +165,13 @@ impl Mirror {
     }
 
     pub(crate) fn children(&self, ns: &str) -> Vec<Namespace> {
-        self.nodes
+        let mut kids: Vec<Namespace> = self
+            .nodes
             .get(ns)
             .map(|n| n.children.iter().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        kids.sort_unstable();
+        kids
     }
 
     /// Every thing with a value at or below `ns`, in namespace order.
@@ -177,8 +188,11 @@ impl Mirror {
             if let Some(t) = &node.thing {
                 out.push(t.clone());
             }
-            // Reverse so that popping visits children in order.
-            stack.extend(node.children.iter().rev().cloned());
+            // Sorted, reversed: popping visits children in order.
+            let mut kids: Vec<Namespace> = node.children.iter().cloned().collect();
+            drop(node);
+            kids.sort_unstable_by(|a, b| b.cmp(a));
+            stack.extend(kids);
         }
         out
     }
@@ -205,7 +219,7 @@ mod tests {
             Source::Live
         };
         match update(json) {
-            Published::Update(u) => m.apply(&u, source, 0, 1000.0),
+            Published::Update(u) => m.apply(&u, source, 0, 1000.0, true).flatten(),
             other => panic!("{other:?}"),
         }
     }
@@ -225,7 +239,7 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(m.get("a.b.c").unwrap().data.get(), "1");
+        assert_eq!(m.get("a.b.c").unwrap().data.as_ref(), "1");
         assert!(m.get("a.b").is_none(), "prefixes exist but have no value");
         assert!(m.exists("a.b"));
         assert_eq!(m.get("a.x").unwrap().ts, 1000.0);
@@ -265,7 +279,7 @@ mod tests {
             true
         )
         .is_none());
-        assert_eq!(m.get("t").unwrap().data.get(), "\"new\"");
+        assert_eq!(m.get("t").unwrap().data.as_ref(), "\"new\"");
         // A live update always applies, even with an older timestamp.
         apply(
             &m,
@@ -273,7 +287,7 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(m.get("t").unwrap().data.get(), "\"live\"");
+        assert_eq!(m.get("t").unwrap().data.as_ref(), "\"live\"");
         // A newer snapshot value applies.
         let t = apply(
             &m,

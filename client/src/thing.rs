@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
-use serde_json::value::RawValue;
 use thingsbus_protocol::Namespace;
 
 /// A thing's last known value, as handed out by [`crate::Client::get`]: an owned snapshot, not a
@@ -13,8 +12,8 @@ use thingsbus_protocol::Namespace;
 pub struct Thing {
     /// The thing.
     pub ns: Namespace,
-    /// The value as JSON text; see [`Thing::value`] and [`Thing::parse`].
-    pub data: Arc<RawValue>,
+    /// The value as JSON text (shared, never copied); see [`Thing::value`] and [`Thing::parse`].
+    pub data: Arc<str>,
     /// The value's timestamp, seconds since 1970.
     pub ts: f64,
     /// The last documentation URL the thing was given.
@@ -45,7 +44,7 @@ impl Thing {
 
     /// The value as a `serde_json::Value`.
     pub fn value(&self) -> serde_json::Value {
-        serde_json::from_str(self.data.get()).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(&self.data).unwrap_or(serde_json::Value::Null)
     }
 
     /// The value decoded into `T`.
@@ -53,6 +52,6 @@ impl Thing {
     /// # Errors
     /// When the value does not fit `T`.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.data.get())
+        serde_json::from_str(&self.data)
     }
 }

@@ -706,15 +706,219 @@ fn published_update<'a>(f: &PublishedFields<'a>) -> Result<PublishedUpdate<'a>, 
     })
 }
 
-/// The entries of a snapshot's `data` object, each decoded on its own so one bad entry costs
-/// only itself.
-struct SnapshotEntries<'a>(Vec<Result<PublishedUpdate<'a>, Rejection>>);
+/// One field of a snapshot entry, read in a single pass whatever its JSON type: the typed
+/// value when the type fits, `Wrong` otherwise (never an error, so one odd entry costs only
+/// itself), `Null` for null.
+enum Lenient<T> {
+    Null,
+    Value(T),
+    Wrong,
+}
 
-impl<'de> Deserialize<'de> for SnapshotEntries<'de> {
+
+struct LenientStr<'a>(Lenient<Cow<'a, str>>);
+struct LenientF64(Lenient<f64>);
+struct LenientU64(Lenient<u64>);
+
+macro_rules! lenient_rest {
+    () => {
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Self::Value::wrong())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Self::Value::wrong())
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Self::Value::wrong())
+        }
+    };
+}
+
+trait Wrong {
+    fn wrong() -> Self;
+}
+
+impl Default for LenientStr<'_> {
+    fn default() -> Self {
+        LenientStr(Lenient::Null)
+    }
+}
+impl Wrong for LenientStr<'_> {
+    fn wrong() -> Self {
+        LenientStr(Lenient::Wrong)
+    }
+}
+impl Default for LenientF64 {
+    fn default() -> Self {
+        LenientF64(Lenient::Null)
+    }
+}
+impl Wrong for LenientF64 {
+    fn wrong() -> Self {
+        LenientF64(Lenient::Wrong)
+    }
+}
+impl Default for LenientU64 {
+    fn default() -> Self {
+        LenientU64(Lenient::Null)
+    }
+}
+impl Wrong for LenientU64 {
+    fn wrong() -> Self {
+        LenientU64(Lenient::Wrong)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = LenientStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("anything")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(LenientStr(Lenient::Value(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Lenient::Value(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LenientStr(Lenient::Wrong))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(LenientStr(Lenient::Wrong))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LenientStr(Lenient::Wrong))
+            }
+            lenient_rest!();
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for LenientF64 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = SnapshotEntries<'de>;
+            type Value = LenientF64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("anything")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(LenientF64(Lenient::Value(v)))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(LenientF64(Lenient::Value(v as f64)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(LenientF64(Lenient::Value(v as f64)))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(LenientF64(Lenient::Wrong))
+            }
+            lenient_rest!();
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for LenientU64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LenientU64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("anything")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(LenientU64(Lenient::Value(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LenientU64(Lenient::Wrong))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LenientU64(Lenient::Wrong))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(LenientU64(Lenient::Wrong))
+            }
+            lenient_rest!();
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A snapshot entry's fields, typed, read in one pass.
+#[derive(Deserialize)]
+struct EntryFields<'a> {
+    #[serde(default, borrow = "'a")]
+    ns: Option<LenientStr<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    ts: Option<LenientF64>,
+    #[serde(default, borrow = "'a")]
+    documentation_url: Option<LenientStr<'a>>,
+    #[serde(default)]
+    seq: Option<LenientU64>,
+}
+
+fn entry_update(f: EntryFields<'_>) -> Result<PublishedUpdate<'_>, Rejection> {
+    let ns = match f.ns.map(|l| l.0) {
+        None => return Err(Rejection::MissingNs),
+        Some(Lenient::Value(ns)) => ns,
+        Some(_) => return Err(Rejection::BadNs),
+    };
+    let ns = NamespaceRef::new(ns).map_err(|_| Rejection::InvalidNs)?;
+    let data = f.data.ok_or(Rejection::MissingData)?;
+    let ts = match f.ts.map(|l| l.0) {
+        None | Some(Lenient::Null) => None,
+        Some(Lenient::Value(v)) => Some(Timestamp::from_secs(v).ok_or(Rejection::BadTs)?),
+        Some(Lenient::Wrong) => return Err(Rejection::BadTs),
+    };
+    let documentation_url = match f.documentation_url.map(|l| l.0) {
+        None | Some(Lenient::Null) => None,
+        Some(Lenient::Value(u)) => Some(u).filter(|u| !u.is_empty()),
+        Some(Lenient::Wrong) => return Err(Rejection::BadDocumentationUrl),
+    };
+    let seq = match f.seq.map(|l| l.0) {
+        Some(Lenient::Value(s)) => Some(s),
+        _ => None,
+    };
+    Ok(PublishedUpdate {
+        ns,
+        data,
+        ts,
+        documentation_url,
+        seq,
+    })
+}
+
+/// The entries of a snapshot's `data` object, each decoded in one pass and judged on its own,
+/// so one bad entry costs only itself.
+struct SnapshotEntries<'a>(Vec<Result<PublishedUpdate<'a>, Rejection>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for SnapshotEntries<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = SnapshotEntries<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object of snapshot entries")
             }
@@ -724,16 +928,60 @@ impl<'de> Deserialize<'de> for SnapshotEntries<'de> {
             ) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
                 while let Some(_key) = map.next_key::<IgnoredAny>()? {
-                    let entry: &'de RawValue = map.next_value()?;
-                    let decoded = serde_json::from_str::<PublishedFields<'de>>(entry.get())
-                        .map_err(|e| json_error(&e))
-                        .and_then(|f| published_update(&f));
-                    out.push(decoded);
+                    let fields: EntryFields<'de> = map.next_value()?;
+                    out.push(entry_update(fields));
                 }
                 Ok(SnapshotEntries(out))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A `thing_snapshot` whose `data` is decoded straight into entries.
+#[derive(Deserialize)]
+struct SnapshotFields<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    ts: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    seq: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    snapshot: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    chunk: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    last: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    epoch: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    request: Option<&'a RawValue>,
+    #[serde(default, borrow = "'a")]
+    data: Option<SnapshotEntries<'a>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn snapshot_from<'a>(
+    all: Vec<Result<PublishedUpdate<'a>, Rejection>>,
+    ts: Option<&'a RawValue>,
+    seq: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    epoch: Option<&'a RawValue>,
+    request: Option<&'a RawValue>,
+    chunk: Option<&'a RawValue>,
+    last: Option<&'a RawValue>,
+) -> PublishedSnapshot<'a> {
+    let total = all.len();
+    let entries: Vec<_> = all.into_iter().filter_map(Result::ok).collect();
+    PublishedSnapshot {
+        ts: opt_ts(ts).unwrap_or(None),
+        seq: opt_u64(seq),
+        id: opt_u64(id),
+        epoch: opt_u64(epoch),
+        request,
+        chunk: opt_u64(chunk),
+        last: last.and_then(|r| serde_json::from_str(r.get()).ok()),
+        skipped: total - entries.len(),
+        entries,
     }
 }
 
@@ -747,6 +995,15 @@ pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
         return Err(Rejection::Empty);
     }
     let text = std::str::from_utf8(bytes).map_err(|_| Rejection::InvalidUtf8)?;
+    // Brokers write "type" first: a snapshot then decodes in one pass over its entries.
+    let compact = text.starts_with(r#"{"type":"thing_snapshot""#);
+    if compact || text.starts_with(r#"{"type": "thing_snapshot""#) {
+        let f: SnapshotFields<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
+        let SnapshotEntries(all) = f.data.ok_or(Rejection::MissingData)?;
+        return Ok(Published::Snapshot(snapshot_from(
+            all, f.ts, f.seq, f.snapshot, f.epoch, f.request, f.chunk, f.last,
+        )));
+    }
     let f: PublishedFields<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
     let ty = json_str(f.ty.ok_or(Rejection::MissingType)?).ok_or(Rejection::UnknownType)?;
     match ty.as_ref() {
@@ -755,19 +1012,9 @@ pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
             let data = f.data.ok_or(Rejection::MissingData)?;
             let SnapshotEntries(all) =
                 serde_json::from_str(data.get()).map_err(|e| json_error(&e))?;
-            let total = all.len();
-            let entries: Vec<_> = all.into_iter().filter_map(Result::ok).collect();
-            Ok(Published::Snapshot(PublishedSnapshot {
-                ts: opt_ts(f.ts).unwrap_or(None),
-                seq: opt_u64(f.seq),
-                id: opt_u64(f.snapshot),
-                epoch: opt_u64(f.epoch),
-                request: f.request,
-                chunk: opt_u64(f.chunk),
-                last: f.last.and_then(|r| serde_json::from_str(r.get()).ok()),
-                skipped: total - entries.len(),
-                entries,
-            }))
+            Ok(Published::Snapshot(snapshot_from(
+                all, f.ts, f.seq, f.snapshot, f.epoch, f.request, f.chunk, f.last,
+            )))
         }
         "snapshot_error" => Ok(Published::SnapshotError {
             request: f.request,
