@@ -715,7 +715,6 @@ enum Lenient<T> {
     Wrong,
 }
 
-
 struct LenientStr<'a>(Lenient<Cow<'a, str>>);
 struct LenientF64(Lenient<f64>);
 struct LenientU64(Lenient<u64>);
