@@ -3,7 +3,6 @@
 //! Written only by the client's receive thread; read from anywhere through `DashMap` (readers get
 //! clones, never a reference held across an await).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -15,8 +14,9 @@ use crate::Thing;
 #[derive(Debug, Default)]
 struct Node {
     thing: Option<Thing>,
-    /// Unordered (a hash set stays fast with 100,000 siblings); sorted when read.
-    children: HashSet<Namespace, foldhash::fast::RandomState>,
+    /// Unordered, sorted when read. A child is added once, when its node is created, so a plain
+    /// vector holds no duplicates and stays cheap with 100,000 siblings.
+    children: Vec<Namespace>,
 }
 
 /// Where a value came from.
@@ -131,7 +131,7 @@ impl Mirror {
                 None => "",
             };
             if let Some(mut parent) = self.nodes.get_mut(parent_str) {
-                parent.children.insert(child);
+                parent.children.push(child);
                 return;
             }
             let Some(parent) = child.parent() else { return };
@@ -139,7 +139,7 @@ impl Mirror {
                 .entry(parent.clone())
                 .or_default()
                 .children
-                .insert(child);
+                .push(child);
             child = parent;
         }
     }
@@ -168,7 +168,7 @@ impl Mirror {
         let mut kids: Vec<Namespace> = self
             .nodes
             .get(ns)
-            .map(|n| n.children.iter().cloned().collect())
+            .map(|n| n.children.to_vec())
             .unwrap_or_default();
         kids.sort_unstable();
         kids
@@ -189,7 +189,7 @@ impl Mirror {
                 out.push(t.clone());
             }
             // Sorted, reversed: popping visits children in order.
-            let mut kids: Vec<Namespace> = node.children.iter().cloned().collect();
+            let mut kids: Vec<Namespace> = node.children.to_vec();
             drop(node);
             kids.sort_unstable_by(|a, b| b.cmp(a));
             stack.extend(kids);

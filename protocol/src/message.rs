@@ -50,9 +50,9 @@ impl<'a> NamespaceRef<'a> {
         &self.0
     }
 
-    /// An owned [`Namespace`].
+    /// An owned [`Namespace`] (no second validation).
     pub fn to_namespace(&self) -> Namespace {
-        Namespace::new(&self.0).expect("NamespaceRef is validated on construction")
+        Namespace::from_validated(&self.0)
     }
 }
 

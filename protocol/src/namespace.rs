@@ -92,6 +92,12 @@ impl Namespace {
         Ok(Namespace(Arc::from(s)))
     }
 
+    /// Wraps a string this crate has already validated.
+    pub(crate) fn from_validated(s: &str) -> Self {
+        debug_assert!(validate(s).is_ok(), "{s:?} was not validated");
+        Namespace(Arc::from(s))
+    }
+
     /// The namespace as written on the wire.
     pub fn as_str(&self) -> &str {
         &self.0
