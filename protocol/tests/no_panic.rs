@@ -78,7 +78,7 @@ fn mutate(rng: &mut SeededRandom, input: &[u8]) -> Vec<u8> {
 #[test]
 fn decoders_survive_mutations_and_noise() {
     let limits = Limits::default();
-    let mut rng = SeededRandom::new(0x7415_b05);
+    let mut rng = SeededRandom::new(0x0741_5b05);
     let seeds = seeds();
     let mut accepted = 0;
     for i in 0..60_000 {
