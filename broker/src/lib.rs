@@ -14,8 +14,11 @@
 //! # Ok::<(), thingsbus_broker::Error>(())
 //! ```
 //!
-//! Inside, two threads: *ingest* owns the input sockets (ZMQ SUB and UDP) and the directory,
-//! *publish* owns the directory output (ZMQ PUB). See `ARCHITECTURE.md` at the repository root.
+//! Inside, three threads: *ingest* owns the input sockets (ZMQ SUB and UDP) and the directory,
+//! *publish* sends big batches and snapshot chunks on the directory output (ZMQ PUB), and
+//! *snapshots* answers snapshot requests on P + 2 (ZMQ ROUTER). Besides 0.2.x's protocol the
+//! broker adds `seq`, chunked snapshots, `thing_expired` events and its own counters as the thing
+//! `thingsbus.broker`. See `README.md` and `ARCHITECTURE.md` at the repository root.
 
 mod config;
 mod ingest;

@@ -28,7 +28,15 @@
 //!   [`SubscribeOptions::tree`] also its descendants', with [`SubscribeOptions::snapshots`] also
 //!   snapshot-replayed values. Each subscriber has its own bounded queue: a slow one gets
 //!   `Err(Lagged)` and never stalls the client or other subscribers.
-//! - Gaps in the broker's sequence numbers are counted in [`ClientStats`].
+//! - On connect the client asks the broker's snapshot endpoint (P + 2) for the whole directory, so
+//!   [`Client::wait_filled`] returns in milliseconds instead of waiting for the periodic snapshot;
+//!   against a 0.2.x broker it falls back to the periodic one after
+//!   [`ClientBuilder::snapshot_timeout`]. A gap in the broker's sequence numbers, or a broker
+//!   restart, makes it ask again; both are counted in [`ClientStats`].
+//! - `thing_expired` from the broker marks a thing [`Thing::stale`] and sends
+//!   [`EventKind::Expired`] to subscribers.
+//! - With a zone, every SRV record is kept: a broker unreachable for
+//!   [`ClientBuilder::failover_timeout`] is left for the next one.
 
 mod client;
 mod driver;
