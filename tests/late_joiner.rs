@@ -84,6 +84,11 @@ fn subtree_request_gets_only_the_subtree() {
     let d = dealer(&rig.broker);
     let chunks = ask(&d, br#"{"type":"snapshot_request","ns":"a.b","id":"x-1"}"#);
     assert!(chunks.len() > 1, "chunked: {}", chunks.len());
+    assert_eq!(
+        chunks[0]["total"], 300,
+        "a reply says how many things it holds"
+    );
+
     let mut names = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
         assert_eq!(c["type"], "thing_snapshot");

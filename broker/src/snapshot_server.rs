@@ -291,8 +291,20 @@ impl SnapshotServer {
         }
         let view = job.view.clone()?;
         if job.writer.is_none() && job.pos == 0 {
+            // How many things the reply holds, so the client can make room once.
+            let total = if job.subtree.is_empty() {
+                view.entries.len()
+            } else {
+                view.entries
+                    .iter()
+                    .filter(|e| {
+                        std::str::from_utf8(encoded_update_ns(e))
+                            .is_ok_and(|ns| is_within_str(ns, &job.subtree))
+                    })
+                    .count()
+            };
             let extra = format!(
-                ",\"request\":{},\"subtree\":{}",
+                ",\"request\":{},\"subtree\":{},\"total\":{total}",
                 job.request_id,
                 serde_json::Value::String(job.subtree.clone())
             );

@@ -379,6 +379,14 @@ impl Driver {
                 }
                 let shared = &*self.shared;
                 let c = &shared.counters;
+                if is_reply && s.chunk == Some(0) {
+                    if let Some(total) = s.total {
+                        // Room for the whole reply at once; the table does not grow by steps.
+                        shared
+                            .mirror
+                            .reserve_for(usize::try_from(total).unwrap_or(0).min(10_000_000));
+                    }
+                }
                 for e in &s.entries {
                     apply(shared, e, source, self.generation, now);
                 }

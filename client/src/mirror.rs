@@ -144,6 +144,24 @@ impl Mirror {
         }
     }
 
+    /// Makes room for `total` things at once (beyond those already held nothing is reserved), so
+    /// that filling a big directory does not grow, and rehash, the table again and again.
+    pub(crate) fn reserve_for(&self, total: usize) {
+        use std::hash::BuildHasher;
+        let additional = total.saturating_sub(self.nodes.len());
+        if additional < 1024 {
+            return;
+        }
+        let hasher = self.nodes.hasher().clone();
+        let shards = self.nodes.shards();
+        let per_shard = additional / shards.len() + 1;
+        for shard in shards {
+            shard
+                .write()
+                .reserve(per_shard, |(k, _)| hasher.hash_one(k));
+        }
+    }
+
     /// Marks a thing stale; returns it when it had a value and was not stale yet.
     pub(crate) fn mark_stale(&self, ns: &str) -> Option<Thing> {
         let mut node = self.nodes.get_mut(ns)?;

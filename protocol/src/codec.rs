@@ -600,6 +600,8 @@ pub struct PublishedSnapshot<'a> {
     pub epoch: Option<u64>,
     /// On a reply to a snapshot request: the request's `id`, as JSON text.
     pub request: Option<&'a RawValue>,
+    /// On a reply to a snapshot request: how many things the whole reply holds.
+    pub total: Option<u64>,
     /// This chunk's index.
     pub chunk: Option<u64>,
     /// False on all chunks but the last; absent (0.2.x) means a complete snapshot.
@@ -669,6 +671,8 @@ struct PublishedFields<'a> {
     request: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     error: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    total: Option<&'a RawValue>,
 }
 
 fn opt_u64(raw: Option<&RawValue>) -> Option<u64> {
@@ -954,6 +958,8 @@ struct SnapshotFields<'a> {
     epoch: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     request: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    total: Option<&'a RawValue>,
     #[serde(default, borrow = "'a")]
     data: Option<SnapshotEntries<'a>>,
 }
@@ -968,6 +974,7 @@ fn snapshot_from<'a>(
     request: Option<&'a RawValue>,
     chunk: Option<&'a RawValue>,
     last: Option<&'a RawValue>,
+    reply_total: Option<&'a RawValue>,
 ) -> PublishedSnapshot<'a> {
     let total = all.len();
     let entries: Vec<_> = all.into_iter().filter_map(Result::ok).collect();
@@ -977,6 +984,7 @@ fn snapshot_from<'a>(
         id: opt_u64(id),
         epoch: opt_u64(epoch),
         request,
+        total: opt_u64(reply_total),
         chunk: opt_u64(chunk),
         last: last.and_then(|r| serde_json::from_str(r.get()).ok()),
         skipped: total - entries.len(),
@@ -1000,7 +1008,7 @@ pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
         let f: SnapshotFields<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
         let SnapshotEntries(all) = f.data.ok_or(Rejection::MissingData)?;
         return Ok(Published::Snapshot(snapshot_from(
-            all, f.ts, f.seq, f.snapshot, f.epoch, f.request, f.chunk, f.last,
+            all, f.ts, f.seq, f.snapshot, f.epoch, f.request, f.chunk, f.last, f.total,
         )));
     }
     let f: PublishedFields<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
@@ -1012,7 +1020,7 @@ pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
             let SnapshotEntries(all) =
                 serde_json::from_str(data.get()).map_err(|e| json_error(&e))?;
             Ok(Published::Snapshot(snapshot_from(
-                all, f.ts, f.seq, f.snapshot, f.epoch, f.request, f.chunk, f.last,
+                all, f.ts, f.seq, f.snapshot, f.epoch, f.request, f.chunk, f.last, f.total,
             )))
         }
         "snapshot_error" => Ok(Published::SnapshotError {
