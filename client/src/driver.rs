@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use thingsbus_protocol::codec::{decode_published, Published, PublishedUpdate};
 
 use crate::client::Shared;
-use crate::mirror::Source;
+use crate::mirror::{Prepared, Source};
 use crate::subscription::{Event, EventKind};
 use crate::thing::now_secs;
 use crate::Error;
@@ -73,6 +73,8 @@ pub(crate) struct Driver {
     resync_wanted: bool,
     last_request: Option<Instant>,
     next_id: u64,
+    /// Applies snapshot replies on its own thread.
+    applier: std::sync::mpsc::Sender<ApplyJob>,
     /// Counts broker runs as this client sees them (restarts, fail-overs).
     generation: u64,
     /// The last live seq seen.
@@ -116,6 +118,14 @@ impl Driver {
         monitor
             .connect("inproc://thingsbus-client-monitor")
             .map_err(zmq_err("connecting the monitor"))?;
+        let (applier, jobs) = std::sync::mpsc::channel();
+        {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("thingsbus-apply".into())
+                .spawn(move || run_applier(&jobs, &shared))
+                .map_err(Error::Start)?;
+        }
         let directory = targets[0].directory.clone();
         sub.connect(&directory)
             .map_err(zmq_err(&format!("connecting to {directory}")))?;
@@ -136,6 +146,7 @@ impl Driver {
             resync_wanted: false,
             last_request: None,
             next_id: 1,
+            applier,
             generation: 0,
             live_last: 0,
             covered: 0,
@@ -358,6 +369,7 @@ impl Driver {
                 if u.seq.is_some_and(|seq| !self.track_live(seq)) {
                     return;
                 }
+                let _order = lock(&self.shared.apply_lock);
                 apply(&self.shared, &u, Source::Live, self.generation, now);
             }
             Ok(Published::Snapshot(s)) => {
@@ -379,16 +391,26 @@ impl Driver {
                 }
                 let shared = &*self.shared;
                 let c = &shared.counters;
-                if is_reply && s.chunk == Some(0) {
-                    if let Some(total) = s.total {
-                        // Room for the whole reply at once; the table does not grow by steps.
-                        shared
-                            .mirror
-                            .reserve_for(usize::try_from(total).unwrap_or(0).min(10_000_000));
+                if is_reply {
+                    // Decoded and allocated here, applied on the applier thread: the next chunk
+                    // is decoded while this one goes into the mirror.
+                    let job = ApplyJob {
+                        entries: s.entries.iter().map(|e| Prepared::new(e, now)).collect(),
+                        generation: self.generation,
+                        last: s.is_complete(),
+                        total: (s.chunk == Some(0))
+                            .then_some(s.total)
+                            .flatten()
+                            .map(|t| usize::try_from(t).unwrap_or(0).min(10_000_000)),
+                    };
+                    if self.applier.send(job).is_err() {
+                        tracing::error!("the client's applier thread is gone");
                     }
-                }
-                for e in &s.entries {
-                    apply(shared, e, source, self.generation, now);
+                } else {
+                    let _order = lock(&shared.apply_lock);
+                    for e in &s.entries {
+                        apply(shared, e, source, self.generation, now);
+                    }
                 }
                 if is_reply {
                     if let Some(p) = &mut self.pending {
@@ -399,7 +421,6 @@ impl Driver {
                 }
                 if s.is_complete() {
                     if is_reply {
-                        c.snapshot_replies.fetch_add(1, Ordering::Relaxed);
                         if self.pending.as_ref().is_some_and(|p| p.answered) {
                             self.pending = None;
                         }
@@ -407,18 +428,15 @@ impl Driver {
                         if let Some(seq) = s.seq {
                             self.covered = self.covered.max(seq);
                         }
-                    }
-                    c.snapshots.fetch_add(1, Ordering::Relaxed);
-                    let mut filled = lock(&shared.filled);
-                    if !*filled {
-                        *filled = true;
-                        shared.filled_cv.notify_all();
-                        shared.filled_notify.notify_waiters();
+                    } else {
+                        c.snapshots.fetch_add(1, Ordering::Relaxed);
+                        mark_filled(shared);
                     }
                 }
             }
             Ok(Published::Expired { ns, .. }) => {
                 let shared = &*self.shared;
+                let _order = lock(&shared.apply_lock);
                 if let Some(thing) = shared.mirror.mark_stale(ns.as_str()) {
                     dispatch(
                         shared,
@@ -458,6 +476,54 @@ fn apply(shared: &Shared, u: &PublishedUpdate<'_>, source: Source, generation: u
         EventKind::Snapshot
     };
     dispatch(shared, Event { thing, kind });
+}
+
+/// One chunk of a snapshot reply, ready to apply.
+struct ApplyJob {
+    entries: Vec<Prepared>,
+    generation: u64,
+    last: bool,
+    /// From the first chunk: how many things the reply holds.
+    total: Option<usize>,
+}
+
+/// Applies snapshot replies chunk by chunk, in the order they came; ends when the driver does.
+fn run_applier(jobs: &std::sync::mpsc::Receiver<ApplyJob>, shared: &Shared) {
+    while let Ok(job) = jobs.recv() {
+        let _order = lock(&shared.apply_lock);
+        if let Some(total) = job.total {
+            // Room for the whole reply at once: the table does not grow by steps.
+            shared.mirror.reserve_for(total);
+        }
+        let want = shared.subscribers.load(Ordering::Relaxed) > 0;
+        for p in job.entries {
+            if let Some(Some(thing)) = shared.mirror.apply_prepared(p, job.generation, want) {
+                dispatch(
+                    shared,
+                    Event {
+                        thing,
+                        kind: EventKind::Snapshot,
+                    },
+                );
+            }
+        }
+        if job.last {
+            let c = &shared.counters;
+            c.snapshot_replies.fetch_add(1, Ordering::Relaxed);
+            c.snapshots.fetch_add(1, Ordering::Relaxed);
+            mark_filled(shared);
+        }
+    }
+}
+
+/// The mirror holds a whole directory: wake whoever waits for that.
+fn mark_filled(shared: &Shared) {
+    let mut filled = lock(&shared.filled);
+    if !*filled {
+        *filled = true;
+        shared.filled_cv.notify_all();
+        shared.filled_notify.notify_waiters();
+    }
 }
 
 fn dispatch(shared: &Shared, event: Event) {

@@ -55,6 +55,29 @@ fn make(
     }
 }
 
+/// A snapshot-reply entry with everything allocated: built on the thread that decodes, applied on
+/// another, so that decoding the next chunk overlaps applying this one.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) ns: Namespace,
+    pub(crate) data: Arc<str>,
+    pub(crate) ts: f64,
+    pub(crate) documentation_url: Option<Arc<str>>,
+    pub(crate) seq: Option<u64>,
+}
+
+impl Prepared {
+    pub(crate) fn new(u: &PublishedUpdate<'_>, now: f64) -> Self {
+        Prepared {
+            ns: u.ns.to_namespace(),
+            data: Arc::from(u.data.get()),
+            ts: u.ts.map_or(now, |t| t.as_secs()),
+            documentation_url: u.documentation_url.as_deref().map(Arc::from),
+            seq: u.seq,
+        }
+    }
+}
+
 /// Every thing and every prefix of one (things form a tree, as in 0.2.x).
 #[derive(Debug)]
 pub(crate) struct Mirror {
@@ -115,6 +138,49 @@ impl Mirror {
         }
         let ns = u.ns.to_namespace();
         let thing = make(ns.clone(), None, raw(u)?, ts, u, from_snapshot, generation);
+        let copy = want_copy.then(|| thing.clone());
+        self.nodes.entry(ns.clone()).or_default().thing = Some(thing);
+        self.link(ns);
+        Some(copy)
+    }
+
+    /// Applies a snapshot-reply entry prepared on another thread (see [`Prepared`]); same rules as
+    /// [`Mirror::apply`] with [`Source::Reply`].
+    pub(crate) fn apply_prepared(
+        &self,
+        p: Prepared,
+        generation: u64,
+        want_copy: bool,
+    ) -> Option<Option<Thing>> {
+        let make_thing = |prev_url: Option<Arc<str>>, p: Prepared| Thing {
+            ns: p.ns,
+            data: p.data,
+            ts: p.ts,
+            documentation_url: p.documentation_url.or(prev_url),
+            seq: p.seq,
+            from_snapshot: true,
+            stale: false,
+            generation,
+        };
+        if let Some(mut node) = self.nodes.get_mut(p.ns.as_str()) {
+            if let Some(cur) = &node.thing {
+                if cur.generation == generation
+                    && matches!((cur.seq, p.seq), (Some(c), Some(s)) if c >= s)
+                {
+                    return None;
+                }
+            }
+            let prev_url = node
+                .thing
+                .as_ref()
+                .and_then(|t| t.documentation_url.clone());
+            let thing = make_thing(prev_url, p);
+            let copy = want_copy.then(|| thing.clone());
+            node.thing = Some(thing);
+            return Some(copy);
+        }
+        let ns = p.ns.clone();
+        let thing = make_thing(None, p);
         let copy = want_copy.then(|| thing.clone());
         self.nodes.entry(ns.clone()).or_default().thing = Some(thing);
         self.link(ns);
