@@ -378,11 +378,6 @@ impl Driver {
                     .snapshot_messages
                     .fetch_add(1, Ordering::Relaxed);
                 let is_reply = s.request.is_some();
-                let source = if is_reply {
-                    Source::Reply
-                } else {
-                    Source::Periodic
-                };
                 if is_reply && s.epoch.is_some() && self.epoch.is_some() && s.epoch != self.epoch {
                     self.new_run();
                 }
@@ -409,7 +404,7 @@ impl Driver {
                 } else {
                     let _order = lock(&shared.apply_lock);
                     for e in &s.entries {
-                        apply(shared, e, source, self.generation, now);
+                        apply(shared, e, Source::Periodic, self.generation, now);
                     }
                 }
                 if is_reply {

@@ -24,10 +24,9 @@ struct Node {
 pub(crate) enum Source {
     /// A live `thing_update`.
     Live,
-    /// A periodic `thing_snapshot` on the directory output.
+    /// A periodic `thing_snapshot` on the directory output. (Replies to this client's snapshot
+    /// requests go through [`Mirror::apply_prepared`].)
     Periodic,
-    /// A reply to this client's snapshot request.
-    Reply,
 }
 
 fn raw(u: &PublishedUpdate<'_>) -> Option<Arc<str>> {
@@ -91,10 +90,10 @@ impl Mirror {
         Mirror { nodes }
     }
 
-    /// Applies one value. A snapshot entry never replaces a newer value (by timestamp, then by
-    /// sequence number); a reply to a snapshot request does not re-apply the value the mirror
-    /// already has (periodic snapshots do, as 0.2.x replays them). Returns the thing as stored
-    /// when it was applied.
+    /// Applies a live update or a periodic snapshot entry. Within one broker run a live update
+    /// never replaces a value with the same or a newer `seq`; a periodic snapshot entry never
+    /// replaces a newer value (by timestamp, then `seq`) but is replayed when equal, as 0.2.x
+    /// does. Returns the thing as stored when it was applied (a copy only if `want_copy`).
     pub(crate) fn apply(
         &self,
         u: &PublishedUpdate<'_>,
@@ -112,8 +111,7 @@ impl Mirror {
                 let keep_current = match (source, cur.seq, u.seq) {
                     // Within one broker run, seq orders everything.
                     (Source::Live, Some(c), Some(s)) if same_run => c >= s,
-                    (Source::Reply, Some(c), Some(s)) if same_run => c >= s,
-                    (Source::Live | Source::Reply, _, _) => false,
+                    (Source::Live, _, _) => false,
                     // Periodic snapshots, as 0.2.x: replayed unless older.
                     (Source::Periodic, _, _) => cur
                         .ts
@@ -144,8 +142,9 @@ impl Mirror {
         Some(copy)
     }
 
-    /// Applies a snapshot-reply entry prepared on another thread (see [`Prepared`]); same rules as
-    /// [`Mirror::apply`] with [`Source::Reply`].
+    /// Applies a snapshot-reply entry prepared on another thread (see [`Prepared`]). Within one
+    /// broker run it never replaces a value with the same or a newer `seq`: a reply does not
+    /// re-apply what the mirror already has, nor undo a live update that overtook it.
     pub(crate) fn apply_prepared(
         &self,
         p: Prepared,
