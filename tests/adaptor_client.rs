@@ -1,27 +1,11 @@
 //! End to end: adaptor (ZMQ and UDP) → broker → client, found through DNS SRV.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde_json::json;
 use thingsbus_adaptor::{Adaptor, UdpForm};
 use thingsbus_client::{Client, Event, EventKind, SubscribeOptions, Subscription};
-use thingsbus_tests::dns::{DnsServer, SrvRecord};
 use thingsbus_tests::*;
-
-fn dns_for(broker: &Broker) -> DnsServer {
-    DnsServer::start(
-        "example.org",
-        &[SrvRecord {
-            name: "_thingsbus._tcp.example.org".into(),
-            priority: 0,
-            weight: 0,
-            port: broker.endpoints().directory_port,
-            target: "broker.example.org.".into(),
-        }],
-        &[("broker.example.org", Ipv4Addr::LOCALHOST)],
-    )
-}
 
 async fn next_event(sub: &mut Subscription) -> Event {
     tokio::time::timeout(DEADLINE, sub.next())

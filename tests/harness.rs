@@ -303,3 +303,19 @@ pub fn client_for(broker: &Broker) -> thingsbus_client::ClientBuilder {
         .url(&broker.endpoints().directory)
         .snapshot_url(&broker.endpoints().snapshot)
 }
+
+/// A DNS server for the zone `example.org` whose SRV record `_thingsbus._tcp.example.org` points
+/// at `broker` (host `broker.example.org`, A record 127.0.0.1).
+pub fn dns_for(broker: &Broker) -> dns::DnsServer {
+    dns::DnsServer::start(
+        "example.org",
+        &[dns::SrvRecord {
+            name: "_thingsbus._tcp.example.org".into(),
+            priority: 0,
+            weight: 0,
+            port: broker.endpoints().directory_port,
+            target: "broker.example.org.".into(),
+        }],
+        &[("broker.example.org", std::net::Ipv4Addr::LOCALHOST)],
+    )
+}

@@ -1,14 +1,12 @@
 //! The examples, run as users run them, against a real broker found through a real DNS server.
 
 use std::io::{BufRead, BufReader};
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use thingsbus_broker::Config;
-use thingsbus_tests::dns::{DnsServer, SrvRecord};
-use thingsbus_tests::{eventually, spawn_broker_on_port_pair, DEADLINE};
+use thingsbus_tests::{dns_for, eventually, spawn_broker_on_port_pair, DEADLINE};
 
 /// `cargo test` builds the examples next to the test binaries' folder.
 fn example(name: &str) -> Command {
@@ -35,17 +33,7 @@ fn quick(c: &mut Config) {
 #[test]
 fn send_then_query_then_watch_through_srv() {
     let broker = spawn_broker_on_port_pair(quick);
-    let dns = DnsServer::start(
-        "example.org",
-        &[SrvRecord {
-            name: "_thingsbus._tcp.example.org".into(),
-            priority: 0,
-            weight: 0,
-            port: broker.endpoints().directory_port,
-            target: "broker.example.org.".into(),
-        }],
-        &[("broker.example.org", Ipv4Addr::LOCALHOST)],
-    );
+    let dns = dns_for(&broker);
     let ns_arg = dns.addr().to_string();
     let find = ["--zone", "example.org", "--nameserver", ns_arg.as_str()];
 
