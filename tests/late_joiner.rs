@@ -452,6 +452,28 @@ fn srv(port: u16, priority: u16) -> SrvRecord {
     }
 }
 
+/// A client and an adaptor (base namespace `ns`) that find brokers through `dns` and give one up
+/// after half a second unreachable.
+fn client_and_adaptor(dns: &DnsServer, ns: &str) -> (Client, Adaptor) {
+    rt().block_on(async {
+        let client = Client::builder()
+            .zone("example.org")
+            .nameserver(dns.addr())
+            .failover_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .expect("client");
+        let adaptor = Adaptor::builder(ns)
+            .zone("example.org")
+            .nameserver(dns.addr())
+            .failover_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .expect("adaptor");
+        (client, adaptor)
+    })
+}
+
 #[test]
 fn client_and_adaptor_fail_over_to_the_next_srv_record() {
     // The first record points at ports where nothing listens; the second at a live broker.
@@ -464,24 +486,7 @@ fn client_and_adaptor_fail_over_to_the_next_srv_record() {
         &[srv(dead_port, 10), srv(live.endpoints().directory_port, 20)],
         &[("broker.example.org", Ipv4Addr::LOCALHOST)],
     );
-    let rt = rt();
-    let (client, adaptor) = rt.block_on(async {
-        let client = Client::builder()
-            .zone("example.org")
-            .nameserver(dns.addr())
-            .failover_timeout(Duration::from_millis(500))
-            .connect()
-            .await
-            .expect("client");
-        let adaptor = Adaptor::builder("moved")
-            .zone("example.org")
-            .nameserver(dns.addr())
-            .failover_timeout(Duration::from_millis(500))
-            .connect()
-            .await
-            .expect("adaptor");
-        (client, adaptor)
-    });
+    let (client, adaptor) = client_and_adaptor(&dns, "moved");
     adaptor.send(&json!("here")).expect("send");
     eventually(DEADLINE, "the update through the second broker", || {
         client
@@ -507,24 +512,7 @@ fn losing_the_broker_moves_everyone_to_the_next() {
         ],
         &[("broker.example.org", Ipv4Addr::LOCALHOST)],
     );
-    let rt = rt();
-    let (client, adaptor) = rt.block_on(async {
-        let client = Client::builder()
-            .zone("example.org")
-            .nameserver(dns.addr())
-            .failover_timeout(Duration::from_millis(500))
-            .connect()
-            .await
-            .expect("client");
-        let adaptor = Adaptor::builder("ha")
-            .zone("example.org")
-            .nameserver(dns.addr())
-            .failover_timeout(Duration::from_millis(500))
-            .connect()
-            .await
-            .expect("adaptor");
-        (client, adaptor)
-    });
+    let (client, adaptor) = client_and_adaptor(&dns, "ha");
     adaptor.send(&json!(1)).expect("send");
     eventually(DEADLINE, "the first broker to carry it", || {
         client
