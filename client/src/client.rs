@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use thingsbus_protocol::discovery::Discovery;
-use thingsbus_protocol::endpoint::connect_url;
+use thingsbus_protocol::endpoint::{connect_url, port_plus};
 use thingsbus_protocol::Namespace;
 
 use crate::driver::{lock, Driver, DriverOptions, Endpoint};
@@ -130,13 +130,6 @@ impl ClientBuilder {
             .map_err(Error::Start)?
             .block_on(self.connect())
     }
-}
-
-/// `tcp://host:P` → `tcp://host:P+n`.
-fn port_plus(url: &str, n: u16) -> Option<String> {
-    let (head, port) = url.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    Some(format!("{head}:{}", port.checked_add(n)?))
 }
 
 /// What the client has seen so far.

@@ -17,3 +17,17 @@ pub fn connect_url(url: &str) -> (Cow<'_, str>, bool) {
         None => (Cow::Borrowed(url), false),
     }
 }
+
+/// `tcp://host:P` → `tcp://host:P+n` (the input is P+1, the snapshot endpoint P+2); `None` when
+/// the URL has no numeric port or the sum overflows.
+///
+/// ```
+/// use thingsbus_protocol::endpoint::port_plus;
+/// assert_eq!(port_plus("tcp://broker:7954", 1).as_deref(), Some("tcp://broker:7955"));
+/// assert_eq!(port_plus("tcp://broker", 1), None);
+/// ```
+pub fn port_plus(url: &str, n: u16) -> Option<String> {
+    let (head, port) = url.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    Some(format!("{head}:{}", port.checked_add(n)?))
+}

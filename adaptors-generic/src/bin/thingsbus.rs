@@ -1,0 +1,630 @@
+//! `thingsbus`: look at and poke the bus from a shell.
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use thingsbus_adaptors_generic::bus::BusArgs;
+use thingsbus_adaptors_generic::logging::{self, LogFormat};
+use thingsbus_adaptors_generic::{probe, render};
+use thingsbus_client::{Client, EventKind, SubscribeOptions, Thing};
+use thingsbus_protocol::discovery::{Discovery, SRV_PREFIX};
+use thingsbus_protocol::{Namespace, Timestamp};
+
+const EXAMPLES: &str = "\
+Examples:
+  thingsbus ls                              everything on the broker on this machine
+  thingsbus -z example.org get shop.door    one thing, broker found through DNS SRV
+  thingsbus watch shop --tree --json        live events below shop, one JSON object per line
+  thingsbus send shop.door '{\"open\": true}'
+  thingsbus srv example.org                 check the SRV record and the broker it names
+
+Exit codes: 0 done, 1 not found or not delivered (get, send, srv), 2 bad usage or the bus
+could not be reached.";
+
+/// Look at and poke a thingsbus from a shell: read things, list the directory, follow live
+/// events, send updates, check the DNS set-up.
+///
+/// The broker is found through -z/--zone (DNS SRV) or -u/--url (its directory URL; input is
+/// port+1); with neither, the broker on this machine (tcp://127.0.0.1:7954).
+#[derive(Debug, Parser)]
+#[command(name = "thingsbus", version, about, long_about, after_help = EXAMPLES)]
+struct Args {
+    #[command(flatten)]
+    bus: BusArgs,
+
+    /// How long to wait for the broker (DNS, connection, the directory), in seconds.
+    #[arg(long, global = true, default_value_t = 5.0, value_parser = positive_secs)]
+    timeout: f64,
+
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG, when set, wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A thing's value, age and documentation URL. Exit 1 if the thing is unknown.
+    Get {
+        /// The thing, e.g. shop.door.
+        ns: String,
+        /// One JSON object: {"ns", "data", "ts", "age", "documentation_url", "stale", "seq"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The things at and below NS (default: all), with age and a short value; stale things
+    /// (the broker said they stopped reporting) are marked.
+    Ls {
+        /// Subtree to list; all things when omitted.
+        ns: Option<String>,
+        /// One JSON object mapping ns to {"data", "ts", "stale"}.
+        #[arg(long)]
+        json: bool,
+        /// Longest value shown, in characters (human output).
+        #[arg(long, default_value_t = 60)]
+        width: usize,
+    },
+    /// Live events until Ctrl-C: updates, snapshot replays (with --snapshots) and expiries.
+    Watch {
+        /// The thing to follow; everything when omitted.
+        ns: Option<String>,
+        /// Also the things below NS.
+        #[arg(long)]
+        tree: bool,
+        /// Also values replayed from snapshots (first the whole directory, then periodically).
+        #[arg(long)]
+        snapshots: bool,
+        /// One JSON object per line: {"event", "ns", "data", "ts", "seq", "documentation_url"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish one update. Exit 1 if it could not be handed to the broker in time.
+    Send {
+        /// The thing, e.g. shop.door.
+        ns: String,
+        /// The value as JSON: '{"open": true}', 21.5, '"text"' (quotes included).
+        data: String,
+        /// Send one MessagePack datagram over UDP instead of ZMQ.
+        #[arg(long)]
+        udp: bool,
+        /// Time of the value in seconds since 1970 (default: the broker stamps it).
+        #[arg(long, value_name = "SECONDS")]
+        ts: Option<f64>,
+        /// Documentation URL for the thing.
+        #[arg(short, long = "documentation", value_name = "URL")]
+        documentation_url: Option<String>,
+    },
+    /// A doctor for discovery: the SRV records of ZONE in RFC 2782 order, the broker a client
+    /// would pick, and whether its ports answer. Exit 1 if that broker does not answer.
+    Srv {
+        /// Zone to look up (default: --zone).
+        zone: Option<String>,
+        /// One JSON object: {"name", "nameserver", "records": [...], "chosen", "checks": {...}}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e6 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+/// How a command ended, beyond success.
+enum Failure {
+    /// Not found / not delivered / not answering: exit 1, message already printed or given here.
+    NotFound(String),
+    /// The bus could not be used at all: exit 2.
+    Unreachable(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Unreachable(e)
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    logging::init("warn", args.verbose, 0, LogFormat::Text);
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+        .map_err(Failure::Unreachable)
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::NotFound(msg)) => {
+            if !msg.is_empty() {
+                eprintln!("thingsbus: {msg}");
+            }
+            ExitCode::from(1)
+        }
+        Err(Failure::Unreachable(e)) => {
+            eprintln!("thingsbus: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> Outcome {
+    let timeout = Duration::from_secs_f64(args.timeout);
+    match args.command {
+        Command::Get { ref ns, json } => get(&args.bus, timeout, ns, json).await,
+        Command::Ls {
+            ref ns,
+            json,
+            width,
+        } => ls(&args.bus, timeout, ns.as_deref().unwrap_or(""), json, width).await,
+        Command::Watch {
+            ref ns,
+            tree,
+            snapshots,
+            json,
+        } => watch(&args.bus, timeout, ns.as_deref(), tree, snapshots, json).await,
+        Command::Send {
+            ref ns,
+            ref data,
+            udp,
+            ts,
+            ref documentation_url,
+        } => {
+            send(
+                &args.bus,
+                timeout,
+                ns,
+                data,
+                udp,
+                ts,
+                documentation_url.as_deref(),
+            )
+            .await
+        }
+        Command::Srv { ref zone, json } => {
+            let zone = zone
+                .clone()
+                .or_else(|| args.bus.zone.clone())
+                .ok_or_else(|| {
+                    Failure::Unreachable(anyhow::anyhow!(
+                        "which zone? give it as `thingsbus srv example.org`"
+                    ))
+                })?;
+            srv(&args.bus, timeout, &zone, json).await
+        }
+    }
+}
+
+fn valid_ns(ns: &str) -> Result<Namespace, Failure> {
+    Namespace::new(ns).map_err(|e| Failure::Unreachable(anyhow::anyhow!("{e}")))
+}
+
+async fn connect(bus: &BusArgs, timeout: Duration) -> Result<Client, Failure> {
+    bus.client(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the bus at {}", bus.describe()))
+        .map_err(Failure::Unreachable)
+}
+
+/// Waits until the mirror holds the whole directory; `Unreachable` on time-out.
+async fn filled(client: &Client, timeout: Duration) -> Result<(), Failure> {
+    if client.wait_filled(timeout).await {
+        return Ok(());
+    }
+    Err(Failure::Unreachable(anyhow::anyhow!(
+        "no directory from {} within {:.1}s: is the broker running? (a 0.2.x broker sends its \
+         directory every 15 s: try --timeout 20; `thingsbus srv ZONE` checks a zone)",
+        client.url(),
+        timeout.as_secs_f64()
+    )))
+}
+
+fn thing_json(t: &Thing) -> Value {
+    json!({
+        "ns": t.ns.as_str(),
+        "data": t.value(),
+        "ts": t.ts,
+        "age": t.age(),
+        "documentation_url": t.documentation_url.as_deref(),
+        "stale": t.stale,
+        "seq": t.seq,
+    })
+}
+
+async fn get(bus: &BusArgs, timeout: Duration, ns: &str, as_json: bool) -> Outcome {
+    let ns = valid_ns(ns)?;
+    let client = connect(bus, timeout).await?;
+    // A live update may answer before the directory is complete.
+    let deadline = Instant::now() + timeout;
+    let thing = loop {
+        if let Some(t) = client.get(ns.as_str()) {
+            break Some(t);
+        }
+        if client.is_filled() {
+            break client.get(ns.as_str());
+        }
+        if Instant::now() >= deadline {
+            filled(&client, Duration::ZERO).await?;
+        }
+        client.wait_filled(Duration::from_millis(20)).await;
+    };
+    let Some(t) = thing else {
+        let below = client.walk(ns.as_str());
+        let msg = if below.is_empty() {
+            format!(
+                "{ns}: no such thing on {} ({} things there; `thingsbus ls` lists them)",
+                client.url(),
+                client.len()
+            )
+        } else {
+            format!(
+                "{ns}: has no value of its own, only {} things below it (`thingsbus ls {ns}`)",
+                below.len()
+            )
+        };
+        return Err(Failure::NotFound(msg));
+    };
+    let mut out = io::stdout().lock();
+    let written = if as_json {
+        writeln!(out, "{}", thing_json(&t))
+    } else {
+        let pretty =
+            serde_json::to_string_pretty(&t.value()).unwrap_or_else(|_| t.data.to_string());
+        let mut text = format!(
+            "ns     {}\nvalue  {}\n",
+            t.ns,
+            pretty.replace('\n', "\n       ")
+        );
+        text.push_str(&format!(
+            "age    {} (ts {}, {})\n",
+            render::age(t.age()),
+            t.ts,
+            render::utc(t.ts)
+        ));
+        if let Some(d) = &t.documentation_url {
+            text.push_str(&format!("docs   {d}\n"));
+        }
+        if t.stale {
+            text.push_str("stale  yes: the broker says it stopped reporting\n");
+        }
+        out.write_all(text.as_bytes())
+    };
+    quiet_pipe(written)
+}
+
+/// A closed stdout (`| head`) ends the command quietly.
+fn quiet_pipe(r: io::Result<()>) -> Outcome {
+    match r {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Failure::Unreachable(
+            anyhow::Error::new(e).context("writing to stdout"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn ls(bus: &BusArgs, timeout: Duration, ns: &str, as_json: bool, width: usize) -> Outcome {
+    let ns = valid_ns(ns)?;
+    let client = connect(bus, timeout).await?;
+    filled(&client, timeout).await?;
+    let things = client.walk(ns.as_str());
+    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let written = if as_json {
+        write_ls_json(&mut out, &things)
+    } else {
+        write_ls_table(&mut out, &things, width)
+    };
+    quiet_pipe(written.and_then(|()| out.flush()))
+}
+
+fn write_ls_json(out: &mut impl Write, things: &[Thing]) -> io::Result<()> {
+    out.write_all(b"{")?;
+    for (i, t) in things.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        // Namespaces need no escaping (a-z, 0-9, '_', '-', '.'); the data is the JSON text the
+        // broker sent, written as it came.
+        let ts =
+            serde_json::Number::from_f64(t.ts).map_or_else(|| "null".to_owned(), |n| n.to_string());
+        write!(
+            out,
+            "\"{}\":{{\"data\":{},\"ts\":{ts},\"stale\":{}}}",
+            t.ns, t.data, t.stale
+        )?;
+    }
+    out.write_all(b"}\n")
+}
+
+fn write_ls_table(out: &mut impl Write, things: &[Thing], width: usize) -> io::Result<()> {
+    if things.is_empty() {
+        return writeln!(out, "(no things)");
+    }
+    let now = Timestamp::now().as_secs();
+    let ns_w = things
+        .iter()
+        .map(|t| t.ns.as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max("NAMESPACE".len());
+    let ages: Vec<String> = things.iter().map(|t| render::age(now - t.ts)).collect();
+    let age_w = ages
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max("AGE".len());
+    writeln!(out, "{:ns_w$}  {:>age_w$}  VALUE", "NAMESPACE", "AGE")?;
+    for (t, age) in things.iter().zip(&ages) {
+        let value = render::short_value(&t.data, width);
+        let mark = if t.stale { "[stale] " } else { "" };
+        writeln!(out, "{:ns_w$}  {age:>age_w$}  {mark}{value}", t.ns.as_str())?;
+    }
+    Ok(())
+}
+
+async fn watch(
+    bus: &BusArgs,
+    timeout: Duration,
+    ns: Option<&str>,
+    tree: bool,
+    snapshots: bool,
+    as_json: bool,
+) -> Outcome {
+    // No NS: the whole bus, which only makes sense as a tree.
+    let (ns, tree) = match ns {
+        Some(ns) => (valid_ns(ns)?, tree),
+        None => (Namespace::root(), true),
+    };
+    let client = connect(bus, timeout).await?;
+    let mut sub = client
+        .subscribe(
+            ns.as_str(),
+            SubscribeOptions::new()
+                .tree(tree)
+                .snapshots(snapshots)
+                .capacity(65_536),
+        )
+        .map_err(|e| Failure::Unreachable(e.into()))?;
+    tracing::info!(url = %client.url(), %ns, tree, snapshots, "watching");
+    let signal = logging::shutdown_signal();
+    tokio::pin!(signal);
+    let mut out = io::stdout().lock();
+    loop {
+        let event = tokio::select! {
+            _ = &mut signal => return Ok(()),
+            e = sub.next() => e,
+        };
+        let line = match event {
+            None => return Ok(()),
+            Some(Err(lagged)) => {
+                eprintln!("thingsbus: {lagged} (the terminal or pipe is slower than the bus)");
+                continue;
+            }
+            Some(Ok(e)) => {
+                let kind = match e.kind {
+                    EventKind::Update => "update",
+                    EventKind::Snapshot => "snapshot",
+                    EventKind::Expired => "expired",
+                    _ => "other",
+                };
+                let t = &e.thing;
+                if as_json {
+                    json!({
+                        "event": kind,
+                        "ns": t.ns.as_str(),
+                        "data": t.value(),
+                        "ts": t.ts,
+                        "seq": t.seq,
+                        "documentation_url": t.documentation_url.as_deref(),
+                    })
+                    .to_string()
+                } else {
+                    format!(
+                        "{}  {kind:<8}  {}  {}",
+                        render::utc_time_of_day(t.ts),
+                        t.ns,
+                        render::short_value(&t.data, 200)
+                    )
+                }
+            }
+        };
+        // stdout is line-buffered: each event is out as soon as it is written.
+        if let Err(e) = writeln!(out, "{line}") {
+            return quiet_pipe(Err(e));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    bus: &BusArgs,
+    timeout: Duration,
+    ns: &str,
+    data: &str,
+    udp: bool,
+    ts: Option<f64>,
+    documentation_url: Option<&str>,
+) -> Outcome {
+    valid_ns(ns)?;
+    let value: Value = serde_json::from_str(data).map_err(|e| {
+        Failure::Unreachable(anyhow::anyhow!(
+            "the value {data:?} is not JSON ({e}); a text needs its quotes: '\"{data}\"'"
+        ))
+    })?;
+    if let Some(t) = ts {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(Failure::Unreachable(anyhow::anyhow!(
+                "--ts {t} is not a time in seconds since 1970"
+            )));
+        }
+    }
+    let mut builder = bus.adaptor(ns, udp, timeout)?;
+    if let Some(d) = documentation_url {
+        builder = builder.documentation_url(d);
+    }
+    let adaptor = builder
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the bus at {}", bus.describe()))?;
+    adaptor
+        .send_to("", &value, ts)
+        .map_err(|e| Failure::Unreachable(e.into()))?;
+    let closed = tokio::task::spawn_blocking(move || adaptor.close(timeout))
+        .await
+        .unwrap_or(false);
+    if closed {
+        Ok(())
+    } else {
+        Err(Failure::NotFound(format!(
+            "{ns} not delivered: no broker took the connection at {} within {:.1}s",
+            bus.describe(),
+            timeout.as_secs_f64()
+        )))
+    }
+}
+
+async fn srv(bus: &BusArgs, timeout: Duration, zone: &str, as_json: bool) -> Outcome {
+    let mut discovery = Discovery::new().timeout(timeout);
+    if let Some(n) = bus.nameserver {
+        discovery = discovery.nameserver(n);
+    }
+    let name = format!("{SRV_PREFIX}.{zone}");
+    let asked = bus
+        .nameserver
+        .map_or_else(|| "the system resolver".to_owned(), |a| a.to_string());
+    let brokers = match discovery.brokers(zone).await {
+        Ok(b) => b,
+        Err(e) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"name": name, "nameserver": asked, "error": e.to_string(), "records": []})
+                );
+            } else {
+                println!("{name} (asked {asked})\n  {e}");
+            }
+            return Err(Failure::NotFound(String::new()));
+        }
+    };
+    let Some(chosen) = brokers.first().cloned() else {
+        return Err(Failure::NotFound(format!("{name} lists no broker")));
+    };
+    let checks: Vec<(&str, String, Result<(), String>)> = {
+        let urls = [
+            ("directory", chosen.directory_url()),
+            ("input", chosen.input_url()),
+            ("snapshot", chosen.snapshot_url()),
+        ];
+        let mut v = Vec::new();
+        for (what, url) in urls {
+            let u = url.clone();
+            let r = tokio::task::spawn_blocking(move || probe::zmtp(&u, timeout))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            v.push((what, url, r));
+        }
+        v
+    };
+    // The snapshot endpoint is an extension: a 0.2.x broker has none, and that is fine.
+    let healthy = checks
+        .iter()
+        .filter(|(what, ..)| *what != "snapshot")
+        .all(|(_, _, r)| r.is_ok());
+    let mut out = io::stdout().lock();
+    let written = if as_json {
+        let records: Vec<Value> = brokers
+            .iter()
+            .map(|b| {
+                json!({"priority": b.priority, "weight": b.weight, "target": b.host,
+                       "port": b.port, "address": b.ip.map(|ip| ip.to_string())})
+            })
+            .collect();
+        let checks: serde_json::Map<String, Value> = checks
+            .iter()
+            .map(|(what, url, r)| {
+                (
+                    (*what).to_owned(),
+                    json!({"url": url, "ok": r.is_ok(), "error": r.as_ref().err()}),
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "name": name,
+                "nameserver": asked,
+                "records": records,
+                "chosen": {"target": chosen.host, "port": chosen.port,
+                           "address": chosen.ip.map(|ip| ip.to_string()),
+                           "directory_url": chosen.directory_url(),
+                           "input_url": chosen.input_url(), "udp": chosen.udp_addr()},
+                "checks": checks,
+                "ok": healthy,
+            })
+        )
+    } else {
+        let mut text = format!(
+            "{name} (asked {asked}): {} record{}, in the order a client tries them (RFC 2782)\n",
+            brokers.len(),
+            if brokers.len() == 1 { "" } else { "s" }
+        );
+        let target_w = brokers
+            .iter()
+            .map(|b| b.host.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        text.push_str(&format!(
+            "  #  PRIORITY  WEIGHT  {:target_w$}  PORT   ADDRESS\n",
+            "TARGET"
+        ));
+        for (i, b) in brokers.iter().enumerate() {
+            text.push_str(&format!(
+                "  {:<2} {:>8}  {:>6}  {:target_w$}  {:<5}  {}\n",
+                i + 1,
+                b.priority,
+                b.weight,
+                b.host,
+                b.port,
+                b.ip.map_or_else(|| "(system resolver)".to_owned(), |ip| ip.to_string())
+            ));
+        }
+        text.push_str(&format!("would use {chosen}\n"));
+        for (what, url, r) in &checks {
+            let verdict = match r {
+                Ok(()) => "answers".to_owned(),
+                Err(e) if *what == "snapshot" => {
+                    format!("no answer ({e}); fine for a 0.2.x broker: clients wait for the periodic snapshot")
+                }
+                Err(e) => format!("NO ANSWER: {e}"),
+            };
+            text.push_str(&format!("  {what:<9}  {url:<28}  {verdict}\n"));
+        }
+        text.push_str(&format!(
+            "  {:<9}  {:<28}  (UDP cannot be checked from here)\n",
+            "udp",
+            chosen.udp_addr()
+        ));
+        out.write_all(text.as_bytes())
+    };
+    quiet_pipe(written)?;
+    if healthy {
+        Ok(())
+    } else {
+        Err(Failure::NotFound(format!(
+            "the broker {chosen} does not answer"
+        )))
+    }
+}

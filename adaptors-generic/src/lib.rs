@@ -1,0 +1,21 @@
+//! Command-line tools for thingsbus, and the pieces they share.
+//!
+//! - `thingsbus-zmq-adaptor` bridges any ZMQ publisher of JSON objects into the bus, with the
+//!   flags of the 0.2.x `generic_zmq_adaptor` ([`bridge`] holds its rules).
+//! - `thingsbus` looks at and pokes the bus from a shell: `get`, `ls`, `watch`, `send`, `srv`.
+//!
+//! ```no_run
+//! use thingsbus_adaptors_generic::bridge::{Decision, Rules};
+//!
+//! let rules = Rules { nskey: Some("camname".into()), ..Rules::default() };
+//! match rules.decide(br#"{"camname": "door", "luminance": 31.8}"#) {
+//!     Decision::Forward(f) => assert_eq!(f.sub_ns, "door"),
+//!     Decision::Skip(reason, detail) => eprintln!("skipped ({reason}): {detail}"),
+//! }
+//! ```
+
+pub mod bridge;
+pub mod bus;
+pub mod logging;
+pub mod probe;
+pub mod render;
