@@ -373,6 +373,7 @@ async fn full_queue_drops_the_oldest() {
     );
     let broker = start_on(port - 1, &|c| {
         c.input_port = Some(port);
+        c.snapshot_port = Some(0);
         c.snapshot_interval = Duration::from_millis(100);
         // No updates of the broker's own thing: they would take sequence numbers too.
         c.stats_interval = Duration::ZERO;

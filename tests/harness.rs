@@ -18,14 +18,14 @@ pub fn spawn_broker(tweak: impl FnOnce(&mut Config)) -> Broker {
     Broker::start(config).expect("broker starts on ephemeral ports")
 }
 
-/// Starts a broker on 127.0.0.1 whose input port is its directory port + 1, as DNS SRV
-/// discovery expects. Free ports are found by trying.
+/// Starts a broker on 127.0.0.1 whose input and snapshot ports are its directory port + 1 and
+/// + 2, as DNS SRV discovery expects. Free ports are found by trying.
 pub fn spawn_broker_on_port_pair(tweak: impl Fn(&mut Config)) -> Broker {
     for _ in 0..100 {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
         let port = probe.local_addr().expect("probe addr").port();
         drop(probe);
-        if port == u16::MAX {
+        if port >= u16::MAX - 1 {
             continue;
         }
         match start_on(port, &tweak) {
@@ -37,7 +37,8 @@ pub fn spawn_broker_on_port_pair(tweak: impl Fn(&mut Config)) -> Broker {
     panic!("no free port pair found");
 }
 
-/// Starts a broker on 127.0.0.1 with directory port `port` and input `port + 1`.
+/// Starts a broker on 127.0.0.1 with directory port `port`, input `port + 1` and snapshot
+/// endpoint `port + 2`, as in production.
 ///
 /// # Errors
 /// When a port is taken.
@@ -45,6 +46,7 @@ pub fn start_on(port: u16, tweak: &dyn Fn(&mut Config)) -> Result<Broker, things
     let mut config = Config::ephemeral();
     config.port = port;
     config.input_port = None;
+    config.snapshot_port = None;
     tweak(&mut config);
     Broker::start(config)
 }

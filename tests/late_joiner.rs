@@ -358,6 +358,80 @@ fn a_0_2_broker_without_snapshot_endpoint_falls_back_to_periodic() {
 }
 
 #[test]
+fn a_request_for_stale_things_gets_them_after_the_live_ones_marked_stale() {
+    let rig = Rig::new(|c| {
+        no_periodic(c);
+        c.stats_interval = Duration::ZERO;
+        c.snapshot_chunk_bytes = 2048;
+    });
+    let old = now() - 3600.0;
+    for i in 0..40 {
+        rig.zmq
+            .send_json(&json!([format!("old.t{i}"), old, i, "https://doc"]));
+    }
+    fill(&rig, "fresh", 40);
+    let d = dealer(&rig.broker);
+
+    let plain = ask(&d, br#"{"type":"snapshot_request","id":1}"#);
+    let names = |chunks: &[Value], stale: bool| -> Vec<String> {
+        chunks
+            .iter()
+            .filter(|c| (c["stale"] == true) == stale)
+            .flat_map(|c| c["data"].as_object().expect("data").keys().cloned())
+            .collect()
+    };
+    assert!(
+        names(&plain, true).is_empty(),
+        "stale things only on request"
+    );
+    assert_eq!(
+        names(&plain, false).len(),
+        40 + 2,
+        "fresh things and the two probes of Rig::new"
+    );
+
+    let with = ask(&d, br#"{"type":"snapshot_request","id":2,"stale":true}"#);
+    assert_eq!(with[0]["total"], 40 + 2 + 40);
+    let stale = names(&with, true);
+    assert_eq!(stale.len(), 40);
+    assert!(stale.iter().all(|n| n.starts_with("old.")), "{stale:?}");
+    assert!(names(&with, false).iter().all(|n| !n.starts_with("old.")));
+    // Live chunks first, then stale ones; numbered on, the last one last.
+    let first_stale = with
+        .iter()
+        .position(|c| c["stale"] == true)
+        .expect("stale chunk");
+    assert!(with[first_stale..].iter().all(|c| c["stale"] == true));
+    for (i, c) in with.iter().enumerate() {
+        assert_eq!(c["chunk"], i as u64);
+        assert_eq!(c["last"], i + 1 == with.len());
+        assert_eq!(c["request"], 2);
+    }
+    let subtree = ask(
+        &d,
+        br#"{"type":"snapshot_request","ns":"old","stale":true}"#,
+    );
+    assert_eq!(names(&subtree, true).len(), 40);
+    assert_eq!(names(&subtree, false).len(), 0);
+
+    // The client library: stale things are known, and flagged, only with include_stale.
+    let client = client_for(&rig.broker)
+        .include_stale(true)
+        .connect_blocking()
+        .expect("client");
+    assert!(client.wait_filled_blocking(DEADLINE));
+    let t = client.get("old.t7").expect("a stale thing is known");
+    assert!(t.stale && t.from_snapshot);
+    assert_eq!(t.value(), json!(7));
+    assert_eq!(t.documentation_url.as_deref(), Some("https://doc"));
+    assert!(!client.get("fresh.t7").expect("fresh").stale);
+    let plain_client = client_for(&rig.broker).connect_blocking().expect("client");
+    assert!(plain_client.wait_filled_blocking(DEADLINE));
+    assert!(plain_client.get("old.t7").is_none(), "as in 0.2.x");
+    assert!(plain_client.get("fresh.t7").is_some());
+}
+
+#[test]
 fn things_expire_out_of_the_live_window() {
     let rig = Rig::new(|c| {
         no_periodic(c);

@@ -19,7 +19,7 @@ use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, 
 use crate::config::Config;
 use crate::log_limit::LogLimiter;
 use crate::publish::{Job, Output};
-use crate::snapshot_server::View;
+use crate::snapshot_server::{View, WANT_VIEW_WITH_STALE};
 use crate::stats::{self, Stats};
 
 /// Messages taken from one input per round before the other gets its turn.
@@ -206,7 +206,10 @@ impl Ingest {
 
     /// A consistent copy of the live directory for the snapshot endpoint.
     fn send_view(&mut self) {
-        while self.snapshot_wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
+        let mut with_stale = false;
+        while let Ok(m) = self.snapshot_wake.recv_bytes(zmq::DONTWAIT) {
+            with_stale |= m == WANT_VIEW_WITH_STALE;
+        }
         let now = Timestamp::now();
         let view = View {
             header: SnapshotHeader {
@@ -216,6 +219,7 @@ impl Ingest {
                 epoch: self.epoch,
             },
             entries: self.dir.live_entries(now, self.live_window),
+            stale: with_stale.then(|| self.dir.stale_entries(now, self.live_window)),
         };
         if self.views.send(view).is_ok() {
             let _ = self.snapshot_wake.send(&b"r"[..], zmq::DONTWAIT);

@@ -1,10 +1,12 @@
 //! The instant snapshot endpoint (ZMQ ROUTER on P + 2): late joiners get the whole directory, or
 //! one subtree, at once instead of waiting for the next periodic snapshot.
 //!
-//! Request (one frame from a DEALER): `{"type":"snapshot_request","ns":"shop","id":17}` — `ns`
-//! (the subtree, default the whole directory) and `id` (echoed back) are optional.
+//! Request (one frame from a DEALER): `{"type":"snapshot_request","ns":"shop","id":17,"stale":true}`
+//! — `ns` (the subtree, default the whole directory), `id` (echoed back) and `stale` (also the
+//! things that left the live window but are not forgotten yet) are optional.
 //! Reply: one or more `thing_snapshot` chunks, as on the directory output, with `"request"` and
-//! `"subtree"` added, the last marked `"last":true`. A refusal is
+//! `"subtree"` added, the last marked `"last":true`; stale things come last, in chunks marked
+//! `"stale":true`. A refusal is
 //! `{"type":"snapshot_error","request":…,"error":"bad_request"|"busy","detail":…}`.
 //!
 //! The view is taken by the ingest thread (it owns the directory) as a list of shared entries,
@@ -40,7 +42,15 @@ const MAX_REQUEST_BYTES: i64 = 4096;
 pub(crate) struct View {
     pub(crate) header: SnapshotHeader,
     pub(crate) entries: Vec<Arc<[u8]>>,
+    /// Things past the live window, when a request asked for them.
+    pub(crate) stale: Option<Vec<Arc<[u8]>>>,
 }
+
+/// What the snapshot server says to the ingest thread: a view is wanted, with stale things
+/// or without.
+pub(crate) const WANT_VIEW: &[u8] = b"v";
+/// See [`WANT_VIEW`].
+pub(crate) const WANT_VIEW_WITH_STALE: &[u8] = b"s";
 
 #[derive(Deserialize)]
 struct Request<'a> {
@@ -50,6 +60,8 @@ struct Request<'a> {
     ns: Option<String>,
     #[serde(default, borrow)]
     id: Option<&'a RawValue>,
+    #[serde(default)]
+    stale: bool,
 }
 
 struct Job {
@@ -58,6 +70,10 @@ struct Job {
     delimiter: bool,
     request_id: String,
     subtree: String,
+    /// Also the things past the live window.
+    stale: bool,
+    /// In the stale section of the reply.
+    in_stale: bool,
     view: Option<Arc<View>>,
     writer: Option<ChunkWriter>,
     pos: usize,
@@ -135,7 +151,7 @@ impl SnapshotServer {
                     }
                 }
                 if !waiting.is_empty() && !view_asked {
-                    view_asked = self.wake.send(&b"v"[..], zmq::DONTWAIT).is_ok();
+                    view_asked = self.ask_view(&waiting);
                 }
             }
             if ready {
@@ -143,17 +159,32 @@ impl SnapshotServer {
                 while let Ok(view) = self.views.try_recv() {
                     view_asked = false;
                     let view = Arc::new(view);
-                    for mut job in waiting.drain(..) {
+                    // A job that wants stale things waits for a view that has them.
+                    let (fits, wait): (Vec<Job>, Vec<Job>) = waiting
+                        .drain(..)
+                        .partition(|j| !j.stale || view.stale.is_some());
+                    waiting = wait;
+                    for mut job in fits {
                         job.view = Some(view.clone());
                         jobs.push_back(job);
                     }
                 }
                 if !waiting.is_empty() && !view_asked {
-                    view_asked = self.wake.send(&b"v"[..], zmq::DONTWAIT).is_ok();
+                    view_asked = self.ask_view(&waiting);
                 }
             }
             progress = self.serve(&mut jobs);
         }
+    }
+
+    /// Asks the ingest thread for a view (with stale things if a waiting job wants them).
+    fn ask_view(&self, waiting: &[Job]) -> bool {
+        let msg = if waiting.iter().any(|j| j.stale) {
+            WANT_VIEW_WITH_STALE
+        } else {
+            WANT_VIEW
+        };
+        self.wake.send(msg, zmq::DONTWAIT).is_ok()
     }
 
     #[allow(clippy::type_complexity)]
@@ -216,6 +247,8 @@ impl SnapshotServer {
             delimiter,
             request_id: id_text,
             subtree,
+            stale: req.stale,
+            in_stale: false,
             view: None,
             writer: None,
             pos: 0,
@@ -292,11 +325,16 @@ impl SnapshotServer {
         let view = job.view.clone()?;
         if job.writer.is_none() && job.pos == 0 {
             // How many things the reply holds, so the client can make room once.
+            let stale: &[Arc<[u8]>] = match (&view.stale, job.stale) {
+                (Some(s), true) => s,
+                _ => &[],
+            };
             let total = if job.subtree.is_empty() {
-                view.entries.len()
+                view.entries.len() + stale.len()
             } else {
                 view.entries
                     .iter()
+                    .chain(stale)
                     .filter(|e| {
                         std::str::from_utf8(encoded_update_ns(e))
                             .is_ok_and(|ns| is_within_str(ns, &job.subtree))
@@ -315,9 +353,28 @@ impl SnapshotServer {
             ));
         }
         let writer = job.writer.as_mut()?;
-
-        while job.pos < view.entries.len() {
-            let entry = &view.entries[job.pos];
+        let live = view.entries.len();
+        let stale: &[Arc<[u8]>] = match (&view.stale, job.stale) {
+            (Some(s), true) => s,
+            _ => &[],
+        };
+        while job.pos < live + stale.len() {
+            if job.pos >= live && !job.in_stale {
+                // Stale things go in chunks of their own, marked so.
+                job.in_stale = true;
+                let extra = format!(
+                    ",\"request\":{},\"subtree\":{},\"stale\":true",
+                    job.request_id,
+                    serde_json::Value::String(job.subtree.clone())
+                );
+                if let Some(chunk) = writer.begin_section(extra) {
+                    return Some((chunk, false));
+                }
+            }
+            let entry = match job.pos.checked_sub(live) {
+                None => &view.entries[job.pos],
+                Some(i) => &stale[i],
+            };
             let ns = encoded_update_ns(entry);
             let inside = std::str::from_utf8(ns).is_ok_and(|ns| is_within_str(ns, &job.subtree));
             if inside && writer.is_full_for(ns, entry) {

@@ -29,6 +29,8 @@ pub struct ClientBuilder {
     discovery: Discovery,
     snapshot_url: Option<String>,
     options: DriverOptions,
+    /// Subscriptions made before the client starts.
+    subs: Vec<Slot>,
 }
 
 impl ClientBuilder {
@@ -69,6 +71,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Also learn, on joining, the things that stopped reporting (past the broker's live window
+    /// but not forgotten yet), marked [`Thing::stale`]. Off by default: as in 0.2.x, a new
+    /// client then knows only the live things.
+    pub fn include_stale(mut self, yes: bool) -> Self {
+        self.options.stale = yes;
+        self
+    }
+
     /// How long a snapshot request may go unanswered before the client falls back to the
     /// periodic snapshot (a 0.2.x broker has no snapshot endpoint). Default 2 s.
     pub fn snapshot_timeout(mut self, timeout: Duration) -> Self {
@@ -81,6 +91,21 @@ impl ClientBuilder {
     pub fn failover_timeout(mut self, timeout: Duration) -> Self {
         self.options.failover_timeout = timeout;
         self
+    }
+
+    /// Subscribes before the client starts, so the subscription sees everything from the first
+    /// snapshot on; one made on the [`Client`] after `connect` may miss what arrived in between.
+    ///
+    /// # Errors
+    /// [`Error::Namespace`] when `ns` is not a valid namespace.
+    pub fn subscribe(
+        &mut self,
+        ns: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Error> {
+        let (slot, subscription) = subscription::pair(Namespace::new(ns)?, options);
+        self.subs.push(slot);
+        Ok(subscription)
     }
 
     /// Resolves the broker and starts mirroring. Returns at once; the mirror fills as updates
@@ -116,7 +141,7 @@ impl ClientBuilder {
             }
             None => return Err(Error::NoTarget),
         };
-        Client::start(targets, self.options)
+        Client::start(targets, self.options, self.subs)
     }
 
     /// [`ClientBuilder::connect`] for code without a tokio runtime.
@@ -230,16 +255,21 @@ impl Client {
         ClientBuilder::default()
     }
 
-    fn start(targets: Vec<Endpoint>, options: DriverOptions) -> Result<Client, Error> {
+    fn start(
+        targets: Vec<Endpoint>,
+        options: DriverOptions,
+        subs: Vec<Slot>,
+    ) -> Result<Client, Error> {
+        let subscribers = subs.len();
         let shared = Arc::new(Shared {
             mirror: Mirror::new(),
-            subs: Mutex::new(Vec::new()),
+            subs: Mutex::new(subs),
             counters: Counters::default(),
             filled: Mutex::new(false),
             filled_cv: Condvar::new(),
             filled_notify: tokio::sync::Notify::new(),
             current: Mutex::new(targets[0].directory.clone()),
-            subscribers: std::sync::atomic::AtomicUsize::new(0),
+            subscribers: std::sync::atomic::AtomicUsize::new(subscribers),
             apply_lock: Mutex::new(()),
         });
         let stop = Arc::new(AtomicBool::new(false));

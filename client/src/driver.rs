@@ -36,6 +36,8 @@ pub(crate) struct DriverOptions {
     pub(crate) instant: bool,
     pub(crate) snapshot_timeout: Duration,
     pub(crate) failover_timeout: Duration,
+    /// Ask for the things past the live window too.
+    pub(crate) stale: bool,
 }
 
 impl Default for DriverOptions {
@@ -44,6 +46,7 @@ impl Default for DriverOptions {
             instant: true,
             snapshot_timeout: Duration::from_secs(2),
             failover_timeout: Duration::from_secs(3),
+            stale: false,
         }
     }
 }
@@ -192,7 +195,11 @@ impl Driver {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let request = format!(r#"{{"type":"snapshot_request","id":{id}}}"#);
+        let request = if self.options.stale {
+            format!(r#"{{"type":"snapshot_request","id":{id},"stale":true}}"#)
+        } else {
+            format!(r#"{{"type":"snapshot_request","id":{id}}}"#)
+        };
         if dealer.send(request.as_bytes(), zmq::DONTWAIT).is_ok() {
             self.pending = Some(Pending {
                 id,
@@ -390,7 +397,11 @@ impl Driver {
                     // Decoded and allocated here, applied on the applier thread: the next chunk
                     // is decoded while this one goes into the mirror.
                     let job = ApplyJob {
-                        entries: s.entries.iter().map(|e| Prepared::new(e, now)).collect(),
+                        entries: s
+                            .entries
+                            .iter()
+                            .map(|e| Prepared::new(e, now, s.stale))
+                            .collect(),
                         generation: self.generation,
                         last: s.is_complete(),
                         total: (s.chunk == Some(0))

@@ -63,16 +63,19 @@ pub(crate) struct Prepared {
     pub(crate) ts: f64,
     pub(crate) documentation_url: Option<Arc<str>>,
     pub(crate) seq: Option<u64>,
+    /// The broker sent it as past its live window.
+    pub(crate) stale: bool,
 }
 
 impl Prepared {
-    pub(crate) fn new(u: &PublishedUpdate<'_>, now: f64) -> Self {
+    pub(crate) fn new(u: &PublishedUpdate<'_>, now: f64, stale: bool) -> Self {
         Prepared {
             ns: u.ns.to_namespace(),
             data: Arc::from(u.data.get()),
             ts: u.ts.map_or(now, |t| t.as_secs()),
             documentation_url: u.documentation_url.as_deref().map(Arc::from),
             seq: u.seq,
+            stale,
         }
     }
 }
@@ -158,7 +161,7 @@ impl Mirror {
             documentation_url: p.documentation_url.or(prev_url),
             seq: p.seq,
             from_snapshot: true,
-            stale: false,
+            stale: p.stale,
             generation,
         };
         if let Some(mut node) = self.nodes.get_mut(p.ns.as_str()) {

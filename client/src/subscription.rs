@@ -101,6 +101,7 @@ pub struct Lagged {
     pub missed: u64,
 }
 
+#[derive(Debug, Clone)]
 pub(crate) struct Slot {
     ns: Namespace,
     tree: bool,

@@ -606,6 +606,9 @@ pub struct PublishedSnapshot<'a> {
     pub chunk: Option<u64>,
     /// False on all chunks but the last; absent (0.2.x) means a complete snapshot.
     pub last: Option<bool>,
+    /// On a reply to a request that asked for stale things: this chunk holds things that left
+    /// the live window (the broker still remembers them).
+    pub stale: bool,
     /// The valid entries; invalid ones are skipped, as 0.2.x clients do.
     pub entries: Vec<PublishedUpdate<'a>>,
     /// How many entries were skipped as invalid.
@@ -673,6 +676,8 @@ struct PublishedFields<'a> {
     error: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     total: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    stale: Option<&'a RawValue>,
 }
 
 fn opt_u64(raw: Option<&RawValue>) -> Option<u64> {
@@ -960,13 +965,14 @@ struct SnapshotFields<'a> {
     request: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     total: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    stale: Option<&'a RawValue>,
     #[serde(default, borrow = "'a")]
     data: Option<SnapshotEntries<'a>>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn snapshot_from<'a>(
-    all: Vec<Result<PublishedUpdate<'a>, Rejection>>,
+/// The header keys of a `thing_snapshot`, as found by either decoding path.
+struct SnapshotHead<'a> {
     ts: Option<&'a RawValue>,
     seq: Option<&'a RawValue>,
     id: Option<&'a RawValue>,
@@ -974,19 +980,30 @@ fn snapshot_from<'a>(
     request: Option<&'a RawValue>,
     chunk: Option<&'a RawValue>,
     last: Option<&'a RawValue>,
-    reply_total: Option<&'a RawValue>,
+    total: Option<&'a RawValue>,
+    stale: Option<&'a RawValue>,
+}
+
+fn opt_bool(raw: Option<&RawValue>) -> Option<bool> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+fn snapshot_from<'a>(
+    all: Vec<Result<PublishedUpdate<'a>, Rejection>>,
+    h: SnapshotHead<'a>,
 ) -> PublishedSnapshot<'a> {
     let total = all.len();
     let entries: Vec<_> = all.into_iter().filter_map(Result::ok).collect();
     PublishedSnapshot {
-        ts: opt_ts(ts).unwrap_or(None),
-        seq: opt_u64(seq),
-        id: opt_u64(id),
-        epoch: opt_u64(epoch),
-        request,
-        total: opt_u64(reply_total),
-        chunk: opt_u64(chunk),
-        last: last.and_then(|r| serde_json::from_str(r.get()).ok()),
+        ts: opt_ts(h.ts).unwrap_or(None),
+        seq: opt_u64(h.seq),
+        id: opt_u64(h.id),
+        epoch: opt_u64(h.epoch),
+        request: h.request,
+        total: opt_u64(h.total),
+        chunk: opt_u64(h.chunk),
+        last: opt_bool(h.last),
+        stale: opt_bool(h.stale).unwrap_or(false),
         skipped: total - entries.len(),
         entries,
     }
@@ -1007,9 +1024,18 @@ pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
     if compact || text.starts_with(r#"{"type": "thing_snapshot""#) {
         let f: SnapshotFields<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
         let SnapshotEntries(all) = f.data.ok_or(Rejection::MissingData)?;
-        return Ok(Published::Snapshot(snapshot_from(
-            all, f.ts, f.seq, f.snapshot, f.epoch, f.request, f.chunk, f.last, f.total,
-        )));
+        let head = SnapshotHead {
+            ts: f.ts,
+            seq: f.seq,
+            id: f.snapshot,
+            epoch: f.epoch,
+            request: f.request,
+            chunk: f.chunk,
+            last: f.last,
+            total: f.total,
+            stale: f.stale,
+        };
+        return Ok(Published::Snapshot(snapshot_from(all, head)));
     }
     let f: PublishedFields<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
     let ty = json_str(f.ty.ok_or(Rejection::MissingType)?).ok_or(Rejection::UnknownType)?;
@@ -1019,9 +1045,18 @@ pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
             let data = f.data.ok_or(Rejection::MissingData)?;
             let SnapshotEntries(all) =
                 serde_json::from_str(data.get()).map_err(|e| json_error(&e))?;
-            Ok(Published::Snapshot(snapshot_from(
-                all, f.ts, f.seq, f.snapshot, f.epoch, f.request, f.chunk, f.last, f.total,
-            )))
+            let head = SnapshotHead {
+                ts: f.ts,
+                seq: f.seq,
+                id: f.snapshot,
+                epoch: f.epoch,
+                request: f.request,
+                chunk: f.chunk,
+                last: f.last,
+                total: f.total,
+                stale: f.stale,
+            };
+            Ok(Published::Snapshot(snapshot_from(all, head)))
         }
         "snapshot_error" => Ok(Published::SnapshotError {
             request: f.request,

@@ -139,6 +139,17 @@ impl Directory {
             .collect()
     }
 
+    /// The things whose last `ts` is older than the live window but which are not forgotten
+    /// yet, encoded as updates: what a snapshot request that asks for stale things adds.
+    pub fn stale_entries(&self, now: Timestamp, live_window: f64) -> Vec<Arc<[u8]>> {
+        let cutoff = now.as_secs() - live_window;
+        self.things
+            .values()
+            .filter(|e| e.ts.as_secs() < cutoff)
+            .map(|e| e.encoded.clone())
+            .collect()
+    }
+
     /// Marks the things whose last `ts` fell out of the live window since the last call, and
     /// returns them (namespace, last `ts`, last `seq`), so each expiry is reported once.
     pub fn expire(&mut self, now: Timestamp, live_window: f64) -> Vec<(Namespace, Timestamp, u64)> {

@@ -129,6 +129,18 @@ impl ChunkWriter {
         self.entries += 1;
     }
 
+    /// Starts a section whose chunks carry `extra` in their header instead (e.g. the stale
+    /// things of a reply, marked `"stale":true`). Returns the chunk that had to be closed for it,
+    /// if the current one held entries.
+    pub fn begin_section(&mut self, extra: String) -> Option<Vec<u8>> {
+        self.extra = extra;
+        if self.entries > 0 {
+            return Some(self.take_chunk());
+        }
+        self.start();
+        None
+    }
+
     /// Adds one thing, first closing the current chunk if the entry does not fit; returns the
     /// closed chunk.
     pub fn push_or_take(&mut self, ns: &[u8], encoded_update: &[u8]) -> Option<Vec<u8>> {

@@ -31,7 +31,7 @@ could not be reached.";
 /// The broker is found through -z/--zone (DNS SRV) or -u/--url (its directory URL; input is
 /// port+1); with neither, the broker on this machine (tcp://127.0.0.1:7954).
 #[derive(Debug, Parser)]
-#[command(name = "thingsbus", version, about, long_about, after_help = EXAMPLES)]
+#[command(name = "thingsbus", version, after_help = EXAMPLES)]
 struct Args {
     #[command(flatten)]
     bus: BusArgs,
@@ -209,8 +209,10 @@ fn valid_ns(ns: &str) -> Result<Namespace, Failure> {
     Namespace::new(ns).map_err(|e| Failure::Unreachable(anyhow::anyhow!("{e}")))
 }
 
+/// A client that also learns the things that stopped reporting, so they can be shown as stale.
 async fn connect(bus: &BusArgs, timeout: Duration) -> Result<Client, Failure> {
     bus.client(timeout)
+        .include_stale(true)
         .connect()
         .await
         .with_context(|| format!("cannot reach the bus at {}", bus.describe()))
@@ -222,12 +224,16 @@ async fn filled(client: &Client, timeout: Duration) -> Result<(), Failure> {
     if client.wait_filled(timeout).await {
         return Ok(());
     }
-    Err(Failure::Unreachable(anyhow::anyhow!(
+    Err(not_filled(client, timeout))
+}
+
+fn not_filled(client: &Client, timeout: Duration) -> Failure {
+    Failure::Unreachable(anyhow::anyhow!(
         "no directory from {} within {:.1}s: is the broker running? (a 0.2.x broker sends its \
          directory every 15 s: try --timeout 20; `thingsbus srv ZONE` checks a zone)",
         client.url(),
         timeout.as_secs_f64()
-    )))
+    ))
 }
 
 fn thing_json(t: &Thing) -> Value {
@@ -255,7 +261,7 @@ async fn get(bus: &BusArgs, timeout: Duration, ns: &str, as_json: bool) -> Outco
             break client.get(ns.as_str());
         }
         if Instant::now() >= deadline {
-            filled(&client, Duration::ZERO).await?;
+            return Err(not_filled(&client, timeout));
         }
         client.wait_filled(Duration::from_millis(20)).await;
     };
@@ -386,8 +392,9 @@ async fn watch(
         Some(ns) => (valid_ns(ns)?, tree),
         None => (Namespace::root(), true),
     };
-    let client = connect(bus, timeout).await?;
-    let mut sub = client
+    // Subscribed before the client starts, so even the first snapshot is seen.
+    let mut builder = bus.client(timeout);
+    let mut sub = builder
         .subscribe(
             ns.as_str(),
             SubscribeOptions::new()
@@ -396,6 +403,10 @@ async fn watch(
                 .capacity(65_536),
         )
         .map_err(|e| Failure::Unreachable(e.into()))?;
+    let client = builder
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the bus at {}", bus.describe()))?;
     tracing::info!(url = %client.url(), %ns, tree, snapshots, "watching");
     let signal = logging::shutdown_signal();
     tokio::pin!(signal);

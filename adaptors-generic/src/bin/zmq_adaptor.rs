@@ -37,7 +37,7 @@ every --report-interval at info level, and on exit.";
 /// Takes the flags of the 0.2.x generic_zmq_adaptor, so existing service files keep working.
 /// Sources and broker are reconnected by themselves when they restart.
 #[derive(Debug, Parser)]
-#[command(name = "thingsbus-zmq-adaptor", version, about, long_about, after_long_help = EXAMPLE)]
+#[command(name = "thingsbus-zmq-adaptor", version, after_long_help = EXAMPLE)]
 struct Args {
     /// Broker input URL, e.g. tcp://broker:7955 (`tcp://*:7955` means this machine).
     #[arg(

@@ -1,0 +1,495 @@
+//! The `thingsbus` command as a binary, against a real broker and a real DNS server.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{run, tool, Output, Proc, DEADLINE};
+use serde_json::{json, Value};
+use thingsbus_broker::{Broker, Config};
+use thingsbus_tests::dns::{DnsServer, SrvRecord};
+use thingsbus_tests::{dns_for, eventually, now, spawn_broker_on_port_pair};
+
+fn quiet(c: &mut Config) {
+    c.stats_interval = Duration::ZERO;
+}
+
+/// `thingsbus -u <broker's directory URL> ARGS...`, run to completion.
+fn tb(broker: &Broker, args: &[&str]) -> Output {
+    run(tool("thingsbus")
+        .args(["-u", &broker.endpoints().directory])
+        .args(args))
+}
+
+fn ok(out: &Output) -> &str {
+    assert_eq!(
+        out.code(),
+        0,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    &out.stdout
+}
+
+fn wait_accepted(broker: &Broker, n: u64) {
+    eventually(DEADLINE, &format!("{n} updates accepted"), || {
+        (broker.stats().accepted.load(Ordering::Relaxed) >= n).then_some(())
+    });
+}
+
+#[test]
+fn send_then_get_and_ls_in_human_and_json_form() {
+    let broker = spawn_broker_on_port_pair(quiet);
+    let ts = (now() - 5.0).floor() + 0.25;
+    ok(&tb(
+        &broker,
+        &[
+            "send",
+            "shop.door",
+            r#"{"open": true}"#,
+            "-d",
+            "https://wiki/Door",
+        ],
+    ));
+    ok(&tb(
+        &broker,
+        &[
+            "send",
+            "shop.temp",
+            "21.5",
+            "--udp",
+            "--ts",
+            &ts.to_string(),
+        ],
+    ));
+    ok(&tb(
+        &broker,
+        &[
+            "send",
+            "shop.shopbot.spacemon",
+            r#"{"busy": 12.0, "light": 31.8}"#,
+        ],
+    ));
+    wait_accepted(&broker, 3);
+
+    let get = tb(&broker, &["get", "shop.door"]);
+    let text = ok(&get);
+    for needle in [
+        "ns     shop.door",
+        "\"open\": true",
+        "docs   https://wiki/Door",
+        "age    ",
+    ] {
+        assert!(text.contains(needle), "get lacks {needle:?}:\n{text}");
+    }
+    assert!(!text.contains("stale"), "{text}");
+
+    let v: Value = serde_json::from_str(ok(&tb(&broker, &["get", "shop.temp", "--json"])))
+        .expect("get --json prints JSON");
+    assert_eq!(v["ns"], "shop.temp");
+    assert_eq!(v["data"], json!(21.5));
+    assert_eq!(v["ts"], json!(ts));
+    assert_eq!(v["stale"], json!(false));
+    assert!(v["seq"].is_u64(), "{v}");
+    let age = v["age"].as_f64().expect("age");
+    assert!((4.0..60.0).contains(&age), "age {age}");
+    let door: Value =
+        serde_json::from_str(ok(&tb(&broker, &["get", "shop.door", "--json"]))).expect("JSON");
+    assert_eq!(door["documentation_url"], "https://wiki/Door");
+
+    let prefix = tb(&broker, &["get", "shop"]);
+    assert_eq!(prefix.code(), 1);
+    assert!(
+        prefix.stderr.contains("no value of its own"),
+        "{}",
+        prefix.stderr
+    );
+    let unknown = tb(&broker, &["get", "shop.window"]);
+    assert_eq!(unknown.code(), 1);
+    assert!(
+        unknown.stderr.contains("no such thing"),
+        "{}",
+        unknown.stderr
+    );
+    assert!(unknown.stdout.is_empty());
+    let invalid = tb(&broker, &["get", "Shop"]);
+    assert_eq!(invalid.code(), 2);
+    assert!(
+        invalid.stderr.contains("invalid namespace"),
+        "{}",
+        invalid.stderr
+    );
+
+    let all: Value = serde_json::from_str(ok(&tb(&broker, &["ls", "--json"]))).expect("ls --json");
+    let all = all.as_object().expect("an object");
+    assert_eq!(
+        all.keys().collect::<Vec<_>>(),
+        ["shop.door", "shop.shopbot.spacemon", "shop.temp"]
+    );
+    assert_eq!(all["shop.door"]["data"], json!({"open": true}));
+    assert_eq!(
+        all["shop.shopbot.spacemon"]["data"],
+        json!({"busy": 12.0, "light": 31.8})
+    );
+    assert_eq!(all["shop.temp"]["ts"], json!(ts));
+    assert_eq!(all["shop.temp"]["stale"], json!(false));
+
+    let table = tb(&broker, &["ls"]);
+    let lines: Vec<&str> = ok(&table).lines().collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].starts_with("NAMESPACE"), "{lines:?}");
+    assert!(lines[1].starts_with("shop.door ") && lines[1].ends_with(r#"{"open":true}"#));
+    assert!(
+        lines[2].starts_with("shop.shopbot.spacemon ")
+            && lines[2].ends_with(r#"{"busy":12.0,"light":31.8}"#)
+    );
+    assert!(lines[3].starts_with("shop.temp ") && lines[3].ends_with("21.5"));
+    // Aligned: every value starts in the VALUE column.
+    let col = lines[0].find("VALUE").expect("VALUE header");
+    assert_eq!(lines[1].find('{'), Some(col), "{lines:?}");
+    assert_eq!(lines[3].find("21.5"), Some(col), "{lines:?}");
+
+    let sub = ok(&tb(&broker, &["ls", "shop.shopbot"])).to_owned();
+    assert_eq!(sub.lines().count(), 2, "{sub}");
+    assert!(sub.contains("shop.shopbot.spacemon"));
+    assert_eq!(ok(&tb(&broker, &["ls", "garden"])).trim(), "(no things)");
+    assert_eq!(ok(&tb(&broker, &["ls", "garden", "--json"])).trim(), "{}");
+}
+
+#[test]
+fn ls_and_get_show_things_that_stopped_reporting_as_stale() {
+    let broker = spawn_broker_on_port_pair(|c| {
+        quiet(c);
+        c.live_window = Duration::from_secs(1);
+    });
+    ok(&tb(
+        &broker,
+        &[
+            "send",
+            "old.sensor",
+            "1",
+            "--ts",
+            &(now() - 30.0).to_string(),
+        ],
+    ));
+    ok(&tb(&broker, &["send", "new.sensor", "2"]));
+    wait_accepted(&broker, 2);
+    let v: Value = serde_json::from_str(ok(&tb(&broker, &["ls", "--json"]))).expect("JSON");
+    assert_eq!(v["old.sensor"]["stale"], json!(true), "{v}");
+    assert_eq!(v["old.sensor"]["data"], json!(1));
+    // A fresh one may be in the window still, or just out of it on a slow machine; it is there.
+    assert_eq!(v["new.sensor"]["data"], json!(2));
+    let table = ok(&tb(&broker, &["ls", "old"])).to_owned();
+    assert!(table.contains("[stale] 1"), "{table}");
+    let get = ok(&tb(&broker, &["get", "old.sensor"])).to_owned();
+    assert!(get.contains("stale  yes"), "{get}");
+}
+
+/// Sends `shop.ping` until `watch` prints a line for it: the watcher is then connected.
+fn until_watching(broker: &Broker, watch: &Proc) {
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        ok(&tb(broker, &["send", "shop.ping", "0"]));
+        while let Some(l) = watch.line(Duration::from_millis(300)) {
+            if l.contains("shop.ping") {
+                return;
+            }
+        }
+    }
+    panic!(
+        "watch printed nothing for shop.ping; stderr: {}",
+        watch.stderr()
+    );
+}
+
+fn next_line_with(watch: &Proc, needle: &str) -> String {
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        if let Some(l) = watch.line(Duration::from_millis(100)) {
+            if l.contains(needle) {
+                return l;
+            }
+        }
+    }
+    panic!("no line with {needle:?}; stderr: {}", watch.stderr());
+}
+
+#[test]
+fn watch_prints_snapshots_updates_and_expiries_until_a_signal() {
+    let broker = spawn_broker_on_port_pair(|c| {
+        quiet(c);
+        c.live_window = Duration::from_secs(3);
+    });
+    ok(&tb(
+        &broker,
+        &[
+            "send",
+            "shop.old",
+            r#"{"v": 1}"#,
+            "--ts",
+            &(now() - 1.0).to_string(),
+        ],
+    ));
+    ok(&tb(&broker, &["send", "garden.rain", "0.4"]));
+    wait_accepted(&broker, 2);
+
+    let mut watch = Proc::spawn(
+        tool("thingsbus")
+            .args(["-u", &broker.endpoints().directory])
+            .args(["watch", "shop", "--tree", "--snapshots", "--json"]),
+    );
+    // The directory as it was, first: shop.old replayed from the snapshot (garden is elsewhere).
+    let first: Value =
+        serde_json::from_str(&next_line_with(&watch, "shop.old")).expect("JSON line");
+    assert_eq!(first["event"], "snapshot");
+    assert_eq!(first["data"], json!({"v": 1}));
+    until_watching(&broker, &watch);
+
+    ok(&tb(
+        &broker,
+        &[
+            "send",
+            "shop.door",
+            r#"{"open": true}"#,
+            "-d",
+            "https://wiki/Door",
+        ],
+    ));
+    let update: Value = serde_json::from_str(&next_line_with(&watch, "shop.door")).expect("JSON");
+    assert_eq!(update["event"], "update");
+    assert_eq!(update["data"], json!({"open": true}));
+    assert_eq!(update["documentation_url"], "https://wiki/Door");
+    assert!(update["seq"].is_u64());
+    ok(&tb(&broker, &["send", "garden.rain", "0.5"]));
+
+    // shop.old leaves the 3 s window about 2 s from its send.
+    let expired: Value =
+        serde_json::from_str(&next_line_with(&watch, r#""event":"expired""#)).expect("JSON");
+    assert_eq!(expired["ns"], "shop.old");
+    watch.signal("INT");
+    let status = watch.wait(DEADLINE).expect("watch stops on SIGINT");
+    assert!(status.success(), "{status:?}: {}", watch.stderr());
+    let rest = watch.all_stdout();
+    assert!(
+        !rest.contains("garden"),
+        "a thing outside the subtree was printed: {rest}"
+    );
+}
+
+#[test]
+fn watch_in_human_form_follows_one_thing() {
+    let broker = spawn_broker_on_port_pair(quiet);
+    let mut watch = Proc::spawn(
+        tool("thingsbus")
+            .args(["-u", &broker.endpoints().directory])
+            .args(["watch", "shop.ping"]),
+    );
+    until_watching(&broker, &watch);
+    ok(&tb(&broker, &["send", "shop.ping.child", "1"]));
+    ok(&tb(&broker, &["send", "shop.ping", r#"{"n": 42}"#]));
+    let line = next_line_with(&watch, "42");
+    // `HH:MM:SS.mmm  update    shop.ping  {"n":42}`
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(parts.len(), 4, "{line}");
+    assert_eq!(parts[0].len(), "09:12:03.123".len(), "{line}");
+    assert_eq!(&parts[1..], ["update", "shop.ping", r#"{"n":42}"#]);
+    watch.signal("TERM");
+    let status = watch.wait(DEADLINE).expect("watch stops on SIGTERM");
+    assert!(status.success());
+    assert!(
+        !watch.all_stdout().contains("child"),
+        "without --tree no child events"
+    );
+}
+
+#[test]
+fn send_through_srv_over_zmq_and_udp() {
+    let broker = spawn_broker_on_port_pair(quiet);
+    let dns = dns_for(&broker);
+    let ns = dns.addr().to_string();
+    let find = ["--zone", "example.org", "--nameserver", ns.as_str()];
+    ok(&run(tool("thingsbus")
+        .args(find)
+        .args(["send", "lab.a", "1"])));
+    ok(&run(tool("thingsbus")
+        .args(find)
+        .args(["send", "lab.b", "2", "--udp"])));
+    wait_accepted(&broker, 2);
+    let v: Value = serde_json::from_str(ok(&run(tool("thingsbus")
+        .args(find)
+        .args(["ls", "lab", "--json"]))))
+    .expect("JSON");
+    assert_eq!(v, json!({"lab.a": v["lab.a"], "lab.b": v["lab.b"]}));
+    assert_eq!(v["lab.a"]["data"], json!(1));
+    assert_eq!(v["lab.b"]["data"], json!(2));
+}
+
+#[test]
+fn srv_reports_records_in_rfc_2782_order_and_checks_the_broker() {
+    let broker = spawn_broker_on_port_pair(quiet);
+    let port = broker.endpoints().directory_port;
+    // A dead backup at priority 10 and the live broker at priority 0: the live one comes first.
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let dns = DnsServer::start(
+        "example.org",
+        &[
+            SrvRecord {
+                name: "_thingsbus._tcp.example.org".into(),
+                priority: 10,
+                weight: 5,
+                port: dead_port,
+                target: "backup.example.org.".into(),
+            },
+            SrvRecord {
+                name: "_thingsbus._tcp.example.org".into(),
+                priority: 0,
+                weight: 0,
+                port,
+                target: "broker.example.org.".into(),
+            },
+            SrvRecord {
+                name: "_thingsbus._tcp.dead.example.org".into(),
+                priority: 0,
+                weight: 0,
+                port: dead_port,
+                target: "backup.example.org.".into(),
+            },
+        ],
+        &[
+            ("broker.example.org", Ipv4Addr::LOCALHOST),
+            ("backup.example.org", Ipv4Addr::LOCALHOST),
+        ],
+    );
+    let ns = dns.addr().to_string();
+    let srv = |zone: &str, json: bool| {
+        let mut c = tool("thingsbus");
+        c.args(["--nameserver", &ns, "--timeout", "2", "srv", zone]);
+        if json {
+            c.arg("--json");
+        }
+        run(&mut c)
+    };
+
+    let out = srv("example.org", false);
+    let text = ok(&out);
+    let broker_line = text.find("broker.example.org").expect("live broker listed");
+    let backup_line = text.find("backup.example.org").expect("backup listed");
+    assert!(broker_line < backup_line, "priority 0 first:\n{text}");
+    assert!(
+        text.contains(&format!("would use broker.example.org:{port}")),
+        "{text}"
+    );
+    for what in ["directory", "input", "snapshot"] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} line:\n{text}"));
+        assert!(line.ends_with("answers"), "{line}");
+    }
+
+    let v: Value = serde_json::from_str(ok(&srv("example.org", true))).expect("JSON");
+    assert_eq!(v["name"], "_thingsbus._tcp.example.org");
+    assert_eq!(v["records"][0]["target"], "broker.example.org");
+    assert_eq!(v["records"][0]["port"], json!(port));
+    assert_eq!(v["records"][0]["address"], "127.0.0.1");
+    assert_eq!(v["records"][1]["priority"], json!(10));
+    assert_eq!(
+        v["chosen"]["input_url"],
+        format!("tcp://127.0.0.1:{}", port + 1)
+    );
+    assert_eq!(v["checks"]["directory"]["ok"], json!(true));
+    assert_eq!(v["checks"]["input"]["ok"], json!(true));
+    assert_eq!(v["ok"], json!(true));
+
+    let dead = srv("dead.example.org", false);
+    assert_eq!(dead.code(), 1, "{dead:?}");
+    assert!(dead.stdout.contains("NO ANSWER"), "{}", dead.stdout);
+    assert!(
+        dead.stdout.contains("connection refused"),
+        "{}",
+        dead.stdout
+    );
+    let dead: Value = serde_json::from_str(&srv("dead.example.org", true).stdout).expect("JSON");
+    assert_eq!(dead["ok"], json!(false));
+    assert_eq!(dead["checks"]["directory"]["ok"], json!(false));
+
+    let missing = srv("nowhere.example.org", false);
+    assert_eq!(missing.code(), 1);
+    assert!(
+        missing.stdout.contains("does not exist"),
+        "{}",
+        missing.stdout
+    );
+}
+
+#[test]
+fn mistakes_get_one_clear_line_and_a_distinct_exit_code() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("tcp://127.0.0.1:{}", l.local_addr().expect("addr").port())
+    };
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&[], 2, "Usage"),
+        (&["send", "a.b", "not json"], 2, "a text needs its quotes"),
+        (
+            &["send", "a.b", "1", "--ts", "nan"],
+            2,
+            "seconds since 1970",
+        ),
+        (
+            &["-u", &dead, "--timeout", "0.5", "ls"],
+            2,
+            "is the broker running",
+        ),
+        (
+            &["-u", &dead, "--timeout", "0.5", "get", "a"],
+            2,
+            "is the broker running",
+        ),
+        (
+            &["-u", &dead, "--timeout", "0.5", "send", "a.b", "1"],
+            1,
+            "not delivered",
+        ),
+        (
+            &["-u", "tcp://nohost", "send", "a.b", "1"],
+            2,
+            "--input-url",
+        ),
+        (&["srv"], 2, "which zone"),
+        (
+            &["-z", "example.org", "-u", &dead, "ls"],
+            2,
+            "cannot be used with",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let out = run(tool("thingsbus").args(*args));
+        assert_eq!(out.code(), *code, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains(needle) || (args.is_empty() && out.stdout.contains(needle)),
+            "{args:?}: stderr lacks {needle:?}:\n{}",
+            out.stderr
+        );
+    }
+    let help = run(tool("thingsbus").arg("--help"));
+    for needle in [
+        "get",
+        "ls",
+        "watch",
+        "send",
+        "srv",
+        "--zone",
+        "--url",
+        "--nameserver",
+        "Exit codes",
+    ] {
+        assert!(help.stdout.contains(needle), "--help lacks {needle}");
+    }
+}
