@@ -16,6 +16,7 @@
 
 pub mod bridge;
 pub mod bus;
+pub mod listing;
 pub mod logging;
 pub mod probe;
 pub mod render;

@@ -321,6 +321,16 @@ impl Bench {
                         "ms",
                     );
                 }
+                if let Some(url) = &server.snapshot {
+                    let took = ls_json_time(&server.directory, url, n)?;
+                    self.report.add(
+                        "latejoin",
+                        &format!("{n} things, `thingsbus ls --json` to /dev/null"),
+                        kind,
+                        took.as_secs_f64() * 1e3,
+                        "ms",
+                    );
+                }
             }
         }
         self.report.note(
@@ -493,6 +503,37 @@ pub(crate) fn python_available() -> anyhow::Result<()> {
 }
 
 /// Connects a fresh client and returns how long until its mirror holds `n` things under `late`.
+/// What `thingsbus ls --json > /dev/null` does, in process: connect asking for stale things
+/// too, wait for the directory, walk it and write the JSON through a 64 KiB buffer.
+fn ls_json_time(directory: &str, snapshot: &str, n: u64) -> anyhow::Result<Duration> {
+    use std::io::Write as _;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let started = Instant::now();
+        let client = thingsbus_client::Client::builder()
+            .url(directory)
+            .snapshot_url(snapshot)
+            .include_stale(true)
+            .connect()
+            .await?;
+        if !client.wait_filled(Duration::from_secs(60)).await {
+            bail!("client never filled");
+        }
+        let things = client.walk("");
+        let mut out =
+            std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create("/dev/null")?);
+        thingsbus_adaptors_generic::listing::write_json(&mut out, &things)?;
+        out.flush()?;
+        let took = started.elapsed();
+        if (things.len() as u64) < n {
+            bail!("ls listed {} of {n} things", things.len());
+        }
+        Ok(took)
+    })
+}
+
 fn join_time(directory: &str, snapshot: Option<&str>, n: u64) -> anyhow::Result<Duration> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use thingsbus_adaptors_generic::bus::BusArgs;
 use thingsbus_adaptors_generic::logging::{self, LogFormat};
-use thingsbus_adaptors_generic::{probe, render};
+use thingsbus_adaptors_generic::{listing, probe, render};
 use thingsbus_client::{Client, EventKind, SubscribeOptions, Thing};
 use thingsbus_protocol::discovery::{Discovery, SRV_PREFIX};
 use thingsbus_protocol::{Namespace, Timestamp};
@@ -326,57 +326,11 @@ async fn ls(bus: &BusArgs, timeout: Duration, ns: &str, as_json: bool, width: us
     let things = client.walk(ns.as_str());
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let written = if as_json {
-        write_ls_json(&mut out, &things)
+        listing::write_json(&mut out, &things)
     } else {
-        write_ls_table(&mut out, &things, width)
+        listing::write_table(&mut out, &things, width, Timestamp::now().as_secs())
     };
     quiet_pipe(written.and_then(|()| out.flush()))
-}
-
-fn write_ls_json(out: &mut impl Write, things: &[Thing]) -> io::Result<()> {
-    out.write_all(b"{")?;
-    for (i, t) in things.iter().enumerate() {
-        if i > 0 {
-            out.write_all(b",")?;
-        }
-        // Namespaces need no escaping (a-z, 0-9, '_', '-', '.'); the data is the JSON text the
-        // broker sent, written as it came.
-        let ts =
-            serde_json::Number::from_f64(t.ts).map_or_else(|| "null".to_owned(), |n| n.to_string());
-        write!(
-            out,
-            "\"{}\":{{\"data\":{},\"ts\":{ts},\"stale\":{}}}",
-            t.ns, t.data, t.stale
-        )?;
-    }
-    out.write_all(b"}\n")
-}
-
-fn write_ls_table(out: &mut impl Write, things: &[Thing], width: usize) -> io::Result<()> {
-    if things.is_empty() {
-        return writeln!(out, "(no things)");
-    }
-    let now = Timestamp::now().as_secs();
-    let ns_w = things
-        .iter()
-        .map(|t| t.ns.as_str().len())
-        .max()
-        .unwrap_or(0)
-        .max("NAMESPACE".len());
-    let ages: Vec<String> = things.iter().map(|t| render::age(now - t.ts)).collect();
-    let age_w = ages
-        .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(0)
-        .max("AGE".len());
-    writeln!(out, "{:ns_w$}  {:>age_w$}  VALUE", "NAMESPACE", "AGE")?;
-    for (t, age) in things.iter().zip(&ages) {
-        let value = render::short_value(&t.data, width);
-        let mark = if t.stale { "[stale] " } else { "" };
-        writeln!(out, "{:ns_w$}  {age:>age_w$}  {mark}{value}", t.ns.as_str())?;
-    }
-    Ok(())
 }
 
 async fn watch(
