@@ -222,6 +222,8 @@ fn whole_messages_over_udp_to_a_broker_found_through_srv() {
         &format!("tcp://127.0.0.1:1,{}", source.url),
         "--ns",
         "lab.meter",
+        "--report-interval",
+        "0.3",
     ]));
     let body = json!({"watts": 412.5, "phases": [1, 2, 3], "label": "käse"});
     source.until_through(&body, &sub, "lab.meter");
@@ -231,6 +233,16 @@ fn whole_messages_over_udp_to_a_broker_found_through_srv() {
         v["data"], body,
         "without --projections the whole message is the data"
     );
+    // The periodic report: counts for the interval and in total.
+    eventually(DEADLINE, "a report counting the forwarded message", || {
+        adaptor
+            .stderr()
+            .lines()
+            .find(|l| {
+                l.contains("bridge report") && field(l, "total_forwarded").is_some_and(|n| n >= 1)
+            })
+            .map(|_| ())
+    });
     let report = stop(adaptor);
     assert!(report.contains("found brokers through SRV"), "{report}");
     assert!(report.contains("transport=\"udp\""), "{report}");
