@@ -297,6 +297,8 @@ pub fn vector(name: &str) -> Vec<u8> {
 }
 #[path = "harness/dns.rs"]
 pub mod dns;
+#[path = "harness/py.rs"]
+pub mod py;
 
 /// A client builder aimed at `broker`'s directory and snapshot endpoints (ephemeral ports do not
 /// follow the P, P+2 rule that `url()` alone assumes).
