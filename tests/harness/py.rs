@@ -144,7 +144,7 @@ impl PyPeer {
     ) -> Option<Value> {
         {
             let mut pending = self.pending.lock().expect("pending");
-            if let Some(i) = pending.iter().position(|v| pred(v)) {
+            if let Some(i) = pending.iter().position(&mut *pred) {
                 return pending.remove(i);
             }
         }
