@@ -20,11 +20,9 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use thingsbus_protocol::codec::encoded_update_ns;
-use thingsbus_protocol::namespace::{self, is_within_str};
-use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader};
+use thingsbus_protocol::namespace::is_within_str;
+use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader, SnapshotRequest};
 
 use crate::log_limit::LogLimiter;
 use crate::stats::{self, Stats};
@@ -51,18 +49,6 @@ pub(crate) struct View {
 pub(crate) const WANT_VIEW: &[u8] = b"v";
 /// See [`WANT_VIEW`].
 pub(crate) const WANT_VIEW_WITH_STALE: &[u8] = b"s";
-
-#[derive(Deserialize)]
-struct Request<'a> {
-    #[serde(rename = "type")]
-    ty: &'a str,
-    #[serde(default)]
-    ns: Option<String>,
-    #[serde(default, borrow)]
-    id: Option<&'a RawValue>,
-    #[serde(default)]
-    stale: bool,
-}
 
 struct Job {
     identity: Vec<u8>,
@@ -212,29 +198,12 @@ impl SnapshotServer {
                 "expected one frame".into(),
             ));
         }
-        let req: Request<'_> = serde_json::from_slice(&frames[0]).map_err(|e| {
-            refuse(
-                serde_json::Value::Null,
-                "bad_request",
-                format!("not a snapshot request: {e}"),
-            )
+        let req = SnapshotRequest::decode(&frames[0]).map_err(|e| {
+            let id = serde_json::from_str(&e.id_json).unwrap_or(serde_json::Value::Null);
+            refuse(id, "bad_request", e.detail)
         })?;
-        let id_text = req
-            .id
-            .map_or_else(|| "null".to_owned(), |r| r.get().to_owned());
         let id_value: serde_json::Value =
-            serde_json::from_str(&id_text).unwrap_or(serde_json::Value::Null);
-        if req.ty != "snapshot_request" {
-            return Err(refuse(
-                id_value,
-                "bad_request",
-                format!("unknown type {:?}", req.ty),
-            ));
-        }
-        let subtree = req.ns.unwrap_or_default();
-        if let Err(e) = namespace::validate(&subtree) {
-            return Err(refuse(id_value, "bad_request", e.to_string()));
-        }
+            serde_json::from_str(&req.id_json).unwrap_or(serde_json::Value::Null);
         if busy_count >= MAX_JOBS {
             return Err(refuse(
                 id_value,
@@ -245,8 +214,8 @@ impl SnapshotServer {
         Ok(Job {
             identity,
             delimiter,
-            request_id: id_text,
-            subtree,
+            request_id: req.id_json,
+            subtree: req.subtree,
             stale: req.stale,
             in_stale: false,
             view: None,

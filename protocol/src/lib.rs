@@ -21,6 +21,8 @@ pub mod codec;
 pub mod directory;
 pub mod discovery;
 pub mod endpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod message;
 pub mod namespace;
 pub mod snapshot;

@@ -158,6 +158,69 @@ impl ChunkWriter {
     }
 }
 
+/// A late joiner's request to the snapshot endpoint (`P + 2`), as the broker reads it:
+/// `{"type":"snapshot_request","ns":"shop","id":17,"stale":true}`, every key but `type` optional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    /// The subtree asked for; `""` for the whole directory.
+    pub subtree: String,
+    /// The request's `id` as JSON text (`null` when absent), echoed in every reply.
+    pub id_json: String,
+    /// Also the things past the live window that are not forgotten yet.
+    pub stale: bool,
+}
+
+/// Why a snapshot request was refused, with its `id` when it could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequestError {
+    /// The request's `id` as JSON text, `null` when unreadable.
+    pub id_json: String,
+    /// What was wrong, for the `detail` of the `snapshot_error` reply.
+    pub detail: String,
+}
+
+#[derive(serde::Deserialize)]
+struct RequestFields<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    ns: Option<String>,
+    #[serde(default, borrow)]
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    stale: bool,
+}
+
+impl SnapshotRequest {
+    /// Reads one request frame.
+    ///
+    /// # Errors
+    /// Not a JSON object with `"type":"snapshot_request"`, a key of the wrong type, or an
+    /// invalid namespace.
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotRequest, SnapshotRequestError> {
+        let f: RequestFields<'_> =
+            serde_json::from_slice(bytes).map_err(|e| SnapshotRequestError {
+                id_json: "null".into(),
+                detail: format!("not a snapshot request: {e}"),
+            })?;
+        let id_json = f.id.map_or_else(|| "null".to_owned(), |r| r.get().to_owned());
+        let refuse = |detail: String| SnapshotRequestError {
+            id_json: id_json.clone(),
+            detail,
+        };
+        if f.ty != "snapshot_request" {
+            return Err(refuse(format!("unknown type {:?}", f.ty)));
+        }
+        let subtree = f.ns.unwrap_or_default();
+        crate::namespace::validate(&subtree).map_err(|e| refuse(e.to_string()))?;
+        Ok(SnapshotRequest {
+            subtree,
+            id_json,
+            stale: f.stale,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +262,27 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 500);
+    }
+
+    #[test]
+    fn snapshot_requests_are_read_or_refused_with_their_id() {
+        let r = SnapshotRequest::decode(br#"{"type":"snapshot_request","ns":"a.b","id":{"k":[1]},"stale":true}"#)
+            .unwrap();
+        assert_eq!(r.subtree, "a.b");
+        assert_eq!(r.id_json, r#"{"k":[1]}"#);
+        assert!(r.stale);
+        let r = SnapshotRequest::decode(br#"{"type":"snapshot_request"}"#).unwrap();
+        assert_eq!((r.subtree.as_str(), r.id_json.as_str(), r.stale), ("", "null", false));
+        for (bytes, id) in [
+            (&br#"{"type":"other","id":5}"#[..], "5"),
+            (br#"{"type":"snapshot_request","ns":"A","id":"x"}"#, r#""x""#),
+            (br#"{"type":"snapshot_request","stale":"yes"}"#, "null"),
+            (br#"[1]"#, "null"),
+            (b"\xff", "null"),
+        ] {
+            let e = SnapshotRequest::decode(bytes).unwrap_err();
+            assert_eq!(e.id_json, id, "{}", String::from_utf8_lossy(bytes));
+            assert!(!e.detail.is_empty());
+        }
     }
 }

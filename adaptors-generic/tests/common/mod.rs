@@ -35,6 +35,8 @@ pub fn tool(name: &str) -> Command {
 pub fn run(cmd: &mut Command) -> Output {
     let mut p = Proc::spawn(cmd);
     let status = p.wait(DEADLINE).expect("the command finishes in time");
+    // The reader threads may still hold the last bytes the process wrote.
+    p.finish_output();
     let stdout = p.all_stdout();
     Output {
         status,
@@ -65,6 +67,7 @@ pub struct Proc {
     child: Child,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -77,7 +80,7 @@ impl Proc {
             .expect("the tool starts");
         let (tx, lines) = channel();
         let out = child.stdout.take().expect("stdout piped");
-        std::thread::spawn(move || {
+        let out_reader = std::thread::spawn(move || {
             for l in BufReader::new(out).lines().map_while(Result::ok) {
                 if tx.send(l).is_err() {
                     break;
@@ -87,7 +90,7 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("stderr piped");
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -102,6 +105,14 @@ impl Proc {
             child,
             lines,
             stderr,
+            readers: vec![out_reader, err_reader],
+        }
+    }
+
+    /// Once the process has exited: waits until everything it wrote has been read.
+    pub fn finish_output(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
         }
     }
 
