@@ -39,6 +39,11 @@ pub struct Config {
     pub max_depth: usize,
     /// Kernel receive buffer asked for the UDP socket.
     pub udp_recv_buffer: usize,
+    /// Where the directory is kept across restarts (a journal, see `--state-file`); `None`
+    /// keeps it in memory only, as 0.2.x did.
+    pub state_file: Option<std::path::PathBuf>,
+    /// Longest time between a journal write and its `fsync`: what a machine crash can lose.
+    pub fsync_interval: Duration,
 }
 
 impl Default for Config {
@@ -58,6 +63,8 @@ impl Default for Config {
             snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES,
             max_depth: DEFAULT_MAX_DEPTH,
             udp_recv_buffer: 4 << 20,
+            state_file: None,
+            fsync_interval: Duration::from_secs(1),
         }
     }
 }

@@ -17,6 +17,7 @@ use thingsbus_protocol::snapshot::SnapshotHeader;
 use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
 
 use crate::config::Config;
+use crate::journal::Journal;
 use crate::log_limit::LogLimiter;
 use crate::publish::{Job, Output};
 use crate::snapshot_server::{View, WANT_VIEW_WITH_STALE};
@@ -74,6 +75,7 @@ pub(crate) struct Ingest {
     stats_interval: Duration,
     epoch: u64,
     started: Instant,
+    journal: Option<Journal>,
 }
 
 /// The sockets ingest owns.
@@ -99,7 +101,13 @@ pub(crate) struct IngestLinks {
 pub(crate) const BROKER_NS: &str = "thingsbus.broker";
 
 impl Ingest {
-    pub(crate) fn new(config: &Config, sockets: IngestSockets, links: IngestLinks) -> Self {
+    pub(crate) fn new(
+        config: &Config,
+        sockets: IngestSockets,
+        links: IngestLinks,
+        dir: Directory,
+        journal: Option<Journal>,
+    ) -> Self {
         Ingest {
             sub: sockets.sub,
             udp: sockets.udp,
@@ -111,7 +119,7 @@ impl Ingest {
             views: links.views,
             stats: links.stats,
             stop: links.stop,
-            dir: Directory::new(),
+            dir,
             limits: Limits {
                 max_depth: config.max_depth,
             },
@@ -126,6 +134,7 @@ impl Ingest {
             snapshot_id: 0,
             epoch: (Timestamp::now().as_secs() * 1e6) as u64,
             started: Instant::now(),
+            journal,
         }
     }
 
@@ -155,6 +164,9 @@ impl Ingest {
             }
             if self.flush().is_err() {
                 break;
+            }
+            if let Some(j) = self.journal.as_mut().filter(|j| j.wants_compaction()) {
+                j.compact(&self.dir, BROKER_NS);
             }
             let wait = next_snapshot
                 .min(next_expiry)
@@ -270,6 +282,17 @@ impl Ingest {
             "expired": l(&st.expired),
             "forgotten": l(&st.forgotten),
         });
+        let mut data = data;
+        if self.journal.is_some() {
+            data["journal"] = serde_json::json!({
+                "synced_seq": l(&st.journal_synced_seq),
+                "bytes": l(&st.journal_bytes),
+                "records": l(&st.journal_records),
+                "compactions": l(&st.journal_compactions),
+                "errors": l(&st.journal_errors),
+                "dropped": l(&st.journal_dropped),
+            });
+        }
         let update = UpdateRef {
             ns: NamespaceRef::new(Cow::Borrowed(BROKER_NS)).expect("the broker namespace is valid"),
             ts: None,
@@ -390,6 +413,9 @@ impl Ingest {
     fn flush(&mut self) -> Result<(), ()> {
         if self.batch.is_empty() {
             return Ok(());
+        }
+        if let Some(j) = self.journal.as_mut() {
+            j.append(&self.batch, self.dir.seq());
         }
         stats::set(&self.stats.things, self.dir.len() as u64);
         if self.batch.len() <= DIRECT_MAX && self.output.idle() {

@@ -22,6 +22,7 @@
 
 mod config;
 mod ingest;
+mod journal;
 mod log_limit;
 mod publish;
 mod server;

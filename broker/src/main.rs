@@ -66,6 +66,16 @@ struct Args {
     #[arg(long, env = "THINGSBUS_SNAPSHOT_CHUNK_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(64 << 20)))]
     snapshot_chunk_bytes: u64,
 
+    /// Keep the directory in this file (a journal) so it survives restarts and crashes; it is
+    /// created if missing. Without it the directory lives in memory only, as in 0.2.x.
+    #[arg(long, env = "THINGSBUS_STATE_FILE", value_name = "PATH")]
+    state_file: Option<std::path::PathBuf>,
+
+    /// With --state-file: longest time, in seconds, between a write and its fsync (what a machine
+    /// crash can lose; a killed broker loses nothing it wrote). 0 syncs after every batch.
+    #[arg(long, env = "THINGSBUS_FSYNC_INTERVAL", default_value_t = 1.0, value_parser = non_negative_secs)]
+    fsync_interval: f64,
+
     /// More log output (-v debug, -vv trace). RUST_LOG, when set, wins.
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -132,6 +142,8 @@ fn config(args: &Args) -> Config {
         subscriber_hwm: args.subscriber_hwm,
         input_hwm: args.input_hwm,
         snapshot_chunk_bytes: usize::try_from(args.snapshot_chunk_bytes).unwrap_or(usize::MAX),
+        state_file: args.state_file.clone(),
+        fsync_interval: Duration::from_secs_f64(args.fsync_interval),
         ..Config::default()
     }
 }

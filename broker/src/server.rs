@@ -40,6 +40,14 @@ pub enum Error {
     /// Setting up a ZeroMQ socket failed.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// The state file could not be read or written.
+    #[error("state file {path}: {reason}")]
+    State {
+        /// The file.
+        path: String,
+        /// What the system said.
+        reason: String,
+    },
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] io::Error),
@@ -298,6 +306,35 @@ impl Broker {
             chunk_bytes: config.snapshot_chunk_bytes,
         };
 
+        let mut threads = Vec::new();
+        let (dir, journal) = match &config.state_file {
+            None => (thingsbus_protocol::Directory::new(), None),
+            Some(path) => {
+                let state_error = |e: io::Error| Error::State {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                };
+                let dir = crate::journal::restore(
+                    path,
+                    thingsbus_protocol::Timestamp::now(),
+                    config.live_window.as_secs_f64(),
+                    config.forget_after.as_secs_f64(),
+                    crate::ingest::BROKER_NS,
+                )
+                .map_err(state_error)?;
+                crate::stats::set(&stats.things, dir.len() as u64);
+                let (journal, thread) = crate::journal::Journal::start(
+                    path.clone(),
+                    config.fsync_interval,
+                    &dir,
+                    crate::ingest::BROKER_NS,
+                    stats.clone(),
+                )
+                .map_err(state_error)?;
+                threads.push(thread);
+                (dir, Some(journal))
+            }
+        };
         let output = Arc::new(Output::new(publisher, stats.clone()));
         let publish = Publisher::new(
             output.clone(),
@@ -321,8 +358,9 @@ impl Broker {
                 stats: stats.clone(),
                 stop: stop.clone(),
             },
+            dir,
+            journal,
         );
-        let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()
                 .name("thingsbus-snapshots".into())

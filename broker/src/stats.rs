@@ -48,6 +48,19 @@ pub struct Stats {
     pub snapshot_reply_micros: AtomicU64,
     /// `thing_expired` events published.
     pub expired: AtomicU64,
+    /// With `--state-file`: the `seq` up to which the state file is known durable (fsynced).
+    pub journal_synced_seq: AtomicU64,
+    /// With `--state-file`: its size in bytes.
+    pub journal_bytes: AtomicU64,
+    /// With `--state-file`: updates appended to it.
+    pub journal_records: AtomicU64,
+    /// With `--state-file`: times it was rewritten from the directory.
+    pub journal_compactions: AtomicU64,
+    /// With `--state-file`: writes or syncs that failed (disk full, I/O error).
+    pub journal_errors: AtomicU64,
+    /// With `--state-file`: batches not journaled because the writer fell behind (the next
+    /// compaction makes up for them).
+    pub journal_dropped: AtomicU64,
 }
 
 const _: () = assert!(Rejection::ALL.len() <= 32, "grow Stats::rejected");

@@ -98,6 +98,46 @@ impl Directory {
         entry
     }
 
+    /// Puts back an update as the broker published it (see [`crate::codec::encode_update`]), for a
+    /// broker that restores its saved directory: the entry keeps its `ts`, documentation URL and
+    /// `seq`, and the sequence counter moves past it. A thing already held with a higher `seq`
+    /// stays; one whose `ts` is more than `forget_after` seconds before `now` is not restored;
+    /// one past `live_window` comes back already expired (no `thing_expired` for it again).
+    /// Returns whether the entry was taken.
+    ///
+    /// # Errors
+    /// The bytes are not an encoded update with a `ts` and a `seq`.
+    pub fn restore(
+        &mut self,
+        encoded: &[u8],
+        now: Timestamp,
+        live_window: f64,
+        forget_after: f64,
+    ) -> Result<bool, crate::Rejection> {
+        let crate::codec::Published::Update(u) = crate::codec::decode_published(encoded)? else {
+            return Err(crate::Rejection::UnknownType);
+        };
+        let (Some(ts), Some(seq)) = (u.ts, u.seq) else {
+            return Err(crate::Rejection::BadTs);
+        };
+        self.seq = self.seq.max(seq);
+        if ts.as_secs() < now.as_secs() - forget_after {
+            return Ok(false);
+        }
+        if self.things.get(u.ns.as_str()).is_some_and(|e| e.seq >= seq) {
+            return Ok(false);
+        }
+        let entry = Entry {
+            ts,
+            seq,
+            documentation_url: u.documentation_url.as_deref().map(Arc::from),
+            encoded: Arc::from(encoded),
+            expired: ts.as_secs() < now.as_secs() - live_window,
+        };
+        self.things.insert(u.ns.to_namespace(), entry);
+        Ok(true)
+    }
+
     /// The sequence number of the last applied update (0 before any).
     pub fn seq(&self) -> u64 {
         self.seq

@@ -46,10 +46,18 @@ pub fn published(bytes: &[u8]) {
         _ => return,
     };
     for e in entries {
-        let ts = e.ts.unwrap_or_else(|| Timestamp::from_secs(1.5).expect("finite"));
+        let ts =
+            e.ts.unwrap_or_else(|| Timestamp::from_secs(1.5).expect("finite"));
         let url = e.documentation_url.as_deref();
         let mut encoded = Vec::new();
-        encode_update(&mut encoded, e.ns.as_str(), e.data.get(), ts, url, e.seq.unwrap_or(0));
+        encode_update(
+            &mut encoded,
+            e.ns.as_str(),
+            e.data.get(),
+            ts,
+            url,
+            e.seq.unwrap_or(0),
+        );
         match decode_published(&encoded) {
             Ok(Published::Update(p)) => {
                 assert_eq!(p.ns.as_str(), e.ns.as_str());
@@ -71,7 +79,8 @@ fn round_trip(u: &UpdateRef<'_>) {
         "accepted data is JSON text: {:?}",
         u.data
     );
-    let ts = u.ts.unwrap_or_else(|| Timestamp::from_secs(1.5).expect("finite"));
+    let ts =
+        u.ts.unwrap_or_else(|| Timestamp::from_secs(1.5).expect("finite"));
     let url = u.documentation_url.as_deref();
     let mut encoded = Vec::new();
     encode_update(&mut encoded, u.ns.as_str(), &u.data, ts, url, 7);

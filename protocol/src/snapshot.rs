@@ -203,7 +203,8 @@ impl SnapshotRequest {
                 id_json: "null".into(),
                 detail: format!("not a snapshot request: {e}"),
             })?;
-        let id_json = f.id.map_or_else(|| "null".to_owned(), |r| r.get().to_owned());
+        let id_json =
+            f.id.map_or_else(|| "null".to_owned(), |r| r.get().to_owned());
         let refuse = |detail: String| SnapshotRequestError {
             id_json: id_json.clone(),
             detail,
@@ -266,16 +267,24 @@ mod tests {
 
     #[test]
     fn snapshot_requests_are_read_or_refused_with_their_id() {
-        let r = SnapshotRequest::decode(br#"{"type":"snapshot_request","ns":"a.b","id":{"k":[1]},"stale":true}"#)
-            .unwrap();
+        let r = SnapshotRequest::decode(
+            br#"{"type":"snapshot_request","ns":"a.b","id":{"k":[1]},"stale":true}"#,
+        )
+        .unwrap();
         assert_eq!(r.subtree, "a.b");
         assert_eq!(r.id_json, r#"{"k":[1]}"#);
         assert!(r.stale);
         let r = SnapshotRequest::decode(br#"{"type":"snapshot_request"}"#).unwrap();
-        assert_eq!((r.subtree.as_str(), r.id_json.as_str(), r.stale), ("", "null", false));
+        assert_eq!(
+            (r.subtree.as_str(), r.id_json.as_str(), r.stale),
+            ("", "null", false)
+        );
         for (bytes, id) in [
             (&br#"{"type":"other","id":5}"#[..], "5"),
-            (br#"{"type":"snapshot_request","ns":"A","id":"x"}"#, r#""x""#),
+            (
+                br#"{"type":"snapshot_request","ns":"A","id":"x"}"#,
+                r#""x""#,
+            ),
             (br#"{"type":"snapshot_request","stale":"yes"}"#, "null"),
             (br#"[1]"#, "null"),
             (b"\xff", "null"),

@@ -15,7 +15,10 @@ fn replay(target: &str, check: fn(&[u8])) {
         };
         for entry in entries {
             let path = entry.expect("directory entry").path();
-            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
                 continue;
             }
             let bytes = std::fs::read(&path).expect("readable input");
@@ -24,7 +27,11 @@ fn replay(target: &str, check: fn(&[u8])) {
             replayed += 1;
         }
     }
-    assert!(replayed > 0, "no saved inputs for {target} under {}", fuzz.display());
+    assert!(
+        replayed > 0,
+        "no saved inputs for {target} under {}",
+        fuzz.display()
+    );
 }
 
 #[test]
