@@ -44,6 +44,12 @@ pub struct Config {
     pub state_file: Option<std::path::PathBuf>,
     /// Longest time between a journal write and its `fsync`: what a machine crash can lose.
     pub fsync_interval: Duration,
+    /// Source address ranges that may publish (UDP datagrams and ZMQ connections); empty lets
+    /// everyone publish, as 0.2.x did.
+    pub allow_input: Vec<crate::Cidr>,
+    /// Updates per second one source address may publish (bursts up to the same number);
+    /// `None` for no limit.
+    pub rate_limit: Option<f64>,
 }
 
 impl Default for Config {
@@ -65,6 +71,8 @@ impl Default for Config {
             udp_recv_buffer: 4 << 20,
             state_file: None,
             fsync_interval: Duration::from_secs(1),
+            allow_input: Vec::new(),
+            rate_limit: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use thingsbus_protocol::namespace::is_within_str;
 use thingsbus_protocol::snapshot::SnapshotHeader;
 use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
 
+use crate::access::{AllowList, RateLimiter};
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::log_limit::LogLimiter;
@@ -76,6 +77,8 @@ pub(crate) struct Ingest {
     epoch: u64,
     started: Instant,
     journal: Option<Journal>,
+    allow: AllowList,
+    rate: Option<RateLimiter>,
 }
 
 /// The sockets ingest owns.
@@ -135,6 +138,8 @@ impl Ingest {
             epoch: (Timestamp::now().as_secs() * 1e6) as u64,
             started: Instant::now(),
             journal,
+            allow: AllowList::new(config.allow_input.clone()),
+            rate: config.rate_limit.map(RateLimiter::new),
         }
     }
 
@@ -334,6 +339,13 @@ impl Ingest {
                 self.reject_zmq(Rejection::TooLarge, &mut msg);
                 continue;
             }
+            if let Some(rate) = self.rate.as_mut() {
+                let peer = msg.gets("Peer-Address").and_then(|a| a.parse().ok());
+                if peer.is_some_and(|ip| !rate.allow(ip, Instant::now())) {
+                    self.reject_zmq(Rejection::RateLimited, &mut msg);
+                    continue;
+                }
+            }
             match decode_json_input(&msg, &self.limits) {
                 Ok(update) if is_within_str(update.ns.as_str(), BROKER_NS) => {
                     self.reject_zmq(Rejection::ReservedNs, &mut msg);
@@ -364,6 +376,16 @@ impl Ingest {
             };
             n += 1;
             stats::add(&self.stats.bytes_in, len as u64);
+            if !self.allow.allows(from.ip()) {
+                self.reject(Rejection::NotAllowed, Source::Udp(from), len, &[]);
+                continue;
+            }
+            if let Some(rate) = self.rate.as_mut() {
+                if !rate.allow(from.ip(), Instant::now()) {
+                    self.reject(Rejection::RateLimited, Source::Udp(from), len, &[]);
+                    continue;
+                }
+            }
             if len > self.max_message_bytes {
                 self.reject(Rejection::TooLarge, Source::Udp(from), len, &[]);
                 continue;

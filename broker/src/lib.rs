@@ -20,6 +20,7 @@
 //! broker adds `seq`, chunked snapshots, `thing_expired` events and its own counters as the thing
 //! `thingsbus.broker`. See `README.md` and `ARCHITECTURE.md` at the repository root.
 
+mod access;
 mod config;
 mod ingest;
 mod journal;
@@ -29,6 +30,7 @@ mod server;
 mod snapshot_server;
 mod stats;
 
+pub use access::Cidr;
 pub use config::Config;
 pub use server::{Broker, Endpoints, Error, Stopper};
 pub use stats::Stats;

@@ -76,6 +76,22 @@ struct Args {
     #[arg(long, env = "THINGSBUS_FSYNC_INTERVAL", default_value_t = 1.0, value_parser = non_negative_secs)]
     fsync_interval: f64,
 
+    /// Only these source addresses may publish, over UDP and ZMQ, as comma-separated ranges
+    /// (e.g. 192.168.1.0/24,127.0.0.1). Without it anyone who can reach the input port can publish
+    /// or overwrite any thing, as with 0.2.x.
+    #[arg(
+        long,
+        env = "THINGSBUS_ALLOW_INPUT",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    allow_input: Vec<thingsbus_broker::Cidr>,
+
+    /// Updates per second one source address may publish (bursts up to as many); the excess is
+    /// dropped and counted as rate_limited.
+    #[arg(long, env = "THINGSBUS_RATE_LIMIT", value_name = "PER_SECOND", value_parser = positive_rate)]
+    rate_limit: Option<f64>,
+
     /// More log output (-v debug, -vv trace). RUST_LOG, when set, wins.
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -99,6 +115,15 @@ fn non_negative_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && (0.0..1e9).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not a number of seconds (0 or more)")),
+    }
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a positive number of updates per second"
+        )),
     }
 }
 
@@ -144,6 +169,8 @@ fn config(args: &Args) -> Config {
         snapshot_chunk_bytes: usize::try_from(args.snapshot_chunk_bytes).unwrap_or(usize::MAX),
         state_file: args.state_file.clone(),
         fsync_interval: Duration::from_secs_f64(args.fsync_interval),
+        allow_input: args.allow_input.clone(),
+        rate_limit: args.rate_limit,
         ..Config::default()
     }
 }
@@ -180,6 +207,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         live_window_s = args.live_window,
         "thingsbus broker running"
     );
+    if args.allow_input.is_empty() {
+        tracing::info!(
+            "input open to every address that reaches it, as in 0.2.x (--allow-input restricts it)"
+        );
+    } else {
+        let ranges: Vec<String> = args.allow_input.iter().map(ToString::to_string).collect();
+        tracing::info!(allow_input = %ranges.join(","), "input restricted");
+    }
     let signal = runtime.block_on(shutdown_signal())?;
     tracing::info!(signal, "stopping");
     let stats = broker.stats().clone();

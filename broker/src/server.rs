@@ -192,6 +192,10 @@ fn input_sockets(
         sub.set_linger(0)?;
         sub.set_subscribe(b"")?;
         set_keepalive(&sub)?;
+        if !config.allow_input.is_empty() {
+            // Every new input connection is put to the ZAP handler (NULL mechanism).
+            sub.set_zap_domain(crate::access::ZAP_DOMAIN)?;
+        }
         Ok(sub)
     };
     let wanted = match config.input_port {
@@ -238,6 +242,15 @@ impl Broker {
     /// [`Error::AddressInUse`] when a port is taken, other variants when the system refuses.
     pub fn start(config: Config) -> Result<Broker, Error> {
         let ctx = zmq::Context::new();
+        // The ZAP handler must listen before the input socket binds.
+        let zap = if config.allow_input.is_empty() {
+            None
+        } else {
+            let rep = ctx.socket(zmq::REP)?;
+            rep.set_linger(0)?;
+            rep.bind("inproc://zeromq.zap.01")?;
+            Some(rep)
+        };
         let publisher = ctx.socket(zmq::PUB)?;
         publisher.set_ipv6(config.bind.is_ipv6())?;
         publisher.set_sndhwm(config.subscriber_hwm)?;
@@ -307,6 +320,19 @@ impl Broker {
         };
 
         let mut threads = Vec::new();
+        if let Some(socket) = zap {
+            let handler = crate::access::ZapHandler {
+                socket,
+                allow: crate::access::AllowList::new(config.allow_input.clone()),
+                stats: stats.clone(),
+                stop: stop.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name("thingsbus-zap".into())
+                    .spawn(move || handler.run())?,
+            );
+        }
         let (dir, journal) = match &config.state_file {
             None => (thingsbus_protocol::Directory::new(), None),
             Some(path) => {
