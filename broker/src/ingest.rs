@@ -100,6 +100,27 @@ pub(crate) struct IngestLinks {
     pub(crate) stop: Arc<AtomicBool>,
 }
 
+/// How many datagrams the kernel dropped on `socket` because its buffer was full: the `drops`
+/// column of `/proc/net/udp{,6}` for the socket's inode. `None` where that is not available.
+pub(crate) fn udp_kernel_drops(socket: &UdpSocket) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+        .ok()?
+        .ino()
+        .to_string();
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                (cols.get(9) == Some(&inode.as_str()))
+                    .then(|| cols.last().and_then(|d| d.parse().ok()))
+                    .flatten()
+            })
+        })
+}
+
 /// The reserved namespace of the broker's own thing.
 pub(crate) const BROKER_NS: &str = "thingsbus.broker";
 
@@ -155,6 +176,9 @@ impl Ingest {
             let now = Instant::now();
             if now >= next_expiry {
                 self.expire();
+                if let Some(drops) = udp_kernel_drops(&self.udp) {
+                    stats::set(&self.stats.udp_drops, drops);
+                }
                 next_expiry = now + EXPIRY_EVERY;
             }
             if !self.stats_interval.is_zero() && now >= next_stats {
@@ -286,6 +310,7 @@ impl Ingest {
             "snapshot_reply_ms_avg": if replies == 0 { 0.0 } else { l(&st.snapshot_reply_micros) as f64 / replies as f64 / 1e3 },
             "expired": l(&st.expired),
             "forgotten": l(&st.forgotten),
+            "udp_drops": l(&st.udp_drops),
         });
         let mut data = data;
         if self.journal.is_some() {

@@ -48,6 +48,9 @@ pub struct Stats {
     pub snapshot_reply_micros: AtomicU64,
     /// `thing_expired` events published.
     pub expired: AtomicU64,
+    /// UDP datagrams the kernel dropped because the input socket's buffer was full (the broker
+    /// was behind); read from `/proc/net/udp` on Linux, 0 elsewhere.
+    pub udp_drops: AtomicU64,
     /// With `--state-file`: the `seq` up to which the state file is known durable (fsynced).
     pub journal_synced_seq: AtomicU64,
     /// With `--state-file`: its size in bytes.

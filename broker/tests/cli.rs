@@ -482,3 +482,133 @@ fn kill_9_under_load_loses_nothing_the_journal_had_synced() {
     assert!(checked > 1000, "checked only {checked} things");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn overload_keeps_it_serving_with_bounded_memory_and_every_drop_counted() {
+    let broker = Proc::start(&["--stats-interval", "0.2"]);
+    // Only the markers and the broker's own thing, filtered at the broker's side.
+    let sub = ctx().socket(zmq::SUB).expect("sub");
+    sub.set_subscribe(br#"{"type":"thing_update","ns":"marker."#)
+        .expect("subscribe");
+    sub.set_subscribe(br#"{"type":"thing_update","ns":"thingsbus.broker""#)
+        .expect("subscribe");
+    sub.connect(&broker.directory).expect("connect");
+    let input = ctx().socket(zmq::PUB).expect("pub");
+    input.connect(&broker.input).expect("connect");
+    let recv = |timeout_ms: i64| -> Option<Value> {
+        (sub.poll(zmq::POLLIN, timeout_ms).expect("poll") > 0)
+            .then(|| serde_json::from_slice(&sub.recv_bytes(0).expect("recv")).expect("json"))
+    };
+    eventually(DEADLINE, "the subscriber to be connected", || {
+        input
+            .send(
+                json!(["marker.warmup", null, 0, null])
+                    .to_string()
+                    .as_bytes(),
+                0,
+            )
+            .expect("send");
+        recv(50).filter(|v| v["ns"] == "marker.warmup")
+    });
+    // Counts before the flood: the first broker thing after the warm-up's echo covers it all.
+    let count = |v: &Value| {
+        (
+            v["data"]["accepted"].as_u64().unwrap_or(0),
+            v["data"]["udp_drops"].as_u64().unwrap_or(0),
+        )
+    };
+    let base = eventually(DEADLINE, "the broker's counters", || {
+        recv(300)
+            .filter(|v| v["ns"] == "thingsbus.broker")
+            .map(|v| count(&v))
+    });
+    let mut markers_sent = 0u64;
+    let rss_start = broker.rss_kib();
+    let udp_to: std::net::SocketAddr = broker
+        .input
+        .trim_start_matches("tcp://")
+        .parse()
+        .expect("input address");
+
+    // Datagrams that cost the broker far more to take in (500 floats to turn into JSON) than the
+    // flooders to send: the socket buffer overflows and the kernel drops.
+    let payload: Vec<f64> = (0..500).map(|i| f64::from(i) * 1.000_001).collect();
+    let datagram = rmp_serde::to_vec(&json!(["flood.t", null, payload, null])).expect("msgpack");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooders: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            let datagram = datagram.clone();
+            std::thread::spawn(move || {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+                let mut sent = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 2_000_000 {
+                    if s.send_to(&datagram, udp_to).is_ok() {
+                        sent += 1;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut markers_seen = 0;
+    let flood_started = Instant::now();
+    while flood_started.elapsed() < Duration::from_secs(2) {
+        input
+            .send(
+                json!([format!("marker.m{markers_sent}"), null, 1, null])
+                    .to_string()
+                    .as_bytes(),
+                0,
+            )
+            .expect("send");
+        markers_sent += 1;
+        let end = Instant::now() + Duration::from_millis(50);
+        while let Some(v) = recv(end.saturating_duration_since(Instant::now()).as_millis() as i64) {
+            if v["ns"].as_str().is_some_and(|n| n.starts_with("marker.m")) {
+                markers_seen += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let udp_sent: u64 = flooders
+        .into_iter()
+        .map(|t| t.join().expect("flooder"))
+        .sum();
+    let rss_end = broker.rss_kib();
+    assert!(
+        markers_seen * 2 >= markers_sent,
+        "subscribers kept being served: {markers_seen} of {markers_sent} markers seen during the flood"
+    );
+    assert!(
+        rss_end < rss_start + 64 * 1024,
+        "memory grew from {rss_start} KiB to {rss_end} KiB under overload"
+    );
+    // Every datagram is either taken in or counted as dropped by the kernel.
+    let mut last = (0, 0);
+    let end = Instant::now() + DEADLINE;
+    let (accepted, drops) = loop {
+        assert!(
+            Instant::now() < end,
+            "counts never added up: {udp_sent} datagrams + {markers_sent} markers sent; \
+             last seen accepted {} + kernel drops {}",
+            last.0,
+            last.1
+        );
+        let Some(v) = recv(300) else { continue };
+        if v["ns"] != "thingsbus.broker" {
+            continue;
+        }
+        let (accepted, drops) = count(&v);
+        last = (accepted - base.0, drops - base.1);
+        let (accepted, drops) = last;
+        if accepted + drops == udp_sent + markers_sent {
+            break last;
+        }
+    };
+    assert!(
+        drops > 0,
+        "the broker was not overloaded: {accepted} accepted, no drops"
+    );
+    eprintln!("overload: {udp_sent} datagrams sent, {drops} dropped by the kernel, {accepted} accepted, RSS {rss_start} -> {rss_end} KiB");
+}
