@@ -47,6 +47,7 @@ pub fn start_on(port: u16, tweak: &dyn Fn(&mut Config)) -> Result<Broker, things
     config.port = port;
     config.input_port = None;
     config.snapshot_port = None;
+    config.command_port = None;
     tweak(&mut config);
     Broker::start(config)
 }
@@ -306,6 +307,7 @@ pub fn client_for(broker: &Broker) -> thingsbus_client::ClientBuilder {
     thingsbus_client::Client::builder()
         .url(&broker.endpoints().directory)
         .snapshot_url(&broker.endpoints().snapshot)
+        .command_url(&broker.endpoints().command)
 }
 
 /// A DNS server for the zone `example.org` whose SRV record `_thingsbus._tcp.example.org` points

@@ -10,6 +10,7 @@ use thingsbus_protocol::discovery::Discovery;
 use thingsbus_protocol::endpoint::connect_url;
 use thingsbus_protocol::Namespace;
 
+use crate::serve::{HandlerResult, ServeCounters, Server};
 use crate::zmq_sender::{Counters, ZmqSender};
 use crate::Error;
 
@@ -46,9 +47,17 @@ pub struct AdaptorBuilder {
     queue_capacity: usize,
     discovery: Discovery,
     failover_timeout: Duration,
+    command_url: Option<String>,
 }
 
 impl AdaptorBuilder {
+    /// The broker's command endpoint for [`Adaptor::serve`], when it is not where the
+    /// target says (directory port + 3, i.e. input port + 2).
+    pub fn command_url(mut self, url: &str) -> Self {
+        self.command_url = Some(url.to_owned());
+        self
+    }
+
     /// With several brokers in SRV: how long the current one may stay unreachable before the
     /// adaptor moves to the next (default 3 s).
     pub fn failover_timeout(mut self, timeout: Duration) -> Self {
@@ -117,11 +126,14 @@ impl AdaptorBuilder {
     ///
     /// # Errors
     /// An invalid namespace, no target, a failed SRV lookup, or a malformed URL or address.
-    pub async fn connect(self) -> Result<Adaptor, Error> {
+    pub async fn connect(mut self) -> Result<Adaptor, Error> {
         let target = match self.target.clone() {
             Some(Target::Zone(zone)) => {
                 let brokers = self.discovery.brokers(&zone).await?;
                 let first = brokers.first().ok_or(Error::NoTarget)?;
+                if self.command_url.is_none() {
+                    self.command_url = Some(first.command_url());
+                }
                 tracing::info!(%zone, broker = %first, others = brokers.len() - 1, "found brokers through SRV");
                 if self.prefer_udp {
                     // UDP cannot tell whether anyone listens: the first broker it is.
@@ -159,6 +171,15 @@ impl AdaptorBuilder {
 
     fn start(self, target: Target) -> Result<Adaptor, Error> {
         let ns = Namespace::new(&self.ns)?;
+        let command_url = self.command_url.clone().or_else(|| match &target {
+            Target::Zmq(urls) => urls
+                .first()
+                .and_then(|u| thingsbus_protocol::endpoint::port_plus(&connect_url(u).0, 2)),
+            Target::Udp(addr) => {
+                thingsbus_protocol::endpoint::port_plus(&format!("tcp://{addr}"), 2)
+            }
+            Target::Zone(_) => None,
+        });
         let counters = Arc::new(Counters::default());
         let transport = match target {
             Target::Zmq(urls) => {
@@ -215,6 +236,9 @@ impl AdaptorBuilder {
                 udp_form: self.udp_form,
                 transport,
                 counters,
+                command_url,
+                server: std::sync::Mutex::new(None),
+                serve_counters: Arc::new(ServeCounters::default()),
             }),
         })
     }
@@ -231,6 +255,9 @@ struct Inner {
     udp_form: UdpForm,
     transport: Transport,
     counters: Arc<Counters>,
+    command_url: Option<String>,
+    server: std::sync::Mutex<Option<Server>>,
+    serve_counters: Arc<ServeCounters>,
 }
 
 /// What an adaptor has done so far.
@@ -245,6 +272,12 @@ pub struct AdaptorStats {
     pub queued: usize,
     /// Whether a broker is connected now (always true over UDP, which cannot tell).
     pub connected: bool,
+    /// Commands received by [`Adaptor::serve`] handlers.
+    pub commands: u64,
+    /// Command replies sent.
+    pub command_replies: u64,
+    /// Commands whose handler was still running at the deadline.
+    pub commands_abandoned: u64,
 }
 
 /// A handle that publishes things under a base namespace. Cheap to clone; every clone shares one
@@ -285,7 +318,73 @@ impl Adaptor {
             queue_capacity: 10_000,
             discovery: Discovery::new(),
             failover_timeout: Duration::from_secs(3),
+            command_url: None,
         }
+    }
+
+    /// Serves commands for the things at and below `<base>.<sub_ns>` (`""` for the base itself):
+    /// each command a caller sends there runs `handler(ns, data, deadline)`, and its `Ok(data)` or
+    /// `Err(reason)` is the caller's reply. The registration with the broker's command endpoint is
+    /// renewed in the background and made again after a broker restart. Handlers run
+    /// concurrently (up to 256 at once) on the adaptor's own runtime; one still running at the
+    /// command's deadline is abandoned (the caller has had `timeout` from the broker by then).
+    /// A handler that changes a thing should also `send` its new state, so every mirror sees it.
+    ///
+    /// # Errors
+    /// [`Error::Namespace`] for a bad `sub_ns`; [`Error::Zmq`] or [`Error::Thread`] when serving
+    /// cannot start; [`Error::NoCommandEndpoint`] when no command URL is known.
+    pub fn serve<F, Fut>(&self, sub_ns: &str, handler: F) -> Result<(), Error>
+    where
+        F: Fn(Namespace, serde_json::Value, std::time::SystemTime) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
+    {
+        let prefix = self.inner.ns.join(sub_ns)?;
+        let handler: crate::serve::Handler =
+            Arc::new(move |ns, data, deadline| Box::pin(handler(ns, data, deadline)));
+        let mut server = self
+            .inner
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if server.is_none() {
+            let url = self
+                .inner
+                .command_url
+                .clone()
+                .ok_or(Error::NoCommandEndpoint)?;
+            *server = Some(Server::start(url, self.inner.serve_counters.clone())?);
+        }
+        if let Some(s) = server.as_ref() {
+            s.add(prefix, handler);
+        }
+        Ok(())
+    }
+
+    /// [`Adaptor::serve`] with a plain (blocking) function, run on a thread pool.
+    ///
+    /// # Errors
+    /// As [`Adaptor::serve`].
+    pub fn serve_blocking<F>(&self, sub_ns: &str, handler: F) -> Result<(), Error>
+    where
+        F: Fn(Namespace, serde_json::Value, std::time::SystemTime) -> HandlerResult
+            + Send
+            + Sync
+            + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.serve(sub_ns, move |ns, data, deadline| {
+            let handler = handler.clone();
+            async move {
+                tokio::task::spawn_blocking(move || handler(ns, data, deadline))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the handler panicked: {e}")))
+            }
+        })
+    }
+
+    /// True once the broker has confirmed a `serve` registration.
+    pub fn is_serving(&self) -> bool {
+        self.inner.serve_counters.registered.load(Ordering::Relaxed)
     }
 
     /// The base namespace.
@@ -381,6 +480,9 @@ impl Adaptor {
             dropped: self.inner.counters.dropped.load(Ordering::Relaxed),
             queued,
             connected,
+            commands: self.inner.serve_counters.commands.load(Ordering::Relaxed),
+            command_replies: self.inner.serve_counters.replied.load(Ordering::Relaxed),
+            commands_abandoned: self.inner.serve_counters.abandoned.load(Ordering::Relaxed),
         }
     }
 
@@ -396,6 +498,15 @@ impl Adaptor {
     /// Stops taking updates and delivers what is queued, for at most `timeout`. Every clone is
     /// closed. Returns false if updates were left undelivered.
     pub fn close(&self, timeout: Duration) -> bool {
+        let server = self
+            .inner
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(s) = server {
+            s.stop();
+        }
         match &self.inner.transport {
             Transport::Zmq(s) => s.close(timeout),
             Transport::Udp { .. } => true,

@@ -40,6 +40,9 @@ pub enum Error {
         /// The encoded size.
         size: usize,
     },
+    /// `serve` needs the broker's command endpoint, and none is known.
+    #[error("no command endpoint known: give .command_url(\"tcp://host:7957\") to the builder")]
+    NoCommandEndpoint,
     /// The adaptor was closed.
     #[error("the adaptor is closed")]
     Closed,

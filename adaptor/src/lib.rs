@@ -17,6 +17,21 @@
 //! # Ok::<(), thingsbus_adaptor::Error>(())
 //! ```
 //!
+//! # Commands
+//! An adaptor can also act on its things: [`Adaptor::serve`] registers a handler for a subtree
+//! with the broker's command endpoint (P + 3), and every command a caller sends to a thing in it
+//! runs the handler, whose `Ok(data)` or `Err(text)` goes back to the caller.
+//!
+//! ```no_run
+//! # async fn f(adaptor: thingsbus_adaptor::Adaptor) -> Result<(), thingsbus_adaptor::Error> {
+//! use serde_json::json;
+//! adaptor.serve("led", |ns, data, _deadline| async move {
+//!     let on = data["on"].as_bool().ok_or("expected {\"on\": true|false}")?;
+//!     Ok(json!({"on": on}))
+//! })?;
+//! # Ok(()) }
+//! ```
+//!
 //! With a zone instead of a URL: `Adaptor::builder("shop.shopbot").zone("example.org").connect().await?`.
 //!
 //! # Delivery
@@ -29,7 +44,9 @@
 
 mod adaptor;
 mod error;
+mod serve;
 mod zmq_sender;
 
 pub use adaptor::{Adaptor, AdaptorBuilder, AdaptorStats, UdpForm};
 pub use error::Error;
+pub use serve::HandlerResult;

@@ -47,6 +47,11 @@ pub struct Config {
     /// Source address ranges that may publish (UDP datagrams and ZMQ connections); empty lets
     /// everyone publish, as 0.2.x did.
     pub allow_input: Vec<crate::Cidr>,
+    /// Command endpoint port; `None` means `port + 3` (or a free one when `port` is 0).
+    pub command_port: Option<u16>,
+    /// Source address ranges that may send commands (default: this machine only, since a
+    /// command can open a door).
+    pub allow_command: Vec<crate::Cidr>,
     /// Updates per second one source address may publish (bursts up to the same number);
     /// `None` for no limit.
     pub rate_limit: Option<f64>,
@@ -73,6 +78,11 @@ impl Default for Config {
             fsync_interval: Duration::from_secs(1),
             allow_input: Vec::new(),
             rate_limit: None,
+            command_port: None,
+            allow_command: vec![
+                "127.0.0.0/8".parse().expect("a valid range"),
+                "::1/128".parse().expect("a valid range"),
+            ],
         }
     }
 }
@@ -85,6 +95,7 @@ impl Config {
             port: 0,
             input_port: Some(0),
             snapshot_port: Some(0),
+            command_port: Some(0),
 
             ..Config::default()
         }

@@ -17,6 +17,7 @@ use thingsbus_protocol::snapshot::SnapshotHeader;
 use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
 
 use crate::access::{AllowList, RateLimiter};
+use crate::commands::Datagram;
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::log_limit::LogLimiter;
@@ -79,6 +80,8 @@ pub(crate) struct Ingest {
     journal: Option<Journal>,
     allow: AllowList,
     rate: Option<RateLimiter>,
+    command_wake: zmq::Socket,
+    datagrams: SyncSender<Datagram>,
 }
 
 /// The sockets ingest owns.
@@ -89,6 +92,8 @@ pub(crate) struct IngestSockets {
     pub(crate) output_monitor: zmq::Socket,
     /// The snapshot endpoint asks for a view here; ingest answers "ready" on it.
     pub(crate) snapshot_wake: zmq::Socket,
+    /// Ingest tells the command endpoint that a datagram for it is waiting.
+    pub(crate) command_wake: zmq::Socket,
 }
 
 /// Where ingest's results go.
@@ -96,8 +101,31 @@ pub(crate) struct IngestLinks {
     pub(crate) tx: SyncSender<Job>,
     pub(crate) output: Arc<Output>,
     pub(crate) views: Sender<View>,
+    pub(crate) datagrams: SyncSender<Datagram>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) stop: Arc<AtomicBool>,
+}
+
+/// Hands a `serve`, `command` or `command_reply` datagram to the command endpoint; false when
+/// the datagram is none of those.
+fn command_datagram(
+    bytes: &[u8],
+    from: SocketAddr,
+    datagrams: &SyncSender<Datagram>,
+    wake: &zmq::Socket,
+    stats: &Stats,
+) -> bool {
+    let Ok(message) = rmp_serde::from_slice::<serde_json::Value>(bytes) else {
+        return false;
+    };
+    if !thingsbus_protocol::command::is_command_type(&message) {
+        return false;
+    }
+    if datagrams.try_send(Datagram { from, message }).is_err() {
+        stats::add(&stats.commands.busy, 1);
+    }
+    let _ = wake.send(&b"d"[..], zmq::DONTWAIT);
+    true
 }
 
 /// How many datagrams the kernel dropped on `socket` because its buffer was full: the `drops`
@@ -161,6 +189,8 @@ impl Ingest {
             journal,
             allow: AllowList::new(config.allow_input.clone()),
             rate: config.rate_limit.map(RateLimiter::new),
+            command_wake: sockets.command_wake,
+            datagrams: links.datagrams,
         }
     }
 
@@ -311,6 +341,20 @@ impl Ingest {
             "expired": l(&st.expired),
             "forgotten": l(&st.forgotten),
             "udp_drops": l(&st.udp_drops),
+            "commands": {
+                "routed": l(&st.commands.routed),
+                "replied_ok": l(&st.commands.replied_ok),
+                "replied_error": l(&st.commands.replied_error),
+                "no_route": l(&st.commands.no_route),
+                "timeout": l(&st.commands.timeout),
+                "gone": l(&st.commands.gone),
+                "busy": l(&st.commands.busy),
+                "bad_request": l(&st.commands.bad_request),
+                "not_allowed": l(&st.commands.not_allowed),
+                "late_replies": l(&st.commands.late_replies),
+                "registrations": l(&st.commands.registrations),
+                "in_flight": l(&st.commands.in_flight),
+            },
         });
         let mut data = data;
         if self.journal.is_some() {
@@ -425,6 +469,15 @@ impl Ingest {
                     self.batch.push(entry.encoded);
                     stats::add(&self.stats.accepted, 1);
                 }
+                // Not an update: maybe a board serving commands, or answering one.
+                Err(_)
+                    if command_datagram(
+                        &self.udp_buf[..len],
+                        from,
+                        &self.datagrams,
+                        &self.command_wake,
+                        &self.stats,
+                    ) => {}
                 Err(reason) => {
                     let head = self.udp_buf[..len.min(48)].to_vec();
                     self.reject(reason, Source::Udp(from), len, &head);

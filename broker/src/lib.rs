@@ -21,6 +21,7 @@
 //! `thingsbus.broker`. See `README.md` and `ARCHITECTURE.md` at the repository root.
 
 mod access;
+mod commands;
 mod config;
 mod ingest;
 mod journal;
@@ -31,6 +32,7 @@ mod snapshot_server;
 mod stats;
 
 pub use access::Cidr;
+pub use commands::CommandStats;
 pub use config::Config;
 pub use server::{Broker, Endpoints, Error, Stopper};
 pub use stats::Stats;

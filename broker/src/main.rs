@@ -76,6 +76,21 @@ struct Args {
     #[arg(long, env = "THINGSBUS_FSYNC_INTERVAL", default_value_t = 1.0, value_parser = non_negative_secs)]
     fsync_interval: f64,
 
+    /// Command endpoint port (commands to things), instead of PORT+3.
+    #[arg(long, env = "THINGSBUS_COMMAND_PORT")]
+    command_port: Option<u16>,
+
+    /// Source address ranges that may send commands to things, comma-separated. A command can
+    /// open a door: the default is this machine only.
+    #[arg(
+        long,
+        env = "THINGSBUS_ALLOW_COMMAND",
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    allow_command: Vec<thingsbus_broker::Cidr>,
+
     /// Only these source addresses may publish, over UDP and ZMQ, as comma-separated ranges
     /// (e.g. 192.168.1.0/24,127.0.0.1). Without it anyone who can reach the input port can publish
     /// or overwrite any thing, as with 0.2.x.
@@ -170,6 +185,8 @@ fn config(args: &Args) -> Config {
         state_file: args.state_file.clone(),
         fsync_interval: Duration::from_secs_f64(args.fsync_interval),
         allow_input: args.allow_input.clone(),
+        command_port: args.command_port,
+        allow_command: args.allow_command.clone(),
         rate_limit: args.rate_limit,
         ..Config::default()
     }
@@ -202,6 +219,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         input = %format!("tcp://{host}:{}", at.input_port),
         udp = %format!("{host}:{}", at.input_port),
         snapshot = %format!("tcp://{host}:{}", at.snapshot_port),
+        command = %format!("tcp://{host}:{}", at.command_port),
 
         snapshot_interval_s = args.snapshot_interval,
         live_window_s = args.live_window,

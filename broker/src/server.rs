@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::commands::CommandRouter;
 use crate::config::Config;
 use crate::ingest::{Ingest, IngestLinks, IngestSockets};
 use crate::publish::{Output, Publisher};
@@ -70,6 +71,11 @@ pub struct Endpoints {
     pub snapshot: String,
     /// The snapshot endpoint port that was bound.
     pub snapshot_port: u16,
+    /// Commands to things, e.g. `tcp://127.0.0.1:7957`: callers and serving adaptors connect a
+    /// DEALER socket here.
+    pub command: String,
+    /// The command endpoint port that was bound.
+    pub command_port: u16,
 }
 
 /// A running broker. Dropping it stops it and waits for its threads.
@@ -278,6 +284,28 @@ impl Broker {
             config.bind,
             wanted_snapshot_port,
         )?;
+        let command_router = ctx.socket(zmq::ROUTER)?;
+        command_router.set_ipv6(config.bind.is_ipv6())?;
+        CommandRouter::configure(&command_router)?;
+        let wanted_command_port = match config.command_port {
+            Some(p) => p,
+            None if config.port == 0 => 0,
+            None => config.port.checked_add(3).ok_or_else(|| Error::Bind {
+                what: "command endpoint",
+                endpoint: zmq_endpoint(config.bind, config.port),
+                reason: "the command port (port + 3) does not exist; pass --command-port".into(),
+            })?,
+        };
+        let command_port = bind_zmq(
+            &command_router,
+            "command endpoint",
+            config.bind,
+            wanted_command_port,
+        )?;
+        let command_wake_ingest = ctx.socket(zmq::PAIR)?;
+        command_wake_ingest.bind("inproc://thingsbus-command-wake")?;
+        let command_wake = ctx.socket(zmq::PAIR)?;
+        command_wake.connect("inproc://thingsbus-command-wake")?;
         let wake_ingest = ctx.socket(zmq::PAIR)?;
         wake_ingest.bind("inproc://thingsbus-snapshot-wake")?;
         let wake_server = ctx.socket(zmq::PAIR)?;
@@ -302,7 +330,10 @@ impl Broker {
             input_port,
             snapshot: format!("tcp://{connect_host}:{snapshot_port}"),
             snapshot_port,
+            command: format!("tcp://{connect_host}:{command_port}"),
+            command_port,
         };
+        let command_udp = udp.try_clone()?;
 
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -320,6 +351,22 @@ impl Broker {
         };
 
         let mut threads = Vec::new();
+        let (datagrams_tx, datagrams_rx) = mpsc::sync_channel(4096);
+        let router = CommandRouter {
+            router: command_router,
+            udp: command_udp,
+            datagrams: datagrams_rx,
+            wake: command_wake,
+            allow_command: crate::access::AllowList::new(config.allow_command.clone()),
+            allow_serve: crate::access::AllowList::new(config.allow_input.clone()),
+            stats: stats.clone(),
+            stop: stop.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("thingsbus-commands".into())
+                .spawn(move || router.run())?,
+        );
         if let Some(socket) = zap {
             let handler = crate::access::ZapHandler {
                 socket,
@@ -376,11 +423,13 @@ impl Broker {
                 input_monitor,
                 output_monitor,
                 snapshot_wake: wake_ingest,
+                command_wake: command_wake_ingest,
             },
             IngestLinks {
                 tx,
                 output,
                 views: views_tx,
+                datagrams: datagrams_tx,
                 stats: stats.clone(),
                 stop: stop.clone(),
             },

@@ -48,6 +48,8 @@ pub struct Stats {
     pub snapshot_reply_micros: AtomicU64,
     /// `thing_expired` events published.
     pub expired: AtomicU64,
+    /// The command endpoint's counters.
+    pub commands: crate::CommandStats,
     /// UDP datagrams the kernel dropped because the input socket's buffer was full (the broker
     /// was behind); read from `/proc/net/udp` on Linux, 0 elsewhere.
     pub udp_drops: AtomicU64,

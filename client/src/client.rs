@@ -10,6 +10,7 @@ use thingsbus_protocol::discovery::Discovery;
 use thingsbus_protocol::endpoint::{connect_url, port_plus};
 use thingsbus_protocol::Namespace;
 
+use crate::command::{CommandError, Commander};
 use crate::driver::{lock, Driver, DriverOptions, Endpoint};
 use crate::mirror::Mirror;
 use crate::subscription::{self, Slot, SubscribeOptions, Subscription};
@@ -28,6 +29,7 @@ pub struct ClientBuilder {
     target: Option<Target>,
     discovery: Discovery,
     snapshot_url: Option<String>,
+    command_url: Option<String>,
     options: DriverOptions,
     /// Subscriptions made before the client starts.
     subs: Vec<Slot>,
@@ -61,6 +63,12 @@ impl ClientBuilder {
     /// With [`ClientBuilder::url`]: the snapshot endpoint, if not the directory port + 2.
     pub fn snapshot_url(mut self, url: &str) -> Self {
         self.snapshot_url = Some(url.to_owned());
+        self
+    }
+
+    /// With [`ClientBuilder::url`]: the command endpoint, if not the directory port + 3.
+    pub fn command_url(mut self, url: &str) -> Self {
+        self.command_url = Some(url.to_owned());
         self
     }
 
@@ -114,6 +122,7 @@ impl ClientBuilder {
     /// # Errors
     /// No target, a failed SRV lookup, or a malformed URL.
     pub async fn connect(self) -> Result<Client, Error> {
+        let mut command_url = self.command_url.clone();
         let targets = match &self.target {
             Some(Target::Zone(zone)) => {
                 let brokers = self.discovery.brokers(zone).await?;
@@ -121,6 +130,7 @@ impl ClientBuilder {
                     return Err(Error::NoTarget);
                 }
                 tracing::info!(%zone, broker = %brokers[0], others = brokers.len() - 1, "found brokers through SRV");
+                command_url.get_or_insert_with(|| brokers[0].command_url());
                 brokers
                     .iter()
                     .map(|b| Endpoint {
@@ -134,6 +144,9 @@ impl ClientBuilder {
                 if rewritten {
                     tracing::info!(%url, "a '*' host in a connect URL means this machine");
                 }
+                if command_url.is_none() {
+                    command_url = port_plus(&url, 3);
+                }
                 vec![Endpoint {
                     snapshot: self.snapshot_url.clone().or_else(|| port_plus(&url, 2)),
                     directory: url.into_owned(),
@@ -141,7 +154,7 @@ impl ClientBuilder {
             }
             None => return Err(Error::NoTarget),
         };
-        Client::start(targets, self.options, self.subs)
+        Client::start(targets, self.options, self.subs, command_url)
     }
 
     /// [`ClientBuilder::connect`] for code without a tokio runtime.
@@ -217,6 +230,8 @@ struct Inner {
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    command_url: Option<String>,
+    commander: Mutex<Option<Arc<Commander>>>,
 }
 
 impl Drop for Inner {
@@ -259,6 +274,7 @@ impl Client {
         targets: Vec<Endpoint>,
         options: DriverOptions,
         subs: Vec<Slot>,
+        command_url: Option<String>,
     ) -> Result<Client, Error> {
         let subscribers = subs.len();
         let shared = Arc::new(Shared {
@@ -283,6 +299,8 @@ impl Client {
                 shared,
                 stop,
                 thread: Mutex::new(Some(thread)),
+                command_url,
+                commander: Mutex::new(None),
             }),
         })
     }
@@ -340,6 +358,58 @@ impl Client {
             .subscribers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(subscription)
+    }
+
+    /// Sends `data` as a command to the thing `ns` through the broker's command endpoint and
+    /// waits for the reply of the adaptor that serves it, at most `timeout`: `Ok(data)` from the
+    /// thing, or a [`CommandError`] saying which outcome it was. Many commands may be in flight
+    /// on one client. Delivery is at most once: a command is never repeated; to retry, call again.
+    ///
+    /// # Errors
+    /// See [`CommandError`].
+    pub async fn command<T: serde::Serialize + ?Sized>(
+        &self,
+        ns: &str,
+        data: &T,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, CommandError> {
+        let ns = Namespace::new(ns).map_err(|e| CommandError::BadRequest(e.to_string()))?;
+        let data =
+            serde_json::to_value(data).map_err(|e| CommandError::BadRequest(e.to_string()))?;
+        let commander = self.commander()?;
+        commander.call(ns, data, timeout).await
+    }
+
+    /// [`Client::command`] for code without an async runtime.
+    ///
+    /// # Errors
+    /// See [`CommandError`].
+    pub fn command_blocking<T: serde::Serialize + ?Sized>(
+        &self,
+        ns: &str,
+        data: &T,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, CommandError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| CommandError::Transport(e.to_string()))?;
+        runtime.block_on(self.command(ns, data, timeout))
+    }
+
+    fn commander(&self) -> Result<Arc<Commander>, CommandError> {
+        let url = self.inner.command_url.clone().ok_or_else(|| {
+            CommandError::Transport("(none known: give .command_url() to the builder)".into())
+        })?;
+        let mut slot = lock(&self.inner.commander);
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(
+            Commander::start(&url).map_err(|e| CommandError::Transport(format!("{url}: {e}")))?,
+        );
+        *slot = Some(c.clone());
+        Ok(c)
     }
 
     /// Counters.

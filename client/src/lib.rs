@@ -39,6 +39,7 @@
 //!   [`ClientBuilder::failover_timeout`] is left for the next one.
 
 mod client;
+mod command;
 mod driver;
 mod error;
 mod mirror;
@@ -46,6 +47,7 @@ mod subscription;
 mod thing;
 
 pub use client::{Client, ClientBuilder, ClientStats};
+pub use command::CommandError;
 pub use error::Error;
 pub use subscription::{Event, EventKind, Lagged, SubscribeOptions, Subscription};
 pub use thing::Thing;

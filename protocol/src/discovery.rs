@@ -86,6 +86,11 @@ impl BrokerAddr {
     pub fn snapshot_url(&self) -> String {
         format!("tcp://{}:{}", self.url_host(), self.port_plus(2))
     }
+
+    /// `tcp://host:P+3`: the command endpoint.
+    pub fn command_url(&self) -> String {
+        format!("tcp://{}:{}", self.url_host(), self.port_plus(3))
+    }
 }
 
 impl fmt::Display for BrokerAddr {

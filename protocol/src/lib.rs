@@ -18,6 +18,7 @@
 //! ```
 
 pub mod codec;
+pub mod command;
 pub mod directory;
 pub mod discovery;
 pub mod endpoint;
