@@ -47,6 +47,15 @@ pub struct BusArgs {
     )]
     pub snapshot_url: Option<String>,
 
+    /// Command endpoint URL, when it is not the directory port + 3.
+    #[arg(
+        long,
+        global = true,
+        env = "THINGSBUS_COMMAND_URL",
+        conflicts_with = "zone"
+    )]
+    pub command_url: Option<String>,
+
     /// DNS server to ask for the SRV record instead of the system's, as IP:PORT.
     #[arg(long, global = true, env = "THINGSBUS_NAMESERVER")]
     pub nameserver: Option<SocketAddr>,
@@ -76,6 +85,9 @@ impl BusArgs {
             Some(z) => b.zone(z),
             None => {
                 b = b.url(self.directory_url());
+                if let Some(c) = &self.command_url {
+                    b = b.command_url(c);
+                }
                 match &self.snapshot_url {
                     Some(s) => b.snapshot_url(s),
                     None => b,

@@ -493,3 +493,79 @@ fn mistakes_get_one_clear_line_and_a_distinct_exit_code() {
         assert!(help.stdout.contains(needle), "--help lacks {needle}");
     }
 }
+
+#[test]
+fn call_prints_the_reply_and_exit_codes_tell_outcomes_apart() {
+    let broker = spawn_broker_on_port_pair(quiet);
+    let adaptor = thingsbus_adaptor::Adaptor::builder("demo")
+        .url(&broker.endpoints().input)
+        .connect_blocking()
+        .expect("adaptor");
+    adaptor
+        .serve(
+            "led",
+            |_, data, _| async move { Ok(json!({"on": data["on"]})) },
+        )
+        .expect("serve");
+    adaptor
+        .serve("broken", |_, _, _| async {
+            Err("led is broken".to_owned())
+        })
+        .expect("serve");
+    adaptor
+        .serve("slow", |_, _, _| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(json!(null))
+        })
+        .expect("serve");
+    eventually(DEADLINE, "the registrations", || {
+        adaptor.is_serving().then_some(())
+    });
+    // The three prefixes go in one serve, but is_serving may have seen an earlier answer.
+    eventually(DEADLINE, "all three served", || {
+        (broker
+            .stats()
+            .commands
+            .registrations
+            .load(Ordering::Relaxed)
+            >= 3)
+            .then_some(())
+    });
+
+    let out = tb(&broker, &["call", "demo.led", r#"{"on": true}"#]);
+    assert_eq!(ok(&out).trim(), r#"{"on":true}"#);
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["call", "nowhere", "1"], 3, "no_route"),
+        (
+            &["call", "demo.slow", "1", "--timeout", "300ms"],
+            4,
+            "timeout",
+        ),
+        (&["call", "demo.broken", "1"], 1, "led is broken"),
+        (&["call", "demo.led", "not json"], 2, "not JSON"),
+        (&["call", "Demo", "1"], 2, "invalid namespace"),
+    ];
+    for (args, code, needle) in cases {
+        let out = tb(&broker, args);
+        assert_eq!(out.code(), *code, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+    // No broker at all: a transport failure.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("tcp://127.0.0.1:{}", l.local_addr().expect("addr").port())
+    };
+    let out =
+        run(tool("thingsbus").args(["-u", &dead, "--timeout", "0.3", "call", "demo.led", "1"]));
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stderr.contains("no answer"), "{}", out.stderr);
+
+    // A broker that takes commands only from elsewhere: refused by the broker.
+    let strict = spawn_broker_on_port_pair(|c| {
+        quiet(c);
+        c.allow_command = vec!["10.0.0.0/8".parse().expect("cidr")];
+    });
+    let out = tb(&strict, &["call", "demo.led", "1"]);
+    assert_eq!(out.code(), 5, "{out:?}");
+    assert!(out.stderr.contains("not allowed"), "{}", out.stderr);
+}

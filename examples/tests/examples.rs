@@ -124,12 +124,71 @@ fn send_then_query_then_watch_through_srv() {
 }
 
 #[test]
+fn the_led_obeys_commands_and_publishes_its_state() {
+    let broker = spawn_broker_on_port_pair(quick);
+    let mut led = example("led_adaptor")
+        .args(["--url", &broker.endpoints().directory, "--ns", "demo.led"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start led_adaptor");
+    let lines = BufReader::new(led.stdout.take().expect("stdout")).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let client = thingsbus_client::Client::builder()
+        .url(&broker.endpoints().directory)
+        .connect_blocking()
+        .expect("client");
+    let mut sub = client
+        .subscribe("demo.led", thingsbus_client::SubscribeOptions::new())
+        .expect("subscribe");
+    // Until the LED has registered, commands find no route.
+    let reply = eventually(DEADLINE, "the LED to answer", || {
+        client
+            .command_blocking(
+                "demo.led",
+                &serde_json::json!({"on": true}),
+                Duration::from_secs(2),
+            )
+            .ok()
+    });
+    assert_eq!(reply, serde_json::json!({"on": true}));
+    // Its new state is published as an ordinary update.
+    eventually(DEADLINE, "the published state", || {
+        std::iter::from_fn(|| sub.try_next())
+            .filter_map(Result::ok)
+            .find(|e| e.thing.value() == serde_json::json!({"on": true}))
+    });
+    eventually(DEADLINE, "the LED's own line", || {
+        rx.try_iter().find(|l| l.contains("led is now on"))
+    });
+    match client.command_blocking(
+        "demo.led",
+        &serde_json::json!("dance"),
+        Duration::from_secs(2),
+    ) {
+        Err(thingsbus_client::CommandError::Refused { error, .. }) => {
+            assert!(error.contains("expected"), "{error}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let _ = led.kill();
+    let _ = led.wait();
+}
+
+#[test]
 fn every_example_has_help() {
     for name in [
         "send_update",
         "print_all_events",
         "query_thing",
         "udp_msgpack",
+        "led_adaptor",
     ] {
         let out = example(name).arg("--help").output().expect("run --help");
         assert!(out.status.success(), "{name} --help");

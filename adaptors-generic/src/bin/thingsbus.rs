@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use thingsbus_adaptors_generic::bus::BusArgs;
 use thingsbus_adaptors_generic::logging::{self, LogFormat};
 use thingsbus_adaptors_generic::{listing, probe, render};
-use thingsbus_client::{Client, EventKind, SubscribeOptions, Thing};
+use thingsbus_client::{Client, CommandError, EventKind, SubscribeOptions, Thing};
 use thingsbus_protocol::discovery::{Discovery, SRV_PREFIX};
 use thingsbus_protocol::{Namespace, Timestamp};
 
@@ -21,9 +21,11 @@ Examples:
   thingsbus watch shop --tree --json        live events below shop, one JSON object per line
   thingsbus send shop.door '{\"open\": true}'
   thingsbus srv example.org                 check the SRV record and the broker it names
+  thingsbus call demo.led '{\"on\": true}'  a command to a thing; prints the thing's reply
 
-Exit codes: 0 done, 1 not found or not delivered (get, send, srv), 2 bad usage or the bus
-could not be reached.";
+Exit codes: 0 done, 1 not found or not delivered (get, send, srv) or refused by the thing (call),
+2 bad usage or the bus could not be reached, 3 no_route (nobody serves it), 4 timeout or gone,
+5 refused by the broker (busy, not_allowed, bad_request).";
 
 /// Look at and poke a thingsbus from a shell: read things, list the directory, follow live
 /// events, send updates, check the DNS set-up.
@@ -36,8 +38,9 @@ struct Args {
     #[command(flatten)]
     bus: BusArgs,
 
-    /// How long to wait for the broker (DNS, connection, the directory), in seconds.
-    #[arg(long, global = true, default_value_t = 5.0, value_parser = positive_secs)]
+    /// How long to wait for the broker (DNS, connection, the directory, a command's reply):
+    /// seconds, or with a unit (500ms, 2s, 1m).
+    #[arg(long, global = true, default_value = "5", value_parser = positive_secs)]
     timeout: f64,
 
     /// More log output on stderr (-v info, -vv debug). RUST_LOG, when set, wins.
@@ -100,6 +103,14 @@ enum Command {
         #[arg(short, long = "documentation", value_name = "URL")]
         documentation_url: Option<String>,
     },
+    /// Send a command to a thing and print its reply's data (JSON). The thing's adaptor must
+    /// serve it; exit codes tell the outcomes apart (see below).
+    Call {
+        /// The thing, e.g. demo.led.
+        ns: String,
+        /// The command as JSON, e.g. '{"on": true}'.
+        data: String,
+    },
     /// A doctor for discovery: the SRV records of ZONE in RFC 2782 order, the broker a client
     /// would pick, and whether its ports answer. Exit 1 if that broker does not answer.
     Srv {
@@ -112,14 +123,27 @@ enum Command {
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v < 1e6 => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v * scale < 1e6 => Ok(v * scale),
+        _ => Err(format!(
+            "{s:?} is not a positive duration (seconds, or 500ms, 2s, 1m)"
+        )),
     }
 }
 
 /// How a command ended, beyond success.
 enum Failure {
+    /// A command's outcome other than a reply: its own exit code and message.
+    Command(u8, String),
     /// Not found / not delivered / not answering: exit 1, message already printed or given here.
     NotFound(String),
     /// The bus could not be used at all: exit 2.
@@ -145,6 +169,10 @@ fn main() -> ExitCode {
         .and_then(|rt| rt.block_on(run(args)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Command(code, msg)) => {
+            eprintln!("thingsbus: {msg}");
+            ExitCode::from(code)
+        }
         Err(Failure::NotFound(msg)) => {
             if !msg.is_empty() {
                 eprintln!("thingsbus: {msg}");
@@ -191,6 +219,7 @@ async fn run(args: Args) -> Outcome {
             )
             .await
         }
+        Command::Call { ref ns, ref data } => call(&args.bus, timeout, ns, data).await,
         Command::Srv { ref zone, json } => {
             let zone = zone
                 .clone()
@@ -456,6 +485,38 @@ async fn send(
             bus.describe(),
             timeout.as_secs_f64()
         )))
+    }
+}
+
+async fn call(bus: &BusArgs, timeout: Duration, ns: &str, data: &str) -> Outcome {
+    valid_ns(ns)?;
+    let value: Value = serde_json::from_str(data).map_err(|e| {
+        Failure::Unreachable(anyhow::anyhow!(
+            "the command {data:?} is not JSON ({e}); a text needs its quotes: '\"{data}\"'"
+        ))
+    })?;
+    // No need for the directory: only the command endpoint is used.
+    let client = bus
+        .client(timeout)
+        .instant_snapshot(false)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the bus at {}", bus.describe()))?;
+    match client.command(ns, &value, timeout).await {
+        Ok(reply) => {
+            let mut out = io::stdout().lock();
+            quiet_pipe(writeln!(out, "{reply}"))
+        }
+        Err(e) => {
+            let code = match &e {
+                CommandError::Refused { .. } => 1,
+                CommandError::Transport(_) => 2,
+                CommandError::NoRoute(_) => 3,
+                CommandError::Timeout(_) | CommandError::Gone(_) => 4,
+                _ => 5,
+            };
+            Err(Failure::Command(code, format!("{ns}: {e}")))
+        }
     }
 }
 
