@@ -5,6 +5,7 @@
 //! cargo run --release -p thingsbus-bench -- ingest --against floor
 //! ```
 
+mod commands;
 mod load;
 mod report;
 mod scenarios;
@@ -42,6 +43,7 @@ enum Scenario {
     Latejoin,
     SnapshotStall,
     Memory,
+    Commands,
     All,
 }
 
@@ -111,6 +113,9 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
     }
     if all || args.scenario == Scenario::Memory {
         bench.memory()?;
+    }
+    if all || args.scenario == Scenario::Commands {
+        bench.commands()?;
     }
     bench.report.note(format!(
         "{} cores, run took {:.0} s, {} s per step{}",

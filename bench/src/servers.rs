@@ -64,6 +64,8 @@ pub(crate) struct Server {
     pub(crate) udp: SocketAddr,
     /// The snapshot request endpoint (ours only).
     pub(crate) snapshot: Option<String>,
+    /// The command endpoint (ours only).
+    pub(crate) command: Option<String>,
 }
 
 impl Drop for Server {
@@ -106,6 +108,7 @@ impl Server {
                     input: s("input")?,
                     udp: s("udp")?.parse()?,
                     snapshot: v["snapshot"].as_str().map(str::to_owned),
+                    command: v["command"].as_str().map(str::to_owned),
                     child,
                 })
             }
@@ -134,6 +137,7 @@ impl Server {
                     input: format!("tcp://127.0.0.1:{iport}"),
                     udp: format!("127.0.0.1:{iport}").parse()?,
                     snapshot: None,
+                    command: None,
                 })
             }
         }
@@ -198,7 +202,7 @@ pub(crate) fn serve_broker(args: &[String]) -> anyhow::Result<()> {
     let e = broker.endpoints();
     println!(
         "{}",
-        json!({"directory": e.directory, "input": e.input, "udp": e.udp.to_string(), "snapshot": e.snapshot})
+        json!({"directory": e.directory, "input": e.input, "udp": e.udp.to_string(), "snapshot": e.snapshot, "command": e.command})
     );
     std::io::stdout().flush()?;
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
