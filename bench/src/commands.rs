@@ -11,11 +11,14 @@ use crate::load::percentile_ms;
 use crate::scenarios::Bench;
 use crate::servers::{Kind, Options, Server};
 
+type Encode = Box<dyn Fn(u64) -> Vec<u8>>;
+type Decode = Box<dyn Fn(&[u8]) -> Option<u64>>;
+
 /// What one system does with a command.
 struct Path {
     caller: zmq::Socket,
-    encode: Box<dyn Fn(u64) -> Vec<u8>>,
-    decode: Box<dyn Fn(&[u8]) -> Option<u64>>,
+    encode: Encode,
+    decode: Decode,
 }
 
 struct Figures {
