@@ -47,6 +47,11 @@ pub struct Config {
     /// Source address ranges that may publish (UDP datagrams and ZMQ connections); empty lets
     /// everyone publish, as 0.2.x did.
     pub allow_input: Vec<crate::Cidr>,
+    /// Where to serve the read-only HTTP side (metrics, health, JSON, SSE, web page); `None`
+    /// for none. Needs the `http` cargo feature (on by default).
+    pub http: Option<std::net::SocketAddr>,
+    /// With `http`: also one Prometheus series per thing (its last update time).
+    pub http_thing_metrics: bool,
     /// Command endpoint port; `None` means `port + 3` (or a free one when `port` is 0).
     pub command_port: Option<u16>,
     /// Source address ranges that may send commands (default: this machine only, since a
@@ -78,6 +83,8 @@ impl Default for Config {
             fsync_interval: Duration::from_secs(1),
             allow_input: Vec::new(),
             rate_limit: None,
+            http: None,
+            http_thing_metrics: false,
             command_port: None,
             allow_command: vec![
                 "127.0.0.0/8".parse().expect("a valid range"),

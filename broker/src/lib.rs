@@ -23,6 +23,8 @@
 mod access;
 mod commands;
 mod config;
+#[cfg(feature = "http")]
+mod http;
 mod ingest;
 mod journal;
 mod log_limit;

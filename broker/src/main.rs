@@ -76,6 +76,17 @@ struct Args {
     #[arg(long, env = "THINGSBUS_FSYNC_INTERVAL", default_value_t = 1.0, value_parser = non_negative_secs)]
     fsync_interval: f64,
 
+    /// Serve metrics (/metrics), health (/healthz, /readyz), the directory as JSON (/api/things),
+    /// live events (/api/events, Server-Sent Events) and a web page (/) on this address, e.g.
+    /// 127.0.0.1:8080. Read-only. Off unless given.
+    #[arg(long, env = "THINGSBUS_HTTP", value_name = "ADDR:PORT")]
+    http: Option<std::net::SocketAddr>,
+
+    /// With --http: also one Prometheus series per thing (its last update time; many things
+    /// make many series).
+    #[arg(long, env = "THINGSBUS_HTTP_THING_METRICS")]
+    http_thing_metrics: bool,
+
     /// Command endpoint port (commands to things), instead of PORT+3.
     #[arg(long, env = "THINGSBUS_COMMAND_PORT")]
     command_port: Option<u16>,
@@ -186,6 +197,8 @@ fn config(args: &Args) -> Config {
         fsync_interval: Duration::from_secs_f64(args.fsync_interval),
         allow_input: args.allow_input.clone(),
         command_port: args.command_port,
+        http: args.http,
+        http_thing_metrics: args.http_thing_metrics,
         allow_command: args.allow_command.clone(),
         rate_limit: args.rate_limit,
         ..Config::default()
@@ -220,6 +233,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         udp = %format!("{host}:{}", at.input_port),
         snapshot = %format!("tcp://{host}:{}", at.snapshot_port),
         command = %format!("tcp://{host}:{}", at.command_port),
+        http = %at.http.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/")),
 
         snapshot_interval_s = args.snapshot_interval,
         live_window_s = args.live_window,
@@ -233,6 +247,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let ranges: Vec<String> = args.allow_input.iter().map(ToString::to_string).collect();
         tracing::info!(allow_input = %ranges.join(","), "input restricted");
     }
+    notify_ready();
     let signal = runtime.block_on(shutdown_signal())?;
     tracing::info!(signal, "stopping");
     let stats = broker.stats().clone();
@@ -244,6 +259,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
+}
+
+/// Tells systemd (Type=notify) that every endpoint is bound and the state restored: one
+/// `READY=1` datagram to `$NOTIFY_SOCKET`, when it is set.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt as _;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                socket.send_to_addr(b"READY=1", &addr)?;
+            }
+            None => {
+                socket.send_to(b"READY=1", &path)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not notify systemd of readiness");
+    }
 }
 
 fn main() -> ExitCode {

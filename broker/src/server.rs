@@ -76,6 +76,8 @@ pub struct Endpoints {
     pub command: String,
     /// The command endpoint port that was bound.
     pub command_port: u16,
+    /// The HTTP side's address, when it runs.
+    pub http: Option<SocketAddr>,
 }
 
 /// A running broker. Dropping it stops it and waits for its threads.
@@ -332,6 +334,7 @@ impl Broker {
             snapshot_port,
             command: format!("tcp://{connect_host}:{command_port}"),
             command_port,
+            http: None,
         };
         let command_udp = udp.try_clone()?;
 
@@ -459,6 +462,38 @@ impl Broker {
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
                 return Err(e.into());
+            }
+        }
+        let mut endpoints = endpoints;
+        if let Some(addr) = config.http {
+            #[cfg(feature = "http")]
+            match crate::http::start(
+                addr,
+                &endpoints,
+                stats.clone(),
+                stop.clone(),
+                config.http_thing_metrics,
+            ) {
+                Ok((thread, bound)) => {
+                    threads.push(thread);
+                    endpoints.http = Some(bound);
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
+            #[cfg(not(feature = "http"))]
+            {
+                stop.store(true, Ordering::Relaxed);
+                return Err(Error::Bind {
+                    what: "HTTP endpoint",
+                    endpoint: addr.to_string(),
+                    reason: "this broker was built without the http feature".into(),
+                });
             }
         }
         Ok(Broker {

@@ -15,11 +15,17 @@ struct Proc {
     log: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
     directory: String,
     input: String,
+    http: Option<String>,
 }
 
 impl Proc {
     fn start(extra: &[&str]) -> Proc {
+        Proc::start_env(extra, &[])
+    }
+
+    fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(BIN)
+            .envs(env.iter().copied())
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -65,6 +71,10 @@ impl Proc {
             log,
             directory: f["directory"].as_str().expect("directory").to_owned(),
             input: f["input"].as_str().expect("input").to_owned(),
+            http: f["http"]
+                .as_str()
+                .filter(|h| *h != "off")
+                .map(str::to_owned),
         }
     }
 
@@ -611,4 +621,41 @@ fn overload_keeps_it_serving_with_bounded_memory_and_every_drop_counted() {
         "the broker was not overloaded: {accepted} accepted, no drops"
     );
     eprintln!("overload: {udp_sent} datagrams sent, {drops} dropped by the kernel, {accepted} accepted, RSS {rss_start} -> {rss_end} KiB");
+}
+
+#[test]
+fn tells_systemd_when_ready_and_serves_http_from_flags() {
+    let dir = std::env::temp_dir().join(format!("thingsbus-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let broker = Proc::start_env(
+        &["--http", "127.0.0.1:0"],
+        &[("NOTIFY_SOCKET", path.to_str().expect("utf-8"))],
+    );
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("READY from the broker");
+    assert_eq!(&buf[..n], b"READY=1");
+    // The start-up line names the HTTP address; /healthz answers there.
+    let http = broker
+        .http
+        .clone()
+        .expect("http address in the start-up line");
+    let addr = http
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    use std::io::{Read, Write};
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("ok\n"), "{response}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

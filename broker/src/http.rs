@@ -1,0 +1,398 @@
+//! The read-only HTTP side (`--http ADDR:PORT`): Prometheus metrics, health, the directory as
+//! JSON, Server-Sent Events, and a live web page.
+//!
+//! It is a client of the broker itself: a `thingsbus-client` mirror on the broker's own
+//! directory output (asking for stale things too), so it costs the ingest path nothing and shows
+//! exactly what every other client sees. It runs on its own thread and tokio runtime.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use thingsbus_client::{Client, EventKind, SubscribeOptions, Thing};
+use thingsbus_protocol::Rejection;
+
+use crate::server::{Endpoints, Error};
+use crate::stats::Stats;
+
+const PAGE: &str = include_str!("web/index.html");
+/// Events that may wait for one SSE client before it is dropped.
+const SSE_QUEUE: usize = 4096;
+
+#[derive(Clone)]
+struct App {
+    client: Client,
+    stats: Arc<Stats>,
+    thing_metrics: bool,
+}
+
+/// Binds `addr` now (so a taken port fails the start) and serves on a thread until `stop`.
+pub(crate) fn start(
+    addr: SocketAddr,
+    endpoints: &Endpoints,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    thing_metrics: bool,
+) -> Result<(JoinHandle<()>, SocketAddr), Error> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => Error::AddressInUse {
+            what: "HTTP endpoint",
+            endpoint: addr.to_string(),
+        },
+        _ => Error::Bind {
+            what: "HTTP endpoint",
+            endpoint: addr.to_string(),
+            reason: e.to_string(),
+        },
+    })?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("thingsbus-http")
+        .enable_all()
+        .build()?;
+    let client = runtime
+        .block_on(
+            Client::builder()
+                .url(&endpoints.directory)
+                .snapshot_url(&endpoints.snapshot)
+                .command_url(&endpoints.command)
+                .include_stale(true)
+                .connect(),
+        )
+        .map_err(|e| Error::Bind {
+            what: "HTTP endpoint's mirror",
+            endpoint: endpoints.directory.clone(),
+            reason: e.to_string(),
+        })?;
+    let app = App {
+        client,
+        stats,
+        thing_metrics,
+    };
+    let thread = std::thread::Builder::new()
+        .name("thingsbus-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "HTTP endpoint failed");
+                        return;
+                    }
+                };
+                let stopped = |stop: Arc<AtomicBool>| async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
+                let server = axum::serve(listener, router(app))
+                    .with_graceful_shutdown(stopped(stop.clone()));
+                // Event streams never end by themselves: after a short grace, stop anyway.
+                let grace = async {
+                    stopped(stop).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                };
+                tokio::select! {
+                    r = server => {
+                        if let Err(e) = r {
+                            tracing::error!(error = %e, "HTTP endpoint failed");
+                        }
+                    }
+                    () = grace => {}
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_millis(200));
+        })?;
+    Ok((thread, bound))
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/api/things", get(things))
+        .route("/api/things/{ns}", get(thing))
+        .route("/api/events", get(events))
+        .with_state(app)
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    // Sockets are bound and the state file read before this endpoint exists; what is left is
+    // the mirror that the HTTP side serves from.
+    if app.client.is_filled() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Prefix {
+    prefix: Option<String>,
+}
+
+fn thing_json(t: &Thing) -> Value {
+    json!({
+        "data": t.value(),
+        "ts": t.ts,
+        "stale": t.stale,
+        "seq": t.seq,
+        "documentation_url": t.documentation_url.as_deref(),
+    })
+}
+
+fn bad_prefix(e: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+}
+
+async fn things(State(app): State<App>, Query(q): Query<Prefix>) -> Response {
+    let prefix = q.prefix.unwrap_or_default();
+    if let Err(e) = thingsbus_protocol::namespace::validate(&prefix) {
+        return bad_prefix(e);
+    }
+    let map: serde_json::Map<String, Value> = app
+        .client
+        .walk(&prefix)
+        .iter()
+        .map(|t| (t.ns.as_str().to_owned(), thing_json(t)))
+        .collect();
+    Json(Value::Object(map)).into_response()
+}
+
+async fn thing(State(app): State<App>, Path(ns): Path<String>) -> Response {
+    match app.client.get(&ns) {
+        Some(t) => {
+            let mut v = thing_json(&t);
+            v["ns"] = json!(t.ns.as_str());
+            Json(v).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, format!("no thing {ns:?}\n")).into_response(),
+    }
+}
+
+async fn events(State(app): State<App>, Query(q): Query<Prefix>) -> Response {
+    let prefix = q.prefix.unwrap_or_default();
+    let sub = match app.client.subscribe(
+        &prefix,
+        SubscribeOptions::new().tree(true).capacity(SSE_QUEUE),
+    ) {
+        Ok(s) => s,
+        Err(e) => return bad_prefix(e),
+    };
+    // A client too slow to keep up lags; it is then dropped (its browser reconnects and
+    // starts over), so it never holds anything up.
+    let stream = futures_util::stream::unfold(sub, |mut sub| async move {
+        match sub.next().await {
+            Some(Ok(e)) => {
+                let kind = match e.kind {
+                    EventKind::Expired => "expired",
+                    _ => "update",
+                };
+                let mut data = thing_json(&e.thing);
+                data["ns"] = json!(e.thing.ns.as_str());
+                let event = Event::default().event(kind).data(data.to_string());
+                Some((Ok::<Event, Infallible>(event), sub))
+            }
+            Some(Err(lagged)) => {
+                tracing::debug!(%lagged, "dropping a slow SSE client");
+                None
+            }
+            None => None,
+        }
+    });
+    // A first comment flushes the response head at once, before any event.
+    let hello = futures_util::stream::once(async {
+        Ok::<Event, Infallible>(Event::default().comment("thingsbus events"))
+    });
+    Sse::new(futures_util::StreamExt::chain(hello, stream))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// The Prometheus text format.
+async fn metrics(State(app): State<App>) -> Response {
+    let text = render_metrics(&app.stats, &app.client, app.thing_metrics);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn render_metrics(st: &Stats, client: &Client, per_thing: bool) -> String {
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    metric(
+        "thingsbus_updates_accepted_total",
+        "counter",
+        "Updates accepted and republished.",
+        &[("", l(&st.accepted))],
+    );
+    let rejected: Vec<(String, u64)> = Rejection::ALL
+        .iter()
+        .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), st.rejected(*r)))
+        .collect();
+    let rejected: Vec<(&str, u64)> = rejected.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    metric(
+        "thingsbus_updates_rejected_total",
+        "counter",
+        "Input messages dropped, by reason.",
+        &rejected,
+    );
+    metric(
+        "thingsbus_received_bytes_total",
+        "counter",
+        "Input bytes received (ZMQ and UDP).",
+        &[("", l(&st.bytes_in))],
+    );
+    metric(
+        "thingsbus_sent_bytes_total",
+        "counter",
+        "Bytes handed to the directory output.",
+        &[("", l(&st.bytes_out))],
+    );
+    metric(
+        "thingsbus_sent_messages_total",
+        "counter",
+        "Messages handed to the directory output.",
+        &[("", l(&st.messages_out))],
+    );
+    metric(
+        "thingsbus_snapshots_total",
+        "counter",
+        "Periodic snapshots published.",
+        &[("", l(&st.snapshots))],
+    );
+    metric(
+        "thingsbus_snapshot_requests_total",
+        "counter",
+        "Snapshot requests accepted.",
+        &[("", l(&st.snapshot_requests))],
+    );
+    metric(
+        "thingsbus_snapshot_replies_total",
+        "counter",
+        "Snapshot replies sent completely.",
+        &[("", l(&st.snapshot_replies))],
+    );
+    metric(
+        "thingsbus_expired_total",
+        "counter",
+        "thing_expired events published.",
+        &[("", l(&st.expired))],
+    );
+    metric(
+        "thingsbus_forgotten_total",
+        "counter",
+        "Things forgotten after forget-after.",
+        &[("", l(&st.forgotten))],
+    );
+    metric(
+        "thingsbus_udp_kernel_drops_total",
+        "counter",
+        "UDP datagrams dropped by the kernel (input buffer full).",
+        &[("", l(&st.udp_drops))],
+    );
+    let c = &st.commands;
+    metric(
+        "thingsbus_commands_total",
+        "counter",
+        "Commands by outcome.",
+        &[
+            ("{outcome=\"ok\"}", l(&c.replied_ok)),
+            ("{outcome=\"refused\"}", l(&c.replied_error)),
+            ("{outcome=\"no_route\"}", l(&c.no_route)),
+            ("{outcome=\"timeout\"}", l(&c.timeout)),
+            ("{outcome=\"gone\"}", l(&c.gone)),
+            ("{outcome=\"busy\"}", l(&c.busy)),
+            ("{outcome=\"bad_request\"}", l(&c.bad_request)),
+            ("{outcome=\"not_allowed\"}", l(&c.not_allowed)),
+        ],
+    );
+    metric(
+        "thingsbus_things",
+        "gauge",
+        "Things held by the broker.",
+        &[("", l(&st.things))],
+    );
+    let all = client.walk("");
+    let live = all.iter().filter(|t| !t.stale).count() as u64;
+    metric(
+        "thingsbus_live_things",
+        "gauge",
+        "Things within the live window.",
+        &[("", live)],
+    );
+    metric(
+        "thingsbus_subscribers",
+        "gauge",
+        "Directory subscribers connected.",
+        &[("", l(&st.subscribers))],
+    );
+    metric(
+        "thingsbus_input_connections",
+        "gauge",
+        "ZMQ input connections open.",
+        &[("", l(&st.input_connections))],
+    );
+    metric(
+        "thingsbus_command_registrations",
+        "gauge",
+        "Command registrations held.",
+        &[("", l(&c.registrations))],
+    );
+    metric(
+        "thingsbus_journal_synced_seq",
+        "gauge",
+        "Sequence number up to which the state file is durable.",
+        &[("", l(&st.journal_synced_seq))],
+    );
+    if per_thing {
+        let _ = writeln!(
+            out,
+            "# HELP thingsbus_thing_last_update_timestamp_seconds Time of each thing's last value."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE thingsbus_thing_last_update_timestamp_seconds gauge"
+        );
+        for t in &all {
+            // Namespaces need no escaping in a label value (a-z, 0-9, '_', '-', '.').
+            let _ = writeln!(
+                out,
+                "thingsbus_thing_last_update_timestamp_seconds{{ns=\"{}\"}} {}",
+                t.ns, t.ts
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,313 @@
+//! The broker's HTTP side (`--http`), with a real HTTP client, promtool, and headless Chromium.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thingsbus_tests::*;
+
+fn with_http(c: &mut Config) {
+    c.stats_interval = Duration::ZERO;
+    c.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+}
+
+fn base(broker: &Broker) -> String {
+    format!("http://{}", broker.endpoints().http.expect("http runs"))
+}
+
+fn get(url: &str) -> (u16, String) {
+    match ureq::get(url).timeout(Duration::from_secs(10)).call() {
+        Ok(r) => (r.status(), r.into_string().expect("body")),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+fn get_json(url: &str) -> Value {
+    let (code, body) = get(url);
+    assert_eq!(code, 200, "{url}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Sends updates through a real ZMQ input and waits until the HTTP side's mirror has `last`.
+fn publish(broker: &Broker, updates: &[Value], last: &str) {
+    let input = ZmqInput::connect(broker);
+    let url = format!("{}/api/things/{last}", base(broker));
+    eventually(DEADLINE, "the update to reach the HTTP side", || {
+        for u in updates {
+            input.send_json(u);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        (get(&url).0 == 200).then_some(())
+    });
+}
+
+#[test]
+fn health_things_and_metrics() {
+    let broker = spawn_broker(with_http);
+    let b = base(&broker);
+    assert_eq!(get(&format!("{b}/healthz")), (200, "ok\n".into()));
+    eventually(DEADLINE, "readyz", || {
+        (get(&format!("{b}/readyz")).0 == 200).then_some(())
+    });
+    publish(
+        &broker,
+        &[
+            json!({"type": "thing_update", "ns": "shop.door", "data": {"open": true}, "documentation_url": "https://wiki/Door"}),
+            json!(["garden.temp", null, 21.5, null]),
+        ],
+        "garden.temp",
+    );
+    let all = get_json(&format!("{b}/api/things"));
+    assert_eq!(all["shop.door"]["data"], json!({"open": true}));
+    assert_eq!(all["shop.door"]["documentation_url"], "https://wiki/Door");
+    assert_eq!(all["garden.temp"]["stale"], json!(false));
+    let shop = get_json(&format!("{b}/api/things?prefix=shop"));
+    assert_eq!(shop.as_object().expect("object").len(), 1, "{shop}");
+    let one = get_json(&format!("{b}/api/things/shop.door"));
+    assert_eq!(
+        (one["ns"].clone(), one["data"].clone()),
+        (json!("shop.door"), json!({"open": true}))
+    );
+    assert_eq!(get(&format!("{b}/api/things/nothing.here")).0, 404);
+    assert_eq!(get(&format!("{b}/api/things?prefix=Bad")).0, 400);
+
+    let (code, text) = get(&format!("{b}/metrics"));
+    assert_eq!(code, 200);
+    for line in [
+        "thingsbus_updates_accepted_total ",
+        "thingsbus_updates_rejected_total{reason=\"invalid_json\"} 0",
+        "thingsbus_things 2",
+        "thingsbus_live_things 2",
+        "# TYPE thingsbus_sent_bytes_total counter",
+        "thingsbus_commands_total{outcome=\"no_route\"} 0",
+    ] {
+        assert!(text.contains(line), "metrics lack {line:?}:\n{text}");
+    }
+    assert!(
+        !text.contains("thingsbus_thing_last_update"),
+        "per-thing series only on request"
+    );
+    promtool_check(&text);
+    // The HTTP side is read-only.
+    let post = ureq::post(&format!("{b}/api/things/shop.door")).send_string("{}");
+    assert!(matches!(post, Err(ureq::Error::Status(405, _))), "{post:?}");
+}
+
+#[test]
+fn per_thing_series_on_request() {
+    let broker = spawn_broker(|c| {
+        with_http(c);
+        c.http_thing_metrics = true;
+    });
+    publish(&broker, &[json!(["a.b", 1_700_000_000.5, 1, null])], "a.b");
+    let (_, text) = get(&format!("{}/metrics", base(&broker)));
+    assert!(
+        text.contains("thingsbus_thing_last_update_timestamp_seconds{ns=\"a.b\"} 1700000000.5"),
+        "{text}"
+    );
+    promtool_check(&text);
+}
+
+/// `promtool check metrics` on real output. Required in CI (`.ci/run` installs Debian's
+/// `prometheus` and sets THINGSBUS_REQUIRE_PROMTOOL=1); elsewhere skipped with a note if absent.
+fn promtool_check(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("THINGSBUS_REQUIRE_PROMTOOL").is_none(),
+                "promtool is required here but cannot run: {e}"
+            );
+            eprintln!(
+                "NOTE: promtool not installed (Debian package prometheus); metrics not linted"
+            );
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An SSE stream's `data:` lines, read on a thread.
+fn sse(url: &str) -> std::sync::mpsc::Receiver<Value> {
+    let reader = ureq::get(url).call().expect("SSE").into_reader();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut event = String::new();
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = e.to_owned();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                let mut v: Value = serde_json::from_str(d).expect("JSON event");
+                v["event"] = json!(event);
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn server_sent_events_carry_updates_and_expiries() {
+    let broker = spawn_broker(|c| {
+        with_http(c);
+        c.live_window = Duration::from_secs(1);
+    });
+    let b = base(&broker);
+    eventually(DEADLINE, "readyz", || {
+        (get(&format!("{b}/readyz")).0 == 200).then_some(())
+    });
+    let events = sse(&format!("{b}/api/events?prefix=sse"));
+    let input = ZmqInput::connect(&broker);
+    let end = Instant::now() + DEADLINE;
+    let update = loop {
+        assert!(
+            Instant::now() < end,
+            "no SSE event for an update sent over ZMQ"
+        );
+        input.send_json(&json!(["sse.probe", null, {"n": 1}, null]));
+        input.send_json(&json!(["elsewhere.x", null, 1, null]));
+        if let Ok(v) = events.recv_timeout(Duration::from_millis(200)) {
+            break v;
+        }
+    };
+    assert_eq!(update["event"], "update");
+    assert_eq!(update["ns"], "sse.probe");
+    assert_eq!(update["data"], json!({"n": 1}));
+    // It leaves the one-second window: an expiry event.
+    let expired = loop {
+        let v = events.recv_timeout(DEADLINE).expect("an expiry event");
+        assert_ne!(v["ns"], "elsewhere.x", "outside the prefix");
+        if v["event"] == "expired" {
+            break v;
+        }
+    };
+    assert_eq!(expired["ns"], "sse.probe");
+    assert_eq!(expired["stale"], json!(true));
+}
+
+#[test]
+fn a_slow_event_client_holds_nobody_up() {
+    let broker = spawn_broker(with_http);
+    let b = base(&broker);
+    eventually(DEADLINE, "readyz", || {
+        (get(&format!("{b}/readyz")).0 == 200).then_some(())
+    });
+    // A client that opens the stream and never reads.
+    let addr = broker.endpoints().http.expect("http");
+    let mut stuck = std::net::TcpStream::connect(addr).expect("connect");
+    stuck
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let fast = sse(&format!("{b}/api/events?prefix=flood"));
+    let input = ZmqInput::connect(&broker);
+    let sub = Subscriber::connect(&broker);
+    sync(&sub, &input);
+    // Fewer than an event client's queue holds (4,096), so the fast one never lags; the stuck
+    // one's socket fills up long before.
+    let pad = "x".repeat(2000);
+    for i in 0..3_000 {
+        input.send_json(&json!(["flood.t", null, {"i": i, "pad": pad}, null]));
+    }
+    input.send_json(&json!(["flood.last", null, 1, null]));
+    // The fast client keeps getting events up to the last one, and the JSON side answers.
+    let end = Instant::now() + DEADLINE;
+    let mut got = 0;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let v = fast
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("the fast SSE client stalled after {got} events"));
+        got += 1;
+        if v["ns"] == "flood.last" {
+            break;
+        }
+    }
+    assert_eq!(got, 3001, "every event, in order, then the last");
+    assert_eq!(get(&format!("{b}/healthz")).0, 200);
+    drop(stuck);
+}
+
+fn web_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web")
+}
+
+/// `npm ci` in tests/web once, for playwright-core.
+fn playwright_ready() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        if web_dir().join("node_modules/playwright-core").exists() {
+            return;
+        }
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(web_dir())
+            .status()
+            .expect("npm runs (Node.js is needed for the browser test)");
+        assert!(status.success(), "npm ci in tests/web failed");
+    });
+}
+
+#[test]
+fn the_web_page_shows_a_thing_appear_and_turn_stale() {
+    playwright_ready();
+    let broker = spawn_broker(|c| {
+        with_http(c);
+        c.live_window = Duration::from_secs(2);
+    });
+    let b = base(&broker);
+    eventually(DEADLINE, "readyz", || {
+        (get(&format!("{b}/readyz")).0 == 200).then_some(())
+    });
+    let mut node = Command::new("node")
+        .arg(web_dir().join("e2e.mjs"))
+        .arg(format!("{b}/"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut next = || {
+        lines
+            .next()
+            .expect("a line from the browser")
+            .expect("utf-8")
+    };
+    assert_eq!(next(), "ready");
+    let mut stdin = node.stdin.take().expect("stdin");
+    writeln!(stdin, "web.demo.lamp").expect("ns to the script");
+    let input = ZmqInput::connect(&broker);
+    let sub = Subscriber::connect(&broker);
+    sync(&sub, &input);
+    input.send_json(&json!(["web.demo.lamp", null, {"on": true}, "https://wiki/Lamp"]));
+    let seen = next();
+    assert_eq!(seen, r#"seen web.demo.lamp {"on":true}"#);
+    assert_eq!(next(), "stale web.demo.lamp");
+    drop(stdin);
+    let status = node.wait().expect("node exits");
+    assert!(status.success());
+}

@@ -1,0 +1,30 @@
+// Opens the broker's web page in headless Chromium and reports what it sees, one line at a time,
+// for tests/http.rs: "ready" once the page has loaded its things, then "seen <ns>" when the row
+// of the thing named on stdin appears, and "stale <ns>" when that row turns stale.
+import { chromium } from "playwright-core";
+import readline from "node:readline";
+
+const url = process.argv[2];
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage();
+  page.on("pageerror", e => console.log("pageerror " + e.message));
+  await page.goto(url);
+  await page.waitForFunction(() => /\d+ things/.test(document.getElementById("status").textContent));
+  console.log("ready");
+  const lines = readline.createInterface({ input: process.stdin });
+  for await (const ns of lines) {
+    const row = `tr[data-ns="${ns}"]`;
+    await page.waitForSelector(row, { timeout: 10000 });
+    const value = await page.textContent(`${row} td.value`);
+    console.log(`seen ${ns} ${value}`);
+    await page.waitForSelector(`${row}.stale`, { timeout: 15000 });
+    console.log(`stale ${ns}`);
+  }
+} finally {
+  await browser.close();
+}
