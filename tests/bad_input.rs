@@ -87,6 +87,15 @@ fn bad_zmq_frames_are_dropped_and_counted() {
             br#"{"type":"thing_update","ns":"a","data":NaN}"#.to_vec(),
             Rejection::InvalidJson,
         ),
+        // Fuzzing taught: numbers beyond a double, which JSON's grammar allows.
+        (
+            br#"{"type":"thing_update","ns":"a","data":{"v":[1e999]}}"#.to_vec(),
+            Rejection::NonFinite,
+        ),
+        (
+            br#"{"type":"thing_update","ns":"a","data":1,"ts":1e400}"#.to_vec(),
+            Rejection::BadTs,
+        ),
         (deep.into_bytes(), Rejection::TooDeep),
         (
             format!("{UPDATE_DATA}{}1{}}}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),

@@ -226,7 +226,7 @@ fn a_slow_event_client_holds_nobody_up() {
     let input = ZmqInput::connect(&broker);
     let sub = Subscriber::connect(&broker);
     sync(&sub, &input);
-    // Fewer than an event client's queue holds (4,096), so the fast one never lags; the stuck
+    // Fewer than an event client's queue holds (65,536), so the fast one never lags; the stuck
     // one's socket fills up long before.
     let pad = "x".repeat(2000);
     for i in 0..3_000 {
@@ -279,8 +279,18 @@ fn the_web_page_shows_a_thing_appear_and_turn_stale() {
         c.live_window = Duration::from_secs(2);
     });
     let b = base(&broker);
-    eventually(DEADLINE, "readyz", || {
-        (get(&format!("{b}/readyz")).0 == 200).then_some(())
+    // 10,000 things already there when the page opens.
+    let input = ZmqInput::connect(&broker);
+    let sub = Subscriber::connect(&broker);
+    sync(&sub, &input);
+    for i in 0..10_000 {
+        input.send_json(&json!([format!("bulk.t{i:05}"), null, i, null]));
+    }
+    sub.update_for("bulk.t09999");
+    eventually(DEADLINE, "readyz and the bulk at the HTTP side", || {
+        (get(&format!("{b}/readyz")).0 == 200
+            && get(&format!("{b}/api/things/bulk.t09999")).0 == 200)
+            .then_some(())
     });
     let mut node = Command::new("node")
         .arg(web_dir().join("e2e.mjs"))
@@ -297,12 +307,14 @@ fn the_web_page_shows_a_thing_appear_and_turn_stale() {
             .expect("a line from the browser")
             .expect("utf-8")
     };
-    assert_eq!(next(), "ready");
+    let ready = next();
+    let rows: usize = ready
+        .strip_prefix("ready ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{ready}"));
+    assert!(rows >= 10_000, "the page shows {rows} rows");
     let mut stdin = node.stdin.take().expect("stdin");
     writeln!(stdin, "web.demo.lamp").expect("ns to the script");
-    let input = ZmqInput::connect(&broker);
-    let sub = Subscriber::connect(&broker);
-    sync(&sub, &input);
     input.send_json(&json!(["web.demo.lamp", null, {"on": true}, "https://wiki/Lamp"]));
     let seen = next();
     assert_eq!(seen, r#"seen web.demo.lamp {"on":true}"#);

@@ -28,7 +28,7 @@ use crate::stats::Stats;
 
 const PAGE: &str = include_str!("web/index.html");
 /// Events that may wait for one SSE client before it is dropped.
-const SSE_QUEUE: usize = 4096;
+const SSE_QUEUE: usize = 65_536;
 
 #[derive(Clone)]
 struct App {

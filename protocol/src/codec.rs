@@ -244,8 +244,9 @@ fn interpret_json<'a>(
     })
 }
 
-/// Checks already-parsed JSON text for nesting deeper than `max_depth` and for integers that do
-/// not fit in 64 bits (JSON allows them; most decoders silently round them to floats).
+/// Checks already-parsed JSON text for nesting deeper than `max_depth`, for integers that do
+/// not fit in 64 bits (JSON allows them; most decoders silently round them to floats), and for
+/// numbers beyond the range of a double (`1e999`: JSON allows it, decoders fail or read infinity).
 fn check_json_value(text: &str, max_depth: usize) -> Result<(), Rejection> {
     let b = text.as_bytes();
     let mut depth = 0usize;
@@ -292,6 +293,8 @@ fn check_json_value(text: &str, max_depth: usize) -> Result<(), Rejection> {
                     if !fits {
                         return Err(Rejection::BigInteger);
                     }
+                } else if !text[start..i].parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(Rejection::NonFinite);
                 }
             }
             _ => i += 1,
@@ -1243,6 +1246,14 @@ mod tests {
             (
                 r#"{"type":"thing_update","ns":"a","data":123456789012345678901}"#,
                 Rejection::BigInteger,
+            ),
+            (
+                r#"{"type":"thing_update","ns":"a","data":{"x":[1e999]}}"#,
+                Rejection::NonFinite,
+            ),
+            (
+                r#"{"type":"thing_update","ns":"a","data":-1.5e309}"#,
+                Rejection::NonFinite,
             ),
             (
                 r#"{"type":"thing_update","ns":"a","data":[-9223372036854775809]}"#,

@@ -203,8 +203,21 @@ impl SnapshotRequest {
                 id_json: "null".into(),
                 detail: format!("not a snapshot request: {e}"),
             })?;
-        let id_json =
-            f.id.map_or_else(|| "null".to_owned(), |r| r.get().to_owned());
+        // The id is pasted into every reply: it must be JSON that every peer can read, which a
+        // number beyond f64 (`1e999`) is not, although the JSON grammar allows it. (Found by
+        // fuzzing; kept in fuzz/regressions/snapshot_request/.)
+        let id_json = match f.id {
+            None => "null".to_owned(),
+            Some(raw) => match serde_json::from_str::<serde_json::Value>(raw.get()) {
+                Ok(v) => v.to_string(),
+                Err(e) => {
+                    return Err(SnapshotRequestError {
+                        id_json: "null".into(),
+                        detail: format!("id is not a usable JSON value: {e}"),
+                    })
+                }
+            },
+        };
         let refuse = |detail: String| SnapshotRequestError {
             id_json: id_json.clone(),
             detail,
@@ -287,6 +300,7 @@ mod tests {
             ),
             (br#"{"type":"snapshot_request","stale":"yes"}"#, "null"),
             (br#"[1]"#, "null"),
+            (br#"{"type":"snapshot_request","id":1e999}"#, "null"),
             (b"\xff", "null"),
         ] {
             let e = SnapshotRequest::decode(bytes).unwrap_err();

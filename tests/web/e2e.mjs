@@ -15,7 +15,8 @@ try {
   page.on("pageerror", e => console.log("pageerror " + e.message));
   await page.goto(url);
   await page.waitForFunction(() => /\d+ things/.test(document.getElementById("status").textContent));
-  console.log("ready");
+  const rows = await page.evaluate(() => document.querySelectorAll("#things tr").length);
+  console.log(`ready ${rows}`);
   const lines = readline.createInterface({ input: process.stdin });
   for await (const ns of lines) {
     const row = `tr[data-ns="${ns}"]`;
