@@ -18,5 +18,6 @@ pub mod bridge;
 pub mod bus;
 pub mod listing;
 pub mod logging;
+pub mod mqtt;
 pub mod probe;
 pub mod render;

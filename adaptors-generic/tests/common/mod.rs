@@ -16,6 +16,7 @@ pub fn tool(name: &str) -> Command {
     let path = match name {
         "thingsbus" => env!("CARGO_BIN_EXE_thingsbus"),
         "thingsbus-zmq-adaptor" => env!("CARGO_BIN_EXE_thingsbus-zmq-adaptor"),
+        "thingsbus-mqtt-bridge" => env!("CARGO_BIN_EXE_thingsbus-mqtt-bridge"),
         other => panic!("no tool {other}"),
     };
     let mut c = Command::new(path);

@@ -1,0 +1,463 @@
+//! `thingsbus-mqtt-bridge` between a real broker of ours and a real Mosquitto.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use common::{field, tool, Proc, DEADLINE};
+use serde_json::{json, Value};
+use thingsbus_adaptor::Adaptor;
+use thingsbus_broker::{Broker, Config};
+use thingsbus_client::Client;
+use thingsbus_tests::{eventually, spawn_broker_on_port_pair, start_on};
+
+/// A Mosquitto on 127.0.0.1 (no persistence: a restart forgets retained topics), killed on drop.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Mosquitto {
+    fn start(port: Option<u16>) -> Mosquitto {
+        let port = port.unwrap_or_else(|| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        });
+        let dir =
+            std::env::temp_dir().join(format!("thingsbus-mosquitto-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("config");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto runs (Debian package mosquitto; .ci/run installs it)");
+        eventually(DEADLINE, "mosquitto to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+        Mosquitto { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A test on a message: (payload, retained).
+type Check<'a> = &'a dyn Fn(&str, bool) -> bool;
+
+/// An MQTT client (rumqttc) subscribed to `filters`; messages arrive as (topic, payload, retain).
+struct Watcher {
+    client: rumqttc::Client,
+    rx: Receiver<(String, String, bool)>,
+    /// Everything received so far, in order.
+    history: std::cell::RefCell<Vec<(String, String, bool)>>,
+}
+
+impl Watcher {
+    fn connect(port: u16, id: &str, filters: &[&str]) -> Watcher {
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut connection) = rumqttc::Client::new(opts, 100);
+        for f in filters {
+            client
+                .subscribe(*f, rumqttc::QoS::AtLeastOnce)
+                .expect("subscribe");
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for n in connection.iter() {
+                match n {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                        if tx.send((p.topic.clone(), payload, p.retain)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        Watcher {
+            client,
+            rx,
+            history: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The next message within `timeout`, kept in the history too.
+    fn next(&self, timeout: Duration) -> Option<(String, String, bool)> {
+        let m = self.rx.recv_timeout(timeout).ok()?;
+        self.history.borrow_mut().push(m.clone());
+        Some(m)
+    }
+
+    /// Collects messages until every topic in `wanted` has one satisfying its check.
+    fn until(&self, wanted: &[(&str, Check<'_>)]) -> HashMap<String, String> {
+        let mut last: HashMap<String, String> = HashMap::new();
+        let end = Instant::now() + DEADLINE;
+        let mut ok = vec![false; wanted.len()];
+        for (topic, payload, retain) in self.history.borrow().iter() {
+            for (i, (t, check)) in wanted.iter().enumerate() {
+                if topic == t && check(payload, *retain) {
+                    ok[i] = true;
+                }
+            }
+            last.insert(topic.clone(), payload.clone());
+        }
+        while !ok.iter().all(|o| *o) {
+            let left = end.saturating_duration_since(Instant::now());
+            let Some((topic, payload, retain)) = self.next(left) else {
+                let missing: Vec<&str> = wanted
+                    .iter()
+                    .zip(&ok)
+                    .filter(|(_, o)| !**o)
+                    .map(|((t, _), _)| *t)
+                    .collect();
+                panic!("no matching message on {missing:?}; last seen: {last:#?}");
+            };
+            for (i, (t, check)) in wanted.iter().enumerate() {
+                if topic == *t && check(&payload, retain) {
+                    ok[i] = true;
+                }
+            }
+            last.insert(topic, payload);
+        }
+        last
+    }
+
+    fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload.as_bytes().to_vec(),
+            )
+            .expect("publish");
+    }
+}
+
+fn quiet(c: &mut Config) {
+    c.stats_interval = Duration::ZERO;
+}
+
+fn bridge(broker: &Broker, mosquitto: &Mosquitto, extra: &[&str]) -> Proc {
+    Proc::spawn(
+        tool("thingsbus-mqtt-bridge")
+            .args([
+                "-u",
+                &broker.endpoints().directory,
+                "--mqtt",
+                &mosquitto.url(),
+            ])
+            .args(["--report-interval", "0.3"])
+            .args(extra),
+    )
+}
+
+fn adaptor(broker: &Broker) -> Adaptor {
+    Adaptor::builder("shop")
+        .url(&broker.endpoints().input)
+        .connect_blocking()
+        .expect("adaptor")
+}
+
+#[test]
+fn things_become_retained_topics_with_discovery_and_availability() {
+    let broker = spawn_broker_on_port_pair(|c| {
+        quiet(c);
+        c.live_window = Duration::from_secs(3);
+    });
+    let mosquitto = Mosquitto::start(None);
+    let _bridge = bridge(&broker, &mosquitto, &["--flatten", "--homeassistant"]);
+    let a = adaptor(&broker);
+    let w = Watcher::connect(
+        mosquitto.port,
+        "watcher",
+        &["thingsbus/#", "homeassistant/#"],
+    );
+    let door = json!({"open": true, "temp": 21.5, "label": "front"});
+    // Until the watcher's subscription is in place, what the bridge publishes passes it by.
+    eventually(DEADLINE, "the state topic", || {
+        a.send_to("door", &door, None).expect("send");
+        w.next(Duration::from_millis(300))
+    });
+    let state_ok = |p: &str, _: bool| {
+        serde_json::from_str::<Value>(p).is_ok_and(|v| {
+            v["data"] == json!({"open": true, "temp": 21.5, "label": "front"}) && v["ts"].is_f64()
+        })
+    };
+    let seen = w.until(&[
+        ("thingsbus/shop/door", &state_ok),
+        ("thingsbus/shop/door/open", &|p, _| p == "true"),
+        ("thingsbus/shop/door/temp", &|p, _| p == "21.5"),
+        ("thingsbus/shop/door/label", &|p, _| p == "front"),
+        ("thingsbus/shop/door/availability", &|p, _| p == "online"),
+        (
+            "homeassistant/binary_sensor/shop_door/open/config",
+            &|_, _| true,
+        ),
+        ("homeassistant/sensor/shop_door/temp/config", &|_, _| true),
+    ]);
+    // A subscriber that comes later gets it all too: everything is retained.
+    let late = Watcher::connect(mosquitto.port, "late", &["thingsbus/#", "homeassistant/#"]);
+    late.until(&[
+        ("thingsbus/shop/door", &|p, retain| {
+            retain && state_ok(p, retain)
+        }),
+        ("thingsbus/shop/door/temp", &|p, retain| {
+            retain && p == "21.5"
+        }),
+        (
+            "homeassistant/sensor/shop_door/temp/config",
+            &|_, retain| retain,
+        ),
+    ]);
+    // Home Assistant's documented discovery keys.
+    let sensor: Value =
+        serde_json::from_str(&seen["homeassistant/sensor/shop_door/temp/config"]).expect("JSON");
+    for key in [
+        "name",
+        "unique_id",
+        "state_topic",
+        "value_template",
+        "availability_topic",
+        "device",
+    ] {
+        assert!(!sensor[key].is_null(), "{key} missing: {sensor}");
+    }
+    assert_eq!(sensor["state_topic"], "thingsbus/shop/door");
+    assert_eq!(
+        sensor["availability_topic"],
+        "thingsbus/shop/door/availability"
+    );
+    assert_eq!(sensor["payload_available"], "online");
+    assert_eq!(
+        sensor["device"]["identifiers"],
+        json!(["thingsbus_shop_door"])
+    );
+    assert_eq!(sensor["value_template"], r#"{{ value_json.data["temp"] }}"#);
+    let binary: Value =
+        serde_json::from_str(&seen["homeassistant/binary_sensor/shop_door/open/config"])
+            .expect("JSON");
+    assert_eq!(binary["payload_on"], "ON");
+    assert!(
+        !seen.contains_key("homeassistant/sensor/shop_door/label/config"),
+        "text fields are not sensors"
+    );
+    // Three seconds later the thing leaves the live window: offline.
+    w.until(&[("thingsbus/shop/door/availability", &|p, _| p == "offline")]);
+    // A new value: online again.
+    a.send_to(
+        "door",
+        &json!({"open": false, "temp": 20.0, "label": "front"}),
+        None,
+    )
+    .expect("send");
+    w.until(&[
+        ("thingsbus/shop/door/availability", &|p, _| p == "online"),
+        ("thingsbus/shop/door/open", &|p, _| p == "false"),
+    ]);
+}
+
+#[test]
+fn mqtt_topics_become_things_sanitised_and_nothing_loops() {
+    let broker = spawn_broker_on_port_pair(quiet);
+    let mosquitto = Mosquitto::start(None);
+    let mut b = bridge(
+        &broker,
+        &mosquitto,
+        &["--import", "zigbee2mqtt/#=home.z2m", "--import", "#=all"],
+    );
+    let client = Client::builder()
+        .url(&broker.endpoints().directory)
+        .connect_blocking()
+        .expect("client");
+    let w = Watcher::connect(mosquitto.port, "publisher", &["thingsbus/#"]);
+    // Retry until the bridge has subscribed (MQTT drops what nobody subscribed to).
+    eventually(DEADLINE, "an imported thing", || {
+        w.publish("zigbee2mqtt/Living Room/Temp", "21.5");
+        std::thread::sleep(Duration::from_millis(100));
+        client.get("home.z2m.living_room.temp")
+    });
+    assert_eq!(
+        client
+            .get("home.z2m.living_room.temp")
+            .expect("thing")
+            .value(),
+        json!(21.5)
+    );
+    w.publish(
+        "zigbee2mqtt/kitchen",
+        r#"{"temperature": 20, "humidity": 50}"#,
+    );
+    w.publish("zigbee2mqtt/porch/label", "hello there");
+    w.publish("zigbee2mqtt/1st/floor", "1");
+    w.publish("zigbee2mqtt/marker", "done");
+    eventually(DEADLINE, "the marker", || client.get("home.z2m.marker"));
+    assert_eq!(
+        client.get("home.z2m.kitchen").expect("kitchen").value(),
+        json!({"temperature": 20, "humidity": 50})
+    );
+    assert_eq!(
+        client.get("home.z2m.porch.label").expect("label").value(),
+        json!("hello there")
+    );
+    assert!(client
+        .walk("home.z2m")
+        .iter()
+        .all(|t| !t.ns.as_str().contains("1st")));
+    // The imported things went out again under thingsbus/... and the catch-all import heard
+    // them: they must not come back as things.
+    w.until(&[("thingsbus/home/z2m/marker", &|p, _| p.contains("done"))]);
+    w.publish("other/topic", "7");
+    eventually(DEADLINE, "the catch-all import", || {
+        client.get("all.other.topic")
+    });
+    assert!(
+        client
+            .walk("all")
+            .iter()
+            .all(|t| !t.ns.as_str().starts_with("all.thingsbus")),
+        "the bridge imported its own topics: {:?}",
+        client
+            .walk("all")
+            .iter()
+            .map(|t| t.ns.to_string())
+            .collect::<Vec<_>>()
+    );
+    b.signal("TERM");
+    assert!(b.wait(DEADLINE).expect("stops").success());
+    let log = b.wait_stderr("bridge stopped");
+    let line = log
+        .lines()
+        .find(|l| l.contains("bridge stopped"))
+        .expect("final counts");
+    assert_eq!(field(line, "skipped_bad_level"), Some(1), "{line}");
+    assert!(field(line, "skipped_own").is_some_and(|n| n > 0), "{line}");
+    assert!(field(line, "imported").is_some_and(|n| n >= 5), "{line}");
+}
+
+#[test]
+fn restarting_either_broker_is_survived() {
+    let broker = spawn_broker_on_port_pair(quiet);
+    let port = broker.endpoints().directory_port;
+    let mosquitto = Mosquitto::start(None);
+    let mqtt_port = mosquitto.port;
+    let _bridge = bridge(&broker, &mosquitto, &[]);
+    let a = adaptor(&broker);
+    a.send_to("lamp", &json!(1), None).expect("send");
+    let w = Watcher::connect(mqtt_port, "w1", &["thingsbus/#"]);
+    w.until(&[("thingsbus/shop/lamp", &json_is_data(json!(1)))]);
+
+    // Mosquitto restarts without persistence: retained topics are gone until the bridge
+    // publishes them again.
+    drop(w);
+    drop(mosquitto);
+    let mosquitto = Mosquitto::start(Some(mqtt_port));
+    let w = Watcher::connect(mqtt_port, "w2", &["thingsbus/#"]);
+    w.until(&[("thingsbus/shop/lamp", &json_is_data(json!(1)))]);
+    let late = Watcher::connect(mqtt_port, "w3", &["thingsbus/#"]);
+    late.until(&[("thingsbus/shop/lamp", &|p, retain| {
+        retain && json_is_data(json!(1))(p, retain)
+    })]);
+
+    // Our broker restarts: the bridge's mirror reconnects and new values flow on.
+    drop(a);
+    drop(broker);
+    let broker = eventually(DEADLINE, "the broker back on its ports", || {
+        start_on(port, &quiet).ok()
+    });
+    let a = adaptor(&broker);
+    let end = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < end, "no update after the broker restart");
+        a.send_to("lamp", &json!(2), None).expect("send");
+        if let Some((t, p, _)) = w.next(Duration::from_millis(300)) {
+            if t == "thingsbus/shop/lamp" && json_is_data(json!(2))(&p, false) {
+                break;
+            }
+        }
+    }
+    drop(mosquitto);
+}
+
+fn json_is_data(expected: Value) -> impl Fn(&str, bool) -> bool {
+    move |p, _| serde_json::from_str::<Value>(p).is_ok_and(|v| v["data"] == expected)
+}
+
+#[test]
+fn set_topics_become_commands_and_results_come_back() {
+    let broker = spawn_broker_on_port_pair(quiet);
+    let mosquitto = Mosquitto::start(None);
+    let _bridge = bridge(&broker, &mosquitto, &["--commands"]);
+    let led = Adaptor::builder("demo")
+        .url(&broker.endpoints().input)
+        .connect_blocking()
+        .expect("adaptor");
+    led.serve("led", |_, data, _| async move {
+        data.get("on")
+            .and_then(Value::as_bool)
+            .map(|on| json!({"on": on}))
+            .ok_or_else(|| "expected {\"on\": true|false}".to_owned())
+    })
+    .expect("serve");
+    eventually(DEADLINE, "the LED to serve", || {
+        led.is_serving().then_some(())
+    });
+    let w = Watcher::connect(mosquitto.port, "caller", &["thingsbus/+/+/set/result"]);
+    let end = Instant::now() + DEADLINE;
+    let result = loop {
+        assert!(Instant::now() < end, "no command result");
+        w.publish("thingsbus/demo/led/set", r#"{"on": true}"#);
+        if let Some((t, p, _)) = w.next(Duration::from_millis(300)) {
+            assert_eq!(t, "thingsbus/demo/led/set/result");
+            break serde_json::from_str::<Value>(&p).expect("JSON result");
+        }
+    };
+    assert_eq!(result, json!({"ok": true, "data": {"on": true}}));
+    w.publish("thingsbus/demo/led/set", "dance");
+    w.until(&[("thingsbus/demo/led/set/result", &|p, _| {
+        serde_json::from_str::<Value>(p).is_ok_and(|v| {
+            v["ok"] == false && v["error"].as_str().is_some_and(|e| e.contains("expected"))
+        })
+    })]);
+    w.publish("thingsbus/demo/nothing/set", "1");
+    let w2 = Watcher::connect(
+        mosquitto.port,
+        "caller2",
+        &["thingsbus/demo/nothing/set/result"],
+    );
+    let end = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < end, "no no_route result");
+        w2.publish("thingsbus/demo/nothing/set", "1");
+        if let Some((_, p, _)) = w2.next(Duration::from_millis(300)) {
+            assert!(p.contains("no_route"), "{p}");
+            break;
+        }
+    }
+}
