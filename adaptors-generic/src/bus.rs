@@ -122,6 +122,9 @@ impl BusArgs {
                 )
             })?,
         };
+        if let Some(c) = &self.command_url {
+            b = b.command_url(c);
+        }
         Ok(if udp {
             b.udp(&udp_addr(&input)?)
         } else {

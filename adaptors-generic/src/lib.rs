@@ -16,6 +16,7 @@
 
 pub mod bridge;
 pub mod bus;
+pub mod coap;
 pub mod listing;
 pub mod logging;
 pub mod mqtt;

@@ -1,0 +1,255 @@
+//! The rules of `thingsbus-coap-adaptor`: pyaiot's node protocol (alive and value messages, link
+//! format discovery), values as thing data, and node and resource names as namespace parts.
+//! Pure: the binary owns the socket.
+
+use serde_json::{json, Value};
+
+/// What a node said on `/alive`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Alive {
+    /// `Alive:<uid>`, about every 30 s.
+    Alive(String),
+    /// `reset:<uid>` after a reboot: forget its cached values, keep the node.
+    Reset(String),
+}
+
+/// Reads an `/alive` payload (`Alive:<uid>` or `reset:<uid>`, any case).
+pub fn parse_alive(payload: &str) -> Option<Alive> {
+    let (kind, uid) = payload.trim().split_once(':')?;
+    let uid = uid.trim();
+    if uid.is_empty() {
+        return None;
+    }
+    match kind.trim().to_ascii_lowercase().as_str() {
+        "alive" => Some(Alive::Alive(uid.to_owned())),
+        "reset" => Some(Alive::Reset(uid.to_owned())),
+        _ => None,
+    }
+}
+
+/// Reads a `/server` payload, `<resource>:<value>`.
+pub fn parse_server(payload: &str) -> Option<(&str, &str)> {
+    let (resource, value) = payload.split_once(':')?;
+    let resource = resource.trim();
+    (!resource.is_empty()).then_some((resource, value))
+}
+
+/// A name as a namespace part, deterministically: lower-cased; characters outside
+/// `[a-z0-9_-]` become `-`; `prefix` is put in front when it does not start with a letter
+/// (a uid `1234` becomes `n1234` with prefix `n`); cut to 64 characters.
+pub fn to_part(name: &str, prefix: char) -> String {
+    let mut s: String = name
+        .trim()
+        .trim_matches('/')
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        s.insert(0, prefix);
+    }
+    s.truncate(64);
+    s
+}
+
+/// A node's uid as a namespace part (prefix `n`).
+pub fn node_part(uid: &str) -> String {
+    to_part(uid, 'n')
+}
+
+/// A resource name as a namespace part (prefix `r`).
+pub fn resource_part(name: &str) -> String {
+    to_part(name, 'r')
+}
+
+/// A value as a node sends it (UTF-8 text): JSON where it parses, a number, a number with a unit
+/// as `{"value": 23, "unit": "°C"}`, otherwise the text.
+pub fn parse_value(text: &str) -> Value {
+    let t = text.trim();
+    if let Ok(v) = serde_json::from_str::<Value>(t) {
+        return v;
+    }
+    // A number followed by a unit: the longest numeric prefix that parses.
+    let end = t
+        .char_indices()
+        .take_while(|(i, c)| {
+            c.is_ascii_digit() || *c == '.' || (*i == 0 && (*c == '-' || *c == '+'))
+        })
+        .map(|(i, c)| i + c.len_utf8())
+        .last();
+    if let Some(end) = end {
+        let (number, unit) = t.split_at(end);
+        let unit = unit.trim();
+        if let (Ok(n), false) = (number.parse::<f64>(), unit.is_empty()) {
+            if n.is_finite() {
+                let n = if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                    json!(n as i64)
+                } else {
+                    json!(n)
+                };
+                return json!({"value": n, "unit": unit});
+            }
+        }
+    }
+    Value::String(text.to_owned())
+}
+
+/// What to send as the text of a PUT: a JSON string as its plain text, anything else as JSON.
+pub fn put_payload(data: &Value) -> String {
+    match data {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One link of a node's `/.well-known/core`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The resource's path without the leading `/`, e.g. `temperature` or `sensors/temp`.
+    pub path: String,
+    /// True when the link carries `obs`: the resource can be observed (RFC 7641).
+    pub observable: bool,
+}
+
+/// The node's own resources in a link-format (RFC 6690) document: absolute URIs, links with
+/// `rel="impl-info"` and `/.well-known/core` itself are left out.
+pub fn parse_links(text: &str) -> Vec<Link> {
+    let mut out = Vec::new();
+    for link in split_links(text) {
+        let link = link.trim();
+        let Some(rest) = link.strip_prefix('<') else {
+            continue;
+        };
+        let Some((target, attrs)) = rest.split_once('>') else {
+            continue;
+        };
+        if target.contains("://") || !target.starts_with('/') {
+            continue;
+        }
+        let attrs: Vec<&str> = attrs
+            .split(';')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect();
+        let rel_impl_info = attrs.iter().any(|a| {
+            a.strip_prefix("rel=")
+                .is_some_and(|v| v.trim_matches('"').split(' ').any(|r| r == "impl-info"))
+        });
+        let path = target.trim_start_matches('/').to_owned();
+        if rel_impl_info || path.is_empty() || path == ".well-known/core" {
+            continue;
+        }
+        let observable = attrs.iter().any(|a| *a == "obs" || a.starts_with("obs="));
+        out.push(Link { path, observable });
+    }
+    out
+}
+
+/// Splits at the commas between links, not those inside quoted attribute values.
+fn split_links(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_and_server_payloads() {
+        assert_eq!(parse_alive("Alive:1234"), Some(Alive::Alive("1234".into())));
+        assert_eq!(parse_alive("reset:abc"), Some(Alive::Reset("abc".into())));
+        assert_eq!(parse_alive("ALIVE: x "), Some(Alive::Alive("x".into())));
+        assert_eq!(parse_alive("Alive:"), None);
+        assert_eq!(parse_alive("hello"), None);
+        assert_eq!(
+            parse_server("temperature:23°C"),
+            Some(("temperature", "23°C"))
+        );
+        assert_eq!(
+            parse_server(r#"imu:[{"a":1}]"#),
+            Some(("imu", r#"[{"a":1}]"#))
+        );
+        assert_eq!(parse_server(":x"), None);
+    }
+
+    #[test]
+    fn names_become_valid_parts_deterministically() {
+        assert_eq!(node_part("1234"), "n1234");
+        assert_eq!(node_part("Node_A"), "node_a");
+        assert_eq!(node_part("ab:cd ef"), "ab-cd-ef");
+        assert_eq!(resource_part("/sensors/temp"), "sensors-temp");
+        assert_eq!(resource_part("2nd"), "r2nd");
+        assert_eq!(node_part(&"x".repeat(100)).len(), 64);
+        for p in [node_part("1234"), resource_part("Ω"), node_part("é")] {
+            assert!(thingsbus_protocol::namespace::validate(&p).is_ok(), "{p}");
+        }
+    }
+
+    #[test]
+    fn values_are_json_numbers_units_or_text() {
+        assert_eq!(parse_value("23.5"), json!(23.5));
+        assert_eq!(
+            parse_value(r#"[{"type":"acc","values":[1,2,3]}]"#),
+            json!([{"type": "acc", "values": [1, 2, 3]}])
+        );
+        assert_eq!(parse_value("23°C"), json!({"value": 23, "unit": "°C"}));
+        assert_eq!(
+            parse_value("1015hPa"),
+            json!({"value": 1015, "unit": "hPa"})
+        );
+        assert_eq!(
+            parse_value("-3.5 m/s"),
+            json!({"value": -3.5, "unit": "m/s"})
+        );
+        assert_eq!(parse_value("1"), json!(1));
+        assert_eq!(parse_value("hello world"), json!("hello world"));
+        assert_eq!(parse_value("RIOT-OS"), json!("RIOT-OS"));
+        assert_eq!(put_payload(&json!("on")), "on");
+        assert_eq!(put_payload(&json!(1)), "1");
+        assert_eq!(put_payload(&json!({"a": 1})), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn links_keep_the_nodes_own_resources() {
+        let links = parse_links(
+            r#"</.well-known/core>;ct=40,</temperature>;rt="temperature";obs,</led>;rt="led, light",</board>,<http://riot-os.org>;rel="impl-info",</x>;rel="impl-info alternate",<coap://other/y>"#,
+        );
+        assert_eq!(
+            links,
+            [
+                Link {
+                    path: "temperature".into(),
+                    observable: true
+                },
+                Link {
+                    path: "led".into(),
+                    observable: false
+                },
+                Link {
+                    path: "board".into(),
+                    observable: false
+                },
+            ]
+        );
+        assert!(parse_links("garbage").is_empty());
+    }
+}
