@@ -12,6 +12,55 @@ pub enum LogFormat {
     Json,
 }
 
+/// The log flags every daemon-like tool takes: `-v`, `-q`, `--log-format`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// More log output (-v debug, -vv trace). RUST_LOG, when set, wins.
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the global subscriber, at info level by default.
+    pub fn init(&self) {
+        init("info", self.verbose, self.quiet, self.log_format);
+    }
+}
+
+/// Runs a tool's async `run` on a two-worker runtime and turns its outcome into an exit code,
+/// printing an error as one line prefixed with the tool's `name`.
+pub fn main_with_runtime<F>(name: &str, run: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Installs the global subscriber. `base` is the level with neither `-v` nor `-q`; each `-v`
 /// goes one level up (debug, trace), each `-q` one down (warn, error).
 pub fn init(base: &str, verbose: u8, quiet: u8, format: LogFormat) {

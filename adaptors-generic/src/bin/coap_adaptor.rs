@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use thingsbus_adaptor::Adaptor;
 use thingsbus_adaptors_generic::bus::BusArgs;
 use thingsbus_adaptors_generic::coap::{self, Alive};
-use thingsbus_adaptors_generic::logging::{self, LogFormat};
+use thingsbus_adaptors_generic::logging::{self, LogArgs};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -82,17 +82,8 @@ struct Args {
     #[arg(long, default_value_t = 60.0)]
     report_interval: f64,
 
-    /// More log output (-v debug, -vv trace). RUST_LOG, when set, wins.
-    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
-    verbose: u8,
-
-    /// Less log output (-q warnings only, -qq errors only).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    quiet: u8,
-
-    /// Log line format.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 /// RFC 7252 transmission parameters.
@@ -752,23 +743,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    logging::init("info", args.verbose, args.quiet, args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("thingsbus-coap-adaptor: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("thingsbus-coap-adaptor: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    args.log.init();
+    logging::main_with_runtime("thingsbus-coap-adaptor", run(args))
 }

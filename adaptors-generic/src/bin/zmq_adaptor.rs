@@ -13,7 +13,7 @@ use clap::Parser;
 use thingsbus_adaptor::Adaptor;
 use thingsbus_adaptors_generic::bridge::{Decision, Rules, Skip};
 use thingsbus_adaptors_generic::bus::udp_addr;
-use thingsbus_adaptors_generic::logging::{self, LogFormat};
+use thingsbus_adaptors_generic::logging::{self, LogArgs};
 use thingsbus_protocol::endpoint::connect_url;
 
 const EXAMPLE: &str = "\
@@ -98,17 +98,8 @@ struct Args {
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(i64).range(64..=(1 << 30)))]
     max_message_bytes: i64,
 
-    /// More log output (-v debug, -vv trace). RUST_LOG, when set, wins.
-    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
-    verbose: u8,
-
-    /// Less log output (-q warnings only, -qq errors only).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    quiet: u8,
-
-    /// Log line format.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -343,7 +334,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    logging::init("info", args.verbose, args.quiet, args.log_format);
+    args.log.init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
