@@ -72,8 +72,11 @@ impl Topics {
 
     /// Home Assistant discovery configs for a thing: one `sensor` per numeric field and one
     /// `binary_sensor` per boolean field of object data (or of the scalar data itself, named
-    /// `value`), grouped in one device per thing. `(topic, payload)` pairs, to publish retained.
-    pub fn discovery(&self, ns: &str, data: &Value) -> Vec<(String, String)> {
+    /// `value`), grouped in one device per thing. When the thing obeys commands
+    /// (`commandable`: an adaptor serves it), a boolean field is a `switch` instead, whose
+    /// `command_topic` is `<topic>/set` with `{"<field>": true|false}` (or `true|false` for
+    /// scalar data). `(topic, payload)` pairs, to publish retained.
+    pub fn discovery(&self, ns: &str, data: &Value, commandable: bool) -> Vec<(String, String)> {
         let fields: Vec<(String, &Value, String)> = match data {
             Value::Object(m) => m
                 .iter()
@@ -91,10 +94,28 @@ impl Topics {
             "manufacturer": "thingsbus",
             "model": "thing",
         });
+        let scalar = !data.is_object();
         fields
             .into_iter()
             .filter_map(|(field, value, path)| {
                 let (component, value_template, extra) = match value {
+                    Value::Bool(_) if commandable => {
+                        let (on, off) = if scalar {
+                            ("true".to_owned(), "false".to_owned())
+                        } else {
+                            (
+                                json!({ &field: true }).to_string(),
+                                json!({ &field: false }).to_string(),
+                            )
+                        };
+                        (
+                            "switch",
+                            format!("{{{{ 'ON' if {path} else 'OFF' }}}}"),
+                            json!({"command_topic": format!("{}/set", self.state(ns)),
+                                   "payload_on": on, "payload_off": off,
+                                   "state_on": "ON", "state_off": "OFF"}),
+                        )
+                    }
                     Value::Bool(_) => (
                         "binary_sensor",
                         format!("{{{{ 'ON' if {path} else 'OFF' }}}}"),
@@ -300,6 +321,7 @@ mod tests {
         let configs = topics().discovery(
             "shop.door",
             &json!({"open": true, "temp": 21.5, "label": "x"}),
+            false,
         );
         assert_eq!(configs.len(), 2);
         let (topic, payload) = &configs[0];
@@ -314,7 +336,14 @@ mod tests {
         );
         assert_eq!(c["device"]["identifiers"][0], "thingsbus_shop_door");
         assert_eq!(configs[1].0, "homeassistant/sensor/shop_door/temp/config");
-        let scalar = topics().discovery("garden.temp", &json!(3));
+        let scalar = topics().discovery("garden.temp", &json!(3), false);
+        // A thing that obeys commands: its booleans are switches.
+        let led = topics().discovery("demo.led", &json!({"on": true}), true);
+        assert_eq!(led[0].0, "homeassistant/switch/demo_led/on/config");
+        let c: Value = serde_json::from_str(&led[0].1).unwrap();
+        assert_eq!(c["command_topic"], "thingsbus/demo/led/set");
+        assert_eq!(c["payload_on"], r#"{"on":true}"#);
+        assert_eq!(c["state_on"], "ON");
         assert_eq!(scalar[0].0, "homeassistant/sensor/garden_temp/value/config");
     }
 

@@ -411,9 +411,10 @@ fn json_is_data(expected: Value) -> impl Fn(&str, bool) -> bool {
 
 #[test]
 fn set_topics_become_commands_and_results_come_back() {
-    let broker = spawn_broker_on_port_pair(quiet);
+    // The broker's own thing lists the served prefixes: the bridge learns from it.
+    let broker = spawn_broker_on_port_pair(|c| c.stats_interval = Duration::from_millis(200));
     let mosquitto = Mosquitto::start(None);
-    let _bridge = bridge(&broker, &mosquitto, &["--commands"]);
+    let _bridge = bridge(&broker, &mosquitto, &["--commands", "--homeassistant"]);
     let led = Adaptor::builder("demo")
         .url(&broker.endpoints().input)
         .connect_blocking()
@@ -428,6 +429,16 @@ fn set_topics_become_commands_and_results_come_back() {
     eventually(DEADLINE, "the LED to serve", || {
         led.is_serving().then_some(())
     });
+    led.send_to("led", &json!({"on": false}), None)
+        .expect("state");
+    // Home Assistant gets a switch for the LED's boolean, since an adaptor serves it.
+    let ha = Watcher::connect(mosquitto.port, "ha", &["homeassistant/#"]);
+    let seen = ha.until(&[("homeassistant/switch/demo_led/on/config", &|_, _| true)]);
+    let switch: Value =
+        serde_json::from_str(&seen["homeassistant/switch/demo_led/on/config"]).expect("JSON");
+    assert_eq!(switch["command_topic"], "thingsbus/demo/led/set");
+    assert_eq!(switch["payload_on"], r#"{"on":true}"#);
+    assert_eq!(switch["state_topic"], "thingsbus/demo/led");
     let w = Watcher::connect(mosquitto.port, "caller", &["thingsbus/+/+/set/result"]);
     let end = Instant::now() + DEADLINE;
     let result = loop {

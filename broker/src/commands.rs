@@ -89,7 +89,13 @@ pub struct CommandStats {
     pub registrations: AtomicU64,
     /// Commands in flight now (gauge).
     pub in_flight: AtomicU64,
+    /// The prefixes served now, sorted (at most 256 of them), for the broker's
+    /// thing: bridges learn from it which things obey commands.
+    pub served: std::sync::Mutex<Vec<String>>,
 }
+
+/// Served prefixes listed in the broker's thing at most.
+pub(crate) const SERVED_LISTED: usize = 256;
 
 pub(crate) struct CommandRouter {
     pub(crate) router: zmq::Socket,
@@ -546,5 +552,17 @@ impl CommandRouter {
     fn update_gauges(&self, st: &State) {
         let n: usize = st.registrations.values().map(Vec::len).sum();
         stats::set(&self.cstats().registrations, n as u64);
+        let mut served: Vec<String> = st
+            .registrations
+            .keys()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        served.sort_unstable();
+        served.truncate(SERVED_LISTED);
+        *self
+            .cstats()
+            .served
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = served;
     }
 }

@@ -353,6 +353,7 @@ impl Ingest {
                 "not_allowed": l(&st.commands.not_allowed),
                 "late_replies": l(&st.commands.late_replies),
                 "registrations": l(&st.commands.registrations),
+                "served": st.commands.served.lock().map(|s| s.clone()).unwrap_or_default(),
                 "in_flight": l(&st.commands.in_flight),
             },
         });

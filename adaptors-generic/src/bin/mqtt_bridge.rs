@@ -187,6 +187,8 @@ struct Outbound {
     counts: Arc<Counts>,
     online: HashMap<String, bool>,
     announced: HashMap<String, BTreeSet<String>>,
+    /// Prefixes an adaptor serves (from the broker's thing): their booleans are switches.
+    served: Vec<String>,
 }
 
 impl Outbound {
@@ -200,8 +202,23 @@ impl Outbound {
         };
     }
 
-    fn thing(&mut self, t: &Thing) {
+    fn thing(&mut self, t: &Thing, client: &Client) {
         let ns = t.ns.as_str();
+        if ns == "thingsbus.broker" && self.homeassistant {
+            let served: Vec<String> = t.value()["commands"]["served"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if served != self.served {
+                self.served = served;
+                // Which things obey commands changed: announce everything again.
+                self.republish_all(client);
+            }
+        }
         self.publish(self.topics.state(ns), mqtt::state_payload(&t.data, t.ts));
         let value = t.value();
         if self.flatten {
@@ -219,7 +236,11 @@ impl Outbound {
             };
             if !names.is_subset(known) {
                 known.extend(names);
-                for (topic, config) in self.topics.discovery(ns, &value) {
+                let commandable = self
+                    .served
+                    .iter()
+                    .any(|p| thingsbus_protocol::namespace::is_within_str(ns, p));
+                for (topic, config) in self.topics.discovery(ns, &value, commandable) {
                     self.publish(topic, config);
                 }
             }
@@ -242,7 +263,9 @@ impl Outbound {
         self.online.clear();
         self.announced.clear();
         for t in client.walk("") {
-            self.thing(&t);
+            if t.ns.as_str() != "thingsbus.broker" {
+                self.thing(&t, client);
+            }
         }
     }
 }
@@ -332,6 +355,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         counts: counts.clone(),
         online: HashMap::new(),
         announced: HashMap::new(),
+        served: Vec::new(),
     };
 
     // The MQTT side: connection, reconnection, subscriptions, imports.
@@ -432,7 +456,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             e = sub.next() => match e {
                 Some(Ok(e)) => match e.kind {
                     EventKind::Expired => outbound.expired(e.thing.ns.as_str()),
-                    _ => outbound.thing(&e.thing),
+                    _ => outbound.thing(&e.thing, &client),
                 },
                 Some(Err(lagged)) => {
                     tracing::warn!(%lagged, "the MQTT side fell behind the bus; publishing everything again");
