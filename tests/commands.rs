@@ -3,7 +3,7 @@
 
 use std::net::UdpSocket;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use thingsbus_adaptor::Adaptor;
@@ -115,16 +115,11 @@ fn no_route_timeout_and_a_refusal_are_told_apart() {
         Err(CommandError::NoRoute(_)) => {}
         other => panic!("expected no_route, got {other:?}"),
     }
-    let started = Instant::now();
+    // The broker answers `timeout` at the deadline (a client-side time-out would be Transport).
     match c.command_blocking("lab.slow", &json!(1), Duration::from_millis(300)) {
         Err(CommandError::Timeout(_)) => {}
         other => panic!("expected timeout, got {other:?}"),
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
     match c.command_blocking("lab.broken", &json!(1), T) {
         Err(CommandError::Refused { error, .. }) => assert_eq!(error, "led is broken"),
         other => panic!("expected the thing's refusal, got {other:?}"),
