@@ -52,6 +52,9 @@ pub struct Config {
     pub http: Option<std::net::SocketAddr>,
     /// With `http`: also one Prometheus series per thing (its last update time).
     pub http_thing_metrics: bool,
+    /// Share the directory with other brokers through NATS JetStream; `None` for a broker on
+    /// its own (no NATS code runs). Needs the `cluster` cargo feature (on by default).
+    pub cluster: Option<ClusterConfig>,
     /// Command endpoint port; `None` means `port + 3` (or a free one when `port` is 0).
     pub command_port: Option<u16>,
     /// Source address ranges that may send commands (default: this machine only, since a
@@ -85,6 +88,7 @@ impl Default for Config {
             rate_limit: None,
             http: None,
             http_thing_metrics: false,
+            cluster: None,
             command_port: None,
             allow_command: vec![
                 "127.0.0.0/8".parse().expect("a valid range"),
@@ -107,4 +111,19 @@ impl Config {
             ..Config::default()
         }
     }
+}
+
+/// Cluster settings (see `--cluster` and friends).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS servers, e.g. `nats://127.0.0.1:4222`.
+    pub urls: Vec<String>,
+    /// The key-value bucket.
+    pub bucket: String,
+    /// Replicas of the bucket's stream (3 in production).
+    pub replicas: usize,
+    /// This broker's name in the bucket's values (its own writes are not applied back).
+    pub node_name: String,
+    /// Longest time an update waits before it is written (conflation window).
+    pub flush: Duration,
 }

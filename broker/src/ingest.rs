@@ -82,6 +82,11 @@ pub(crate) struct Ingest {
     rate: Option<RateLimiter>,
     command_wake: zmq::Socket,
     datagrams: SyncSender<Datagram>,
+    cluster_wake: zmq::Socket,
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::cluster::ClusterLink>,
+    /// Local updates accepted since the last flush, for the cluster.
+    cluster_out: Vec<(String, Arc<[u8]>)>,
 }
 
 /// The sockets ingest owns.
@@ -94,6 +99,8 @@ pub(crate) struct IngestSockets {
     pub(crate) snapshot_wake: zmq::Socket,
     /// Ingest tells the command endpoint that a datagram for it is waiting.
     pub(crate) command_wake: zmq::Socket,
+    /// The cluster link says here that other brokers' updates are waiting.
+    pub(crate) cluster_wake: zmq::Socket,
 }
 
 /// Where ingest's results go.
@@ -128,6 +135,45 @@ fn command_datagram(
     true
 }
 
+fn encoded_ns(bytes: &[u8]) -> &str {
+    std::str::from_utf8(thingsbus_protocol::codec::encoded_update_ns(bytes)).unwrap_or("")
+}
+
+/// Applies one update written by another broker (as published there) to `dir`, when it is not
+/// older than what `dir` holds; true when it was applied.
+pub(crate) fn apply_remote_update(
+    dir: &mut Directory,
+    bytes: &[u8],
+    now: Timestamp,
+    stats: &Stats,
+) -> bool {
+    let Ok(thingsbus_protocol::codec::Published::Update(u)) =
+        thingsbus_protocol::codec::decode_published(bytes)
+    else {
+        return false;
+    };
+    if is_within_str(u.ns.as_str(), BROKER_NS) {
+        return false;
+    }
+    let ts = u.ts.unwrap_or(now);
+    if dir
+        .get(u.ns.as_str())
+        .is_some_and(|e| e.ts.as_secs() > ts.as_secs())
+    {
+        stats::add(&stats.cluster.older, 1);
+        return false;
+    }
+    let update = UpdateRef {
+        ns: u.ns.clone(),
+        ts: Some(ts),
+        data: Cow::Borrowed(u.data.get()),
+        documentation_url: u.documentation_url.clone(),
+    };
+    dir.apply(&update, now);
+    stats::add(&stats.cluster.applied, 1);
+    true
+}
+
 /// How many datagrams the kernel dropped on `socket` because its buffer was full: the `drops`
 /// column of `/proc/net/udp{,6}` for the socket's inode. `None` where that is not available.
 pub(crate) fn udp_kernel_drops(socket: &UdpSocket) -> Option<u64> {
@@ -159,6 +205,7 @@ impl Ingest {
         links: IngestLinks,
         dir: Directory,
         journal: Option<Journal>,
+        #[cfg(feature = "cluster")] cluster: Option<crate::cluster::ClusterLink>,
     ) -> Self {
         Ingest {
             sub: sockets.sub,
@@ -191,6 +238,10 @@ impl Ingest {
             rate: config.rate_limit.map(RateLimiter::new),
             command_wake: sockets.command_wake,
             datagrams: links.datagrams,
+            cluster_wake: sockets.cluster_wake,
+            #[cfg(feature = "cluster")]
+            cluster,
+            cluster_out: Vec::new(),
         }
     }
 
@@ -233,18 +284,20 @@ impl Ingest {
             let timeout = i64::try_from(wait.as_millis())
                 .unwrap_or(MAX_POLL_MS)
                 .clamp(0, MAX_POLL_MS);
-            let (monitors, view_wanted) = {
+            let (monitors, view_wanted, from_cluster) = {
                 let mut items = [
                     self.sub.as_poll_item(zmq::POLLIN),
                     zmq::PollItem::from_fd(udp_fd, zmq::POLLIN),
                     self.input_monitor.as_poll_item(zmq::POLLIN),
                     self.output_monitor.as_poll_item(zmq::POLLIN),
                     self.snapshot_wake.as_poll_item(zmq::POLLIN),
+                    self.cluster_wake.as_poll_item(zmq::POLLIN),
                 ];
                 match zmq::poll(&mut items, timeout) {
                     Ok(_) => (
                         items[2].is_readable() || items[3].is_readable(),
                         items[4].is_readable(),
+                        items[5].is_readable(),
                     ),
                     Err(zmq::Error::EINTR) => continue,
                     Err(e) => {
@@ -267,6 +320,13 @@ impl Ingest {
             }
             if view_wanted {
                 self.send_view();
+            }
+            if from_cluster {
+                while self.cluster_wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
+                self.apply_remote();
+                if self.flush().is_err() {
+                    break;
+                }
             }
             if monitors {
                 self.read_monitors();
@@ -358,6 +418,18 @@ impl Ingest {
             },
         });
         let mut data = data;
+        if self.clustered() {
+            let c = &st.cluster;
+            data["cluster"] = serde_json::json!({
+                "writes": l(&c.writes),
+                "conflated": l(&c.conflated),
+                "write_errors": l(&c.write_errors),
+                "pending": l(&c.pending),
+                "applied": l(&c.applied),
+                "older": l(&c.older),
+                "connected": l(&c.connected) == 1,
+            });
+        }
         if self.journal.is_some() {
             data["journal"] = serde_json::json!({
                 "synced_seq": l(&st.journal_synced_seq),
@@ -422,6 +494,10 @@ impl Ingest {
                 }
                 Ok(update) => {
                     let entry = self.dir.apply(&update, now);
+                    if self.clustered() {
+                        self.cluster_out
+                            .push((update.ns.as_str().to_owned(), entry.encoded.clone()));
+                    }
                     self.batch.push(entry.encoded);
                     stats::add(&self.stats.accepted, 1);
                 }
@@ -467,6 +543,10 @@ impl Ingest {
                 }
                 Ok(update) => {
                     let entry = self.dir.apply(&update, now);
+                    if self.clustered() {
+                        self.cluster_out
+                            .push((update.ns.as_str().to_owned(), entry.encoded.clone()));
+                    }
                     self.batch.push(entry.encoded);
                     stats::add(&self.stats.accepted, 1);
                 }
@@ -486,6 +566,31 @@ impl Ingest {
             }
         }
         n
+    }
+
+    fn clustered(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        return self.cluster.is_some();
+        #[cfg(not(feature = "cluster"))]
+        false
+    }
+
+    /// Applies what other brokers wrote to the cluster's bucket: as ordinary updates with our
+    /// own `seq`, unless our value of the thing is newer (newest `ts` wins).
+    fn apply_remote(&mut self) {
+        #[cfg(feature = "cluster")]
+        {
+            let Some(c) = &self.cluster else { return };
+            let incoming: Vec<Vec<u8>> = c.incoming.try_iter().collect();
+            let now = Timestamp::now();
+            for bytes in incoming {
+                if apply_remote_update(&mut self.dir, &bytes, now, &self.stats) {
+                    if let Some(e) = self.dir.get(encoded_ns(&bytes)) {
+                        self.batch.push(e.encoded.clone());
+                    }
+                }
+            }
+        }
     }
 
     fn reject_zmq(&mut self, reason: Rejection, msg: &mut zmq::Message) {
@@ -517,6 +622,12 @@ impl Ingest {
         }
         if let Some(j) = self.journal.as_mut() {
             j.append(&self.batch, self.dir.seq());
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            if !self.cluster_out.is_empty() {
+                let _ = c.out.send(std::mem::take(&mut self.cluster_out));
+            }
         }
         stats::set(&self.stats.things, self.dir.len() as u64);
         if self.batch.len() <= DIRECT_MAX && self.output.idle() {

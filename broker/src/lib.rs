@@ -21,6 +21,8 @@
 //! `thingsbus.broker`. See `README.md` and `ARCHITECTURE.md` at the repository root.
 
 mod access;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod commands;
 mod config;
 #[cfg(feature = "http")]
@@ -35,6 +37,7 @@ mod stats;
 
 pub use access::Cidr;
 pub use commands::CommandStats;
-pub use config::Config;
+pub use config::{ClusterConfig, Config};
 pub use server::{Broker, Endpoints, Error, Stopper};
+pub use stats::ClusterStats;
 pub use stats::Stats;

@@ -87,6 +87,33 @@ struct Args {
     #[arg(long, env = "THINGSBUS_HTTP_THING_METRICS")]
     http_thing_metrics: bool,
 
+    /// Share one directory with the other brokers on these NATS servers (JetStream key-value),
+    /// comma-separated, e.g. nats://10.0.0.5:4222,nats://10.0.0.6:4222. Off unless given.
+    #[arg(
+        long,
+        env = "THINGSBUS_CLUSTER",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    cluster: Vec<String>,
+
+    /// With --cluster: the key-value bucket holding the directory.
+    #[arg(long, env = "THINGSBUS_CLUSTER_BUCKET", default_value = "thingsbus")]
+    cluster_bucket: String,
+
+    /// With --cluster: replicas of the bucket (3 in production).
+    #[arg(long, env = "THINGSBUS_CLUSTER_REPLICAS", default_value_t = 1)]
+    cluster_replicas: usize,
+
+    /// With --cluster: this broker's name (default: the host name).
+    #[arg(long, env = "THINGSBUS_NODE_NAME")]
+    node_name: Option<String>,
+
+    /// With --cluster: seconds an update may wait before it is written; within it only the
+    /// newest value of each thing is written.
+    #[arg(long, env = "THINGSBUS_CLUSTER_FLUSH", default_value_t = 0.05, value_parser = positive_secs)]
+    cluster_flush: f64,
+
     /// Command endpoint port (commands to things), instead of PORT+3.
     #[arg(long, env = "THINGSBUS_COMMAND_PORT")]
     command_port: Option<u16>,
@@ -198,6 +225,17 @@ fn config(args: &Args) -> Config {
         allow_input: args.allow_input.clone(),
         command_port: args.command_port,
         http: args.http,
+        cluster: (!args.cluster.is_empty()).then(|| thingsbus_broker::ClusterConfig {
+            urls: args.cluster.clone(),
+            bucket: args.cluster_bucket.clone(),
+            replicas: args.cluster_replicas,
+            node_name: args.node_name.clone().unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "thingsbus".to_owned())
+            }),
+            flush: Duration::from_secs_f64(args.cluster_flush),
+        }),
         http_thing_metrics: args.http_thing_metrics,
         allow_command: args.allow_command.clone(),
         rate_limit: args.rate_limit,

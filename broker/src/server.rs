@@ -411,6 +411,49 @@ impl Broker {
                 (dir, Some(journal))
             }
         };
+        let cluster_wake_ingest = ctx.socket(zmq::PAIR)?;
+        cluster_wake_ingest.bind("inproc://thingsbus-cluster-wake")?;
+        let cluster_wake = ctx.socket(zmq::PAIR)?;
+        cluster_wake.connect("inproc://thingsbus-cluster-wake")?;
+        let mut dir = dir;
+        #[cfg(feature = "cluster")]
+        let cluster = match &config.cluster {
+            None => None,
+            Some(cc) => {
+                // The whole cluster's directory is loaded before anything serves.
+                let (link, loaded, thread) = crate::cluster::start(
+                    cc.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                    cluster_wake,
+                    config.forget_after,
+                    std::time::Duration::from_secs(10),
+                )?;
+                threads.push(thread);
+                let now = thingsbus_protocol::Timestamp::now();
+                let mut applied = 0;
+                for bytes in &loaded {
+                    applied += usize::from(crate::ingest::apply_remote_update(
+                        &mut dir, bytes, now, &stats,
+                    ));
+                }
+                crate::stats::set(&stats.things, dir.len() as u64);
+                tracing::info!(things = applied, "loaded the cluster's directory");
+                Some(link)
+            }
+        };
+        #[cfg(not(feature = "cluster"))]
+        {
+            drop(cluster_wake);
+            if config.cluster.is_some() {
+                stop.store(true, Ordering::Relaxed);
+                return Err(Error::Bind {
+                    what: "cluster",
+                    endpoint: String::new(),
+                    reason: "this broker was built without the cluster feature".into(),
+                });
+            }
+        }
         let output = Arc::new(Output::new(publisher, stats.clone()));
         let publish = Publisher::new(
             output.clone(),
@@ -427,6 +470,7 @@ impl Broker {
                 output_monitor,
                 snapshot_wake: wake_ingest,
                 command_wake: command_wake_ingest,
+                cluster_wake: cluster_wake_ingest,
             },
             IngestLinks {
                 tx,
@@ -438,6 +482,8 @@ impl Broker {
             },
             dir,
             journal,
+            #[cfg(feature = "cluster")]
+            cluster,
         );
         threads.push(
             std::thread::Builder::new()

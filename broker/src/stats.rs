@@ -50,6 +50,8 @@ pub struct Stats {
     pub expired: AtomicU64,
     /// The command endpoint's counters.
     pub commands: crate::CommandStats,
+    /// The cluster link's counters (with `--cluster`).
+    pub cluster: ClusterStats,
     /// UDP datagrams the kernel dropped because the input socket's buffer was full (the broker
     /// was behind); read from `/proc/net/udp` on Linux, 0 elsewhere.
     pub udp_drops: AtomicU64,
@@ -111,4 +113,23 @@ pub(crate) fn set(gauge: &AtomicU64, v: u64) {
 pub(crate) fn dec(gauge: &AtomicU64) {
     // Saturating: a disconnect seen without its accept must not wrap the gauge.
     let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+}
+
+/// Counters of the cluster link.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Values written to the bucket (after conflation).
+    pub writes: AtomicU64,
+    /// Local updates that a newer value of the same thing replaced before they were written.
+    pub conflated: AtomicU64,
+    /// Writes that failed (and are retried).
+    pub write_errors: AtomicU64,
+    /// Things waiting to be written now (gauge).
+    pub pending: AtomicU64,
+    /// Values from other brokers applied here.
+    pub applied: AtomicU64,
+    /// Values from other brokers not applied because the local value is newer.
+    pub older: AtomicU64,
+    /// 1 while connected to NATS (gauge).
+    pub connected: AtomicU64,
 }

@@ -9,6 +9,15 @@ use thingsbus_tests::{ctx, eventually, DEADLINE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_thingsbus-broker");
 
+/// The tests that load the machine (a stuck subscriber, a kill under load, an overload) take
+/// turns: run side by side on 2 cores they starve one another and measure each other.
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A broker process on 127.0.0.1 with ephemeral ports, killed on drop.
 struct Proc {
     child: Child,
@@ -267,6 +276,7 @@ fn unsafe_free_kill(pid: libc::pid_t, signal: i32) -> i32 {
 
 #[test]
 fn stuck_subscriber_costs_bounded_memory_and_nobody_else_loses() {
+    let _turn = heavy();
     let broker = Proc::start(&["--subscriber-hwm", "2000"]);
     // A subscriber that connects and never reads, with the smallest queues it can ask for.
     let stuck = ctx().socket(zmq::SUB).expect("sub");
@@ -375,6 +385,7 @@ fn subscriber(directory: &str) -> zmq::Socket {
 
 #[test]
 fn kill_9_under_load_loses_nothing_the_journal_had_synced() {
+    let _turn = heavy();
     let dir = std::env::temp_dir().join(format!("thingsbus-kill9-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let state = dir.join("state.journal");
@@ -495,6 +506,7 @@ fn kill_9_under_load_loses_nothing_the_journal_had_synced() {
 
 #[test]
 fn overload_keeps_it_serving_with_bounded_memory_and_every_drop_counted() {
+    let _turn = heavy();
     let broker = Proc::start(&["--stats-interval", "0.2"]);
     // Only the markers and the broker's own thing, filtered at the broker's side.
     let sub = ctx().socket(zmq::SUB).expect("sub");

@@ -1,0 +1,291 @@
+//! Several brokers, one directory (`--cluster nats://...`): every accepted update is written to a
+//! NATS JetStream key-value bucket (key = the thing's namespace), conflated per thing within a
+//! flush interval; every broker watches the bucket and applies what other brokers wrote as
+//! ordinary updates with its own `seq`. Newest `ts` wins.
+//!
+//! The bucket's stream is created explicitly with the key-value settings (`KV_<bucket>`,
+//! subjects `$KV.<bucket>.>`, one message per subject, rollups allowed, deletes denied) and then
+//! opened as a bucket: that works on Debian's nats-server 2.9 as on current ones. A value is
+//! `{"o": "<node name>", "u": <the update as published>}`; a broker skips its own.
+//!
+//! NATS slow or away costs the local broker nothing: writes wait in a map with the newest value
+//! per thing (memory bounded by the number of things) and go out when NATS acknowledges; a failed
+//! write is retried unless a newer value of the thing came meanwhile.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde_json::value::RawValue;
+
+use crate::config::ClusterConfig;
+use crate::stats;
+
+/// What ingest hands over: the namespace and the update as published.
+pub(crate) type Outgoing = (String, Arc<[u8]>);
+
+/// The ingest thread's end: local updates out, other brokers' updates in.
+pub(crate) struct ClusterLink {
+    pub(crate) out: Sender<Vec<Outgoing>>,
+    pub(crate) incoming: Receiver<Vec<u8>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Value<'a> {
+    o: &'a str,
+    #[serde(borrow)]
+    u: &'a RawValue,
+}
+
+/// Starts the cluster thread. Returns the link for ingest, the updates of the whole bucket as it
+/// is now (to load before serving; empty when NATS could not be reached within `load_timeout`),
+/// and the thread.
+pub(crate) fn start(
+    config: ClusterConfig,
+    stats: Arc<crate::Stats>,
+    stop: Arc<AtomicBool>,
+    wake: zmq::Socket,
+    forget_after: Duration,
+    load_timeout: Duration,
+) -> std::io::Result<(ClusterLink, Vec<Vec<u8>>, std::thread::JoinHandle<()>)> {
+    let (out_tx, out_rx) = std::sync::mpsc::channel::<Vec<Outgoing>>();
+    let (in_tx, in_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(65_536);
+    let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("thingsbus-cluster")
+        .enable_all()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name("thingsbus-cluster".into())
+        .spawn(move || {
+            let pending: Arc<Mutex<HashMap<String, Arc<[u8]>>>> = Arc::default();
+            // Local updates are merged into `pending` as they come, never waiting for NATS.
+            let merger = {
+                let pending = pending.clone();
+                let stats = stats.clone();
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name("thingsbus-conflate".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            let Ok(batch) = out_rx.recv_timeout(Duration::from_millis(100)) else {
+                                continue;
+                            };
+                            let mut p = pending
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            for (ns, bytes) in batch {
+                                if p.insert(ns, bytes).is_some() {
+                                    stats::add(&stats.cluster.conflated, 1);
+                                }
+                            }
+                            stats::set(&stats.cluster.pending, p.len() as u64);
+                        }
+                    })
+            };
+            runtime.block_on(run(
+                config,
+                stats,
+                stop,
+                pending,
+                in_tx,
+                wake,
+                loaded_tx,
+                forget_after,
+            ));
+            if let Ok(m) = merger {
+                let _ = m.join();
+            }
+            runtime.shutdown_timeout(Duration::from_millis(200));
+        })?;
+    let loaded = loaded_rx.recv_timeout(load_timeout).unwrap_or_else(|_| {
+        tracing::warn!("the cluster could not be loaded in time; serving locally and catching up when NATS answers");
+        Vec::new()
+    });
+    Ok((
+        ClusterLink {
+            out: out_tx,
+            incoming: in_rx,
+        },
+        loaded,
+        thread,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    config: ClusterConfig,
+    stats: Arc<crate::Stats>,
+    stop: Arc<AtomicBool>,
+    pending: Arc<Mutex<HashMap<String, Arc<[u8]>>>>,
+    incoming: SyncSender<Vec<u8>>,
+    wake: zmq::Socket,
+    loaded: Sender<Vec<Vec<u8>>>,
+    forget_after: Duration,
+) {
+    let wake = Mutex::new(wake);
+    let mut loaded = Some(loaded);
+    while !stop.load(Ordering::Relaxed) {
+        match session(
+            &config,
+            &stats,
+            &stop,
+            &pending,
+            &incoming,
+            &wake,
+            &mut loaded,
+            forget_after,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(e) => {
+                stats::set(&stats.cluster.connected, 0);
+                tracing::warn!(error = %e, "cluster link down; serving locally, retrying in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// One connection to NATS: set up the bucket, load it, then write and watch until it fails.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    config: &ClusterConfig,
+    stats: &crate::Stats,
+    stop: &AtomicBool,
+    pending: &Mutex<HashMap<String, Arc<[u8]>>>,
+    incoming: &SyncSender<Vec<u8>>,
+    wake: &Mutex<zmq::Socket>,
+    loaded: &mut Option<Sender<Vec<Vec<u8>>>>,
+    forget_after: Duration,
+) -> Result<(), String> {
+    let addrs: Vec<async_nats::ServerAddr> = config
+        .urls
+        .iter()
+        .map(|u| u.parse().map_err(|e| format!("{u}: {e}")))
+        .collect::<Result<_, _>>()?;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(addrs)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", config.urls.join(",")))?;
+    let js = async_nats::jetstream::new(client);
+    let bucket = &config.bucket;
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: forget_after,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        num_replicas: config.replicas.max(1),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot create the bucket's stream KV_{bucket}: {e}"))?;
+    let kv = js
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| format!("cannot open the bucket {bucket}: {e}"))?;
+    stats::set(&stats.cluster.connected, 1);
+    tracing::info!(bucket = %bucket, node = %config.node_name, "cluster link up");
+
+    let mut watch = kv
+        .watch_with_history(">")
+        .await
+        .map_err(|e| format!("cannot watch the bucket: {e}"))?;
+    let deliver = |bytes: Vec<u8>| {
+        if incoming.try_send(bytes).is_ok() {
+            let w = wake
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = w.send(&b"c"[..], zmq::DONTWAIT);
+        }
+    };
+    let others = |e: &async_nats::jetstream::kv::Entry| -> Option<Vec<u8>> {
+        if e.operation != async_nats::jetstream::kv::Operation::Put {
+            return None;
+        }
+        let v: Value<'_> = serde_json::from_slice(&e.value).ok()?;
+        (v.o != config.node_name).then(|| v.u.get().as_bytes().to_vec())
+    };
+    // First the bucket as it is: before this broker serves, if it is starting.
+    let status = kv
+        .status()
+        .await
+        .map_err(|e| format!("bucket status: {e}"))?;
+    let mut initial = Vec::new();
+    if status.values() > 0 {
+        while let Some(entry) = watch.next().await {
+            let e = entry.map_err(|e| format!("watch: {e}"))?;
+            if let Some(u) = others(&e) {
+                initial.push(u);
+            }
+            if e.delta == 0 || e.seen_current {
+                break;
+            }
+        }
+    }
+    match loaded.take() {
+        Some(tx) => {
+            let _ = tx.send(initial);
+        }
+        None => {
+            for u in initial {
+                deliver(u);
+            }
+        }
+    }
+
+    let mut flush = tokio::time::interval(config.flush.max(Duration::from_millis(1)));
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        tokio::select! {
+            entry = watch.next() => match entry {
+                Some(Ok(e)) => {
+                    if let Some(u) = others(&e) {
+                        deliver(u);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("watch: {e}")),
+                None => return Err("the watch ended".into()),
+            },
+            _ = flush.tick() => {
+                let batch: Vec<(String, Arc<[u8]>)> = {
+                    let mut p = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    p.drain().collect()
+                };
+                for (i, (ns, bytes)) in batch.iter().enumerate() {
+                    let mut value = Vec::with_capacity(bytes.len() + config.node_name.len() + 16);
+                    value.extend_from_slice(br#"{"o":"#);
+                    value.extend_from_slice(serde_json::to_string(&config.node_name).unwrap_or_default().as_bytes());
+                    value.extend_from_slice(br#","u":"#);
+                    value.extend_from_slice(bytes);
+                    value.push(b'}');
+                    if let Err(e) = kv.put(ns, value.into()).await {
+                        stats::add(&stats.cluster.write_errors, 1);
+                        // Keep what did not go out, unless a newer value came meanwhile.
+                        let mut p = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        for (ns, bytes) in batch.into_iter().skip(i) {
+                            p.entry(ns).or_insert(bytes);
+                        }
+                        stats::set(&stats.cluster.pending, p.len() as u64);
+                        return Err(format!("write failed: {e}"));
+                    }
+                    stats::add(&stats.cluster.writes, 1);
+                }
+                let left = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
+                stats::set(&stats.cluster.pending, left as u64);
+            }
+        }
+    }
+}
