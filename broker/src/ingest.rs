@@ -135,6 +135,7 @@ fn command_datagram(
     true
 }
 
+#[cfg(feature = "cluster")]
 fn encoded_ns(bytes: &[u8]) -> &str {
     std::str::from_utf8(thingsbus_protocol::codec::encoded_update_ns(bytes)).unwrap_or("")
 }

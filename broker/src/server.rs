@@ -415,6 +415,7 @@ impl Broker {
         cluster_wake_ingest.bind("inproc://thingsbus-cluster-wake")?;
         let cluster_wake = ctx.socket(zmq::PAIR)?;
         cluster_wake.connect("inproc://thingsbus-cluster-wake")?;
+        #[cfg_attr(not(feature = "cluster"), allow(unused_mut))]
         let mut dir = dir;
         #[cfg(feature = "cluster")]
         let cluster = match &config.cluster {
@@ -510,6 +511,7 @@ impl Broker {
                 return Err(e.into());
             }
         }
+        #[cfg_attr(not(feature = "http"), allow(unused_mut))]
         let mut endpoints = endpoints;
         if let Some(addr) = config.http {
             #[cfg(feature = "http")]
