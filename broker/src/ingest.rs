@@ -142,6 +142,7 @@ fn encoded_ns(bytes: &[u8]) -> &str {
 
 /// Applies one update written by another broker (as published there) to `dir`, when it is not
 /// older than what `dir` holds; true when it was applied.
+#[cfg(feature = "cluster")]
 pub(crate) fn apply_remote_update(
     dir: &mut Directory,
     bytes: &[u8],
