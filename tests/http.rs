@@ -279,14 +279,24 @@ fn the_web_page_shows_a_thing_appear_and_turn_stale() {
         c.live_window = Duration::from_secs(2);
     });
     let b = base(&broker);
-    // 10,000 things already there when the page opens.
+    // 10,000 things already there when the page opens. They are old, so they expire (in one
+    // burst) before the page opens rather than while it watches the lamp.
     let input = ZmqInput::connect(&broker);
     let sub = Subscriber::connect(&broker);
     sync(&sub, &input);
+    let old = now() - 3600.0;
     for i in 0..10_000 {
-        input.send_json(&json!([format!("bulk.t{i:05}"), null, i, null]));
+        input.send_json(&json!([format!("bulk.t{i:05}"), old, i, null]));
     }
     sub.update_for("bulk.t09999");
+    eventually(DEADLINE, "the bulk to expire", || {
+        (broker
+            .stats()
+            .expired
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 10_000)
+            .then_some(())
+    });
     eventually(DEADLINE, "readyz and the bulk at the HTTP side", || {
         (get(&format!("{b}/readyz")).0 == 200
             && get(&format!("{b}/api/things/bulk.t09999")).0 == 200)

@@ -20,10 +20,10 @@ try {
   const lines = readline.createInterface({ input: process.stdin });
   for await (const ns of lines) {
     const row = `tr[data-ns="${ns}"]`;
-    await page.waitForSelector(row, { timeout: 10000 });
+    await page.waitForSelector(row, { timeout: 30000 });
     const value = await page.textContent(`${row} td.value`);
     console.log(`seen ${ns} ${value}`);
-    await page.waitForSelector(`${row}.stale`, { timeout: 15000 });
+    await page.waitForSelector(`${row}.stale`, { timeout: 30000 });
     console.log(`stale ${ns}`);
   }
 } finally {
