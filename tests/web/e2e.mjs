@@ -14,7 +14,11 @@ try {
   const page = await browser.newPage();
   page.on("pageerror", e => console.log("pageerror " + e.message));
   await page.goto(url);
-  await page.waitForFunction(() => /\d+ things/.test(document.getElementById("status").textContent));
+  await page.waitForFunction(
+    () => /\d+ things/.test(document.getElementById("status").textContent),
+    null,
+    { timeout: 60000 },
+  );
   const rows = await page.evaluate(() => document.querySelectorAll("#things tr").length);
   console.log(`ready ${rows}`);
   const lines = readline.createInterface({ input: process.stdin });
