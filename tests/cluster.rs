@@ -173,3 +173,138 @@ fn nats_away_the_broker_serves_locally_then_catches_up() {
     let _nats = Nats::start(Some(port), Some(dir));
     value(&on_b, "during.outage", json!("kept"));
 }
+
+/// Three `nats-server`s with JetStream as one cluster on loopback.
+struct NatsCluster {
+    servers: Vec<Child>,
+    ports: Vec<u16>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+impl NatsCluster {
+    fn start() -> NatsCluster {
+        let ports = free_ports(6);
+        let (client, route) = ports.split_at(3);
+        let routes: Vec<String> = route
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let mut servers = Vec::new();
+        let mut dirs = Vec::new();
+        for i in 0..3 {
+            let dir = std::env::temp_dir().join(format!(
+                "thingsbus-nc-{}-{}",
+                std::process::id(),
+                client[i]
+            ));
+            std::fs::create_dir_all(&dir).expect("store dir");
+            servers.push(
+                Command::new("nats-server")
+                    .args(["-js", "-a", "127.0.0.1", "-p", &client[i].to_string()])
+                    .args(["-n", &format!("n{i}"), "--cluster_name", "thingsbus-test"])
+                    .args(["--cluster", &routes[i], "--routes", &routes.join(",")])
+                    .arg("-sd")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("nats-server runs"),
+            );
+            dirs.push(dir);
+        }
+        NatsCluster {
+            servers,
+            ports: client.to_vec(),
+            dirs,
+        }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn kill(&mut self, i: usize) {
+        let _ = self.servers[i].kill();
+        let _ = self.servers[i].wait();
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn on_cluster(urls: Vec<String>, node: &'static str) -> impl FnOnce(&mut Config) {
+    move |c: &mut Config| {
+        c.stats_interval = Duration::ZERO;
+        c.cluster = Some(ClusterConfig {
+            urls,
+            bucket: "things".into(),
+            replicas: 3,
+            node_name: node.into(),
+            flush: Duration::from_millis(20),
+        });
+    }
+}
+
+#[test]
+fn three_replicas_lose_nothing_acknowledged_when_a_server_dies() {
+    let mut nats = NatsCluster::start();
+    // A cluster elects its JetStream leader in a few seconds; the brokers retry until then.
+    // (Started side by side: each waits for the cluster's directory before it serves.)
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| spawn_broker(on_cluster(nats.urls(), "a")));
+        let b = s.spawn(|| spawn_broker(on_cluster(nats.urls(), "b")));
+        (a.join().expect("broker a"), b.join().expect("broker b"))
+    });
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    let input = ZmqInput::connect(&a);
+    let long = Duration::from_secs(40);
+    eventually(long, "the cluster link up with 3 replicas", || {
+        input.send_json(&json!(["first.probe", null, 1, null]));
+        std::thread::sleep(Duration::from_millis(200));
+        on_b.get("first.probe")
+    });
+    for i in 0..50 {
+        input.send_json(&json!([format!("before.t{i}"), null, i, null]));
+    }
+    eventually(long, "the first 50 at B", || {
+        (on_b.walk("before").len() == 50).then_some(())
+    });
+    // One server goes (perhaps the stream's leader): writes fail until a new one is elected,
+    // and are retried.
+    nats.kill(0);
+    for i in 0..50 {
+        input.send_json(&json!([format!("after.t{i}"), null, i, null]));
+    }
+    eventually(long, "the next 50 at B", || {
+        (on_b.walk("after").len() == 50).then_some(())
+    });
+    // A broker started now loads all of it from the two servers left.
+    let c = spawn_broker(on_cluster(nats.urls()[1..].to_vec(), "c"));
+    let on_c = client_for(&c).connect_blocking().expect("client");
+    assert!(on_c.wait_filled_blocking(DEADLINE));
+    eventually(long, "everything at the late broker", || {
+        (on_c.walk("before").len() == 50 && on_c.walk("after").len() == 50).then_some(())
+    });
+    assert_eq!(on_c.get("after.t49").map(|t| t.value()), Some(json!(49)));
+}
