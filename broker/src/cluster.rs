@@ -201,12 +201,25 @@ async fn session(
         .watch_with_history(">")
         .await
         .map_err(|e| format!("cannot watch the bucket: {e}"))?;
-    let deliver = |bytes: Vec<u8>| {
-        if incoming.try_send(bytes).is_ok() {
-            let w = wake
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let _ = w.send(&b"c"[..], zmq::DONTWAIT);
+    // Into ingest's bounded queue; when it is full, wait for ingest to take some (nothing that
+    // other brokers wrote is dropped here).
+    let deliver = |bytes: Vec<u8>| async move {
+        let mut bytes = bytes;
+        loop {
+            let sent = incoming.try_send(bytes);
+            {
+                let w = wake
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _ = w.send(&b"c"[..], zmq::DONTWAIT);
+            }
+            match sent {
+                Ok(()) | Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
+                Err(std::sync::mpsc::TrySendError::Full(b)) => {
+                    bytes = b;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
         }
     };
     let others = |e: &async_nats::jetstream::kv::Entry| -> Option<Vec<u8>> {
@@ -233,15 +246,14 @@ async fn session(
             }
         }
     }
-    match loaded.take() {
-        Some(tx) => {
-            let _ = tx.send(initial);
-        }
-        None => {
-            for u in initial {
-                deliver(u);
-            }
-        }
+    // Before the broker serves, the load goes to its start; later (a reconnect, or a start that
+    // gave up waiting) it goes to ingest like any other update.
+    let initial = match loaded.take() {
+        Some(tx) => tx.send(initial).err().map(|e| e.0).unwrap_or_default(),
+        None => initial,
+    };
+    for u in initial {
+        deliver(u).await;
     }
 
     let mut flush = tokio::time::interval(config.flush.max(Duration::from_millis(1)));
@@ -253,7 +265,7 @@ async fn session(
             entry = watch.next() => match entry {
                 Some(Ok(e)) => {
                     if let Some(u) = others(&e) {
-                        deliver(u);
+                        deliver(u).await;
                     }
                 }
                 Some(Err(e)) => return Err(format!("watch: {e}")),
