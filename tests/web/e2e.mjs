@@ -15,7 +15,7 @@ try {
   page.on("pageerror", e => console.log("pageerror " + e.message));
   await page.goto(url);
   await page.waitForFunction(
-    () => /\d+ things/.test(document.getElementById("status").textContent),
+    () => /\d+ things · live/.test(document.getElementById("status").textContent),
     null,
     { timeout: 60000 },
   );
