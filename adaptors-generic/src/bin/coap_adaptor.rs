@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use thingsbus_adaptor::Adaptor;
 use thingsbus_adaptors_generic::bus::BusArgs;
 use thingsbus_adaptors_generic::coap::{self, Alive};
+use thingsbus_adaptors_generic::flags::positive_secs;
 use thingsbus_adaptors_generic::logging::{self, LogArgs};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -59,7 +60,7 @@ struct Args {
     node_port: u16,
 
     /// Seconds without an alive before a node is offline.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, default_value_t = 120.0, value_parser = positive_secs)]
     max_time: f64,
 
     /// Nodes kept at most; alives from more are ignored and counted.
@@ -75,11 +76,11 @@ struct Args {
     documentation_url: Option<String>,
 
     /// How long to wait for DNS and the bus, in seconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
     timeout: f64,
 
     /// Seconds between the info lines that count what happened.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = positive_secs)]
     report_interval: f64,
 
     #[command(flatten)]

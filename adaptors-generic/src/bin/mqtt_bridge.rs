@@ -12,6 +12,7 @@ use clap::Parser;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use thingsbus_adaptor::Adaptor;
 use thingsbus_adaptors_generic::bus::BusArgs;
+use thingsbus_adaptors_generic::flags::positive_secs;
 use thingsbus_adaptors_generic::logging::{self, LogArgs};
 use thingsbus_adaptors_generic::mqtt::{self, Import, ImportSkip, Topics};
 use thingsbus_client::{Client, EventKind, SubscribeOptions, Thing};
@@ -91,11 +92,11 @@ struct Args {
     commands: bool,
 
     /// How long to wait for DNS and the bus, and for a command's reply, in seconds.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
     timeout: f64,
 
     /// Seconds between the info lines that count what was bridged.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = positive_secs)]
     report_interval: f64,
 
     #[command(flatten)]

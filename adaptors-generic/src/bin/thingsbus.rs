@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use thingsbus_adaptors_generic::bus::BusArgs;
+use thingsbus_adaptors_generic::flags::positive_secs;
 use thingsbus_adaptors_generic::logging::{self, LogFormat};
 use thingsbus_adaptors_generic::{listing, probe, render};
 use thingsbus_client::{Client, CommandError, EventKind, SubscribeOptions, Thing};
@@ -120,24 +121,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn positive_secs(s: &str) -> Result<f64, String> {
-    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    match number.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v * scale < 1e6 => Ok(v * scale),
-        _ => Err(format!(
-            "{s:?} is not a positive duration (seconds, or 500ms, 2s, 1m)"
-        )),
-    }
 }
 
 /// How a command ended, beyond success.

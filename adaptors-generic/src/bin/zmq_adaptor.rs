@@ -13,6 +13,7 @@ use clap::Parser;
 use thingsbus_adaptor::Adaptor;
 use thingsbus_adaptors_generic::bridge::{Decision, Rules, Skip};
 use thingsbus_adaptors_generic::bus::udp_addr;
+use thingsbus_adaptors_generic::flags::positive_secs;
 use thingsbus_adaptors_generic::logging::{self, LogArgs};
 use thingsbus_protocol::endpoint::connect_url;
 
@@ -114,13 +115,6 @@ fn parse_filter(s: &str) -> Result<Filter, String> {
 
 fn parse_projections(s: &str) -> Result<Projections, String> {
     Rules::parse_projections(s).map(Projections)
-}
-
-fn positive_secs(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
-    }
 }
 
 /// What the bridge has done; `since_report` is reset by each report.
