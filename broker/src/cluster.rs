@@ -256,6 +256,11 @@ async fn session(
         deliver(u).await;
     }
 
+    // Every value starts the same: `{"o":"<node>","u":`.
+    let value_head = format!(
+        r#"{{"o":{},"u":"#,
+        serde_json::Value::String(config.node_name.clone())
+    );
     let mut flush = tokio::time::interval(config.flush.max(Duration::from_millis(1)));
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -277,10 +282,8 @@ async fn session(
                     p.drain().collect()
                 };
                 for (i, (ns, bytes)) in batch.iter().enumerate() {
-                    let mut value = Vec::with_capacity(bytes.len() + config.node_name.len() + 16);
-                    value.extend_from_slice(br#"{"o":"#);
-                    value.extend_from_slice(serde_json::to_string(&config.node_name).unwrap_or_default().as_bytes());
-                    value.extend_from_slice(br#","u":"#);
+                    let mut value = Vec::with_capacity(value_head.len() + bytes.len() + 1);
+                    value.extend_from_slice(value_head.as_bytes());
                     value.extend_from_slice(bytes);
                     value.push(b'}');
                     if let Err(e) = kv.put(ns, value.into()).await {

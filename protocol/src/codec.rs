@@ -976,6 +976,24 @@ struct SnapshotFields<'a> {
     data: Option<SnapshotEntries<'a>>,
 }
 
+/// The [`SnapshotHead`] of either decoding path's fields (`SnapshotFields` or
+/// `PublishedFields`, which name the header keys alike).
+macro_rules! snapshot_head {
+    ($f:expr) => {
+        SnapshotHead {
+            ts: $f.ts,
+            seq: $f.seq,
+            id: $f.snapshot,
+            epoch: $f.epoch,
+            request: $f.request,
+            chunk: $f.chunk,
+            last: $f.last,
+            total: $f.total,
+            stale: $f.stale,
+        }
+    };
+}
+
 /// The header keys of a `thing_snapshot`, as found by either decoding path.
 struct SnapshotHead<'a> {
     ts: Option<&'a RawValue>,
@@ -1029,18 +1047,7 @@ pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
     if compact || text.starts_with(r#"{"type": "thing_snapshot""#) {
         let f: SnapshotFields<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
         let SnapshotEntries(all) = f.data.ok_or(Rejection::MissingData)?;
-        let head = SnapshotHead {
-            ts: f.ts,
-            seq: f.seq,
-            id: f.snapshot,
-            epoch: f.epoch,
-            request: f.request,
-            chunk: f.chunk,
-            last: f.last,
-            total: f.total,
-            stale: f.stale,
-        };
-        return Ok(Published::Snapshot(snapshot_from(all, head)));
+        return Ok(Published::Snapshot(snapshot_from(all, snapshot_head!(f))));
     }
     let f: PublishedFields<'_> = serde_json::from_str(text).map_err(|e| json_error(&e))?;
     let ty = json_str(f.ty.ok_or(Rejection::MissingType)?).ok_or(Rejection::UnknownType)?;
@@ -1050,18 +1057,7 @@ pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
             let data = f.data.ok_or(Rejection::MissingData)?;
             let SnapshotEntries(all) =
                 serde_json::from_str(data.get()).map_err(|e| json_error(&e))?;
-            let head = SnapshotHead {
-                ts: f.ts,
-                seq: f.seq,
-                id: f.snapshot,
-                epoch: f.epoch,
-                request: f.request,
-                chunk: f.chunk,
-                last: f.last,
-                total: f.total,
-                stale: f.stale,
-            };
-            Ok(Published::Snapshot(snapshot_from(all, head)))
+            Ok(Published::Snapshot(snapshot_from(all, snapshot_head!(f))))
         }
         "snapshot_error" => Ok(Published::SnapshotError {
             request: f.request,
