@@ -34,6 +34,12 @@ fn ok(out: &Output) -> &str {
     &out.stdout
 }
 
+/// A tcp:// URL where nothing listens (a port just freed).
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("tcp://127.0.0.1:{}", l.local_addr().expect("addr").port())
+}
+
 fn wait_accepted(broker: &Broker, n: u64) {
     eventually(DEADLINE, &format!("{n} updates accepted"), || {
         (broker.stats().accepted.load(Ordering::Relaxed) >= n).then_some(())
@@ -430,10 +436,7 @@ fn srv_reports_records_in_rfc_2782_order_and_checks_the_broker() {
 
 #[test]
 fn mistakes_get_one_clear_line_and_a_distinct_exit_code() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        format!("tcp://127.0.0.1:{}", l.local_addr().expect("addr").port())
-    };
+    let dead = dead_url();
     let cases: &[(&[&str], i32, &str)] = &[
         (&[], 2, "Usage"),
         (&["send", "a.b", "not json"], 2, "a text needs its quotes"),
@@ -551,10 +554,7 @@ fn call_prints_the_reply_and_exit_codes_tell_outcomes_apart() {
         assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
     }
     // No broker at all: a transport failure.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        format!("tcp://127.0.0.1:{}", l.local_addr().expect("addr").port())
-    };
+    let dead = dead_url();
     let out =
         run(tool("thingsbus").args(["-u", &dead, "--timeout", "0.3", "call", "demo.led", "1"]));
     assert_eq!(out.code(), 2, "{out:?}");
