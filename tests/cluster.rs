@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
-use thingsbus_broker::ClusterConfig;
+use thingsbus_broker::{ClusterAuth, ClusterConfig};
 use thingsbus_tests::*;
 
 /// A `nats-server -js` on 127.0.0.1 (Debian's 2.9 or newer), killed on drop.
@@ -17,6 +17,10 @@ struct Nats {
 
 impl Nats {
     fn start(port: Option<u16>, dir: Option<std::path::PathBuf>) -> Nats {
+        Nats::start_with(port, dir, &[])
+    }
+
+    fn start_with(port: Option<u16>, dir: Option<std::path::PathBuf>, extra: &[&str]) -> Nats {
         let port = port.unwrap_or_else(|| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
@@ -29,6 +33,7 @@ impl Nats {
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
             .arg("-sd")
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -58,15 +63,23 @@ impl Drop for Nats {
 }
 
 fn clustered(nats: &Nats, node: &'static str) -> impl FnOnce(&mut Config) {
-    let url = nats.url();
+    on_cluster_with(vec![nats.url()], node, 1, ClusterAuth::None)
+}
+
+fn on_cluster_with(
+    urls: Vec<String>,
+    node: &'static str,
+    replicas: usize,
+    auth: ClusterAuth,
+) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
         c.stats_interval = Duration::ZERO;
         c.cluster = Some(ClusterConfig {
-            urls: vec![url],
             bucket: "things".into(),
-            replicas: 1,
-            node_name: node.into(),
+            replicas,
             flush: Duration::from_millis(20),
+            auth,
+            ..ClusterConfig::new(urls, node)
         });
     }
 }
@@ -140,12 +153,22 @@ fn the_newest_ts_wins_whichever_broker_wrote_last() {
         std::thread::sleep(Duration::from_millis(50));
         on_a.get("shared.x").filter(|t| t.value() == json!("new"))
     });
-    // An older value written on A afterwards does not overwrite B's newer one.
+    // An older value sent to A afterwards overwrites B's newer one nowhere, A included.
     to_a.send_json(&json!(["shared.x", t0 - 10.0, "old", null]));
+    eventually(DEADLINE, "A to drop the older value", || {
+        (a.stats().cluster.older.load(Ordering::Relaxed) >= 1).then_some(())
+    });
+    // Later updates of A still reach B (the order of one flush's writes is not kept, so the
+    // marker goes after the drop is seen).
     to_a.send_json(&json!(["shared.marker", null, 1, null]));
     value(&on_b, "shared.marker", json!(1));
+    value(&on_a, "shared.marker", json!(1));
     assert_eq!(on_b.get("shared.x").map(|t| t.value()), Some(json!("new")));
-    assert!(b.stats().cluster.older.load(Ordering::Relaxed) >= 1);
+    assert_eq!(on_a.get("shared.x").map(|t| t.value()), Some(json!("new")));
+    // A value that is newer than what the bucket holds wins everywhere, from either broker.
+    to_a.send_json(&json!(["shared.x", t0 + 1.0, "newer", null]));
+    value(&on_b, "shared.x", json!("newer"));
+    value(&on_a, "shared.x", json!("newer"));
 }
 
 #[test]
@@ -254,16 +277,7 @@ impl Drop for NatsCluster {
 }
 
 fn on_cluster(urls: Vec<String>, node: &'static str) -> impl FnOnce(&mut Config) {
-    move |c: &mut Config| {
-        c.stats_interval = Duration::ZERO;
-        c.cluster = Some(ClusterConfig {
-            urls,
-            bucket: "things".into(),
-            replicas: 3,
-            node_name: node.into(),
-            flush: Duration::from_millis(20),
-        });
-    }
+    on_cluster_with(urls, node, 3, ClusterAuth::None)
 }
 
 #[test]
@@ -307,4 +321,150 @@ fn three_replicas_lose_nothing_acknowledged_when_a_server_dies() {
         (on_c.walk("before").len() == 50 && on_c.walk("after").len() == 50).then_some(())
     });
     assert_eq!(on_c.get("after.t49").map(|t| t.value()), Some(json!(49)));
+}
+
+fn serving_adaptor(broker: &Broker, base: &str) -> thingsbus_adaptor::Adaptor {
+    thingsbus_adaptor::Adaptor::builder(base)
+        .url(&broker.endpoints().input)
+        .command_url(&broker.endpoints().command)
+        .connect_blocking()
+        .expect("adaptor")
+}
+
+/// Serves `base.sub`, answering `{"by": name, "ns": ns}`.
+fn echo(broker: &Broker, base: &str, sub: &str, name: &'static str) -> thingsbus_adaptor::Adaptor {
+    let a = serving_adaptor(broker, base);
+    a.serve(sub, move |ns, _, _| async move {
+        Ok(json!({"by": name, "ns": ns.as_str()}))
+    })
+    .expect("serve");
+    eventually(DEADLINE, "the registration", || {
+        a.is_serving().then_some(())
+    });
+    a
+}
+
+#[test]
+fn a_command_to_any_broker_reaches_the_adaptor_on_another() {
+    use thingsbus_client::CommandError;
+    let nats = Nats::start(None, None);
+    let a = spawn_broker(clustered(&nats, "a"));
+    let b = spawn_broker(clustered(&nats, "b"));
+    let t = Duration::from_secs(5);
+    // The LED's adaptor is on B; a caller on A knows only the namespace.
+    let led = echo(&b, "shop", "led", "led-on-b");
+    let on_a = client_for(&a).connect_blocking().expect("client");
+    let reply = eventually(DEADLINE, "A to learn B's route", || {
+        on_a.command_blocking("shop.led.red", &json!({"on": true}), t)
+            .ok()
+    });
+    assert_eq!(reply, json!({"by": "led-on-b", "ns": "shop.led.red"}));
+    assert!(a.stats().commands.forwarded.load(Ordering::Relaxed) >= 1);
+    assert!(b.stats().commands.from_brokers.load(Ordering::Relaxed) >= 1);
+
+    // Longest prefix across brokers: a broader prefix served on A does not take B's.
+    let _shop = echo(&a, "shop", "", "shop-on-a");
+    let by = |ns: &str| on_a.command_blocking(ns, &json!(null), t).expect("reply")["by"].clone();
+    assert_eq!(by("shop.led.red"), json!("led-on-b"));
+    assert_eq!(by("shop.door"), json!("shop-on-a"));
+    // Equal prefixes: the newest registration wins, wherever it is.
+    let newer = echo(&a, "shop", "led", "led-on-a");
+    eventually(DEADLINE, "the newer registration on A to win", || {
+        (by("shop.led.red") == json!("led-on-a")).then_some(())
+    });
+
+    // The errors pass through unchanged: a refusal and a timeout on B, seen from A.
+    let lab = serving_adaptor(&b, "lab");
+    lab.serve("broken", |_, _, _| async {
+        Err("led is broken".to_owned())
+    })
+    .expect("serve");
+    lab.serve("slow", |_, _, _| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(json!("too late"))
+    })
+    .expect("serve");
+    eventually(DEADLINE, "A to learn lab.*", || {
+        on_a.command_blocking("lab.broken", &json!(1), t)
+            .err()
+            .filter(|e| !matches!(e, CommandError::NoRoute(_)))
+    });
+    match on_a.command_blocking("lab.broken", &json!(1), t) {
+        Err(CommandError::Refused { error, .. }) => assert_eq!(error, "led is broken"),
+        other => panic!("expected the thing's refusal, got {other:?}"),
+    }
+    match on_a.command_blocking("lab.slow", &json!(1), Duration::from_millis(300)) {
+        Err(CommandError::Timeout(_)) => {}
+        other => panic!("expected timeout, got {other:?}"),
+    }
+    match on_a.command_blocking("nowhere.at.all", &json!(1), t) {
+        Err(CommandError::NoRoute(_)) => {}
+        other => panic!("expected no_route, got {other:?}"),
+    }
+
+    // B stops: its routes are withdrawn, and A answers no_route instead of waiting.
+    drop(lab);
+    drop(led);
+    drop(b);
+    eventually(DEADLINE, "B's routes to be withdrawn", || {
+        matches!(
+            on_a.command_blocking("lab.broken", &json!(1), t),
+            Err(CommandError::NoRoute(_))
+        )
+        .then_some(())
+    });
+    assert_eq!(by("shop.led.red"), json!("led-on-a"));
+    assert_eq!(by("shop.door"), json!("shop-on-a"));
+    drop(newer);
+}
+
+#[test]
+fn credentials_reach_nats_and_wrong_ones_leave_the_broker_serving_locally() {
+    let token = Nats::start_with(None, None, &["--auth", "s3cret-token"]);
+    let users = Nats::start_with(None, None, &["--user", "broker", "--pass", "s3cret-pass"]);
+    let auth = |n: &Nats, node, auth| on_cluster_with(vec![n.url()], node, 1, auth);
+    let a = spawn_broker(auth(&token, "a", ClusterAuth::Token("s3cret-token".into())));
+    let b = spawn_broker(auth(&token, "b", ClusterAuth::Token("s3cret-token".into())));
+    let c = spawn_broker(auth(
+        &users,
+        "c",
+        ClusterAuth::UserPassword("broker".into(), "s3cret-pass".into()),
+    ));
+    // (It waits out its load time-out, so it starts beside the rest.)
+    let wrong = {
+        let tweak = auth(&token, "w", ClusterAuth::Token("wrong".into()));
+        std::thread::spawn(move || spawn_broker(tweak))
+    };
+    for (broker, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        eventually(DEADLINE, &format!("{name} linked to NATS"), || {
+            (broker.stats().cluster.connected.load(Ordering::Relaxed) == 1).then_some(())
+        });
+    }
+    // With the token, A's update reaches B.
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    let to_a = ZmqInput::connect(&a);
+    eventually(DEADLINE, "A's update at B", || {
+        to_a.send_json(&json!(["auth.t", null, 1, null]));
+        std::thread::sleep(Duration::from_millis(50));
+        on_b.get("auth.t")
+    });
+    let on_c = client_for(&c).connect_blocking().expect("client");
+    let to_c = ZmqInput::connect(&c);
+    eventually(DEADLINE, "C's update (user and password)", || {
+        to_c.send_json(&json!(["auth.u", null, 1, null]));
+        std::thread::sleep(Duration::from_millis(50));
+        on_c.get("auth.u")
+    });
+    assert!(c.stats().cluster.writes.load(Ordering::Relaxed) >= 1);
+    // A wrong token: no link, and the broker still serves its own clients.
+    let wrong = wrong.join().expect("broker w");
+    let on_wrong = client_for(&wrong).connect_blocking().expect("client");
+    let input = ZmqInput::connect(&wrong);
+    eventually(DEADLINE, "the unlinked broker to serve locally", || {
+        input.send_json(&json!(["auth.local", null, 2, null]));
+        std::thread::sleep(Duration::from_millis(50));
+        on_wrong.get("auth.local")
+    });
+    assert_eq!(wrong.stats().cluster.connected.load(Ordering::Relaxed), 0);
+    assert!(on_b.get("auth.local").is_none());
 }

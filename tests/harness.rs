@@ -13,6 +13,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Starts a broker on 127.0.0.1 with ephemeral ports, after `tweak` adjusts its config.
 pub fn spawn_broker(tweak: impl FnOnce(&mut Config)) -> Broker {
+    log_if_asked();
     let mut config = Config::ephemeral();
     tweak(&mut config);
     Broker::start(config).expect("broker starts on ephemeral ports")
@@ -37,12 +38,24 @@ pub fn spawn_broker_on_port_pair(tweak: impl Fn(&mut Config)) -> Broker {
     panic!("no free port pair found");
 }
 
+/// With `RUST_LOG` set, the brokers' and libraries' logs go to the test's captured output, so a
+/// failing test in CI shows what the broker saw (`RUST_LOG=thingsbus_broker=debug cargo test ...`).
+pub fn log_if_asked() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Starts a broker on 127.0.0.1 with directory port `port`, input `port + 1` and snapshot
 /// endpoint `port + 2`, as in production.
 ///
 /// # Errors
 /// When a port is taken.
 pub fn start_on(port: u16, tweak: &dyn Fn(&mut Config)) -> Result<Broker, thingsbus_broker::Error> {
+    log_if_asked();
     let mut config = Config::ephemeral();
     config.port = port;
     config.input_port = None;

@@ -3,6 +3,12 @@
 //! the commands in flight, so every command gets exactly one reply: whichever of the server's
 //! reply, the deadline, or the lapse of its registration comes first removes it from the table,
 //! and only that one answers.
+//!
+//! With `--cluster`, the table also holds the prefixes other brokers serve (they announce them
+//! through NATS): a command whose longest prefix is served elsewhere is forwarded to that broker
+//! as a NATS request, which routes it to its own adaptor only (never further, so no loops) and
+//! answers through NATS. Longest prefix, newest registration and the error replies work as on
+//! one broker; `gone` also answers a command whose broker stopped announcing.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -40,7 +46,58 @@ pub(crate) enum Peer {
     Zmq(Vec<u8>),
     /// A board on the UDP input.
     Udp(SocketAddr),
+    /// Another broker of the cluster, by node name: the prefixes it serves.
+    Broker(String),
+    /// Another broker's caller, answered on this NATS reply subject.
+    Relay(String),
 }
+
+/// From the command thread to the cluster's NATS relay.
+#[derive(Debug)]
+pub(crate) enum ToRelay {
+    /// The prefixes served here now, each with the epoch second of its registration.
+    Routes(Vec<(String, f64)>),
+    /// A command for a prefix that `node` serves (the message carries this broker's id).
+    Forward {
+        node: String,
+        broker_id: u64,
+        message: Vec<u8>,
+        timeout: Duration,
+    },
+    /// The answer to a command that another broker forwarded here.
+    Answer { reply_to: String, message: Vec<u8> },
+}
+
+/// From the cluster's NATS relay to the command thread.
+#[derive(Debug)]
+pub(crate) enum FromRelay {
+    /// All that `node` serves now (an empty list when it stops).
+    Routes {
+        node: String,
+        served: Vec<(Namespace, f64)>,
+    },
+    /// A command from another broker, for a server connected here.
+    Command { reply_to: String, message: Vec<u8> },
+    /// What `node` answered to a forwarded command; `None` when it could not be reached.
+    Reply {
+        node: String,
+        broker_id: u64,
+        message: Option<Vec<u8>>,
+    },
+}
+
+/// The command thread's end of the relay.
+pub(crate) struct RelayLink {
+    pub(crate) to: tokio::sync::mpsc::Sender<ToRelay>,
+    pub(crate) from: Receiver<FromRelay>,
+    /// The relay says "something waiting" here.
+    pub(crate) wake: zmq::Socket,
+}
+
+/// A prefix announced by another broker lapses after this long without a new announcement.
+pub(crate) const REMOTE_ROUTE_TTL: Duration = Duration::from_secs(15);
+/// How often a broker announces what it serves (and at once when that changes).
+pub(crate) const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
 /// A `serve`/`command`/`command_reply` datagram, passed on by the ingest thread.
 pub(crate) struct Datagram {
@@ -51,7 +108,10 @@ pub(crate) struct Datagram {
 struct Registration {
     peer: Peer,
     expires: Instant,
-    /// Order of first registration: between equal prefixes the newest wins.
+    /// Epoch second of the first registration: between equal prefixes the newest wins, across
+    /// brokers too.
+    since: f64,
+    /// Order of arrival here, between registrations of the same `since`.
     order: u64,
 }
 
@@ -89,6 +149,12 @@ pub struct CommandStats {
     pub registrations: AtomicU64,
     /// Commands in flight now (gauge).
     pub in_flight: AtomicU64,
+    /// Commands forwarded to another broker of the cluster.
+    pub forwarded: AtomicU64,
+    /// Commands that other brokers forwarded here.
+    pub from_brokers: AtomicU64,
+    /// Prefixes other brokers serve, known here (gauge).
+    pub remote_routes: AtomicU64,
     /// The prefixes served now, sorted (at most 256 of them), for the broker's
     /// thing: bridges learn from it which things obey commands.
     pub served: std::sync::Mutex<Vec<String>>,
@@ -107,6 +173,8 @@ pub(crate) struct CommandRouter {
     pub(crate) allow_serve: AllowList,
     pub(crate) stats: Arc<Stats>,
     pub(crate) stop: Arc<AtomicBool>,
+    /// With `--cluster`: other brokers' routes and commands.
+    pub(crate) relay: Option<RelayLink>,
 }
 
 struct State {
@@ -118,6 +186,8 @@ struct State {
     next_id: u64,
     next_order: u64,
     next_lapse: Instant,
+    /// The local prefixes as last announced, and when to announce again.
+    announced: Vec<(String, f64)>,
 }
 
 fn epoch_secs(at: SystemTime) -> f64 {
@@ -144,6 +214,7 @@ impl CommandRouter {
             next_id: 1,
             next_order: 0,
             next_lapse: Instant::now() + Duration::from_secs(1),
+            announced: Vec::new(),
         };
         let mut log = LogLimiter::new(Duration::from_secs(10), 20);
         while !self.stop.load(Ordering::Relaxed) {
@@ -153,13 +224,20 @@ impl CommandRouter {
             let timeout = i64::try_from(wake_at.saturating_duration_since(now).as_millis())
                 .unwrap_or(50)
                 .clamp(0, 50);
-            let (zmq_ready, udp_ready) = {
-                let mut items = [
+            let (zmq_ready, udp_ready, relay_ready) = {
+                let mut items = vec![
                     self.router.as_poll_item(zmq::POLLIN),
                     self.wake.as_poll_item(zmq::POLLIN),
                 ];
+                if let Some(r) = &self.relay {
+                    items.push(r.wake.as_poll_item(zmq::POLLIN));
+                }
                 match zmq::poll(&mut items, timeout) {
-                    Ok(_) => (items[0].is_readable(), items[1].is_readable()),
+                    Ok(_) => (
+                        items[0].is_readable(),
+                        items[1].is_readable(),
+                        items.get(2).is_some_and(zmq::PollItem::is_readable),
+                    ),
                     Err(zmq::Error::EINTR) => continue,
                     Err(e) => {
                         tracing::error!(error = %e, "command endpoint poll failed; stopping it");
@@ -180,6 +258,14 @@ impl CommandRouter {
             }
             while let Ok(d) = self.datagrams.try_recv() {
                 self.on_udp(&mut st, d, &mut log);
+            }
+            if let Some(r) = &self.relay {
+                if relay_ready {
+                    while r.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
+                }
+                while let Ok(m) = r.from.try_recv() {
+                    self.on_relay(&mut st, m, &mut log);
+                }
             }
             self.timers(&mut st);
         }
@@ -238,6 +324,84 @@ impl CommandRouter {
         }
     }
 
+    fn on_relay(&self, st: &mut State, m: FromRelay, log: &mut LogLimiter) {
+        match m {
+            FromRelay::Routes { node, served } => self.remote_routes(st, &node, served),
+            FromRelay::Command { reply_to, message } => {
+                let peer = Peer::Relay(reply_to);
+                match command::decode_json(&message) {
+                    Ok(m @ CommandMessage::Command { .. }) => {
+                        stats::add(&self.cstats().from_brokers, 1);
+                        self.handle(st, peer, None, m, log);
+                    }
+                    Ok(_) => stats::add(&self.cstats().bad_request, 1),
+                    Err(bad) => self.bad(&peer, bad, log),
+                }
+            }
+            FromRelay::Reply {
+                node,
+                broker_id,
+                message,
+            } => {
+                tracing::debug!(%node, broker_id, answered = message.is_some(), "reply from another broker");
+                let peer = Peer::Broker(node);
+                match message.map(|m| command::decode_json(&m)) {
+                    Some(Ok(CommandMessage::Reply { id, result })) => {
+                        self.reply(st, &peer, &id, result);
+                    }
+                    Some(_) => stats::add(&self.cstats().bad_request, 1),
+                    None => {
+                        if st
+                            .in_flight
+                            .get(&broker_id)
+                            .is_some_and(|f| f.server == peer)
+                        {
+                            if let Some(f) = self.finish(st, broker_id) {
+                                stats::add(&self.cstats().gone, 1);
+                                self.send(
+                                    &f.caller,
+                                    &error_reply(
+                                        f.caller_id,
+                                        errors::GONE,
+                                        Some("the broker serving it cannot be reached".into()),
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces what `node` serves: prefixes it no longer announces lapse at once.
+    fn remote_routes(&self, st: &mut State, node: &str, served: Vec<(Namespace, f64)>) {
+        let now = Instant::now();
+        let peer = Peer::Broker(node.to_owned());
+        for regs in st.registrations.values_mut() {
+            for r in regs.iter_mut().filter(|r| r.peer == peer) {
+                r.expires = now;
+            }
+        }
+        for (prefix, since) in served.into_iter().take(MAX_REGISTRATIONS_PER_PEER) {
+            let regs = st.registrations.entry(prefix).or_default();
+            if let Some(r) = regs.iter_mut().find(|r| r.peer == peer) {
+                r.expires = now + REMOTE_ROUTE_TTL;
+                r.since = since;
+                continue;
+            }
+            st.next_order += 1;
+            regs.push(Registration {
+                peer: peer.clone(),
+                expires: now + REMOTE_ROUTE_TTL,
+                since,
+                order: st.next_order,
+            });
+        }
+        self.lapse(st, now);
+        self.update_gauges(st);
+    }
+
     fn bad(&self, peer: &Peer, bad: command::BadCommand, log: &mut LogLimiter) {
         stats::add(&self.cstats().bad_request, 1);
         if log.allow(Instant::now(), |n| {
@@ -261,6 +425,41 @@ impl CommandRouter {
                 .and_then(|()| self.router.send(m.to_json(), zmq::DONTWAIT))
                 .is_ok(),
             Peer::Udp(addr) => self.udp.send_to(&m.to_msgpack(), addr).is_ok(),
+            Peer::Broker(node) => {
+                let CommandMessage::Command {
+                    id,
+                    deadline: Some(deadline),
+                    ..
+                } = m
+                else {
+                    return false;
+                };
+                let timeout = Duration::from_secs_f64(
+                    (deadline - epoch_secs(SystemTime::now())).clamp(0.0, command::MAX_SECONDS),
+                );
+                self.to_relay(ToRelay::Forward {
+                    node: node.clone(),
+                    broker_id: id.as_u64().unwrap_or_default(),
+                    message: m.to_json(),
+                    timeout,
+                })
+            }
+            Peer::Relay(reply_to) => self.to_relay(ToRelay::Answer {
+                reply_to: reply_to.clone(),
+                message: m.to_json(),
+            }),
+        }
+    }
+
+    /// False when there is no relay or its queue is full.
+    fn to_relay(&self, m: ToRelay) -> bool {
+        let Some(r) = &self.relay else { return false };
+        match r.to.try_send(m) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "the cluster relay cannot take a message");
+                false
+            }
         }
     }
 
@@ -279,8 +478,8 @@ impl CommandRouter {
                 ns,
                 data,
                 timeout,
-                ..
-            } => self.command(st, peer, addr, id, ns, data, timeout),
+                deadline,
+            } => self.command(st, peer, addr, id, ns, data, timeout, deadline),
             CommandMessage::Reply { id, result } => self.reply(st, &peer, &id, result),
             CommandMessage::Serving { .. } => {
                 stats::add(&self.cstats().bad_request, 1);
@@ -323,6 +522,7 @@ impl CommandRouter {
             regs.push(Registration {
                 peer: peer.clone(),
                 expires,
+                since: epoch_secs(SystemTime::now()),
                 order: st.next_order,
             });
             *st.per_peer.entry(peer.clone()).or_insert(0) += 1;
@@ -332,8 +532,9 @@ impl CommandRouter {
         self.send(&peer, &CommandMessage::Serving { ns: accepted, ttl });
     }
 
-    /// The registration that serves `ns`: longest prefix, then the newest.
-    fn route(st: &State, ns: &Namespace) -> Option<(Namespace, Peer)> {
+    /// The registration that serves `ns`: longest prefix, then the newest. With `local_only`
+    /// (a command another broker forwarded), registrations of other brokers do not count.
+    fn route(st: &State, ns: &Namespace, local_only: bool) -> Option<(Namespace, Peer)> {
         let now = Instant::now();
         let mut candidate = Some(ns.clone());
         while let Some(prefix) = candidate {
@@ -341,7 +542,8 @@ impl CommandRouter {
                 if let Some(r) = regs
                     .iter()
                     .filter(|r| r.expires > now)
-                    .max_by_key(|r| r.order)
+                    .filter(|r| !(local_only && matches!(r.peer, Peer::Broker(_))))
+                    .max_by(|a, b| a.since.total_cmp(&b.since).then(a.order.cmp(&b.order)))
                 {
                     return Some((prefix, r.peer.clone()));
                 }
@@ -361,13 +563,16 @@ impl CommandRouter {
         ns: Namespace,
         data: Value,
         timeout: Option<f64>,
+        deadline: Option<f64>,
     ) {
         let refuse = |this: &Self, error: &str, detail: String, counter: &AtomicU64| {
             stats::add(counter, 1);
             this.send(&caller, &error_reply(id.clone(), error, Some(detail)));
         };
         let c = self.cstats();
-        if !addr.is_some_and(|a| self.allow_command.allows(a)) {
+        // Another broker checked its own caller; brokers of one cluster trust each other.
+        let from_broker = matches!(caller, Peer::Relay(_));
+        if !from_broker && !addr.is_some_and(|a| self.allow_command.allows(a)) {
             return refuse(
                 self,
                 errors::NOT_ALLOWED,
@@ -375,7 +580,7 @@ impl CommandRouter {
                 &c.not_allowed,
             );
         }
-        let Some((prefix, server)) = Self::route(st, &ns) else {
+        let Some((prefix, server)) = Self::route(st, &ns, from_broker) else {
             return refuse(
                 self,
                 errors::NO_ROUTE,
@@ -392,7 +597,15 @@ impl CommandRouter {
                 &c.busy,
             );
         }
-        let timeout = Duration::from_secs_f64(timeout.unwrap_or(command::DEFAULT_TIMEOUT));
+        // A forwarded command keeps its caller's deadline.
+        let timeout = match (timeout, deadline) {
+            (Some(t), _) => t,
+            (None, Some(d)) if from_broker => {
+                (d - epoch_secs(SystemTime::now())).clamp(0.0, command::MAX_SECONDS)
+            }
+            (None, _) => command::DEFAULT_TIMEOUT,
+        };
+        let timeout = Duration::from_secs_f64(timeout);
         let broker_id = st.next_id;
         st.next_id += 1;
         let forward = CommandMessage::Command {
@@ -404,6 +617,7 @@ impl CommandRouter {
         };
         if !self.send(&server, &forward) {
             // The server's connection is gone (or its queue full): it cannot be reached now.
+            // (The relay's queue full counts the same.)
             return refuse(
                 self,
                 errors::GONE,
@@ -412,6 +626,9 @@ impl CommandRouter {
             );
         }
         stats::add(&c.routed, 1);
+        if matches!(server, Peer::Broker(_)) {
+            stats::add(&c.forwarded, 1);
+        }
         *st.per_caller.entry(caller.clone()).or_insert(0) += 1;
         st.in_flight.insert(
             broker_id,
@@ -549,9 +766,12 @@ impl CommandRouter {
         self.update_gauges(st);
     }
 
-    fn update_gauges(&self, st: &State) {
-        let n: usize = st.registrations.values().map(Vec::len).sum();
-        stats::set(&self.cstats().registrations, n as u64);
+    fn update_gauges(&self, st: &mut State) {
+        let remote = |r: &&Registration| matches!(r.peer, Peer::Broker(_));
+        let all: usize = st.registrations.values().map(Vec::len).sum();
+        let n_remote = st.registrations.values().flatten().filter(remote).count();
+        stats::set(&self.cstats().registrations, (all - n_remote) as u64);
+        stats::set(&self.cstats().remote_routes, n_remote as u64);
         let mut served: Vec<String> = st
             .registrations
             .keys()
@@ -564,5 +784,24 @@ impl CommandRouter {
             .served
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = served;
+        if self.relay.is_some() {
+            // What other brokers should send here: each local prefix, with its newest
+            // registration's time.
+            let mut local: Vec<(String, f64)> = st
+                .registrations
+                .iter()
+                .filter_map(|(prefix, regs)| {
+                    regs.iter()
+                        .filter(|r| !matches!(r.peer, Peer::Broker(_)))
+                        .map(|r| r.since)
+                        .max_by(f64::total_cmp)
+                        .map(|since| (prefix.as_str().to_owned(), since))
+                })
+                .collect();
+            local.sort_by(|a, b| a.0.cmp(&b.0));
+            if local != st.announced && self.to_relay(ToRelay::Routes(local.clone())) {
+                st.announced = local;
+            }
+        }
     }
 }

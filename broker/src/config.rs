@@ -126,4 +126,52 @@ pub struct ClusterConfig {
     pub node_name: String,
     /// Longest time an update waits before it is written (conflation window).
     pub flush: Duration,
+    /// How the broker proves itself to NATS.
+    pub auth: ClusterAuth,
+}
+
+impl ClusterConfig {
+    /// The defaults of the command line for these servers and this node: bucket `thingsbus`,
+    /// one replica, 50 ms flush, no credentials.
+    #[must_use]
+    pub fn new(urls: Vec<String>, node_name: impl Into<String>) -> ClusterConfig {
+        ClusterConfig {
+            urls,
+            bucket: "thingsbus".into(),
+            replicas: 1,
+            node_name: node_name.into(),
+            flush: Duration::from_millis(50),
+            auth: ClusterAuth::None,
+        }
+    }
+}
+
+/// Credentials for NATS, as `async-nats` takes them. (User and password may also be given in
+/// the URL: `nats://user:pass@host:4222`.)
+#[derive(Clone, Default)]
+pub enum ClusterAuth {
+    /// Anonymous, or whatever the URLs carry.
+    #[default]
+    None,
+    /// `--cluster-token`.
+    Token(String),
+    /// `--cluster-user` and `--cluster-password`.
+    UserPassword(String, String),
+    /// `--cluster-creds`: a `.creds` file (JWT and NKey seed) as `nsc` writes it.
+    CredsFile(std::path::PathBuf),
+    /// `--cluster-nkey`: a file holding an NKey seed (`SU...`).
+    NkeyFile(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for ClusterAuth {
+    // Never print a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterAuth::None => f.write_str("None"),
+            ClusterAuth::Token(_) => f.write_str("Token(..)"),
+            ClusterAuth::UserPassword(user, _) => write!(f, "UserPassword({user:?}, ..)"),
+            ClusterAuth::CredsFile(p) => write!(f, "CredsFile({p:?})"),
+            ClusterAuth::NkeyFile(p) => write!(f, "NkeyFile({p:?})"),
+        }
+    }
 }

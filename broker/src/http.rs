@@ -339,6 +339,15 @@ fn render_metrics(st: &Stats, client: &Client, per_thing: bool) -> String {
         ],
     );
     metric(
+        "thingsbus_commands_between_brokers_total",
+        "counter",
+        "Commands forwarded through the cluster, by direction.",
+        &[
+            ("{direction=\"out\"}", l(&c.forwarded)),
+            ("{direction=\"in\"}", l(&c.from_brokers)),
+        ],
+    );
+    metric(
         "thingsbus_things",
         "gauge",
         "Things held by the broker.",
@@ -369,6 +378,12 @@ fn render_metrics(st: &Stats, client: &Client, per_thing: bool) -> String {
         "gauge",
         "Command registrations held.",
         &[("", l(&c.registrations))],
+    );
+    metric(
+        "thingsbus_command_remote_routes",
+        "gauge",
+        "Prefixes other brokers of the cluster serve, known here.",
+        &[("", l(&c.remote_routes))],
     );
     metric(
         "thingsbus_journal_synced_seq",

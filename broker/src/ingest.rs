@@ -417,6 +417,9 @@ impl Ingest {
                 "registrations": l(&st.commands.registrations),
                 "served": st.commands.served.lock().map(|s| s.clone()).unwrap_or_default(),
                 "in_flight": l(&st.commands.in_flight),
+                "forwarded": l(&st.commands.forwarded),
+                "from_brokers": l(&st.commands.from_brokers),
+                "remote_routes": l(&st.commands.remote_routes),
             },
         });
         let mut data = data;
@@ -494,6 +497,7 @@ impl Ingest {
                 Ok(update) if is_within_str(update.ns.as_str(), BROKER_NS) => {
                     self.reject_zmq(Rejection::ReservedNs, &mut msg);
                 }
+                Ok(update) if self.superseded(&update) => {}
                 Ok(update) => {
                     let entry = self.dir.apply(&update, now);
                     if self.clustered() {
@@ -543,6 +547,7 @@ impl Ingest {
                     let head = self.udp_buf[..len.min(48)].to_vec();
                     self.reject(Rejection::ReservedNs, Source::Udp(from), len, &head);
                 }
+                Ok(update) if self.superseded(&update) => {}
                 Ok(update) => {
                     let entry = self.dir.apply(&update, now);
                     if self.clustered() {
@@ -568,6 +573,23 @@ impl Ingest {
             }
         }
         n
+    }
+
+    /// With `--cluster`, newest `ts` wins for local input as for other brokers' updates: an update
+    /// older than the thing's value here is dropped (counted with the cluster's `older`), so
+    /// every broker ends on the same value. Without it, the last update received wins, as in
+    /// 0.2.x.
+    fn superseded(&self, update: &UpdateRef<'_>) -> bool {
+        let older = self.clustered()
+            && update.ts.is_some_and(|ts| {
+                self.dir
+                    .get(update.ns.as_str())
+                    .is_some_and(|e| e.ts.as_secs() > ts.as_secs())
+            });
+        if older {
+            stats::add(&self.stats.cluster.older, 1);
+        }
+        older
     }
 
     fn clustered(&self) -> bool {

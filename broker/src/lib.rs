@@ -37,7 +37,7 @@ mod stats;
 
 pub use access::Cidr;
 pub use commands::CommandStats;
-pub use config::{ClusterConfig, Config};
+pub use config::{ClusterAuth, ClusterConfig, Config};
 pub use server::{Broker, Endpoints, Error, Stopper};
 pub use stats::ClusterStats;
 pub use stats::Stats;

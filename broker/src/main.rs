@@ -114,6 +114,54 @@ struct Args {
     #[arg(long, env = "THINGSBUS_CLUSTER_FLUSH", default_value_t = 0.05, value_parser = positive_secs)]
     cluster_flush: f64,
 
+    /// With --cluster: authenticate to NATS with this token.
+    #[arg(
+        long,
+        env = "THINGSBUS_CLUSTER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        conflicts_with_all = ["cluster_user", "cluster_creds", "cluster_nkey"]
+    )]
+    cluster_token: Option<String>,
+
+    /// With --cluster: authenticate to NATS as this user (with --cluster-password).
+    #[arg(
+        long,
+        env = "THINGSBUS_CLUSTER_USER",
+        value_name = "USER",
+        requires = "cluster_password"
+    )]
+    cluster_user: Option<String>,
+
+    /// With --cluster: the password of --cluster-user.
+    #[arg(
+        long,
+        env = "THINGSBUS_CLUSTER_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true,
+        requires = "cluster_user"
+    )]
+    cluster_password: Option<String>,
+
+    /// With --cluster: authenticate with a NATS credentials file (JWT and NKey seed, as `nsc`
+    /// writes it).
+    #[arg(
+        long,
+        env = "THINGSBUS_CLUSTER_CREDS",
+        value_name = "FILE",
+        conflicts_with_all = ["cluster_user", "cluster_nkey"]
+    )]
+    cluster_creds: Option<std::path::PathBuf>,
+
+    /// With --cluster: authenticate with the NKey seed (SU...) in this file.
+    #[arg(
+        long,
+        env = "THINGSBUS_CLUSTER_NKEY",
+        value_name = "FILE",
+        conflicts_with = "cluster_user"
+    )]
+    cluster_nkey: Option<std::path::PathBuf>,
+
     /// Command endpoint port (commands to things), instead of PORT+3.
     #[arg(long, env = "THINGSBUS_COMMAND_PORT")]
     command_port: Option<u16>,
@@ -206,6 +254,21 @@ fn init_logging(args: &Args) {
     }
 }
 
+fn cluster_auth(args: &Args) -> thingsbus_broker::ClusterAuth {
+    use thingsbus_broker::ClusterAuth;
+    if let Some(p) = &args.cluster_creds {
+        ClusterAuth::CredsFile(p.clone())
+    } else if let Some(p) = &args.cluster_nkey {
+        ClusterAuth::NkeyFile(p.clone())
+    } else if let (Some(u), Some(p)) = (&args.cluster_user, &args.cluster_password) {
+        ClusterAuth::UserPassword(u.clone(), p.clone())
+    } else if let Some(t) = &args.cluster_token {
+        ClusterAuth::Token(t.clone())
+    } else {
+        ClusterAuth::None
+    }
+}
+
 fn config(args: &Args) -> Config {
     Config {
         bind: args.bind,
@@ -235,6 +298,7 @@ fn config(args: &Args) -> Config {
                     .unwrap_or_else(|_| "thingsbus".to_owned())
             }),
             flush: Duration::from_secs_f64(args.cluster_flush),
+            auth: cluster_auth(args),
         }),
         http_thing_metrics: args.http_thing_metrics,
         allow_command: args.allow_command.clone(),

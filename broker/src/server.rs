@@ -355,6 +355,32 @@ impl Broker {
 
         let mut threads = Vec::new();
         let (datagrams_tx, datagrams_rx) = mpsc::sync_channel(4096);
+        // With --cluster, commands also travel between brokers, through the cluster's relay.
+        #[cfg(feature = "cluster")]
+        let (relay_link, relay_ends) = if config.cluster.is_some() {
+            let (to_tx, to_rx) = tokio::sync::mpsc::channel(4096);
+            let (from_tx, from_rx) = mpsc::sync_channel(4096);
+            let wake_commands = ctx.socket(zmq::PAIR)?;
+            wake_commands.bind("inproc://thingsbus-relay-wake")?;
+            let wake_relay = ctx.socket(zmq::PAIR)?;
+            wake_relay.connect("inproc://thingsbus-relay-wake")?;
+            (
+                Some(crate::commands::RelayLink {
+                    to: to_tx,
+                    from: from_rx,
+                    wake: wake_commands,
+                }),
+                Some(crate::cluster::relay::RelayEnds {
+                    from_commands: to_rx,
+                    to_commands: from_tx,
+                    wake: wake_relay,
+                }),
+            )
+        } else {
+            (None, None)
+        };
+        #[cfg(not(feature = "cluster"))]
+        let relay_link = None;
         let router = CommandRouter {
             router: command_router,
             udp: command_udp,
@@ -364,6 +390,7 @@ impl Broker {
             allow_serve: crate::access::AllowList::new(config.allow_input.clone()),
             stats: stats.clone(),
             stop: stop.clone(),
+            relay: relay_link,
         };
         threads.push(
             std::thread::Builder::new()
@@ -429,6 +456,7 @@ impl Broker {
                     cluster_wake,
                     config.forget_after,
                     std::time::Duration::from_secs(10),
+                    relay_ends,
                 )?;
                 threads.push(thread);
                 let now = thingsbus_protocol::Timestamp::now();

@@ -1,0 +1,223 @@
+//! Commands between brokers, over NATS core request/reply (no JetStream: a command is never
+//! stored or repeated).
+//!
+//! Subjects, under `thingsbus.<bucket>`:
+//! - `.routes`: every broker announces what it serves, `{"node": "a", "serve": [["shop.led",
+//!   1764400000.5], ...]}` (prefix, epoch second of its registration), at once when that changes
+//!   and every few seconds; an empty list when it stops. Announcements lapse after
+//!   [`REMOTE_ROUTE_TTL`](crate::commands::REMOTE_ROUTE_TTL).
+//! - `.hello`: a broker that (re)connects asks the others to announce at once.
+//! - `.cmd.<node>`: requests to one broker; the payload is the command as the broker sends it to
+//!   an adaptor (its own `id`, a `deadline`), the reply is the `command_reply`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use thingsbus_protocol::Namespace;
+
+use crate::commands::{FromRelay, ToRelay, ANNOUNCE_EVERY};
+
+/// The relay's ends: commands from the command thread, and back to it (waking it up).
+pub(crate) struct RelayEnds {
+    pub(crate) from_commands: tokio::sync::mpsc::Receiver<ToRelay>,
+    pub(crate) to_commands: SyncSender<FromRelay>,
+    pub(crate) wake: zmq::Socket,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Announcement {
+    node: String,
+    serve: Vec<(String, f64)>,
+}
+
+/// A NATS subject token for a node name: itself when it is plain, else `x` and its hex.
+fn token(node: &str) -> String {
+    if !node.is_empty()
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        node.to_owned()
+    } else {
+        let hex: String = node.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("x{hex}")
+    }
+}
+
+pub(crate) async fn run(
+    client: async_nats::Client,
+    bucket: String,
+    node: String,
+    ends: RelayEnds,
+    events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    stop: Arc<AtomicBool>,
+) {
+    if let Err(e) = serve(&client, &bucket, &node, ends, events, &stop).await {
+        tracing::error!(error = %e, "the cluster's command relay stopped; commands between brokers are off");
+    }
+}
+
+async fn serve(
+    client: &async_nats::Client,
+    bucket: &str,
+    node: &str,
+    ends: RelayEnds,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let RelayEnds {
+        mut from_commands,
+        to_commands,
+        wake,
+    } = ends;
+    let wake = Arc::new(Mutex::new(wake));
+    let base = format!("thingsbus.{bucket}");
+    let routes_subject = format!("{base}.routes");
+    let hello_subject = format!("{base}.hello");
+    let sub_err = |e: async_nats::SubscribeError| format!("cannot subscribe: {e}");
+    let mut routes = client
+        .subscribe(routes_subject.clone())
+        .await
+        .map_err(sub_err)?;
+    let mut hello = client
+        .subscribe(hello_subject.clone())
+        .await
+        .map_err(sub_err)?;
+    let mut commands = client
+        .subscribe(format!("{base}.cmd.{}", token(node)))
+        .await
+        .map_err(sub_err)?;
+    let deliver = {
+        let wake = wake.clone();
+        let to_commands = to_commands.clone();
+        move |m: FromRelay| {
+            // The command thread's queue is bounded: when it is full the message is dropped
+            // (a route comes again with the next announcement; a command then times out).
+            if to_commands.try_send(m).is_ok() {
+                let w = wake
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _ = w.send(&b"r"[..], zmq::DONTWAIT);
+            }
+        }
+    };
+    let mut served: Vec<(String, f64)> = Vec::new();
+    let announce = |served: &[(String, f64)]| {
+        let a = Announcement {
+            node: node.to_owned(),
+            serve: served.to_vec(),
+        };
+        let body = serde_json::to_vec(&a).unwrap_or_default();
+        let client = client.clone();
+        let subject = routes_subject.clone();
+        async move {
+            let _ = client.publish(subject, body.into()).await;
+        }
+    };
+    let _ = client
+        .publish(hello_subject.clone(), node.to_owned().into())
+        .await;
+    let mut every = tokio::time::interval(ANNOUNCE_EVERY);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let withdraw = || async {
+        // Others stop sending here at once.
+        announce(&[]).await;
+        let _ = client.flush().await;
+    };
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            withdraw().await;
+            return Ok(());
+        }
+        tokio::select! {
+            m = from_commands.recv() => match m {
+                // The command thread has stopped.
+                None => {
+                    withdraw().await;
+                    return Ok(());
+                }
+                Some(ToRelay::Routes(now_served)) => {
+                    served = now_served;
+                    announce(&served).await;
+                }
+                Some(ToRelay::Answer { reply_to, message }) => {
+                    let _ = client.publish(reply_to, message.into()).await;
+                }
+                Some(ToRelay::Forward { node: to, broker_id, message, timeout }) => {
+                    let client = client.clone();
+                    let subject = format!("{base}.cmd.{}", token(&to));
+                    let deliver = deliver.clone();
+                    tokio::spawn(async move {
+                        // A little past the deadline: the other broker answers `timeout` itself
+                        // at the deadline, and this broker does too if that answer is lost.
+                        let request = async_nats::Request::new()
+                            .payload(message.into())
+                            .timeout(Some(timeout + Duration::from_millis(500)));
+                        let message = match client.send_request(subject, request).await {
+                            Ok(reply) => Some(reply.payload.to_vec()),
+                            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => return,
+                            Err(e) => {
+                                tracing::debug!(error = %e, node = %to, "command to another broker failed");
+                                None
+                            }
+                        };
+                        deliver(FromRelay::Reply { node: to, broker_id, message });
+                    });
+                }
+            },
+            Some(m) = routes.next() => {
+                let Ok(a) = serde_json::from_slice::<Announcement>(&m.payload) else {
+                    tracing::debug!("unreadable route announcement");
+                    continue;
+                };
+                if a.node == node {
+                    continue;
+                }
+                let served = a
+                    .serve
+                    .into_iter()
+                    .filter(|(_, since)| since.is_finite())
+                    .filter_map(|(p, since)| Namespace::new(&p).ok().map(|p| (p, since)))
+                    .collect();
+                deliver(FromRelay::Routes { node: a.node, served });
+            }
+            Some(m) = hello.next() => {
+                if m.payload != node.as_bytes() {
+                    announce(&served).await;
+                }
+            }
+            Some(m) = commands.next() => {
+                if let Some(reply_to) = m.reply {
+                    deliver(FromRelay::Command {
+                        reply_to: reply_to.to_string(),
+                        message: m.payload.to_vec(),
+                    });
+                }
+            }
+            Some(e) = events.recv() => {
+                // Back after a disconnection: the others may have forgotten this broker.
+                if matches!(e, async_nats::Event::Connected) {
+                    let _ = client.publish(hello_subject.clone(), node.to_owned().into()).await;
+                    announce(&served).await;
+                }
+            }
+            _ = every.tick() => announce(&served).await,
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token;
+
+    #[test]
+    fn node_names_become_subject_tokens() {
+        assert_eq!(token("broker-1_a"), "broker-1_a");
+        assert_eq!(token("host.example"), "x686f73742e6578616d706c65");
+        assert_eq!(token(""), "x");
+    }
+}
