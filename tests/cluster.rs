@@ -1,11 +1,14 @@
 //! `--cluster`: brokers sharing one directory through a real NATS JetStream server.
 
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use thingsbus_broker::{ClusterAuth, ClusterConfig};
+use thingsbus_tests::py::PyPeer;
 use thingsbus_tests::*;
 
 /// A `nats-server -js` on 127.0.0.1 (Debian's 2.9 or newer), killed on drop.
@@ -96,6 +99,8 @@ fn an_update_to_one_broker_reaches_clients_of_another_and_late_brokers_load_it_a
     let a = spawn_broker(clustered(&nats, "a"));
     let b = spawn_broker(clustered(&nats, "b"));
     let on_b = client_for(&b).connect_blocking().expect("client");
+    // A deployed 0.2.1 client of B too (the Python original).
+    let mut py_b = PyPeer::ready(&["client", "--url", &b.endpoints().directory]);
     let input = ZmqInput::connect(&a);
     eventually(DEADLINE, "an update from A at a client of B", || {
         input.send_json(&json!(["site.a.temp", null, 21.5, "https://doc"]));
@@ -118,6 +123,20 @@ fn an_update_to_one_broker_reaches_clients_of_another_and_late_brokers_load_it_a
         input.send_json(&json!(["site.a.burst", null, i, null]));
     }
     value(&on_b, "site.a.burst", json!(999));
+    for (ns, want) in [("site.a.temp", json!(21.5)), ("site.a.burst", json!(999))] {
+        let got = eventually(DEADLINE, &format!("{ns} at the Python client of B"), || {
+            let g = py_b.ask(&format!("get {ns}"), "get");
+            (g["value"][1] == want).then_some(g)
+        });
+        assert!(
+            got["value"][0].as_f64().is_some_and(|age| age < 60.0),
+            "{got}"
+        );
+        if ns == "site.a.temp" {
+            assert_eq!(got["documentation_url"], json!("https://doc"));
+        }
+    }
+    assert!(py_b.ask("alive", "alive")["alive"] == true);
     let writes = a.stats().cluster.writes.load(Ordering::Relaxed) - writes_before;
     assert!(
         writes < 200,
@@ -467,4 +486,197 @@ fn credentials_reach_nats_and_wrong_ones_leave_the_broker_serving_locally() {
     });
     assert_eq!(wrong.stats().cluster.connected.load(Ordering::Relaxed), 0);
     assert!(on_b.get("auth.local").is_none());
+}
+
+/// A TCP link between two ports that the test can cut and restore, like a site's uplink.
+struct Uplink {
+    port: u16,
+    up: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Uplink {
+    fn to(target: u16) -> Uplink {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (up2, open2, stop2) = (up.clone(), open.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((inside, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                if !up2.load(Ordering::Relaxed) {
+                    continue; // dropped: the link is down
+                }
+                let Ok(outside) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = inside.set_nonblocking(false);
+                let mut held = open2.lock().expect("lock");
+                for (from, to) in [(&inside, &outside), (&outside, &inside)] {
+                    let (mut r, mut w) = (
+                        from.try_clone().expect("clone"),
+                        to.try_clone().expect("clone"),
+                    );
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut r, &mut w);
+                        let _ = w.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                held.push(inside);
+                held.push(outside);
+            }
+        });
+        Uplink {
+            port,
+            up,
+            open,
+            stop,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::Relaxed);
+        for s in self.open.lock().expect("lock").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut();
+    }
+}
+
+/// A nats-server from a configuration file, killed on drop.
+struct NatsConf {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl NatsConf {
+    fn start(name: &str, port: u16, conf: &str) -> NatsConf {
+        let dir =
+            std::env::temp_dir().join(format!("thingsbus-{name}-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("nats.conf");
+        let conf = conf.replace("STORE", &dir.join("js").display().to_string());
+        std::fs::write(&file, format!("listen: 127.0.0.1:{port}\n{conf}")).expect("conf");
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs");
+        eventually(DEADLINE, "nats-server to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+        NatsConf { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsConf {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_leaf_node_site_works_alone_while_cut_off_and_converges_when_back() {
+    // Centre: a JetStream server with a leaf-node port (not advertised, so that the leaf node
+    // cannot go around the cut). Site: a leaf node (no JetStream of its own) whose uplink runs
+    // through a link the test can cut.
+    let ports = free_ports(3);
+    let hub = NatsConf::start(
+        "hub",
+        ports[0],
+        &format!(
+            "jetstream {{ store_dir: \"STORE\", domain: \"centre\" }}\nleafnodes {{ listen: \"127.0.0.1:{}\", no_advertise: true }}\n",
+            ports[1]
+        ),
+    );
+    let uplink = Uplink::to(ports[1]);
+    let leaf = NatsConf::start(
+        "leaf",
+        ports[2],
+        &format!(
+            "leafnodes {{ remotes = [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
+            uplink.port
+        ),
+    );
+    // Both name the centre's JetStream domain: the site reaches it through its leaf node.
+    let in_domain = |url: String, node: &'static str| {
+        move |c: &mut Config| {
+            on_cluster_with(vec![url], node, 1, ClusterAuth::None)(c);
+            if let Some(cc) = c.cluster.as_mut() {
+                cc.domain = Some("centre".into());
+            }
+        }
+    };
+    let centre = spawn_broker(in_domain(hub.url(), "centre"));
+    let site = spawn_broker(in_domain(leaf.url(), "site"));
+    let on_centre = client_for(&centre).connect_blocking().expect("client");
+    let on_site = client_for(&site).connect_blocking().expect("client");
+    let (to_centre, to_site) = (ZmqInput::connect(&centre), ZmqInput::connect(&site));
+    let long = Duration::from_secs(40);
+    eventually(long, "the site's update at the centre", || {
+        to_site.send_json(&json!(["site.door", null, "closed", null]));
+        std::thread::sleep(Duration::from_millis(100));
+        on_centre.get("site.door")
+    });
+    // A command from the centre reaches the site's adaptor through the leaf node.
+    let door = echo(&site, "site", "door", "site-door");
+    let reply = eventually(long, "the centre to learn the site's route", || {
+        on_centre
+            .command_blocking("site.door", &json!("open"), Duration::from_secs(5))
+            .ok()
+    });
+    assert_eq!(reply["by"], json!("site-door"));
+
+    // The uplink goes down: each side goes on alone.
+    uplink.cut();
+    to_site.send_json(&json!(["site.temp", null, 19.5, null]));
+    to_centre.send_json(&json!(["centre.alarm", null, "armed", null]));
+    value(&on_site, "site.temp", json!(19.5));
+    value(&on_centre, "centre.alarm", json!("armed"));
+    eventually(long, "the site to notice the centre is away", || {
+        (site.stats().cluster.connected.load(Ordering::Relaxed) == 0).then_some(())
+    });
+    assert!(on_centre.get("site.temp").is_none());
+    assert!(on_site.get("centre.alarm").is_none());
+
+    // Back: both converge, no restart.
+    uplink.restore();
+    eventually(long, "both sides to converge", || {
+        (on_centre
+            .get("site.temp")
+            .is_some_and(|t| t.value() == json!(19.5))
+            && on_site
+                .get("centre.alarm")
+                .is_some_and(|t| t.value() == json!("armed")))
+        .then_some(())
+    });
+    drop(door);
 }

@@ -128,6 +128,9 @@ pub struct ClusterConfig {
     pub flush: Duration,
     /// How the broker proves itself to NATS.
     pub auth: ClusterAuth,
+    /// The JetStream domain of the servers holding the bucket, when the broker reaches them
+    /// through a leaf node (a site's own NATS server linked to the centre).
+    pub domain: Option<String>,
 }
 
 impl ClusterConfig {
@@ -142,6 +145,7 @@ impl ClusterConfig {
             node_name: node_name.into(),
             flush: Duration::from_millis(50),
             auth: ClusterAuth::None,
+            domain: None,
         }
     }
 }

@@ -114,6 +114,12 @@ struct Args {
     #[arg(long, env = "THINGSBUS_CLUSTER_FLUSH", default_value_t = 0.05, value_parser = positive_secs)]
     cluster_flush: f64,
 
+    /// With --cluster: the JetStream domain of the servers holding the bucket. Needed when this
+    /// broker talks to a NATS leaf node (a site's own server) linked to the central cluster:
+    /// give the centre's `jetstream { domain: ... }`.
+    #[arg(long, env = "THINGSBUS_CLUSTER_DOMAIN", value_name = "DOMAIN")]
+    cluster_domain: Option<String>,
+
     /// With --cluster: authenticate to NATS with this token.
     #[arg(
         long,
@@ -299,6 +305,7 @@ fn config(args: &Args) -> Config {
             }),
             flush: Duration::from_secs_f64(args.cluster_flush),
             auth: cluster_auth(args),
+            domain: args.cluster_domain.clone(),
         }),
         http_thing_metrics: args.http_thing_metrics,
         allow_command: args.allow_command.clone(),

@@ -257,165 +257,322 @@ struct Bucket {
 }
 
 impl Bucket {
-    /// Sessions, one after the other, until the broker stops. `loaded` takes the bucket as the
-    /// first session finds it.
+    /// Until the broker stops: open the bucket, load it (into `loaded` while the broker is
+    /// starting), then write and watch. One NATS client serves the broker's whole life (it
+    /// reconnects by itself), and neither a failed write nor a broken watch tears anything down:
+    /// writes are retried, and the watch (an ordered consumer) resumes after the last revision it
+    /// delivered. That matters when a stream leader dies: every rebuild would wait out time-outs
+    /// while a new leader is elected.
     async fn run(self, loaded: Sender<Vec<Vec<u8>>>) {
-        let mut loaded = Some(loaded);
-        while !self.stop.load(Ordering::Relaxed) {
-            if let Err(e) = self.session(&mut loaded).await {
-                stats::set(&self.stats.cluster.connected, 0);
-                tracing::warn!(error = %e, "cluster link down; serving locally, retrying in a second");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-
-    /// One connection to NATS: set up the bucket, load it, then write and watch until it fails.
-    async fn session(&self, loaded: &mut Option<Sender<Vec<Vec<u8>>>>) -> Result<(), String> {
-        let Bucket {
-            config,
-            secret,
-            stats,
-            stop,
-            pending,
-            incoming,
-            wake,
-            forget_after,
-        } = self;
-        let forget_after = *forget_after;
-        let addrs = server_addrs(&config.urls)?;
-        let client = connect_options(secret, &config.node_name)
-            .connect(addrs)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", config.urls.join(",")))?;
-        let js = async_nats::jetstream::new(client);
-        let bucket = &config.bucket;
-        js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: forget_after,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: async_nats::jetstream::stream::DiscardPolicy::New,
-            num_replicas: config.replicas.max(1),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("cannot create the bucket's stream KV_{bucket}: {e}"))?;
-        let kv = js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| format!("cannot open the bucket {bucket}: {e}"))?;
-        stats::set(&stats.cluster.connected, 1);
-        tracing::info!(bucket = %bucket, node = %config.node_name, "cluster link up");
-
-        let mut watch = kv
-            .watch_with_history(">")
-            .await
-            .map_err(|e| format!("cannot watch the bucket: {e}"))?;
-        // Into ingest's bounded queue; when it is full, wait for ingest to take some (nothing that
-        // other brokers wrote is dropped here).
-        let deliver = |bytes: Vec<u8>| async move {
-            let mut bytes = bytes;
-            loop {
-                let sent = incoming.try_send(bytes);
-                {
-                    let w = wake
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    let _ = w.send(&b"c"[..], zmq::DONTWAIT);
-                }
-                match sent {
-                    Ok(()) | Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
-                    Err(std::sync::mpsc::TrySendError::Full(b)) => {
-                        bytes = b;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+        let Some((js, kv)) = self.open().await else {
+            return;
+        };
+        let mut last_ensure = tokio::time::Instant::now();
+        let mut health = Health::new(&self.stats);
+        let mut watch = loop {
+            match kv.watch_with_history(">").await {
+                Ok(w) => break w,
+                Err(e) => {
+                    health.watch(false, &e.to_string());
+                    if self.pause(Duration::from_secs(1)).await {
+                        return;
                     }
                 }
             }
         };
-        let others = |e: &async_nats::jetstream::kv::Entry| -> Option<Vec<u8>> {
-            if e.operation != async_nats::jetstream::kv::Operation::Put {
-                return None;
-            }
-            let v: Value<'_> = serde_json::from_slice(&e.value).ok()?;
-            (v.o != config.node_name).then(|| v.u.get().as_bytes().to_vec())
-        };
+        let mut last_revision = 0;
         // First the bucket as it is: before this broker serves, if it is starting.
-        let status = kv
-            .status()
-            .await
-            .map_err(|e| format!("bucket status: {e}"))?;
         let mut initial = Vec::new();
-        if status.values() > 0 {
-            while let Some(entry) = watch.next().await {
-                let e = entry.map_err(|e| format!("watch: {e}"))?;
-                if let Some(u) = others(&e) {
-                    initial.push(u);
+        let has_values = match kv.status().await {
+            Ok(s) => s.values() > 0,
+            Err(_) => true,
+        };
+        while has_values && !self.stop.load(Ordering::Relaxed) {
+            match watch.next().await {
+                Some(Ok(e)) => {
+                    last_revision = e.revision;
+                    if let Some(u) = self.from_others(&e) {
+                        initial.push(u);
+                    }
+                    if e.delta == 0 || e.seen_current {
+                        break;
+                    }
                 }
-                if e.delta == 0 || e.seen_current {
-                    break;
-                }
+                // The ordered consumer recreates itself on the next poll.
+                Some(Err(e)) => health.watch(false, &e.to_string()),
+                None => break,
             }
         }
-        // Before the broker serves, the load goes to its start; later (a reconnect, or a start that
-        // gave up waiting) it goes to ingest like any other update.
-        let initial = match loaded.take() {
-            Some(tx) => tx.send(initial).err().map(|e| e.0).unwrap_or_default(),
-            None => initial,
-        };
+        // Before the broker serves, the load goes to its start; later (a start that gave up
+        // waiting) it goes to ingest like any other update.
+        let initial = loaded.send(initial).err().map(|e| e.0).unwrap_or_default();
         for u in initial {
-            deliver(u).await;
+            self.deliver(u).await;
         }
 
-        // Every value starts the same: `{"o":"<node>","u":`.
-        let value_head = format!(
-            r#"{{"o":{},"u":"#,
-            serde_json::Value::String(config.node_name.clone())
-        );
-        let mut flush = tokio::time::interval(config.flush.max(Duration::from_millis(1)));
+        let mut flush = tokio::time::interval(self.config.flush.max(Duration::from_millis(1)));
+        let mut retry_at = tokio::time::Instant::now();
         loop {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(());
+            if self.stop.load(Ordering::Relaxed) {
+                return;
             }
             tokio::select! {
                 entry = watch.next() => match entry {
                     Some(Ok(e)) => {
-                        if let Some(u) = others(&e) {
-                            deliver(u).await;
+                        health.watch(true, "");
+                        last_revision = e.revision;
+                        if let Some(u) = self.from_others(&e) {
+                            self.deliver(u).await;
                         }
                     }
-                    Some(Err(e)) => return Err(format!("watch: {e}")),
-                    None => return Err("the watch ended".into()),
+                    Some(Err(e)) => health.watch(false, &e.to_string()),
+                    None => match kv.watch_from_revision(">", last_revision + 1).await {
+                        Ok(w) => watch = w,
+                        Err(e) => {
+                            health.watch(false, &e.to_string());
+                            if self.pause(Duration::from_secs(1)).await {
+                                return;
+                            }
+                        }
+                    },
                 },
                 _ = flush.tick() => {
-                    let batch: Vec<(String, Arc<[u8]>)> = {
-                        let mut p = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        p.drain().collect()
-                    };
-                    for (i, (ns, bytes)) in batch.iter().enumerate() {
-                        let mut value = Vec::with_capacity(value_head.len() + bytes.len() + 1);
-                        value.extend_from_slice(value_head.as_bytes());
-                        value.extend_from_slice(bytes);
-                        value.push(b'}');
-                        if let Err(e) = kv.put(ns, value.into()).await {
-                            stats::add(&stats.cluster.write_errors, 1);
-                            // Keep what did not go out, unless a newer value came meanwhile.
-                            let mut p = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                            for (ns, bytes) in batch.into_iter().skip(i) {
-                                p.entry(ns).or_insert(bytes);
-                            }
-                            stats::set(&stats.cluster.pending, p.len() as u64);
-                            return Err(format!("write failed: {e}"));
-                        }
-                        stats::add(&stats.cluster.writes, 1);
+                    if tokio::time::Instant::now() < retry_at {
+                        continue;
                     }
-                    let left = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
-                    stats::set(&stats.cluster.pending, left as u64);
+                    match self.write(&kv).await {
+                        Ok(()) => health.write(true, ""),
+                        Err(e) => {
+                            health.write(false, &e);
+                            let now = tokio::time::Instant::now();
+                            retry_at = now + Duration::from_millis(250);
+                            // A NATS that lost its storage has no stream any more: make it again
+                            // (now and then, not per failure).
+                            if now - last_ensure > Duration::from_secs(5) {
+                                last_ensure = now;
+                                if let Err(e) = self.ensure_stream(&js).await {
+                                    tracing::debug!(error = %e, "the bucket's stream is not there yet");
+                                }
+                            }
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// Sleeps, or less when the broker stops; true when it stops.
+    async fn pause(&self, d: Duration) -> bool {
+        let end = tokio::time::Instant::now() + d;
+        while tokio::time::Instant::now() < end {
+            if self.stop.load(Ordering::Relaxed) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Connects and opens the bucket, creating its stream if need be; `None` when the broker
+    /// stopped first.
+    async fn open(
+        &self,
+    ) -> Option<(
+        async_nats::jetstream::Context,
+        async_nats::jetstream::kv::Store,
+    )> {
+        let config = &self.config;
+        let addrs = server_addrs(&config.urls).ok()?;
+        let client = loop {
+            match connect_options(&self.secret, &config.node_name)
+                .connect(addrs.clone())
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, urls = %config.urls.join(","), "cannot connect to NATS; serving locally, retrying in a second");
+                    if self.pause(Duration::from_secs(1)).await {
+                        return None;
+                    }
+                }
+            }
+        };
+        let js = match &config.domain {
+            Some(domain) => async_nats::jetstream::with_domain(client, domain),
+            None => async_nats::jetstream::new(client),
+        };
+        let bucket = &config.bucket;
+        loop {
+            let opened = async {
+                self.ensure_stream(&js).await?;
+                js.get_key_value(bucket)
+                    .await
+                    .map_err(|e| format!("cannot open the bucket {bucket}: {e}"))
+            };
+            match opened.await {
+                Ok(kv) => {
+                    stats::set(&self.stats.cluster.connected, 1);
+                    tracing::info!(bucket = %bucket, node = %config.node_name, "cluster link up");
+                    return Some((js, kv));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster bucket not available; serving locally, retrying in a second");
+                    if self.pause(Duration::from_secs(1)).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates the bucket's stream with the key-value settings unless it is there.
+    async fn ensure_stream(&self, js: &async_nats::jetstream::Context) -> Result<(), String> {
+        let bucket = &self.config.bucket;
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: self.forget_after,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: async_nats::jetstream::stream::DiscardPolicy::New,
+            num_replicas: self.config.replicas.max(1),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot create the bucket's stream KV_{bucket}: {e}"))
+    }
+
+    /// What another broker wrote, as the update it published; `None` for this broker's own.
+    fn from_others(&self, e: &async_nats::jetstream::kv::Entry) -> Option<Vec<u8>> {
+        if e.operation != async_nats::jetstream::kv::Operation::Put {
+            return None;
+        }
+        let v: Value<'_> = serde_json::from_slice(&e.value).ok()?;
+        (v.o != self.config.node_name).then(|| v.u.get().as_bytes().to_vec())
+    }
+
+    /// Into ingest's bounded queue; when it is full, waits for ingest to take some (nothing
+    /// that other brokers wrote is dropped here).
+    async fn deliver(&self, mut bytes: Vec<u8>) {
+        loop {
+            let sent = self.incoming.try_send(bytes);
+            {
+                let w = self
+                    .wake
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _ = w.send(&b"c"[..], zmq::DONTWAIT);
+            }
+            match sent {
+                Ok(()) | Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
+                Err(std::sync::mpsc::TrySendError::Full(b)) => {
+                    bytes = b;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Writes what is pending, many puts in flight at once. What failed stays pending, unless
+    /// a newer value of the thing came meanwhile.
+    async fn write(&self, kv: &async_nats::jetstream::kv::Store) -> Result<(), String> {
+        let batch: Vec<(String, Arc<[u8]>)> = {
+            let mut p = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            p.drain().collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Every value starts the same: `{"o":"<node>","u":`.
+        let head = format!(
+            r#"{{"o":{},"u":"#,
+            serde_json::Value::String(self.config.node_name.clone())
+        );
+        let results: Vec<(String, Arc<[u8]>, Result<(), String>)> =
+            futures_util::stream::iter(batch)
+                .map(|(ns, bytes)| {
+                    let mut value = Vec::with_capacity(head.len() + bytes.len() + 1);
+                    value.extend_from_slice(head.as_bytes());
+                    value.extend_from_slice(&bytes);
+                    value.push(b'}');
+                    async move {
+                        let r = kv
+                            .put(&ns, value.into())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                        (ns, bytes, r)
+                    }
+                })
+                .buffer_unordered(WRITES_IN_FLIGHT)
+                .collect()
+                .await;
+        let mut first_error = None;
+        let mut p = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (ns, bytes, r) in results {
+            match r {
+                Ok(()) => stats::add(&self.stats.cluster.writes, 1),
+                Err(e) => {
+                    stats::add(&self.stats.cluster.write_errors, 1);
+                    p.entry(ns).or_insert(bytes);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        stats::set(&self.stats.cluster.pending, p.len() as u64);
+        first_error.map_or(Ok(()), |e| Err(format!("write failed: {e}")))
+    }
+}
+
+/// Puts awaiting their acknowledgement at once.
+const WRITES_IN_FLIGHT: usize = 256;
+
+/// Whether the link works, as the last write and the watch found it: logged when it changes,
+/// never per failure.
+struct Health<'a> {
+    stats: &'a crate::Stats,
+    write_ok: bool,
+    watch_ok: bool,
+}
+
+impl<'a> Health<'a> {
+    fn new(stats: &'a crate::Stats) -> Health<'a> {
+        Health {
+            stats,
+            write_ok: true,
+            watch_ok: true,
+        }
+    }
+
+    fn write(&mut self, ok: bool, error: &str) {
+        let was = self.write_ok && self.watch_ok;
+        self.write_ok = ok;
+        self.changed(was, error);
+    }
+
+    fn watch(&mut self, ok: bool, error: &str) {
+        let was = self.write_ok && self.watch_ok;
+        self.watch_ok = ok;
+        self.changed(was, error);
+    }
+
+    fn changed(&self, was: bool, error: &str) {
+        let is = self.write_ok && self.watch_ok;
+        stats::set(&self.stats.cluster.connected, u64::from(is));
+        if was && !is {
+            tracing::warn!(error = %error, "cluster link down; serving locally, retrying");
+        } else if is && !was {
+            let pending = self.stats.cluster.pending.load(Ordering::Relaxed);
+            tracing::info!(pending, "cluster link back");
         }
     }
 }
