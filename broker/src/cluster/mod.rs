@@ -291,7 +291,7 @@ impl Bucket {
             match watch.next().await {
                 Some(Ok(e)) => {
                     last_revision = e.revision;
-                    if let Some(u) = self.from_others(&e) {
+                    if let Some(u) = self.written_elsewhere(&e) {
                         initial.push(u);
                     }
                     if e.delta == 0 || e.seen_current {
@@ -321,7 +321,7 @@ impl Bucket {
                     Some(Ok(e)) => {
                         health.watch(true, "");
                         last_revision = e.revision;
-                        if let Some(u) = self.from_others(&e) {
+                        if let Some(u) = self.written_elsewhere(&e) {
                             self.deliver(u).await;
                         }
                     }
@@ -446,7 +446,7 @@ impl Bucket {
     }
 
     /// What another broker wrote, as the update it published; `None` for this broker's own.
-    fn from_others(&self, e: &async_nats::jetstream::kv::Entry) -> Option<Vec<u8>> {
+    fn written_elsewhere(&self, e: &async_nats::jetstream::kv::Entry) -> Option<Vec<u8>> {
         if e.operation != async_nats::jetstream::kv::Operation::Put {
             return None;
         }
@@ -494,25 +494,24 @@ impl Bucket {
             r#"{{"o":{},"u":"#,
             serde_json::Value::String(self.config.node_name.clone())
         );
-        let results: Vec<(String, Arc<[u8]>, Result<(), String>)> =
-            futures_util::stream::iter(batch)
-                .map(|(ns, bytes)| {
-                    let mut value = Vec::with_capacity(head.len() + bytes.len() + 1);
-                    value.extend_from_slice(head.as_bytes());
-                    value.extend_from_slice(&bytes);
-                    value.push(b'}');
-                    async move {
-                        let r = kv
-                            .put(&ns, value.into())
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string());
-                        (ns, bytes, r)
-                    }
-                })
-                .buffer_unordered(WRITES_IN_FLIGHT)
-                .collect()
-                .await;
+        let results: Vec<(String, Arc<[u8]>, PutResult)> = futures_util::stream::iter(batch)
+            .map(|(ns, bytes)| {
+                let mut value = Vec::with_capacity(head.len() + bytes.len() + 1);
+                value.extend_from_slice(head.as_bytes());
+                value.extend_from_slice(&bytes);
+                value.push(b'}');
+                async move {
+                    let r = kv
+                        .put(&ns, value.into())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    (ns, bytes, r)
+                }
+            })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
         let mut first_error = None;
         let mut p = self
             .pending
@@ -532,6 +531,8 @@ impl Bucket {
         first_error.map_or(Ok(()), |e| Err(format!("write failed: {e}")))
     }
 }
+
+type PutResult = Result<(), String>;
 
 /// Puts awaiting their acknowledgement at once.
 const WRITES_IN_FLIGHT: usize = 256;
