@@ -680,3 +680,91 @@ fn a_leaf_node_site_works_alone_while_cut_off_and_converges_when_back() {
     });
     drop(door);
 }
+
+#[test]
+fn with_srv_a_client_whose_broker_dies_moves_to_the_next_with_the_whole_directory() {
+    use thingsbus_tests::dns::{DnsServer, SrvRecord};
+    let nats = Nats::start(None, None);
+    let listed = |node: &'static str| {
+        let url = nats.url();
+        move |c: &mut Config| {
+            on_cluster_with(vec![url.clone()], node, 1, ClusterAuth::None)(c);
+            c.snapshot_interval = Duration::from_millis(300);
+        }
+    };
+    let first = spawn_broker_on_port_pair(listed("first"));
+    let second = spawn_broker_on_port_pair(listed("second"));
+    // A broker elsewhere (another site), not in this zone's SRV records.
+    let elsewhere = spawn_broker(clustered(&nats, "elsewhere"));
+    let srv = |port: u16, priority: u16| SrvRecord {
+        name: "_thingsbus._tcp.example.org".into(),
+        priority,
+        weight: 0,
+        port,
+        target: "broker.example.org.".into(),
+    };
+    let dns = DnsServer::start(
+        "example.org",
+        &[
+            srv(first.endpoints().directory_port, 10),
+            srv(second.endpoints().directory_port, 20),
+        ],
+        &[("broker.example.org", std::net::Ipv4Addr::LOCALHOST)],
+    );
+    let client = thingsbus_client::Client::builder()
+        .zone("example.org")
+        .nameserver(dns.addr())
+        .failover_timeout(Duration::from_millis(500))
+        .connect_blocking()
+        .expect("client");
+    let (to_first, to_elsewhere) = (ZmqInput::connect(&first), ZmqInput::connect(&elsewhere));
+    let all_of = |client: &thingsbus_client::Client, n: usize| {
+        client.walk("here").len() == n && client.walk("there").len() == n
+    };
+    eventually(
+        DEADLINE,
+        "the whole directory through the first broker",
+        || {
+            for i in 0..20 {
+                to_first.send_json(&json!([format!("here.t{i}"), null, i, null]));
+                to_elsewhere.send_json(&json!([format!("there.t{i}"), null, i, null]));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            all_of(&client, 20).then_some(())
+        },
+    );
+    assert_eq!(client.stats().failovers, 0);
+
+    // The first broker dies; what was written to it lives on in the bucket. Things written
+    // elsewhere while the client is between brokers reach it only through the second broker's
+    // directory.
+    let replies_before = client.stats().snapshot_replies;
+    drop(to_first);
+    drop(first);
+    for i in 0..20 {
+        to_elsewhere.send_json(&json!([format!("gap.t{i}"), null, i, null]));
+    }
+    eventually(DEADLINE, "the client to move to the second broker", || {
+        (client.stats().failovers >= 1).then_some(())
+    });
+    assert!(client
+        .url()
+        .ends_with(&format!(":{}", second.endpoints().directory_port)));
+    eventually(DEADLINE, "the whole directory at the second", || {
+        (all_of(&client, 20) && client.walk("gap").len() == 20).then_some(())
+    });
+    assert!(client.stats().snapshot_replies > replies_before);
+    for i in 0..20 {
+        for prefix in ["here", "there", "gap"] {
+            let t = client.get(&format!("{prefix}.t{i}")).expect("thing");
+            assert_eq!(t.value(), json!(i));
+            assert!(!t.stale);
+        }
+    }
+    // And it goes on live.
+    eventually(DEADLINE, "a new update after the move", || {
+        to_elsewhere.send_json(&json!(["there.after", null, 1, null]));
+        std::thread::sleep(Duration::from_millis(50));
+        client.get("there.after")
+    });
+}
