@@ -254,6 +254,7 @@ pub(crate) struct Seen {
 pub(crate) struct SubscriberHandle {
     stop: Arc<AtomicBool>,
     synced: Arc<std::sync::atomic::AtomicU64>,
+    count: Arc<std::sync::atomic::AtomicU64>,
     thread: JoinHandle<Seen>,
 }
 
@@ -274,6 +275,8 @@ pub(crate) fn subscriber(
     let stop2 = stop.clone();
     let synced = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let synced2 = synced.clone();
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count2 = count.clone();
     // `"bench.t` matches both compact JSON and Python's `"ns": "bench.t`.
     let needle_json = format!("\"{prefix}.t").into_bytes();
     let needle_mp = format!("{prefix}.t").into_bytes();
@@ -305,6 +308,7 @@ pub(crate) fn subscriber(
                     seen.first_at.get_or_insert(now);
                     seen.last_at = Some(now);
                     seen.updates += 1;
+                    count2.fetch_add(1, Ordering::Relaxed);
                     if latency {
                         if let Some(t) = embedded_t(b) {
                             seen.latencies.push(now_ns().saturating_sub(t));
@@ -328,6 +332,7 @@ pub(crate) fn subscriber(
     SubscriberHandle {
         stop,
         synced,
+        count,
         thread,
     }
 }
@@ -336,6 +341,11 @@ impl SubscriberHandle {
     /// Probes seen so far.
     pub(crate) fn synced(&self) -> u64 {
         self.synced.load(Ordering::Relaxed)
+    }
+
+    /// Updates seen so far.
+    pub(crate) fn updates(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Lets the subscriber drain what is in flight, then returns what it saw.

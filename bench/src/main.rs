@@ -5,6 +5,7 @@
 //! cargo run --release -p thingsbus-bench -- ingest --against floor
 //! ```
 
+mod cluster;
 mod commands;
 mod load;
 mod report;
@@ -44,6 +45,7 @@ enum Scenario {
     SnapshotStall,
     Memory,
     Commands,
+    Cluster,
     All,
 }
 
@@ -116,6 +118,9 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
     }
     if all || args.scenario == Scenario::Commands {
         bench.commands()?;
+    }
+    if all || args.scenario == Scenario::Cluster {
+        bench.cluster()?;
     }
     bench.report.note(format!(
         "{} cores, run took {:.0} s, {} s per step{}",

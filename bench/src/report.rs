@@ -67,9 +67,23 @@ impl Report {
                 keys.push(k);
             }
         }
-        let mut out = String::from(
-            "| scenario | metric | ours | floor | python 0.2.1 | ours / floor | ours / python |\n|---|---|---|---|---|---|---|\n",
-        );
+        // The baselines that appear in this run, in a fixed order.
+        let baselines: Vec<Kind> = [Kind::Floor, Kind::Python, Kind::Nats]
+            .into_iter()
+            .filter(|k| self.rows.iter().any(|r| r.kind == *k))
+            .collect();
+        let mut out = String::from("| scenario | metric | ours |");
+        for k in &baselines {
+            out.push_str(&format!(" {} |", k.label()));
+        }
+        for k in &baselines {
+            out.push_str(&format!(" ours / {} |", k.key()));
+        }
+        out.push_str("\n|---|---|---|");
+        for _ in 0..2 * baselines.len() {
+            out.push_str("---|");
+        }
+        out.push('\n');
         for (scenario, metric, unit) in keys {
             let cell = |k: Kind| {
                 self.get(&scenario, &metric, k)
@@ -84,14 +98,14 @@ impl Report {
                 }
                 _ => "–".to_owned(),
             };
-            out.push_str(&format!(
-                "| {scenario} | {metric} | {} | {} | {} | {} | {} |\n",
-                cell(Kind::Ours),
-                cell(Kind::Floor),
-                cell(Kind::Python),
-                ratio(Kind::Floor),
-                ratio(Kind::Python)
-            ));
+            out.push_str(&format!("| {scenario} | {metric} | {} |", cell(Kind::Ours)));
+            for k in &baselines {
+                out.push_str(&format!(" {} |", cell(*k)));
+            }
+            for k in &baselines {
+                out.push_str(&format!(" {} |", ratio(*k)));
+            }
+            out.push('\n');
         }
         if !self.notes.is_empty() {
             out.push('\n');

@@ -63,11 +63,25 @@ impl Bench {
         rate: f64,
         latency: bool,
     ) -> anyhow::Result<Step> {
+        self.step_between(server, server, transport, subs, rate, latency)
+    }
+
+    /// A step whose updates go in at `input` and are seen at `output` (another broker of a
+    /// cluster, or the same).
+    pub(crate) fn step_between(
+        &self,
+        input: &Server,
+        output: &Server,
+        transport: Transport,
+        subs: usize,
+        rate: f64,
+        latency: bool,
+    ) -> anyhow::Result<Step> {
+        let server = output;
         let handles: Vec<_> = (0..subs)
-            .map(|i| subscriber(&self.zmq, &server.directory, "bench", latency && i == 0))
+            .map(|i| subscriber(&self.zmq, &output.directory, "bench", latency && i == 0))
             .collect();
-        let mut generator =
-            Generator::new(&self.zmq, transport, &server.input, server.udp, "bench");
+        let mut generator = Generator::new(&self.zmq, transport, &input.input, input.udp, "bench");
         let deadline = Instant::now() + Duration::from_secs(15);
         while handles.iter().any(|h| h.synced() == 0) {
             if Instant::now() > deadline {
@@ -120,7 +134,17 @@ impl Bench {
         transport: Transport,
         subs: usize,
     ) -> anyhow::Result<Option<Step>> {
-        let server = Server::start(kind, Options::default())?;
+        self.max_rate_with(kind, Options::default(), transport, subs)
+    }
+
+    pub(crate) fn max_rate_with(
+        &self,
+        kind: Kind,
+        opts: Options,
+        transport: Transport,
+        subs: usize,
+    ) -> anyhow::Result<Option<Step>> {
+        let server = Server::start(kind, opts)?;
         let mut rate = 20_000.0;
         let mut best: Option<Step> = None;
         let mut fail: Option<f64> = None;
@@ -535,6 +559,16 @@ fn ls_json_time(directory: &str, snapshot: &str, n: u64) -> anyhow::Result<Durat
 }
 
 fn join_time(directory: &str, snapshot: Option<&str>, n: u64) -> anyhow::Result<Duration> {
+    join_time_under(directory, snapshot, "late", n)
+}
+
+/// Connects a fresh client and returns how long until its mirror holds `n` things under `prefix`.
+pub(crate) fn join_time_under(
+    directory: &str,
+    snapshot: Option<&str>,
+    prefix: &str,
+    n: u64,
+) -> anyhow::Result<Duration> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -550,7 +584,7 @@ fn join_time(directory: &str, snapshot: Option<&str>, n: u64) -> anyhow::Result<
             bail!("client never filled");
         }
         let took = started.elapsed();
-        let got = client.walk("late").len() as u64;
+        let got = client.walk(prefix).len() as u64;
         if got < n {
             bail!("client has {got} of {n} things");
         }

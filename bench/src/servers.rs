@@ -19,6 +19,8 @@ pub(crate) enum Kind {
     Floor,
     /// The original Python thingsbus 0.2.1 broker.
     Python,
+    /// NATS JetStream key-value alone (put → watch), under the cluster scenario.
+    Nats,
 }
 
 impl Kind {
@@ -27,6 +29,7 @@ impl Kind {
             Kind::Ours => "thingsbus (ours)",
             Kind::Floor => "floor (libzmq forwarder)",
             Kind::Python => "python 0.2.1",
+            Kind::Nats => "NATS alone",
         }
     }
 
@@ -35,15 +38,27 @@ impl Kind {
             Kind::Ours => "ours",
             Kind::Floor => "floor",
             Kind::Python => "python",
+            Kind::Nats => "nats",
         }
     }
 }
 
 /// Settings for a server start.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub(crate) subscriber_hwm: i32,
     pub(crate) snapshot_interval_s: f64,
+    /// Ours only: `--cluster` on these NATS servers.
+    pub(crate) cluster: Option<ClusterOptions>,
+}
+
+/// `--cluster` settings of a bench broker.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterOptions {
+    pub(crate) urls: Vec<String>,
+    pub(crate) node: String,
+    pub(crate) flush_ms: f64,
+    pub(crate) replicas: usize,
 }
 
 impl Default for Options {
@@ -51,6 +66,7 @@ impl Default for Options {
         Options {
             subscriber_hwm: 100_000,
             snapshot_interval_s: 3600.0,
+            cluster: None,
         }
     }
 }
@@ -85,12 +101,21 @@ impl Server {
                 } else {
                     "serve-floor"
                 };
+                let mut args = vec![
+                    mode.to_owned(),
+                    opts.subscriber_hwm.to_string(),
+                    opts.snapshot_interval_s.to_string(),
+                ];
+                if let Some(c) = &opts.cluster {
+                    args.extend([
+                        c.urls.join(","),
+                        c.node.clone(),
+                        c.flush_ms.to_string(),
+                        c.replicas.to_string(),
+                    ]);
+                }
                 let mut child = Command::new(exe)
-                    .args([
-                        mode,
-                        &opts.subscriber_hwm.to_string(),
-                        &opts.snapshot_interval_s.to_string(),
-                    ])
+                    .args(&args)
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
@@ -112,6 +137,7 @@ impl Server {
                     child,
                 })
             }
+            Kind::Nats => bail!("NATS is started by the cluster scenario itself"),
             Kind::Python => {
                 let python = python().context(
                     "the Python 0.2.1 broker is not installed (scripts/python-peers.sh)",
@@ -187,11 +213,25 @@ fn free_port_pair() -> anyhow::Result<(u16, u16)> {
     bail!("no free port pair")
 }
 
-/// Hidden mode `serve-broker HWM SNAPSHOT_S`: our broker, endpoints on stdout, until stdin closes.
+/// Hidden mode `serve-broker HWM SNAPSHOT_S [NATS_URLS NODE FLUSH_MS REPLICAS]`: our broker,
+/// endpoints on stdout (once it serves: with a cluster, after loading the bucket), until stdin
+/// closes.
 pub(crate) fn serve_broker(args: &[String]) -> anyhow::Result<()> {
     let hwm: i32 = args.first().context("hwm")?.parse()?;
     let interval: f64 = args.get(1).context("interval")?.parse()?;
+    let cluster = match args.get(2) {
+        None => None,
+        Some(urls) => Some(thingsbus_broker::ClusterConfig {
+            flush: Duration::from_secs_f64(args.get(4).context("flush")?.parse::<f64>()? / 1e3),
+            replicas: args.get(5).context("replicas")?.parse()?,
+            ..thingsbus_broker::ClusterConfig::new(
+                urls.split(',').map(str::to_owned).collect(),
+                args.get(3).context("node")?.clone(),
+            )
+        }),
+    };
     let config = thingsbus_broker::Config {
+        cluster,
         subscriber_hwm: hwm,
         input_hwm: 100_000,
         snapshot_interval: Duration::from_secs_f64(interval),

@@ -137,9 +137,12 @@ pub(crate) fn start(
         .name("thingsbus-cluster".into())
         .spawn(move || {
             let pending: Arc<Mutex<HashMap<String, Arc<[u8]>>>> = Arc::default();
+            // Tells the writer that something is pending.
+            let wanted = Arc::new(tokio::sync::Notify::new());
             // Local updates are merged into `pending` as they come, never waiting for NATS.
             let merger = {
                 let pending = pending.clone();
+                let wanted = wanted.clone();
                 let stats = stats.clone();
                 let stop = stop.clone();
                 std::thread::Builder::new()
@@ -158,6 +161,8 @@ pub(crate) fn start(
                                 }
                             }
                             stats::set(&stats.cluster.pending, p.len() as u64);
+                            drop(p);
+                            wanted.notify_one();
                         }
                     })
             };
@@ -170,13 +175,19 @@ pub(crate) fn start(
                     stop.clone(),
                 ))
             });
+            let value_head = format!(
+                r#"{{"o":{},"u":"#,
+                serde_json::Value::String(config.node_name.clone())
+            );
             let bucket = Bucket {
                 config,
                 secret,
                 stats,
                 stop,
                 pending,
+                wanted,
                 incoming: in_tx,
+                value_head,
                 wake: Mutex::new(wake),
                 forget_after,
             };
@@ -250,10 +261,14 @@ struct Bucket {
     stop: Arc<AtomicBool>,
     /// Newest unwritten value per thing.
     pending: Arc<Mutex<HashMap<String, Arc<[u8]>>>>,
+    /// Notified when `pending` gets something.
+    wanted: Arc<tokio::sync::Notify>,
     /// Other brokers' updates, to ingest (woken through `wake`).
     incoming: SyncSender<Vec<u8>>,
     wake: Mutex<zmq::Socket>,
     forget_after: Duration,
+    /// How every value this broker writes starts: `{"o":"<node>","u":`.
+    value_head: String,
 }
 
 impl Bucket {
@@ -310,8 +325,14 @@ impl Bucket {
             self.deliver(u).await;
         }
 
-        let mut flush = tokio::time::interval(self.config.flush.max(Duration::from_millis(1)));
-        let mut retry_at = tokio::time::Instant::now();
+        // A write goes out as soon as something is pending, but no sooner than `flush` after
+        // the previous one began: at a low rate every update is written at once, at a high rate
+        // each thing is written at most once per `flush` (the newest value).
+        let flush = self.config.flush.max(Duration::from_millis(1));
+        let mut last_write = tokio::time::Instant::now() - flush;
+        let mut next_write: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut write_now = false;
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return;
@@ -336,24 +357,42 @@ impl Bucket {
                         }
                     },
                 },
-                _ = flush.tick() => {
-                    if tokio::time::Instant::now() < retry_at {
-                        continue;
+                () = self.wanted.notified(), if next_write.is_none() => {
+                    let due = last_write + flush;
+                    // Less than a millisecond early counts as due: a timer would round up to
+                    // its next millisecond, late by as much again.
+                    if tokio::time::Instant::now() + Duration::from_millis(1) >= due {
+                        write_now = true;
+                    } else {
+                        next_write = Some(due);
                     }
-                    match self.write(&kv).await {
-                        Ok(()) => health.write(true, ""),
-                        Err(e) => {
-                            health.write(false, &e);
-                            let now = tokio::time::Instant::now();
-                            retry_at = now + Duration::from_millis(250);
-                            // A NATS that lost its storage has no stream any more: make it again
-                            // (now and then, not per failure).
-                            if now - last_ensure > Duration::from_secs(5) {
-                                last_ensure = now;
-                                if let Err(e) = self.ensure_stream(&js).await {
-                                    tracing::debug!(error = %e, "the bucket's stream is not there yet");
-                                }
-                            }
+                }
+                () = tokio::time::sleep_until(next_write.unwrap_or_else(tokio::time::Instant::now)),
+                    if next_write.is_some() =>
+                {
+                    next_write = None;
+                    write_now = true;
+                }
+                // Looks at `stop` now and then.
+                _ = tick.tick() => {}
+            }
+            if !std::mem::take(&mut write_now) {
+                continue;
+            }
+            last_write = tokio::time::Instant::now();
+            match self.write(&kv).await {
+                Ok(()) => health.write(true, ""),
+                Err(e) => {
+                    health.write(false, &e);
+                    let now = tokio::time::Instant::now();
+                    // What failed is pending again: retried in a while.
+                    next_write = Some(now + Duration::from_millis(250));
+                    // A NATS that lost its storage has no stream any more: make it again (now
+                    // and then, not per failure).
+                    if now - last_ensure > Duration::from_secs(5) {
+                        last_ensure = now;
+                        if let Err(e) = self.ensure_stream(&js).await {
+                            tracing::debug!(error = %e, "the bucket's stream is not there yet");
                         }
                     }
                 }
@@ -447,7 +486,10 @@ impl Bucket {
 
     /// What another broker wrote, as the update it published; `None` for this broker's own.
     fn written_elsewhere(&self, e: &async_nats::jetstream::kv::Entry) -> Option<Vec<u8>> {
-        if e.operation != async_nats::jetstream::kv::Operation::Put {
+        if e.operation != async_nats::jetstream::kv::Operation::Put
+            || e.value.starts_with(self.value_head.as_bytes())
+        {
+            // This broker's own writes come back through the watch too: skipped unparsed.
             return None;
         }
         let v: Value<'_> = serde_json::from_slice(&e.value).ok()?;
@@ -489,11 +531,7 @@ impl Bucket {
         if batch.is_empty() {
             return Ok(());
         }
-        // Every value starts the same: `{"o":"<node>","u":`.
-        let head = format!(
-            r#"{{"o":{},"u":"#,
-            serde_json::Value::String(self.config.node_name.clone())
-        );
+        let head = &self.value_head;
         let results: Vec<(String, Arc<[u8]>, PutResult)> = futures_util::stream::iter(batch)
             .map(|(ns, bytes)| {
                 let mut value = Vec::with_capacity(head.len() + bytes.len() + 1);

@@ -1,0 +1,436 @@
+//! The `cluster` scenario (`--cluster`, NATS JetStream key-value), each figure beside NATS alone
+//! (a plain key-value put → watch through the same servers) measured in the same run:
+//! - propagation from an update at broker A to a subscriber of broker B, at 1,000 updates/s;
+//! - distinct-thing updates per second the cluster absorbs with 3 replicas (A's input to B's
+//!   subscriber; NATS alone: pipelined puts to a watcher);
+//! - how long a new broker takes to serve with 100,000 things in the bucket;
+//! - local ingest of a broker with `--cluster` on while its writes keep NATS busy, beside the
+//!   same broker without it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt as _;
+
+use crate::load::{now_ns, percentile_ms, subscriber, Generator, Transport};
+use crate::scenarios::Bench;
+use crate::servers::{ClusterOptions, Kind, Options, Server};
+
+/// `nats-server -js` processes on 127.0.0.1 (one, or three as one cluster), killed on drop.
+struct NatsServers {
+    children: Vec<Child>,
+    urls: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for NatsServers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+        .collect())
+}
+
+impl NatsServers {
+    fn start(n: usize) -> anyhow::Result<NatsServers> {
+        let ports = free_ports(2 * n)?;
+        let (client, route) = ports.split_at(n);
+        let routes: Vec<String> = route
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let mut s = NatsServers {
+            children: Vec::new(),
+            urls: Vec::new(),
+            dirs: Vec::new(),
+        };
+        for i in 0..n {
+            let dir = std::env::temp_dir().join(format!(
+                "thingsbus-bench-nats-{}-{}",
+                std::process::id(),
+                client[i]
+            ));
+            std::fs::create_dir_all(&dir)?;
+            let mut cmd = Command::new("nats-server");
+            cmd.args(["-js", "-a", "127.0.0.1", "-p", &client[i].to_string()])
+                .arg("-sd")
+                .arg(&dir);
+            if n > 1 {
+                cmd.args(["-n", &format!("n{i}"), "--cluster_name", "bench"])
+                    .args(["--cluster", &routes[i], "--routes", &routes.join(",")]);
+            }
+            let child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting nats-server (Debian package nats-server)")?;
+            s.children.push(child);
+            s.urls.push(format!("nats://127.0.0.1:{}", client[i]));
+            s.dirs.push(dir);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in client {
+            while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
+                if Instant::now() > deadline {
+                    bail!("nats-server never listened on {p}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(s)
+    }
+}
+
+impl NatsServers {
+    /// CPU seconds the servers have used so far (user + system).
+    fn cpu_seconds(&self) -> f64 {
+        let tick = 100.0; // USER_HZ on Linux
+        self.children
+            .iter()
+            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
+            .filter_map(|s| {
+                // Fields after the command name in parentheses: utime is the 14th field.
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
+            })
+            .sum()
+    }
+}
+
+fn nats_installed() -> bool {
+    Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn clustered(urls: &[String], node: &str, flush_ms: f64, replicas: usize) -> Options {
+    Options {
+        cluster: Some(ClusterOptions {
+            urls: urls.to_vec(),
+            node: node.into(),
+            flush_ms,
+            replicas,
+        }),
+        ..Options::default()
+    }
+}
+
+/// Opens (creating it with the broker's settings: one value per key) a bucket, retrying while
+/// a new cluster elects its leaders.
+async fn bucket(
+    urls: &[String],
+    name: &str,
+    replicas: usize,
+) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    let addrs: Vec<async_nats::ServerAddr> =
+        urls.iter().map(|u| u.parse()).collect::<Result<_, _>>()?;
+    let client = async_nats::connect(addrs).await?;
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let made = js
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: format!("KV_{name}"),
+                subjects: vec![format!("$KV.{name}.>")],
+                max_messages_per_subject: 1,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: async_nats::jetstream::stream::DiscardPolicy::New,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await;
+        match made {
+            Ok(_) => return Ok(js.get_key_value(name).await?),
+            Err(e) if Instant::now() > deadline => bail!("bucket {name}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// NATS alone: puts at `rate` per second (keys cycling over 1,000) with the send time inside,
+/// a watcher measuring each one's delay. Returns (p50, p99) in ms.
+async fn nats_propagation(urls: &[String], rate: f64, seconds: f64) -> anyhow::Result<(f64, f64)> {
+    let kv = bucket(urls, "bench_alone", 1).await?;
+    let mut watch = kv.watch(">").await?;
+    let watcher = tokio::spawn(async move {
+        let mut lat = Vec::new();
+        while let Ok(Some(Ok(e))) =
+            tokio::time::timeout(Duration::from_millis(500), watch.next()).await
+        {
+            if let Some(t) = std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                lat.push(now_ns().saturating_sub(t));
+            }
+        }
+        lat
+    });
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        while sent < due {
+            kv.put(format!("p.t{}", sent % 1000), now_ns().to_string().into())
+                .await?;
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let mut lat = watcher.await?;
+    if lat.is_empty() {
+        bail!("the NATS watcher saw nothing");
+    }
+    Ok((percentile_ms(&mut lat, 50.0), percentile_ms(&mut lat, 99.0)))
+}
+
+/// NATS alone with `urls` as one cluster: `n` distinct keys put with 256 in flight until a
+/// watcher has them all (puts/s), then a fresh watcher loading them all (s).
+async fn nats_absorb_and_load(
+    urls: &[String],
+    n: u64,
+    replicas: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let kv = bucket(urls, "bench_alone3", replicas).await?;
+    let mut watch = kv.watch(">").await?;
+    let value = UPDATE_VALUE.to_vec();
+    let started = Instant::now();
+    let puts = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let kv = kv.clone();
+            let value = value.clone();
+            async move {
+                kv.put(format!("absorb.t{i}"), value.into())
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(256)
+        .collect::<Vec<_>>();
+    let seen = async {
+        let mut seen = 0u64;
+        while seen < n {
+            match tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
+                Ok(Some(Ok(_))) => seen += 1,
+                _ => break,
+            }
+        }
+        seen
+    };
+    let (results, seen) = tokio::join!(puts, seen);
+    let took = started.elapsed().as_secs_f64();
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        bail!("a NATS put failed: {e}");
+    }
+    if seen < n {
+        bail!("the NATS watcher saw {seen} of {n}");
+    }
+    let absorb = n as f64 / took;
+    let started = Instant::now();
+    let mut watch = kv.watch_with_history(">").await?;
+    let mut loaded = 0u64;
+    while let Some(Ok(e)) = watch.next().await {
+        loaded += 1;
+        if e.delta == 0 {
+            break;
+        }
+    }
+    let load = started.elapsed().as_secs_f64();
+    if loaded < n {
+        bail!("a fresh NATS watcher loaded {loaded} of {n}");
+    }
+    Ok((absorb, load))
+}
+
+/// A value the size of a typical update as the broker writes it.
+const UPDATE_VALUE: &[u8] = br#"{"o":"a","u":{"type":"thing_update","ns":"absorb.t0000001","ts":1764400000.123,"data":{"n":1,"t":12345678901},"documentation_url":null,"seq":1}}"#;
+
+impl Bench {
+    pub(crate) fn cluster(&mut self) -> anyhow::Result<()> {
+        eprintln!("cluster: brokers sharing a NATS JetStream bucket, beside NATS alone");
+        if !nats_installed() {
+            self.report
+                .note("cluster skipped: nats-server not installed (apt install nats-server)");
+            return Ok(());
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        self.propagation(&rt)?;
+        self.absorb_load_ingest(&rt)?;
+        Ok(())
+    }
+
+    fn propagation(&mut self, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+        let nats = NatsServers::start(1)?;
+        let rate = 1_000.0;
+        for flush_ms in [1.0, 50.0] {
+            let a = Server::start(Kind::Ours, clustered(&nats.urls, "a", flush_ms, 1))?;
+            let b = Server::start(Kind::Ours, clustered(&nats.urls, "b", flush_ms, 1))?;
+            let s = self.step_between(&a, &b, Transport::Zmq, 1, rate, true)?;
+            if s.loss > 0.001 {
+                self.report.note(format!(
+                    "cluster propagation (flush {flush_ms} ms): {:.2} % lost",
+                    s.loss * 100.0
+                ));
+            }
+            for (p, v) in [("p50", s.p50), ("p99", s.p99)] {
+                self.report.add(
+                    "cluster",
+                    &format!("propagation A → B at 1,000/s, {p} (--cluster-flush {flush_ms} ms)"),
+                    Kind::Ours,
+                    v,
+                    "ms",
+                );
+            }
+        }
+        let (p50, p99) = rt.block_on(nats_propagation(&nats.urls, rate, self.seconds))?;
+        for (p, v) in [("p50", p50), ("p99", p99)] {
+            self.report.add(
+                "cluster",
+                &format!("propagation A → B at 1,000/s, {p} (--cluster-flush 1 ms)"),
+                Kind::Nats,
+                v,
+                "ms",
+            );
+        }
+        Ok(())
+    }
+
+    fn absorb_load_ingest(&mut self, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+        let n: u64 = if self.smoke { 10_000 } else { 100_000 };
+        let nats = NatsServers::start(3)?;
+        // The brokers wait (and retry) while the new cluster elects its leaders.
+        let a = Server::start(Kind::Ours, clustered(&nats.urls, "a", 50.0, 3))?;
+        let b = Server::start(Kind::Ours, clustered(&nats.urls, "b", 50.0, 3))?;
+        let sub = subscriber(&self.zmq, &b.directory, "absorb", false);
+        let mut g = Generator::new(&self.zmq, Transport::Zmq, &a.input, a.udp, "absorb");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sub.synced() == 0 {
+            if Instant::now() > deadline {
+                bail!("cluster: probes never went from A to B");
+            }
+            g.probe();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let started = Instant::now();
+        let (sent, _) = g.run(f64::INFINITY, Duration::from_secs(600), n, n);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while sub.updates() < sent {
+            if Instant::now() > deadline {
+                bail!("cluster: B saw {} of {sent} things", sub.updates());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = started.elapsed().as_secs_f64();
+        drop(sub.finish());
+        let metric = format!("{n} distinct things, 3 replicas, absorbed");
+        self.report
+            .add("cluster", &metric, Kind::Ours, n as f64 / took, "msg/s");
+
+        // A new broker: from its start until a client of it has every thing.
+        let started = Instant::now();
+        let c = Server::start(Kind::Ours, clustered(&nats.urls, "c", 50.0, 3))?;
+        let ready = started.elapsed();
+        let joined =
+            crate::scenarios::join_time_under(&c.directory, c.snapshot.as_deref(), "absorb", n)?;
+        let load_metric = format!("new broker: start → a client holds {n} things");
+        self.report.add(
+            "cluster",
+            &load_metric,
+            Kind::Ours,
+            (ready + joined).as_secs_f64() * 1e3,
+            "ms",
+        );
+
+        let (absorb, load) = rt.block_on(nats_absorb_and_load(&nats.urls, n, 3))?;
+        self.report
+            .add("cluster", &metric, Kind::Nats, absorb, "msg/s");
+        self.report
+            .add("cluster", &load_metric, Kind::Nats, load * 1e3, "ms");
+        drop((a, b, c));
+
+        // Local ingest with --cluster on and its writes keeping NATS busy, beside none, and
+        // beside NATS unreachable (what the broker's own side of the cluster costs).
+        let (cpu0, wall0) = (nats.cpu_seconds(), Instant::now());
+        let with = self
+            .max_rate_with(
+                Kind::Ours,
+                clustered(&nats.urls, "ingest", 50.0, 3),
+                Transport::Zmq,
+                1,
+            )?
+            .map_or(0.0, |s| s.rate);
+        let nats_cores = (nats.cpu_seconds() - cpu0) / wall0.elapsed().as_secs_f64();
+        let away = self
+            .max_rate_with(
+                Kind::Ours,
+                clustered(&["nats://127.0.0.1:1".to_owned()], "away", 50.0, 1),
+                Transport::Zmq,
+                1,
+            )?
+            .map_or(0.0, |s| s.rate);
+        let without = self
+            .max_rate_with(Kind::Ours, Options::default(), Transport::Zmq, 1)?
+            .map_or(0.0, |s| s.rate);
+        self.report.add(
+            "cluster",
+            "local ZMQ ingest, --cluster on (3 replicas, 1,000 things)",
+            Kind::Ours,
+            with,
+            "msg/s",
+        );
+        self.report.add(
+            "cluster",
+            "local ZMQ ingest, --cluster on, NATS unreachable",
+            Kind::Ours,
+            away,
+            "msg/s",
+        );
+        self.report.add(
+            "cluster",
+            "local ZMQ ingest, no --cluster",
+            Kind::Ours,
+            without,
+            "msg/s",
+        );
+        let pct = |v: f64| {
+            if without > 0.0 {
+                v / without * 100.0
+            } else {
+                0.0
+            }
+        };
+        self.report.note(format!(
+            "cluster: local ingest is {:.0} % of the same broker without --cluster while its writes keep \
+             3 NATS servers busy on the same cores (they used {nats_cores:.2} cores meanwhile), and {:.0} % \
+             with NATS unreachable",
+            pct(with),
+            pct(away)
+        ));
+        Ok(())
+    }
+}
