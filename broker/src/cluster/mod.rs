@@ -436,9 +436,17 @@ impl Bucket {
                 }
             }
         };
+        // Requests time out after 3 s rather than 10: while a new cluster (or a cluster that lost
+        // a server) elects its leaders, a quicker retry gets through sooner.
+        let timeout = Duration::from_secs(3);
         let js = match &config.domain {
-            Some(domain) => async_nats::jetstream::with_domain(client, domain),
-            None => async_nats::jetstream::new(client),
+            Some(domain) => async_nats::jetstream::ContextBuilder::new()
+                .timeout(timeout)
+                .domain(domain.as_str())
+                .build(client),
+            None => async_nats::jetstream::ContextBuilder::new()
+                .timeout(timeout)
+                .build(client),
         };
         let bucket = &config.bucket;
         loop {
