@@ -86,7 +86,7 @@ pub(crate) struct Ingest {
     #[cfg(feature = "cluster")]
     cluster: Option<crate::cluster::ClusterLink>,
     /// Local updates accepted since the last flush, for the cluster.
-    cluster_out: Vec<(String, Arc<[u8]>)>,
+    cluster_out: Vec<Arc<[u8]>>,
 }
 
 /// The sockets ingest owns.
@@ -136,7 +136,7 @@ fn command_datagram(
 }
 
 #[cfg(feature = "cluster")]
-fn encoded_ns(bytes: &[u8]) -> &str {
+pub(crate) fn encoded_ns(bytes: &[u8]) -> &str {
     std::str::from_utf8(thingsbus_protocol::codec::encoded_update_ns(bytes)).unwrap_or("")
 }
 
@@ -501,8 +501,7 @@ impl Ingest {
                 Ok(update) => {
                     let entry = self.dir.apply(&update, now);
                     if self.clustered() {
-                        self.cluster_out
-                            .push((update.ns.as_str().to_owned(), entry.encoded.clone()));
+                        self.cluster_out.push(entry.encoded.clone());
                     }
                     self.batch.push(entry.encoded);
                     stats::add(&self.stats.accepted, 1);
@@ -551,8 +550,7 @@ impl Ingest {
                 Ok(update) => {
                     let entry = self.dir.apply(&update, now);
                     if self.clustered() {
-                        self.cluster_out
-                            .push((update.ns.as_str().to_owned(), entry.encoded.clone()));
+                        self.cluster_out.push(entry.encoded.clone());
                     }
                     self.batch.push(entry.encoded);
                     stats::add(&self.stats.accepted, 1);

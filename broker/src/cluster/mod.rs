@@ -28,8 +28,9 @@ use serde_json::value::RawValue;
 use crate::config::{ClusterAuth, ClusterConfig};
 use crate::stats;
 
-/// What ingest hands over: the namespace and the update as published.
-pub(crate) type Outgoing = (String, Arc<[u8]>);
+/// What ingest hands over: the update as published (its namespace is read from it here, off
+/// the ingest thread).
+pub(crate) type Outgoing = Arc<[u8]>;
 
 /// The ingest thread's end: local updates out, other brokers' updates in.
 pub(crate) struct ClusterLink {
@@ -136,7 +137,7 @@ pub(crate) fn start(
     let thread = std::thread::Builder::new()
         .name("thingsbus-cluster".into())
         .spawn(move || {
-            let pending: Arc<Mutex<HashMap<String, Arc<[u8]>>>> = Arc::default();
+            let pending: Arc<Mutex<Pending>> = Arc::default();
             // Tells the writer that something is pending.
             let wanted = Arc::new(tokio::sync::Notify::new());
             // Local updates are merged into `pending` as they come, never waiting for NATS.
@@ -155,9 +156,13 @@ pub(crate) fn start(
                             let mut p = pending
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            for (ns, bytes) in batch {
-                                if p.insert(ns, bytes).is_some() {
+                            for bytes in batch {
+                                let ns = crate::ingest::encoded_ns(&bytes);
+                                if let Some(held) = p.get_mut(ns) {
+                                    *held = bytes;
                                     stats::add(&stats.cluster.conflated, 1);
+                                } else {
+                                    p.insert(ns.to_owned(), bytes);
                                 }
                             }
                             stats::set(&stats.cluster.pending, p.len() as u64);
@@ -260,7 +265,7 @@ struct Bucket {
     stats: Arc<crate::Stats>,
     stop: Arc<AtomicBool>,
     /// Newest unwritten value per thing.
-    pending: Arc<Mutex<HashMap<String, Arc<[u8]>>>>,
+    pending: Arc<Mutex<Pending>>,
     /// Notified when `pending` gets something.
     wanted: Arc<tokio::sync::Notify>,
     /// Other brokers' updates, to ingest (woken through `wake`).
@@ -580,6 +585,9 @@ impl Bucket {
 
 type PutResult = Result<(), String>;
 
+/// The newest unwritten value of each thing (fast hashing: one insert per local update).
+type Pending = HashMap<String, Arc<[u8]>, foldhash::fast::RandomState>;
+
 /// Puts awaiting their acknowledgement at once.
 const WRITES_IN_FLIGHT: usize = 256;
 
@@ -589,6 +597,8 @@ struct Health<'a> {
     stats: &'a crate::Stats,
     write_ok: bool,
     watch_ok: bool,
+    /// When the backlog was last logged, while writes fail.
+    backlog_logged: Option<std::time::Instant>,
 }
 
 impl<'a> Health<'a> {
@@ -597,6 +607,7 @@ impl<'a> Health<'a> {
             stats,
             write_ok: true,
             watch_ok: true,
+            backlog_logged: None,
         }
     }
 
@@ -604,6 +615,18 @@ impl<'a> Health<'a> {
         let was = self.write_ok && self.watch_ok;
         self.write_ok = ok;
         self.changed(was, error);
+        // While writes fail, the backlog every 10 s (it is also in the broker's thing).
+        let now = std::time::Instant::now();
+        if ok {
+            self.backlog_logged = None;
+        } else if self
+            .backlog_logged
+            .is_none_or(|t| now - t >= Duration::from_secs(10))
+        {
+            self.backlog_logged = Some(now);
+            let pending = self.stats.cluster.pending.load(Ordering::Relaxed);
+            tracing::warn!(pending, error = %error, "cluster writes failing; the newest value of each of these things waits");
+        }
     }
 
     fn watch(&mut self, ok: bool, error: &str) {
