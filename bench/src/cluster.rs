@@ -49,6 +49,11 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 
 impl NatsServers {
     fn start(n: usize) -> anyhow::Result<NatsServers> {
+        NatsServers::start_on(n, None)
+    }
+
+    /// `n` servers, on the CPUs `cpus` only when given (`taskset -c`).
+    fn start_on(n: usize, cpus: Option<&str>) -> anyhow::Result<NatsServers> {
         let ports = free_ports(2 * n)?;
         let (client, route) = ports.split_at(n);
         let routes: Vec<String> = route
@@ -67,7 +72,14 @@ impl NatsServers {
                 client[i]
             ));
             std::fs::create_dir_all(&dir)?;
-            let mut cmd = Command::new("nats-server");
+            let mut cmd = match cpus {
+                Some(c) => {
+                    let mut t = Command::new("taskset");
+                    t.args(["-c", c, "nats-server"]);
+                    t
+                }
+                None => Command::new("nats-server"),
+            };
             cmd.args(["-js", "-a", "127.0.0.1", "-p", &client[i].to_string()])
                 .arg("-sd")
                 .arg(&dir);
@@ -419,6 +431,35 @@ impl Bench {
             without,
             "msg/s",
         );
+        // The same, the broker on CPU 0 and three NATS servers (busy with its writes) on CPU 1:
+        // what the broker's own side costs when NATS does not take its CPU, as on a deployment
+        // where NATS runs elsewhere.
+        drop(nats);
+        let pinned_nats = NatsServers::start_on(3, Some("1"))?;
+        let on_cpu0 = |cluster: Option<&NatsServers>| Options {
+            cpus: Some("0"),
+            ..cluster.map_or_else(Options::default, |n| clustered(&n.urls, "pinned", 50.0, 3))
+        };
+        let pinned_with = self.ingest_rate(on_cpu0(Some(&pinned_nats)))?;
+        let pinned_without = self.ingest_rate(on_cpu0(None))?;
+        self.report.add(
+            "cluster",
+            "local ZMQ ingest, broker on CPU 0, --cluster on, 3 NATS servers busy on CPU 1",
+            Kind::Ours,
+            pinned_with,
+            "msg/s",
+        );
+        self.report.add(
+            "cluster",
+            "local ZMQ ingest, broker on CPU 0, no --cluster",
+            Kind::Ours,
+            pinned_without,
+            "msg/s",
+        );
+        self.report.note(format!(
+            "cluster: with the broker and NATS on separate CPUs, local ingest with --cluster on is {:.0} % of the same broker without it",
+            if pinned_without > 0.0 { pinned_with / pinned_without * 100.0 } else { 0.0 }
+        ));
         let pct = |v: f64| {
             if without > 0.0 {
                 v / without * 100.0

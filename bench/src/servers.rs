@@ -50,6 +50,8 @@ pub(crate) struct Options {
     pub(crate) snapshot_interval_s: f64,
     /// Ours only: `--cluster` on these NATS servers.
     pub(crate) cluster: Option<ClusterOptions>,
+    /// Ours and the floor: run on these CPUs only (`taskset -c`).
+    pub(crate) cpus: Option<&'static str>,
 }
 
 /// `--cluster` settings of a bench broker.
@@ -67,6 +69,7 @@ impl Default for Options {
             subscriber_hwm: 100_000,
             snapshot_interval_s: 3600.0,
             cluster: None,
+            cpus: None,
         }
     }
 }
@@ -114,7 +117,15 @@ impl Server {
                         c.replicas.to_string(),
                     ]);
                 }
-                let mut child = Command::new(exe)
+                let mut command = match opts.cpus {
+                    Some(cpus) => {
+                        let mut c = Command::new("taskset");
+                        c.args(["-c", cpus]).arg(exe);
+                        c
+                    }
+                    None => Command::new(exe),
+                };
+                let mut child = command
                     .args(&args)
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())

@@ -164,29 +164,39 @@ impl Mirror {
             stale: p.stale,
             generation,
         };
-        if let Some(mut node) = self.nodes.get_mut(p.ns.as_str()) {
-            if let Some(cur) = &node.thing {
-                if cur.generation == generation
-                    && matches!((cur.seq, p.seq), (Some(c), Some(s)) if c >= s)
-                {
-                    return None;
+        // One lookup either way: a big reply fills an empty mirror, where every entry is new.
+        match self.nodes.entry(p.ns.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(mut node) => {
+                let node = node.get_mut();
+                if let Some(cur) = &node.thing {
+                    if cur.generation == generation
+                        && matches!((cur.seq, p.seq), (Some(c), Some(s)) if c >= s)
+                    {
+                        return None;
+                    }
                 }
+                let prev_url = node
+                    .thing
+                    .as_ref()
+                    .and_then(|t| t.documentation_url.clone());
+                let thing = make_thing(prev_url, p);
+                let copy = want_copy.then(|| thing.clone());
+                node.thing = Some(thing);
+                Some(copy)
             }
-            let prev_url = node
-                .thing
-                .as_ref()
-                .and_then(|t| t.documentation_url.clone());
-            let thing = make_thing(prev_url, p);
-            let copy = want_copy.then(|| thing.clone());
-            node.thing = Some(thing);
-            return Some(copy);
+            dashmap::mapref::entry::Entry::Vacant(slot) => {
+                let ns = slot.key().clone();
+                let thing = make_thing(None, p);
+                let copy = want_copy.then(|| thing.clone());
+                // The slot's shard lock goes before the parents are linked (they may share it).
+                drop(slot.insert(Node {
+                    thing: Some(thing),
+                    children: Vec::new(),
+                }));
+                self.link(ns);
+                Some(copy)
+            }
         }
-        let ns = p.ns.clone();
-        let thing = make_thing(None, p);
-        let copy = want_copy.then(|| thing.clone());
-        self.nodes.entry(ns.clone()).or_default().thing = Some(thing);
-        self.link(ns);
-        Some(copy)
     }
 
     /// Makes every prefix of `ns` exist and know its child. Stops at the first prefix that
