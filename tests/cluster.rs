@@ -38,6 +38,23 @@ struct Nats {
     child: Child,
     port: u16,
     dir: std::path::PathBuf,
+    /// The folder is this test's alone (a configured server): removed on drop.
+    remove_dir: bool,
+}
+
+/// Spawns a prepared `nats-server` command and waits until it listens on `port`.
+fn spawn_nats(mut command: Command, port: u16) -> Child {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server runs (Debian package nats-server; .ci/run installs it)");
+    eventually(DEADLINE, "nats-server to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
+    });
+    child
 }
 
 impl Nats {
@@ -63,21 +80,37 @@ impl Nats {
             std::env::temp_dir().join(format!("thingsbus-nats-{}-{port}", std::process::id()))
         });
         std::fs::create_dir_all(&dir).expect("store dir");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
             .arg("-sd")
             .arg(&dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server runs (Debian package nats-server; .ci/run installs it)");
-        eventually(DEADLINE, "nats-server to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        });
-        Nats { child, port, dir }
+            .args(extra);
+        Nats {
+            child: spawn_nats(command, port),
+            port,
+            dir,
+            remove_dir: false,
+        }
+    }
+
+    /// A server from a configuration (`listen` is added; `STORE` stands for a folder of its
+    /// own).
+    fn configured(name: &str, port: u16, conf: &str) -> Nats {
+        let dir =
+            std::env::temp_dir().join(format!("thingsbus-{name}-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("nats.conf");
+        let conf = conf.replace("STORE", &dir.join("js").display().to_string());
+        std::fs::write(&file, format!("listen: 127.0.0.1:{port}\n{conf}")).expect("conf");
+        let mut command = Command::new(nats_server());
+        command.arg("-c").arg(&file);
+        Nats {
+            child: spawn_nats(command, port),
+            port,
+            dir,
+            remove_dir: true,
+        }
     }
 
     fn url(&self) -> String {
@@ -93,6 +126,9 @@ impl Nats {
 impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -281,18 +317,14 @@ impl NatsCluster {
                 client[i]
             ));
             std::fs::create_dir_all(&dir).expect("store dir");
-            servers.push(
-                Command::new(nats_server())
-                    .args(["-js", "-a", "127.0.0.1", "-p", &client[i].to_string()])
-                    .args(["-n", &format!("n{i}"), "--cluster_name", "thingsbus-test"])
-                    .args(["--cluster", &routes[i], "--routes", &routes.join(",")])
-                    .arg("-sd")
-                    .arg(&dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("nats-server runs"),
-            );
+            let mut command = Command::new(nats_server());
+            command
+                .args(["-js", "-a", "127.0.0.1", "-p", &client[i].to_string()])
+                .args(["-n", &format!("n{i}"), "--cluster_name", "thingsbus-test"])
+                .args(["--cluster", &routes[i], "--routes", &routes.join(",")])
+                .arg("-sd")
+                .arg(&dir);
+            servers.push(spawn_nats(command, client[i]));
             dirs.push(dir);
         }
         NatsCluster {
@@ -591,56 +623,13 @@ impl Drop for Uplink {
     }
 }
 
-/// A nats-server from a configuration file, killed on drop.
-struct NatsConf {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl NatsConf {
-    fn start(name: &str, port: u16, conf: &str) -> NatsConf {
-        let dir =
-            std::env::temp_dir().join(format!("thingsbus-{name}-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("nats.conf");
-        let conf = conf.replace("STORE", &dir.join("js").display().to_string());
-        std::fs::write(&file, format!("listen: 127.0.0.1:{port}\n{conf}")).expect("conf");
-        let child = Command::new(nats_server())
-            .arg("-c")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server runs");
-        eventually(DEADLINE, "nats-server to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        });
-        NatsConf { child, port, dir }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsConf {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn a_leaf_node_site_works_alone_while_cut_off_and_converges_when_back() {
     // Centre: a JetStream server with a leaf-node port (not advertised, so that the leaf node
     // cannot go around the cut). Site: a leaf node (no JetStream of its own) whose uplink runs
     // through a link the test can cut.
     let ports = free_ports(3);
-    let hub = NatsConf::start(
+    let hub = Nats::configured(
         "hub",
         ports[0],
         &format!(
@@ -649,7 +638,7 @@ fn a_leaf_node_site_works_alone_while_cut_off_and_converges_when_back() {
         ),
     );
     let uplink = Uplink::to(ports[1]);
-    let leaf = NatsConf::start(
+    let leaf = Nats::configured(
         "leaf",
         ports[2],
         &format!(

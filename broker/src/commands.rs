@@ -356,17 +356,7 @@ impl CommandRouter {
                             .get(&broker_id)
                             .is_some_and(|f| f.server == peer)
                         {
-                            if let Some(f) = self.finish(st, broker_id) {
-                                stats::add(&self.cstats().gone, 1);
-                                self.send(
-                                    &f.caller,
-                                    &error_reply(
-                                        f.caller_id,
-                                        errors::GONE,
-                                        Some("the broker serving it cannot be reached".into()),
-                                    ),
-                                );
-                            }
+                            self.gone(st, broker_id, "the broker serving it cannot be reached");
                         }
                     }
                 }
@@ -644,6 +634,17 @@ impl CommandRouter {
         stats::set(&c.in_flight, st.in_flight.len() as u64);
     }
 
+    /// Answers a command in flight `gone`, with the reason.
+    fn gone(&self, st: &mut State, broker_id: u64, why: &str) {
+        if let Some(f) = self.finish(st, broker_id) {
+            stats::add(&self.cstats().gone, 1);
+            self.send(
+                &f.caller,
+                &error_reply(f.caller_id, errors::GONE, Some(why.into())),
+            );
+        }
+    }
+
     /// Takes a command out of the table: from here on nothing else can answer it.
     fn finish(&self, st: &mut State, broker_id: u64) -> Option<InFlight> {
         let f = st.in_flight.remove(&broker_id)?;
@@ -751,17 +752,7 @@ impl CommandRouter {
             .map(|(id, _)| *id)
             .collect();
         for broker_id in orphans {
-            if let Some(f) = self.finish(st, broker_id) {
-                stats::add(&self.cstats().gone, 1);
-                self.send(
-                    &f.caller,
-                    &error_reply(
-                        f.caller_id,
-                        errors::GONE,
-                        Some("the serving adaptor's registration lapsed".into()),
-                    ),
-                );
-            }
+            self.gone(st, broker_id, "the serving adaptor's registration lapsed");
         }
         self.update_gauges(st);
     }
