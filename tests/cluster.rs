@@ -283,6 +283,45 @@ fn nats_away_the_broker_serves_locally_then_catches_up() {
     value(&on_b, "during.outage", json!("kept"));
 }
 
+#[test]
+fn a_nats_that_lost_its_storage_is_used_again() {
+    let mut nats = Nats::start(None, None);
+    let port = nats.port;
+    let a = spawn_broker(clustered(&nats, "a"));
+    let b = spawn_broker(clustered(&nats, "b"));
+    let on_a = client_for(&a).connect_blocking().expect("client");
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    let input = ZmqInput::connect(&a);
+    eventually(DEADLINE, "the link up", || {
+        input.send_json(&json!(["up.probe", null, 1, null]));
+        std::thread::sleep(Duration::from_millis(50));
+        on_b.get("up.probe")
+    });
+    for i in 0..20 {
+        input.send_json(&json!([format!("before.t{i}"), null, i, null]));
+    }
+    eventually(DEADLINE, "20 things at B", || {
+        (on_b.walk("before").len() == 20).then_some(())
+    });
+    // NATS comes back on the same port with an empty store: the stream starts again at 1.
+    nats.kill();
+    let empty = std::env::temp_dir().join(format!(
+        "thingsbus-nats-empty-{}-{port}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&empty);
+    let _fresh = Nats::start(Some(port), Some(empty));
+    // One update (A retries its write until the new stream takes it): revision 1 of the new
+    // stream, which a watch resuming after revision 20 or so would never see.
+    input.send_json(&json!(["after.loss", null, "new", null]));
+    value(&on_a, "after.loss", json!("new"));
+    eventually(
+        Duration::from_secs(40),
+        "the update at B through the new stream",
+        || on_b.get("after.loss"),
+    );
+}
+
 /// Three `nats-server`s with JetStream as one cluster on loopback.
 struct NatsCluster {
     servers: Vec<Child>,

@@ -337,6 +337,7 @@ impl Bucket {
         let mut last_write = tokio::time::Instant::now() - flush;
         let mut next_write: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut check = tokio::time::interval(Duration::from_secs(5));
         let mut write_now = false;
         loop {
             if self.stop.load(Ordering::Relaxed) {
@@ -380,6 +381,26 @@ impl Bucket {
                 }
                 // Looks at `stop` now and then.
                 _ = tick.tick() => {}
+                // A NATS that lost its storage starts the stream again at 1, and a watch that
+                // resumes after our last revision would miss everything up to it: watch it all
+                // again instead.
+                _ = check.tick() => {
+                    let last = kv.status().await.map(|s| s.info.state.last_sequence);
+                    if matches!(last, Ok(l) if l < last_revision) {
+                        tracing::warn!(
+                            last_revision,
+                            "the bucket is younger than what this broker has seen (NATS lost its storage?); \
+                             loading it again; things written before reappear when next updated"
+                        );
+                        match kv.watch_with_history(">").await {
+                            Ok(w) => {
+                                watch = w;
+                                last_revision = 0;
+                            }
+                            Err(e) => health.watch(false, &e.to_string()),
+                        }
+                    }
+                }
             }
             if !std::mem::take(&mut write_now) {
                 continue;
