@@ -502,8 +502,13 @@ fn run_applier(jobs: &std::sync::mpsc::Receiver<ApplyJob>, shared: &Shared) {
             shared.mirror.reserve_for(total);
         }
         let want = shared.subscribers.load(Ordering::Relaxed) > 0;
+        let mut fresh = Vec::new();
         for p in job.entries {
-            if let Some(Some(thing)) = shared.mirror.apply_prepared(p, job.generation, want) {
+            if let Some(Some(thing)) =
+                shared
+                    .mirror
+                    .apply_prepared(p, job.generation, want, &mut fresh)
+            {
                 dispatch(
                     shared,
                     Event {
@@ -513,6 +518,7 @@ fn run_applier(jobs: &std::sync::mpsc::Receiver<ApplyJob>, shared: &Shared) {
                 );
             }
         }
+        shared.mirror.link_all(fresh);
         if job.last {
             let c = &shared.counters;
             c.snapshot_replies.fetch_add(1, Ordering::Relaxed);

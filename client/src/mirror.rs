@@ -147,12 +147,14 @@ impl Mirror {
 
     /// Applies a snapshot-reply entry prepared on another thread (see [`Prepared`]). Within one
     /// broker run it never replaces a value with the same or a newer `seq`: a reply does not
-    /// re-apply what the mirror already has, nor undo a live update that overtook it.
+    /// re-apply what the mirror already has, nor undo a live update that overtook it. A thing new
+    /// to the mirror goes into `fresh`, for [`Mirror::link_all`] once the chunk is applied.
     pub(crate) fn apply_prepared(
         &self,
         p: Prepared,
         generation: u64,
         want_copy: bool,
+        fresh: &mut Vec<Namespace>,
     ) -> Option<Option<Thing>> {
         let make_thing = |prev_url: Option<Arc<str>>, p: Prepared| Thing {
             ns: p.ns,
@@ -188,14 +190,41 @@ impl Mirror {
                 let ns = slot.key().clone();
                 let thing = make_thing(None, p);
                 let copy = want_copy.then(|| thing.clone());
-                // The slot's shard lock goes before the parents are linked (they may share it).
                 drop(slot.insert(Node {
                     thing: Some(thing),
                     children: Vec::new(),
                 }));
-                self.link(ns);
+                fresh.push(ns);
                 Some(copy)
             }
+        }
+    }
+
+    /// Links new things into the tree, as [`Mirror::link`] does one by one; siblings come
+    /// together in a snapshot, so a run of them takes one look-up of their parent.
+    pub(crate) fn link_all(&self, fresh: Vec<Namespace>) {
+        fn parent_of(ns: &Namespace) -> &str {
+            ns.as_str().rfind('.').map_or("", |i| &ns.as_str()[..i])
+        }
+        let mut rest = fresh.as_slice();
+        while let Some(first) = rest.first() {
+            let parent = parent_of(first);
+            let run = rest
+                .iter()
+                .position(|ns| parent_of(ns) != parent)
+                .unwrap_or(rest.len());
+            let (siblings, after) = rest.split_at(run);
+            match self.nodes.get_mut(parent) {
+                Some(mut p) if !first.is_root() => p.children.extend(siblings.iter().cloned()),
+                // A parent not there yet: made with its own parents by `link`; the rest of the
+                // run finds it.
+                _ => {
+                    for ns in siblings {
+                        self.link(ns.clone());
+                    }
+                }
+            }
+            rest = after;
         }
     }
 
@@ -352,6 +381,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.documentation_url.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn a_reply_chunk_links_its_things_in_any_order() {
+        let m = Mirror::new();
+        let mut fresh = Vec::new();
+        // Children before their parent, two parents, and one new top-level name.
+        for ns in ["a.b.c", "a.b.d", "x.y", "a", "a.e"] {
+            let p = Prepared {
+                ns: Namespace::new(ns).unwrap(),
+                data: Arc::from("1"),
+                ts: 1.0,
+                documentation_url: None,
+                seq: Some(1),
+                stale: false,
+            };
+            m.apply_prepared(p, 0, false, &mut fresh).unwrap();
+        }
+        m.link_all(fresh);
+        let names = |v: Vec<Namespace>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(names(m.children("")), ["a", "x"]);
+        assert_eq!(names(m.children("a")), ["a.b", "a.e"]);
+        assert_eq!(names(m.children("a.b")), ["a.b.c", "a.b.d"]);
+        let walked: Vec<String> = m.walk("").iter().map(|t| t.ns.to_string()).collect();
+        assert_eq!(walked, ["a", "a.b.c", "a.b.d", "a.e", "x.y"]);
     }
 
     #[test]
