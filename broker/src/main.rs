@@ -109,8 +109,8 @@ struct Args {
     #[arg(long, env = "THINGSBUS_NODE_NAME")]
     node_name: Option<String>,
 
-    /// With --cluster: seconds an update may wait before it is written; within it only the
-    /// newest value of each thing is written.
+    /// With --cluster: writes to the bucket go out as soon as something is pending, then at
+    /// most once per this many seconds, each with the newest value of every thing (conflation).
     #[arg(long, env = "THINGSBUS_CLUSTER_FLUSH", default_value_t = 0.05, value_parser = positive_secs)]
     cluster_flush: f64,
 
