@@ -124,7 +124,8 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// This broker's name in the bucket's values (its own writes are not applied back).
     pub node_name: String,
-    /// Longest time an update waits before it is written (conflation window).
+    /// Writes go out as soon as something is pending, then at most once per this interval, with
+    /// the newest value of each thing (conflation).
     pub flush: Duration,
     /// How the broker proves itself to NATS.
     pub auth: ClusterAuth,
