@@ -45,6 +45,19 @@ struct Value<'a> {
     u: &'a RawValue,
 }
 
+/// The nice value the cluster's threads add to their own: when the CPU is short, ingest and
+/// publishing (local service) come first, and the cluster writes less often, each time with the
+/// newest values (conflation absorbs the difference).
+const CLUSTER_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority by [`CLUSTER_NICE`] (on Linux a nice value is per
+/// thread). Not being allowed is no reason to stop.
+fn yield_to_local_service() {
+    if let Err(e) = rustix::process::nice(CLUSTER_NICE) {
+        tracing::debug!(error = %e, "cannot lower the cluster thread's priority");
+    }
+}
+
 /// Credentials as read at start: a file that cannot be read stops the start with a clear error
 /// instead of a retry loop.
 #[derive(Clone)]
@@ -132,6 +145,7 @@ pub(crate) fn start(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("thingsbus-cluster")
+        .on_thread_start(yield_to_local_service)
         .enable_all()
         .build()?;
     let thread = std::thread::Builder::new()
@@ -171,6 +185,9 @@ pub(crate) fn start(
                         }
                     })
             };
+            // The conflation thread keeps normal priority (it must keep up with ingest, or its
+            // queue would grow); this one, which writes and watches, yields.
+            yield_to_local_service();
             let relay = relay.map(|ends| {
                 runtime.spawn(start_relay(
                     config.clone(),
