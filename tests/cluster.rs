@@ -169,11 +169,12 @@ fn an_update_to_one_broker_reaches_clients_of_another_and_late_brokers_load_it_a
     // A deployed 0.2.1 client of B too (the Python original).
     let mut py_b = PyPeer::ready(&["client", "--url", &b.endpoints().directory]);
     let input = ZmqInput::connect(&a);
-    eventually(DEADLINE, "an update from A at a client of B", || {
-        input.send_json(&json!(["site.a.temp", null, 21.5, "https://doc"]));
-        std::thread::sleep(Duration::from_millis(50));
-        on_b.get("site.a.temp")
-    });
+    input.send_until(
+        DEADLINE,
+        "an update from A at a client of B",
+        &json!(["site.a.temp", null, 21.5, "https://doc"]),
+        || on_b.get("site.a.temp"),
+    );
     let t = on_b.get("site.a.temp").expect("thing");
     assert_eq!(t.value(), json!(21.5));
     assert_eq!(t.documentation_url.as_deref(), Some("https://doc"));
@@ -234,11 +235,12 @@ fn the_newest_ts_wins_whichever_broker_wrote_last() {
     let on_b = client_for(&b).connect_blocking().expect("client");
     let (to_a, to_b) = (ZmqInput::connect(&a), ZmqInput::connect(&b));
     let t0 = now();
-    eventually(DEADLINE, "B's newer value everywhere", || {
-        to_b.send_json(&json!(["shared.x", t0, "new", null]));
-        std::thread::sleep(Duration::from_millis(50));
-        on_a.get("shared.x").filter(|t| t.value() == json!("new"))
-    });
+    to_b.send_until(
+        DEADLINE,
+        "B's newer value everywhere",
+        &json!(["shared.x", t0, "new", null]),
+        || on_a.get("shared.x").filter(|t| t.value() == json!("new")),
+    );
     // An older value sent to A afterwards overwrites B's newer one nowhere, A included.
     to_a.send_json(&json!(["shared.x", t0 - 10.0, "old", null]));
     eventually(DEADLINE, "A to drop the older value", || {
@@ -266,11 +268,12 @@ fn nats_away_the_broker_serves_locally_then_catches_up() {
     let on_a = client_for(&a).connect_blocking().expect("client");
     let on_b = client_for(&b).connect_blocking().expect("client");
     let input = ZmqInput::connect(&a);
-    eventually(DEADLINE, "the link up", || {
-        input.send_json(&json!(["up.probe", null, 1, null]));
-        std::thread::sleep(Duration::from_millis(50));
-        on_b.get("up.probe")
-    });
+    input.send_until(
+        DEADLINE,
+        "the link up",
+        &json!(["up.probe", null, 1, null]),
+        || on_b.get("up.probe"),
+    );
     nats.kill();
     // Locally nothing changes.
     input.send_json(&json!(["during.outage", null, "kept", null]));
@@ -292,11 +295,12 @@ fn a_nats_that_lost_its_storage_is_used_again() {
     let on_a = client_for(&a).connect_blocking().expect("client");
     let on_b = client_for(&b).connect_blocking().expect("client");
     let input = ZmqInput::connect(&a);
-    eventually(DEADLINE, "the link up", || {
-        input.send_json(&json!(["up.probe", null, 1, null]));
-        std::thread::sleep(Duration::from_millis(50));
-        on_b.get("up.probe")
-    });
+    input.send_until(
+        DEADLINE,
+        "the link up",
+        &json!(["up.probe", null, 1, null]),
+        || on_b.get("up.probe"),
+    );
     for i in 0..20 {
         input.send_json(&json!([format!("before.t{i}"), null, i, null]));
     }
@@ -414,11 +418,12 @@ fn three_replicas_lose_nothing_acknowledged_when_a_server_dies() {
     let on_b = client_for(&b).connect_blocking().expect("client");
     let input = ZmqInput::connect(&a);
     let long = Duration::from_secs(40);
-    eventually(long, "the cluster link up with 3 replicas", || {
-        input.send_json(&json!(["first.probe", null, 1, null]));
-        std::thread::sleep(Duration::from_millis(200));
-        on_b.get("first.probe")
-    });
+    input.send_until(
+        long,
+        "the cluster link up with 3 replicas",
+        &json!(["first.probe", null, 1, null]),
+        || on_b.get("first.probe"),
+    );
     for i in 0..50 {
         input.send_json(&json!([format!("before.t{i}"), null, i, null]));
     }
@@ -564,28 +569,31 @@ fn credentials_reach_nats_and_wrong_ones_leave_the_broker_serving_locally() {
     // With the token, A's update reaches B.
     let on_b = client_for(&b).connect_blocking().expect("client");
     let to_a = ZmqInput::connect(&a);
-    eventually(DEADLINE, "A's update at B", || {
-        to_a.send_json(&json!(["auth.t", null, 1, null]));
-        std::thread::sleep(Duration::from_millis(50));
-        on_b.get("auth.t")
-    });
+    to_a.send_until(
+        DEADLINE,
+        "A's update at B",
+        &json!(["auth.t", null, 1, null]),
+        || on_b.get("auth.t"),
+    );
     let on_c = client_for(&c).connect_blocking().expect("client");
     let to_c = ZmqInput::connect(&c);
-    eventually(DEADLINE, "C's update (user and password)", || {
-        to_c.send_json(&json!(["auth.u", null, 1, null]));
-        std::thread::sleep(Duration::from_millis(50));
-        on_c.get("auth.u")
-    });
+    to_c.send_until(
+        DEADLINE,
+        "C's update (user and password)",
+        &json!(["auth.u", null, 1, null]),
+        || on_c.get("auth.u"),
+    );
     assert!(c.stats().cluster.writes.load(Ordering::Relaxed) >= 1);
     // A wrong token: no link, and the broker still serves its own clients.
     let wrong = wrong.join().expect("broker w");
     let on_wrong = client_for(&wrong).connect_blocking().expect("client");
     let input = ZmqInput::connect(&wrong);
-    eventually(DEADLINE, "the unlinked broker to serve locally", || {
-        input.send_json(&json!(["auth.local", null, 2, null]));
-        std::thread::sleep(Duration::from_millis(50));
-        on_wrong.get("auth.local")
-    });
+    input.send_until(
+        DEADLINE,
+        "the unlinked broker to serve locally",
+        &json!(["auth.local", null, 2, null]),
+        || on_wrong.get("auth.local"),
+    );
     assert_eq!(wrong.stats().cluster.connected.load(Ordering::Relaxed), 0);
     assert!(on_b.get("auth.local").is_none());
 }
@@ -700,11 +708,12 @@ fn a_leaf_node_site_works_alone_while_cut_off_and_converges_when_back() {
     let on_site = client_for(&site).connect_blocking().expect("client");
     let (to_centre, to_site) = (ZmqInput::connect(&centre), ZmqInput::connect(&site));
     let long = Duration::from_secs(40);
-    eventually(long, "the site's update at the centre", || {
-        to_site.send_json(&json!(["site.door", null, "closed", null]));
-        std::thread::sleep(Duration::from_millis(100));
-        on_centre.get("site.door")
-    });
+    to_site.send_until(
+        long,
+        "the site's update at the centre",
+        &json!(["site.door", null, "closed", null]),
+        || on_centre.get("site.door"),
+    );
     // A command from the centre reaches the site's adaptor through the leaf node.
     let door = echo(&site, "site", "door", "site-door");
     let reply = eventually(long, "the centre to learn the site's route", || {
@@ -821,11 +830,12 @@ fn with_srv_a_client_whose_broker_dies_moves_to_the_next_with_the_whole_director
         }
     }
     // And it goes on live.
-    eventually(DEADLINE, "a new update after the move", || {
-        to_elsewhere.send_json(&json!(["there.after", null, 1, null]));
-        std::thread::sleep(Duration::from_millis(50));
-        client.get("there.after")
-    });
+    to_elsewhere.send_until(
+        DEADLINE,
+        "a new update after the move",
+        &json!(["there.after", null, 1, null]),
+        || client.get("there.after"),
+    );
 }
 
 #[test]
@@ -841,11 +851,12 @@ fn a_current_nats_release_works_as_well_as_debians() {
     let b = spawn_broker(clustered(&nats, "b"));
     let on_b = client_for(&b).connect_blocking().expect("client");
     let to_a = ZmqInput::connect(&a);
-    eventually(DEADLINE, "A's update at B", || {
-        to_a.send_json(&json!(["current.x", null, 1, null]));
-        std::thread::sleep(Duration::from_millis(50));
-        on_b.get("current.x")
-    });
+    to_a.send_until(
+        DEADLINE,
+        "A's update at B",
+        &json!(["current.x", null, 1, null]),
+        || on_b.get("current.x"),
+    );
     // A late broker loads it; a command crosses.
     let c = spawn_broker(clustered(&nats, "c"));
     let on_c = client_for(&c).connect_blocking().expect("client");

@@ -118,6 +118,22 @@ impl ZmqInput {
     pub fn send_json(&self, v: &Value) {
         self.send(v.to_string().as_bytes());
     }
+
+    /// Sends `v` again every 50 ms until `seen` gives something, within `deadline`: what a PUB
+    /// sends before its connection is up (or while a link is being mended) is lost.
+    pub fn send_until<T>(
+        &self,
+        deadline: Duration,
+        what: &str,
+        v: &Value,
+        mut seen: impl FnMut() -> Option<T>,
+    ) -> T {
+        eventually(deadline, what, || {
+            self.send_json(v);
+            std::thread::sleep(Duration::from_millis(50));
+            seen()
+        })
+    }
 }
 
 /// An adaptor's UDP socket aimed at the broker's UDP input.
