@@ -192,7 +192,7 @@ pub(crate) fn start(
                 runtime.spawn(start_relay(
                     config.clone(),
                     secret.clone(),
-                    addrs,
+                    addrs.clone(),
                     ends,
                     stop.clone(),
                 ))
@@ -203,6 +203,7 @@ pub(crate) fn start(
             );
             let bucket = Bucket {
                 config,
+                addrs,
                 secret,
                 stats,
                 stop,
@@ -239,8 +240,8 @@ pub(crate) fn start(
     ))
 }
 
-/// The relay's own connection: it lives as long as the broker (the client reconnects by itself),
-/// apart from the bucket's sessions, which restart on errors.
+/// The relay's own connection, beside the bucket's: it lives as long as the broker (the client
+/// reconnects by itself).
 async fn start_relay(
     config: ClusterConfig,
     secret: Secret,
@@ -275,9 +276,11 @@ async fn start_relay(
     }
 }
 
-/// The bucket's side of the cluster thread: what every session (one NATS connection) shares.
+/// The bucket's side of the cluster thread: writing, watching and what they share.
 struct Bucket {
     config: ClusterConfig,
+    /// `config.urls`, parsed (and checked) at start.
+    addrs: Vec<async_nats::ServerAddr>,
     secret: Secret,
     stats: Arc<crate::Stats>,
     stop: Arc<AtomicBool>,
@@ -464,10 +467,9 @@ impl Bucket {
         async_nats::jetstream::kv::Store,
     )> {
         let config = &self.config;
-        let addrs = server_addrs(&config.urls).ok()?;
         let client = loop {
             match connect_options(&self.secret, &config.node_name)
-                .connect(addrs.clone())
+                .connect(self.addrs.clone())
                 .await
             {
                 Ok(c) => break c,
