@@ -301,12 +301,7 @@ fn a_nats_that_lost_its_storage_is_used_again() {
         &json!(["up.probe", null, 1, null]),
         || on_b.get("up.probe"),
     );
-    for i in 0..20 {
-        input.send_json(&json!([format!("before.t{i}"), null, i, null]));
-    }
-    eventually(DEADLINE, "20 things at B", || {
-        (on_b.walk("before").len() == 20).then_some(())
-    });
+    things_through(&input, &on_b, "before", 20, DEADLINE);
     // NATS comes back on the same port with an empty store: the stream starts again at 1.
     nats.kill();
     let empty = std::env::temp_dir().join(format!(
@@ -324,6 +319,23 @@ fn a_nats_that_lost_its_storage_is_used_again() {
         "the update at B through the new stream",
         || on_b.get("after.loss"),
     );
+}
+
+/// Sends `prefix.t0` … `prefix.t{n-1}` (values 0 … n-1) to `input` once, and waits until
+/// `client` holds all of them.
+fn things_through(
+    input: &ZmqInput,
+    client: &thingsbus_client::Client,
+    prefix: &str,
+    n: usize,
+    deadline: Duration,
+) {
+    for i in 0..n {
+        input.send_json(&json!([format!("{prefix}.t{i}"), null, i, null]));
+    }
+    eventually(deadline, &format!("{n} things under {prefix}"), || {
+        (client.walk(prefix).len() == n).then_some(())
+    });
 }
 
 /// Three `nats-server`s with JetStream as one cluster on loopback.
@@ -424,21 +436,11 @@ fn three_replicas_lose_nothing_acknowledged_when_a_server_dies() {
         &json!(["first.probe", null, 1, null]),
         || on_b.get("first.probe"),
     );
-    for i in 0..50 {
-        input.send_json(&json!([format!("before.t{i}"), null, i, null]));
-    }
-    eventually(long, "the first 50 at B", || {
-        (on_b.walk("before").len() == 50).then_some(())
-    });
+    things_through(&input, &on_b, "before", 50, long);
     // One server goes (perhaps the stream's leader): writes fail until a new one is elected,
     // and are retried.
     nats.kill(0);
-    for i in 0..50 {
-        input.send_json(&json!([format!("after.t{i}"), null, i, null]));
-    }
-    eventually(long, "the next 50 at B", || {
-        (on_b.walk("after").len() == 50).then_some(())
-    });
+    things_through(&input, &on_b, "after", 50, long);
     // A broker started now loads all of it from the two servers left.
     let c = spawn_broker(on_cluster(nats.urls()[1..].to_vec(), "c"));
     let on_c = client_for(&c).connect_blocking().expect("client");
