@@ -168,7 +168,7 @@ pub(crate) fn apply_remote_update(
     let update = UpdateRef {
         ns: u.ns.clone(),
         ts: Some(ts),
-        data: Cow::Borrowed(u.data.get()),
+        data: Cow::Borrowed(u.data),
         documentation_url: u.documentation_url.clone(),
     };
     dir.apply(&update, now);

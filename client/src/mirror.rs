@@ -30,7 +30,7 @@ pub(crate) enum Source {
 }
 
 fn raw(u: &PublishedUpdate<'_>) -> Option<Arc<str>> {
-    Some(Arc::from(u.data.get()))
+    Some(Arc::from(u.data))
 }
 
 fn make(
@@ -71,7 +71,7 @@ impl Prepared {
     pub(crate) fn new(u: &PublishedUpdate<'_>, now: f64, stale: bool) -> Self {
         Prepared {
             ns: u.ns.to_namespace(),
-            data: Arc::from(u.data.get()),
+            data: Arc::from(u.data),
             ts: u.ts.map_or(now, |t| t.as_secs()),
             documentation_url: u.documentation_url.as_deref().map(Arc::from),
             seq: u.seq,

@@ -26,6 +26,7 @@ pub mod endpoint;
 pub mod fuzzing;
 pub mod message;
 pub mod namespace;
+mod scan;
 pub mod snapshot;
 
 pub use codec::{Limits, Rejection};

@@ -3,7 +3,7 @@
 //! the cheap, always-on part.)
 
 use thingsbus_protocol::codec::{
-    decode_json_input, decode_msgpack_input, decode_published, encode_update,
+    decode_json_input, decode_msgpack_input, decode_published, encode_update, fast_snapshot_agrees,
 };
 use thingsbus_protocol::discovery::{RandomSource, SeededRandom};
 use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader};
@@ -81,6 +81,7 @@ fn decoders_survive_mutations_and_noise() {
     let mut rng = SeededRandom::new(0x0741_5b05);
     let seeds = seeds();
     let mut accepted = 0;
+    let mut fast = 0;
     for i in 0..60_000 {
         let input = if i % 10 == 0 {
             (0..rng.up_to(64)).map(|_| rng.up_to(255) as u8).collect()
@@ -90,7 +91,9 @@ fn decoders_survive_mutations_and_noise() {
         accepted += usize::from(decode_json_input(&input, &limits).is_ok());
         accepted += usize::from(decode_msgpack_input(&input, &limits).is_ok());
         accepted += usize::from(decode_published(&input).is_ok());
+        fast += usize::from(fast_snapshot_agrees(&input));
     }
+    assert!(fast > 200, "only {fast} mutated snapshots took the fast path");
     // Some mutations stay valid (a changed digit, say): the decoders were really exercised.
     assert!(accepted > 1000, "only {accepted} mutated inputs decoded");
 }
