@@ -16,7 +16,7 @@ use futures_util::StreamExt as _;
 
 use crate::load::{now_ns, percentile_ms, subscriber, Generator, Transport};
 use crate::scenarios::Bench;
-use crate::servers::{ClusterOptions, Kind, Options, Server};
+use crate::servers::{process_cpu_seconds, ClusterOptions, Kind, Options, Server};
 
 /// `nats-server -js` processes on 127.0.0.1 (one, or three as one cluster), killed on drop.
 struct NatsServers {
@@ -112,16 +112,9 @@ impl NatsServers {
 impl NatsServers {
     /// CPU seconds the servers have used so far (user + system).
     fn cpu_seconds(&self) -> f64 {
-        let tick = 100.0; // USER_HZ on Linux
         self.children
             .iter()
-            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
-            .filter_map(|s| {
-                // Fields after the command name in parentheses: utime is the 14th field.
-                let rest = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
-            })
+            .filter_map(|c| process_cpu_seconds(c.id()))
             .sum()
     }
 }
@@ -293,6 +286,17 @@ impl Bench {
             .map_or(0.0, |s| s.rate))
     }
 
+    /// Our broker's CPU time per update delivered, in microseconds, at a fixed `rate` for one
+    /// step: steadier than a maximum-rate search for comparing two configurations.
+    fn cpu_per_update(&self, opts: Options, rate: f64) -> anyhow::Result<f64> {
+        let server = Server::start(Kind::Ours, opts)?;
+        let before = server.cpu_seconds();
+        let s = self.step_between(&server, &server, Transport::Zmq, 1, rate, false)?;
+        let used = server.cpu_seconds() - before;
+        let updates = s.achieved * self.seconds * (1.0 - s.loss);
+        Ok(if updates > 0.0 { used / updates * 1e6 } else { 0.0 })
+    }
+
     pub(crate) fn cluster(&mut self) -> anyhow::Result<()> {
         eprintln!("cluster: brokers sharing a NATS JetStream bucket, beside NATS alone");
         if !nats_installed() {
@@ -431,6 +435,23 @@ impl Bench {
             without,
             "msg/s",
         );
+        // What the broker itself spends per local update, at one fixed rate, with --cluster on
+        // (NATS busy with its writes) and without: the cost of the cluster to local service.
+        let rate = if self.smoke { 20_000.0 } else { 200_000.0 };
+        let cpu_with = self.cpu_per_update(clustered(&nats.urls, "cpu", 50.0, 3), rate)?;
+        let cpu_without = self.cpu_per_update(Options::default(), rate)?;
+        for (metric, v) in [
+            ("broker CPU per local update at a fixed rate, --cluster on (NATS busy)", cpu_with),
+            ("broker CPU per local update at a fixed rate, no --cluster", cpu_without),
+        ] {
+            self.report.add("cluster", metric, Kind::Ours, v, "µs");
+        }
+        self.report.note(format!(
+            "cluster: at {:.0} k updates/s the broker spent {cpu_with:.2} µs of CPU per local update with \
+             --cluster on and {cpu_without:.2} µs without ({:+.0} %): all its threads, the cluster's included",
+            rate / 1e3,
+            if cpu_without > 0.0 { (cpu_with / cpu_without - 1.0) * 100.0 } else { 0.0 }
+        ));
         // The same, the broker on CPU 0 and three NATS servers (busy with its writes) on CPU 1:
         // what the broker's own side costs when NATS does not take its CPU, as on a deployment
         // where NATS runs elsewhere.

@@ -180,6 +180,11 @@ impl Server {
         }
     }
 
+    /// CPU seconds the server process has used so far (user + system).
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        process_cpu_seconds(self.child.id()).unwrap_or(0.0)
+    }
+
     /// Resident memory of the server process, in KiB.
     pub(crate) fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -306,4 +311,14 @@ pub(crate) fn serve_floor(args: &[String]) -> anyhow::Result<()> {
     });
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     Ok(())
+}
+
+/// CPU seconds process `pid` has used so far (user + system), from `/proc/<pid>/stat`.
+pub(crate) fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name in parentheses: utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
 }

@@ -52,8 +52,9 @@ pub(crate) enum Peer {
     Relay(String),
 }
 
-/// From the command thread to the cluster's NATS relay.
+/// From the command thread to the cluster's NATS relay (read only with the `cluster` feature).
 #[derive(Debug)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) enum ToRelay {
     /// The prefixes served here now, each with the epoch second of its registration.
     Routes(Vec<(String, f64)>),
@@ -68,8 +69,9 @@ pub(crate) enum ToRelay {
     Answer { reply_to: String, message: Vec<u8> },
 }
 
-/// From the cluster's NATS relay to the command thread.
+/// From the cluster's NATS relay to the command thread (made only with the `cluster` feature).
 #[derive(Debug)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) enum FromRelay {
     /// All that `node` serves now (an empty list when it stops).
     Routes {
@@ -97,6 +99,7 @@ pub(crate) struct RelayLink {
 /// A prefix announced by another broker lapses after this long without a new announcement.
 pub(crate) const REMOTE_ROUTE_TTL: Duration = Duration::from_secs(15);
 /// How often a broker announces what it serves (and at once when that changes).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
 /// A `serve`/`command`/`command_reply` datagram, passed on by the ingest thread.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use thingsbus_protocol::codec::{decode_json_input, decode_msgpack_input, encode_expired};
 use thingsbus_protocol::namespace::is_within_str;
 use thingsbus_protocol::snapshot::SnapshotHeader;
-use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
+use thingsbus_protocol::{Directory, Entry, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
 
 use crate::access::{AllowList, RateLimiter};
 use crate::commands::Datagram;
@@ -85,8 +85,6 @@ pub(crate) struct Ingest {
     cluster_wake: zmq::Socket,
     #[cfg(feature = "cluster")]
     cluster: Option<crate::cluster::ClusterLink>,
-    /// Local updates accepted since the last flush, for the cluster.
-    cluster_out: Vec<Arc<[u8]>>,
 }
 
 /// The sockets ingest owns.
@@ -197,6 +195,20 @@ pub(crate) fn udp_kernel_drops(socket: &UdpSocket) -> Option<u64> {
         })
 }
 
+/// Applies a local update; with `--cluster` (`marked`), marks the thing for the cluster link
+/// (see [`Ingest::hand_over`]).
+fn apply_local(dir: &mut Directory, marked: bool, update: &UpdateRef<'_>, now: Timestamp) -> Entry {
+    if marked {
+        dir.apply_marked(update, now)
+    } else {
+        dir.apply(update, now)
+    }
+}
+
+/// How early [`Ingest::hand_over`] may hand changes over.
+#[cfg(feature = "cluster")]
+const HAND_OVER_EARLY: Duration = Duration::from_millis(1);
+
 /// The reserved namespace of the broker's own thing.
 pub(crate) const BROKER_NS: &str = "thingsbus.broker";
 
@@ -243,7 +255,6 @@ impl Ingest {
             cluster_wake: sockets.cluster_wake,
             #[cfg(feature = "cluster")]
             cluster,
-            cluster_out: Vec::new(),
         }
     }
 
@@ -280,9 +291,12 @@ impl Ingest {
             if let Some(j) = self.journal.as_mut().filter(|j| j.wants_compaction()) {
                 j.compact(&self.dir, BROKER_NS);
             }
-            let wait = next_snapshot
+            let mut wait = next_snapshot
                 .min(next_expiry)
                 .saturating_duration_since(Instant::now());
+            if let Some(due) = self.hand_over_due() {
+                wait = wait.min(due);
+            }
             let timeout = i64::try_from(wait.as_millis())
                 .unwrap_or(MAX_POLL_MS)
                 .clamp(0, MAX_POLL_MS);
@@ -499,10 +513,8 @@ impl Ingest {
                 }
                 Ok(update) if self.superseded(&update) => {}
                 Ok(update) => {
-                    let entry = self.dir.apply(&update, now);
-                    if self.clustered() {
-                        self.cluster_out.push(entry.encoded.clone());
-                    }
+                    let marked = self.clustered();
+                    let entry = apply_local(&mut self.dir, marked, &update, now);
                     self.batch.push(entry.encoded);
                     stats::add(&self.stats.accepted, 1);
                 }
@@ -548,10 +560,8 @@ impl Ingest {
                 }
                 Ok(update) if self.superseded(&update) => {}
                 Ok(update) => {
-                    let entry = self.dir.apply(&update, now);
-                    if self.clustered() {
-                        self.cluster_out.push(entry.encoded.clone());
-                    }
+                    let marked = self.clustered();
+                    let entry = apply_local(&mut self.dir, marked, &update, now);
                     self.batch.push(entry.encoded);
                     stats::add(&self.stats.accepted, 1);
                 }
@@ -588,6 +598,34 @@ impl Ingest {
             stats::add(&self.stats.cluster.older, 1);
         }
         older
+    }
+
+    /// Hands the newest value of each thing changed locally to the cluster link when its writer
+    /// may write (see [`crate::cluster::NextWrite`]): at once after a quiet spell, at most once
+    /// per `--cluster-flush` under load. As the writer does, less than a millisecond early
+    /// counts as due.
+    fn hand_over(&mut self) {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            if !self.dir.has_changed() || c.next_write.wait() > HAND_OVER_EARLY {
+                return;
+            }
+            let (changed, superseded) = self.dir.take_changed();
+            stats::add(&self.stats.cluster.conflated, superseded);
+            let _ = c.out.send(changed);
+        }
+    }
+
+    /// How long until [`Ingest::hand_over`] has something to do, if it will.
+    fn hand_over_due(&self) -> Option<Duration> {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return self
+                .dir
+                .has_changed()
+                .then(|| c.next_write.wait().saturating_sub(HAND_OVER_EARLY));
+        }
+        None
     }
 
     fn clustered(&self) -> bool {
@@ -639,17 +677,12 @@ impl Ingest {
     }
 
     fn flush(&mut self) -> Result<(), ()> {
+        self.hand_over();
         if self.batch.is_empty() {
             return Ok(());
         }
         if let Some(j) = self.journal.as_mut() {
             j.append(&self.batch, self.dir.seq());
-        }
-        #[cfg(feature = "cluster")]
-        if let Some(c) = &self.cluster {
-            if !self.cluster_out.is_empty() {
-                let _ = c.out.send(std::mem::take(&mut self.cluster_out));
-            }
         }
         stats::set(&self.stats.things, self.dir.len() as u64);
         if self.batch.len() <= DIRECT_MAX && self.output.idle() {

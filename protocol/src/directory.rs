@@ -22,6 +22,8 @@ pub struct Entry {
     pub encoded: Arc<[u8]>,
     /// True once the thing has left the live window (and `thing_expired` was published).
     pub expired: bool,
+    /// Changed by [`Directory::apply_marked`] since the last [`Directory::take_changed`].
+    pub marked: bool,
 }
 
 impl Entry {
@@ -49,6 +51,10 @@ pub struct Directory {
     things: Map,
     seq: u64,
     scratch: Vec<u8>,
+    /// The things [`Directory::apply_marked`] changed since the last [`Directory::take_changed`].
+    marked: Vec<Namespace>,
+    /// How many of those changes fell on a thing already marked.
+    remarked: u64,
 }
 
 impl Directory {
@@ -60,6 +66,36 @@ impl Directory {
     /// Records `update` (stamped with `now` when it has no `ts`), gives it the next sequence
     /// number, keeps the documentation URL sticky, and returns the entry as stored.
     pub fn apply(&mut self, update: &UpdateRef<'_>, now: Timestamp) -> Entry {
+        self.apply_inner(update, now, false)
+    }
+
+    /// As [`Directory::apply`], and marks the thing as changed until the next
+    /// [`Directory::take_changed`]: a thing changed a thousand times between two takes costs
+    /// one flag here and is taken once, with its newest value.
+    pub fn apply_marked(&mut self, update: &UpdateRef<'_>, now: Timestamp) -> Entry {
+        self.apply_inner(update, now, true)
+    }
+
+    /// The newest value of every thing changed through [`Directory::apply_marked`] since the
+    /// last call (forgotten things left out), and how many changes fell on a thing already
+    /// marked (superseded before they were taken). Clears the marks.
+    pub fn take_changed(&mut self) -> (Vec<Arc<[u8]>>, u64) {
+        let mut out = Vec::with_capacity(self.marked.len());
+        for ns in self.marked.drain(..) {
+            if let Some(e) = self.things.get_mut(&ns).filter(|e| e.marked) {
+                e.marked = false;
+                out.push(e.encoded.clone());
+            }
+        }
+        (out, std::mem::take(&mut self.remarked))
+    }
+
+    /// True when [`Directory::take_changed`] has something to give.
+    pub fn has_changed(&self) -> bool {
+        !self.marked.is_empty()
+    }
+
+    fn apply_inner(&mut self, update: &UpdateRef<'_>, now: Timestamp, mark: bool) -> Entry {
         self.seq += 1;
         let ts = update.ts.unwrap_or(now);
         let ns = update.ns.as_str();
@@ -87,12 +123,27 @@ impl Directory {
             documentation_url,
             encoded: Arc::from(&self.scratch[..]),
             expired: false,
+            marked: mark,
         };
         // Look up by &str first so a known thing costs no namespace allocation.
         match self.things.get_mut(ns) {
-            Some(slot) => *slot = entry.clone(),
+            Some(slot) => {
+                match (slot.marked, mark) {
+                    // Marked again before it was taken.
+                    (true, true) => self.remarked += 1,
+                    (false, true) => self.marked.push(update.ns.to_namespace()),
+                    // An unmarked change (another broker's) supersedes the marked one: nothing
+                    // of ours is left to take.
+                    (_, false) => {}
+                }
+                *slot = entry.clone();
+            }
             None => {
-                self.things.insert(update.ns.to_namespace(), entry.clone());
+                let ns = update.ns.to_namespace();
+                if mark {
+                    self.marked.push(ns.clone());
+                }
+                self.things.insert(ns, entry.clone());
             }
         }
         entry
@@ -133,6 +184,7 @@ impl Directory {
             documentation_url: u.documentation_url.as_deref().map(Arc::from),
             encoded: Arc::from(encoded),
             expired: ts.as_secs() < now.as_secs() - live_window,
+            marked: false,
         };
         self.things.insert(u.ns.to_namespace(), entry);
         Ok(true)
@@ -241,6 +293,46 @@ mod tests {
         assert_eq!(e.documentation_url.as_deref(), Some("http://new"));
         assert_eq!(d.len(), 1);
         assert_eq!(d.seq(), 3);
+    }
+
+    #[test]
+    fn marked_changes_are_taken_once_with_their_newest_value() {
+        let mut d = Directory::new();
+        let now = Timestamp::from_secs(100.0).unwrap();
+        let marked = |d: &mut Directory, json: &str| {
+            let u = decode_json_input(json.as_bytes(), &Limits::default()).unwrap();
+            d.apply_marked(&u, now)
+        };
+        let data = |e: &Arc<[u8]>| {
+            let text = std::str::from_utf8(e).unwrap().to_owned();
+            text[text.find("\"data\":").unwrap() + 7..text.find(",\"ts\"").unwrap()].to_owned()
+        };
+        assert!(!d.has_changed());
+        marked(&mut d, r#"["a", null, 1, null]"#);
+        marked(&mut d, r#"["b", null, 1, null]"#);
+        marked(&mut d, r#"["a", null, 2, null]"#);
+        marked(&mut d, r#"["a", null, 3, null]"#);
+        assert!(d.has_changed());
+        let (out, remarked) = d.take_changed();
+        assert_eq!(out.iter().map(data).collect::<Vec<_>>(), ["3", "1"]);
+        assert_eq!(remarked, 2);
+        assert!(!d.has_changed());
+        assert_eq!(d.take_changed(), (Vec::new(), 0));
+        // An unmarked change (another broker's) supersedes a marked one; a later marked one
+        // counts again; a forgotten thing is left out.
+        marked(&mut d, r#"["a", null, 4, null]"#);
+        apply(&mut d, r#"["a", null, 5, null]"#, 100.0);
+        marked(&mut d, r#"["b", null, 6, null]"#);
+        let (out, _) = d.take_changed();
+        assert_eq!(out.iter().map(data).collect::<Vec<_>>(), ["6"]);
+        marked(&mut d, r#"["a", null, 7, null]"#);
+        apply(&mut d, r#"["a", null, 8, null]"#, 100.0);
+        marked(&mut d, r#"["a", null, 9, null]"#);
+        let (out, _) = d.take_changed();
+        assert_eq!(out.iter().map(data).collect::<Vec<_>>(), ["9"]);
+        marked(&mut d, r#"["gone", 1.0, 1, null]"#);
+        d.forget_older_than(now, 10.0);
+        assert_eq!(d.take_changed().0.len(), 0);
     }
 
     #[test]

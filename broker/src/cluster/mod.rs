@@ -17,7 +17,7 @@
 pub(crate) mod relay;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,8 +34,42 @@ pub(crate) type Outgoing = Arc<[u8]>;
 
 /// The ingest thread's end: local updates out, other brokers' updates in.
 pub(crate) struct ClusterLink {
+    /// The newest value of each thing changed locally, at most once per `flush`.
     pub(crate) out: Sender<Vec<Outgoing>>,
     pub(crate) incoming: Receiver<Vec<u8>>,
+    /// When the writer may write next: ingest hands its changes over then.
+    pub(crate) next_write: NextWrite,
+}
+
+/// When the cluster's writer may write next (it writes at most once per `--cluster-flush`),
+/// shared with ingest, which holds local changes until then: a thing updated a thousand times
+/// in between costs ingest a flag, and goes over once, just in time for the write.
+#[derive(Clone)]
+pub(crate) struct NextWrite {
+    base: std::time::Instant,
+    /// Microseconds after `base`.
+    at: Arc<AtomicU64>,
+}
+
+impl NextWrite {
+    fn new() -> Self {
+        NextWrite {
+            base: std::time::Instant::now(),
+            at: Arc::default(),
+        }
+    }
+
+    fn set(&self, at: std::time::Instant) {
+        let micros = at.saturating_duration_since(self.base).as_micros();
+        self.at
+            .store(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How long until then; zero when it is due.
+    pub(crate) fn wait(&self) -> Duration {
+        let now = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(self.at.load(Ordering::Relaxed).saturating_sub(now))
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -137,6 +171,7 @@ pub(crate) fn start(
     relay: Option<relay::RelayEnds>,
 ) -> std::io::Result<(ClusterLink, Vec<Vec<u8>>, std::thread::JoinHandle<()>)> {
     let secret = read_secret(&config.auth)?;
+    let next_write = NextWrite::new();
     let addrs = server_addrs(&config.urls)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let (out_tx, out_rx) = std::sync::mpsc::channel::<Vec<Outgoing>>();
@@ -148,6 +183,7 @@ pub(crate) fn start(
         .on_thread_start(yield_to_local_service)
         .enable_all()
         .build()?;
+    let writer_clock = next_write.clone();
     let thread = std::thread::Builder::new()
         .name("thingsbus-cluster".into())
         .spawn(move || {
@@ -202,6 +238,7 @@ pub(crate) fn start(
                 serde_json::Value::String(config.node_name.clone())
             );
             let bucket = Bucket {
+                next_write: writer_clock,
                 config,
                 addrs,
                 secret,
@@ -234,6 +271,7 @@ pub(crate) fn start(
         ClusterLink {
             out: out_tx,
             incoming: in_rx,
+            next_write,
         },
         loaded,
         thread,
@@ -288,6 +326,8 @@ struct Bucket {
     pending: Arc<Mutex<Pending>>,
     /// Notified when `pending` gets something.
     wanted: Arc<tokio::sync::Notify>,
+    /// When the next write may begin, for ingest.
+    next_write: NextWrite,
     /// Other brokers' updates, to ingest (woken through `wake`).
     incoming: SyncSender<Vec<u8>>,
     wake: Mutex<zmq::Socket>,
@@ -426,6 +466,7 @@ impl Bucket {
                 continue;
             }
             last_write = tokio::time::Instant::now();
+            self.next_write.set((last_write + flush).into_std());
             match self.write(&kv).await {
                 Ok(()) => health.write(true, ""),
                 Err(e) => {
