@@ -8,6 +8,11 @@
 //! opened as a bucket: that works on Debian's nats-server 2.9 as on current ones. A value is
 //! `{"o": "<node name>", "u": <the update as published>}`; a broker skips its own.
 //!
+//! Conflation starts in ingest: a local update marks its thing in the directory, and ingest
+//! hands over the newest value of each marked thing when the writer may next write
+//! ([`NextWrite`]), so a thing updated a thousand times per flush costs ingest a flag, not a
+//! thousand hand-overs.
+//!
 //! NATS slow or away costs the local broker nothing: writes wait in a map with the newest value
 //! per thing (memory bounded by the number of things) and go out when NATS acknowledges; a failed
 //! write is retried unless a newer value of the thing came meanwhile.
