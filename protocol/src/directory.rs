@@ -99,53 +99,55 @@ impl Directory {
         self.seq += 1;
         let ts = update.ts.unwrap_or(now);
         let ns = update.ns.as_str();
-        let prev_url = self
-            .things
-            .get(ns)
-            .and_then(|e| e.documentation_url.clone());
-        let documentation_url = match (update.documentation_url.as_deref(), prev_url) {
+        let seq = self.seq;
+        // The URL is sticky: a new one replaces it, none keeps it (shared, not copied).
+        let url = |prev: Option<Arc<str>>| match (update.documentation_url.as_deref(), prev) {
             (Some(new), Some(prev)) if *prev == *new => Some(prev),
             (Some(new), _) => Some(Arc::from(new)),
             (None, prev) => prev,
         };
-        self.scratch.clear();
-        encode_update(
-            &mut self.scratch,
-            ns,
-            &update.data,
-            ts,
-            documentation_url.as_deref(),
-            self.seq,
-        );
+        let encode = |scratch: &mut Vec<u8>, url: Option<&str>| {
+            scratch.clear();
+            encode_update(scratch, ns, &update.data, ts, url, seq);
+            Arc::from(&scratch[..])
+        };
+        // A known thing: one look-up, by &str, and no namespace allocated.
+        if let Some(slot) = self.things.get_mut(ns) {
+            let documentation_url = url(slot.documentation_url.take());
+            let encoded = encode(&mut self.scratch, documentation_url.as_deref());
+            match (slot.marked, mark) {
+                // Marked again before it was taken.
+                (true, true) => self.remarked += 1,
+                (false, true) => self.marked.push(update.ns.to_namespace()),
+                // An unmarked change (another broker's) supersedes the marked one: nothing of
+                // ours is left to take.
+                (_, false) => {}
+            }
+            *slot = Entry {
+                ts,
+                seq,
+                documentation_url,
+                encoded,
+                expired: false,
+                marked: mark,
+            };
+            return slot.clone();
+        }
+        let documentation_url = url(None);
+        let encoded = encode(&mut self.scratch, documentation_url.as_deref());
         let entry = Entry {
             ts,
-            seq: self.seq,
+            seq,
             documentation_url,
-            encoded: Arc::from(&self.scratch[..]),
+            encoded,
             expired: false,
             marked: mark,
         };
-        // Look up by &str first so a known thing costs no namespace allocation.
-        match self.things.get_mut(ns) {
-            Some(slot) => {
-                match (slot.marked, mark) {
-                    // Marked again before it was taken.
-                    (true, true) => self.remarked += 1,
-                    (false, true) => self.marked.push(update.ns.to_namespace()),
-                    // An unmarked change (another broker's) supersedes the marked one: nothing
-                    // of ours is left to take.
-                    (_, false) => {}
-                }
-                *slot = entry.clone();
-            }
-            None => {
-                let ns = update.ns.to_namespace();
-                if mark {
-                    self.marked.push(ns.clone());
-                }
-                self.things.insert(ns, entry.clone());
-            }
+        let ns = update.ns.to_namespace();
+        if mark {
+            self.marked.push(ns.clone());
         }
+        self.things.insert(ns, entry.clone());
         entry
     }
 
