@@ -282,8 +282,25 @@ fn nats_away_the_broker_serves_locally_then_catches_up() {
         (a.stats().cluster.connected.load(Ordering::Relaxed) == 0).then_some(())
     });
     // NATS back: what waited goes out, and B gets it.
-    let _nats = Nats::start(Some(port), Some(dir));
+    let mut nats = Nats::start(Some(port), Some(dir.clone()));
     value(&on_b, "during.outage", json!("kept"));
+    // A quiet outage (nothing written before, during or after it): the link still reports
+    // itself back, though no entry comes through the watch to say so.
+    nats.kill();
+    // B only watches: it notices at the link's 5 s check.
+    eventually(3 * DEADLINE, "B to notice", || {
+        (b.stats().cluster.connected.load(Ordering::Relaxed) == 0).then_some(())
+    });
+    let _nats = Nats::start(Some(port), Some(dir));
+    // Reconnecting, then the link's 5 s check: more than the usual deadline.
+    for broker in [&a, &b] {
+        eventually(3 * DEADLINE, "the link back in a quiet bucket", || {
+            (broker.stats().cluster.connected.load(Ordering::Relaxed) == 1).then_some(())
+        });
+        // NATS kept its storage: nothing was loaded again (the check reads the bucket's state
+        // fresh, not as it was when the bucket was opened).
+        assert_eq!(broker.stats().cluster.reloads.load(Ordering::Relaxed), 0);
+    }
 }
 
 #[test]
@@ -319,6 +336,7 @@ fn a_nats_that_lost_its_storage_is_used_again() {
         "the update at B through the new stream",
         || on_b.get("after.loss"),
     );
+    assert!(b.stats().cluster.reloads.load(Ordering::Relaxed) >= 1);
 }
 
 /// Sends `prefix.t0` … `prefix.t{n-1}` (values 0 … n-1) to `input` once, and waits until

@@ -447,6 +447,7 @@ impl Ingest {
                 "applied": l(&c.applied),
                 "older": l(&c.older),
                 "connected": l(&c.connected) == 1,
+                "reloads": l(&c.reloads),
             });
         }
         if self.journal.is_some() {

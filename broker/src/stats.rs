@@ -132,4 +132,7 @@ pub struct ClusterStats {
     pub older: AtomicU64,
     /// 1 while connected to NATS (gauge).
     pub connected: AtomicU64,
+    /// Times the whole bucket was loaded again because it was younger than what this broker had
+    /// seen (NATS lost its storage).
+    pub reloads: AtomicU64,
 }

@@ -450,15 +450,27 @@ impl Bucket {
                 // resumes after our last revision would miss everything up to it: watch it all
                 // again instead.
                 _ = check.tick() => {
-                    let last = kv.status().await.map(|s| s.info.state.last_sequence);
-                    if matches!(last, Ok(l) if l < last_revision) {
+                    // Asked of the server each time (`Store::status` only returns what was
+                    // known when the bucket was opened).
+                    let last = kv.stream.get_info().await.map(|i| i.state.last_sequence);
+                    // In a quiet bucket the watch says nothing either way: JetStream not
+                    // answering counts as the link down, and a watch caught up with the bucket
+                    // as working again.
+                    match &last {
+                        Err(e) => health.watch(false, &e.to_string()),
+                        Ok(l) if !health.watch_ok && *l == last_revision => health.watch(true, ""),
+                        Ok(_) => {}
+                    }
+                    if let Some(bucket_last) = last.as_ref().ok().copied().filter(|l| *l < last_revision) {
                         tracing::warn!(
                             last_revision,
+                            bucket_last,
                             "the bucket is younger than what this broker has seen (NATS lost its storage?); \
                              loading it again; things written before reappear when next updated"
                         );
                         match kv.watch_with_history(">").await {
                             Ok(w) => {
+                                stats::add(&self.stats.cluster.reloads, 1);
                                 watch = w;
                                 last_revision = 0;
                             }
