@@ -145,3 +145,37 @@ fn chunked_snapshot_fills_only_when_complete() {
     assert!(client.wait_filled_blocking(DEADLINE));
     assert_eq!(client.get("c.one").expect("c.one").value(), json!(1));
 }
+
+#[test]
+fn a_periodic_snapshot_joined_midway_does_not_fill() {
+    let broker = FakeBroker::bind();
+    let client = Client::builder()
+        .url(&broker.url)
+        .connect_blocking()
+        .expect("client");
+    eventually(DEADLINE, "the client to be connected", || {
+        broker.send(&update("sync", json!(0), 1));
+        std::thread::sleep(Duration::from_millis(10));
+        client.get("sync").map(|_| ())
+    });
+    let chunk = |id: u64, i: u64, last: bool, ns: &str| {
+        json!({"type": "thing_snapshot", "ts": 2.0, "seq": 1, "epoch": 7, "snapshot": id, "chunk": i,
+               "last": last,
+               "data": {ns: {"ns": ns, "data": i, "ts": 2.0, "documentation_url": null, "seq": 1}}})
+    };
+    // The client came in after chunk 0 of snapshot 4: the rest of it is not the whole directory.
+    broker.send(&chunk(4, 1, false, "p.one"));
+    broker.send(&chunk(4, 2, true, "p.two"));
+    eventually(DEADLINE, "the chunks seen", || client.get("p.two").map(|_| ()));
+    assert!(!client.is_filled(), "the tail of a snapshot does not fill the mirror");
+    // A chunk missing in the middle of the next one: not whole either.
+    broker.send(&chunk(5, 0, false, "q.zero"));
+    broker.send(&chunk(5, 2, true, "q.two"));
+    eventually(DEADLINE, "the chunks seen", || client.get("q.two").map(|_| ()));
+    assert!(!client.is_filled(), "a snapshot with a chunk missing does not fill the mirror");
+    // The next snapshot, whole.
+    broker.send(&chunk(6, 0, false, "r.zero"));
+    broker.send(&chunk(6, 1, true, "r.one"));
+    assert!(client.wait_filled_blocking(DEADLINE));
+    assert_eq!(client.stats().snapshots, 1);
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use thingsbus_protocol::codec::{decode_published, Published, PublishedUpdate};
+use thingsbus_protocol::codec::{decode_published, Published, PublishedSnapshot, PublishedUpdate};
 
 use crate::client::Shared;
 use crate::mirror::{Prepared, Source};
@@ -86,7 +86,13 @@ pub(crate) struct Driver {
     covered: u64,
     /// The broker run the last snapshot reply came from.
     epoch: Option<u64>,
+    /// The periodic snapshot being received in chunks, and the chunk that must come next for it
+    /// to be whole.
+    periodic: Option<(SnapshotKey, u64)>,
 }
+
+/// Which snapshot a chunk belongs to: the broker run (`epoch`) and the snapshot's number in it.
+type SnapshotKey = (Option<u64>, Option<u64>);
 
 fn zmq_err(what: &str) -> impl FnOnce(zmq::Error) -> Error + '_ {
     move |source| Error::Zmq {
@@ -154,6 +160,7 @@ impl Driver {
             live_last: 0,
             covered: 0,
             epoch: None,
+            periodic: None,
         };
         d.open_dealer();
         d.request_snapshot();
@@ -391,6 +398,9 @@ impl Driver {
                 if is_reply && s.epoch.is_some() {
                     self.epoch = s.epoch;
                 }
+                // A periodic snapshot in chunks holds the whole directory only if this client
+                // saw every chunk of it: one joined midway does not fill the mirror.
+                let whole = is_reply || self.periodic_seen_whole(&s);
                 let shared = &*self.shared;
                 let c = &shared.counters;
                 if is_reply {
@@ -434,7 +444,7 @@ impl Driver {
                         if let Some(seq) = s.seq {
                             self.covered = self.covered.max(seq);
                         }
-                    } else {
+                    } else if whole {
                         c.snapshots.fetch_add(1, Ordering::Relaxed);
                         mark_filled(shared);
                     }
@@ -466,6 +476,22 @@ impl Driver {
                 tracing::trace!(%reason, "dropped a message from the broker");
             }
         }
+    }
+}
+
+impl Driver {
+    /// Follows the chunks of periodic snapshots (0.2.x sends each whole, in one message): true
+    /// when `s` ends a snapshot of which this client saw every chunk, in order.
+    fn periodic_seen_whole(&mut self, s: &PublishedSnapshot<'_>) -> bool {
+        let Some(chunk) = s.chunk else {
+            return s.is_complete();
+        };
+        let key = (s.epoch, s.id);
+        let follows =
+            chunk == 0 || matches!(self.periodic, Some((k, next)) if k == key && next == chunk);
+        let complete = s.is_complete();
+        self.periodic = (follows && !complete).then_some((key, chunk + 1));
+        follows && complete
     }
 }
 
