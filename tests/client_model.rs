@@ -166,13 +166,23 @@ fn a_periodic_snapshot_joined_midway_does_not_fill() {
     // The client came in after chunk 0 of snapshot 4: the rest of it is not the whole directory.
     broker.send(&chunk(4, 1, false, "p.one"));
     broker.send(&chunk(4, 2, true, "p.two"));
-    eventually(DEADLINE, "the chunks seen", || client.get("p.two").map(|_| ()));
-    assert!(!client.is_filled(), "the tail of a snapshot does not fill the mirror");
+    eventually(DEADLINE, "the chunks seen", || {
+        client.get("p.two").map(|_| ())
+    });
+    assert!(
+        !client.is_filled(),
+        "the tail of a snapshot does not fill the mirror"
+    );
     // A chunk missing in the middle of the next one: not whole either.
     broker.send(&chunk(5, 0, false, "q.zero"));
     broker.send(&chunk(5, 2, true, "q.two"));
-    eventually(DEADLINE, "the chunks seen", || client.get("q.two").map(|_| ()));
-    assert!(!client.is_filled(), "a snapshot with a chunk missing does not fill the mirror");
+    eventually(DEADLINE, "the chunks seen", || {
+        client.get("q.two").map(|_| ())
+    });
+    assert!(
+        !client.is_filled(),
+        "a snapshot with a chunk missing does not fill the mirror"
+    );
     // The next snapshot, whole.
     broker.send(&chunk(6, 0, false, "r.zero"));
     broker.send(&chunk(6, 1, true, "r.one"));

@@ -294,7 +294,11 @@ impl Bench {
         let s = self.step_between(&server, &server, Transport::Zmq, 1, rate, false)?;
         let used = server.cpu_seconds() - before;
         let updates = s.achieved * self.seconds * (1.0 - s.loss);
-        Ok(if updates > 0.0 { used / updates * 1e6 } else { 0.0 })
+        Ok(if updates > 0.0 {
+            used / updates * 1e6
+        } else {
+            0.0
+        })
     }
 
     pub(crate) fn cluster(&mut self) -> anyhow::Result<()> {
@@ -441,8 +445,14 @@ impl Bench {
         let cpu_with = self.cpu_per_update(clustered(&nats.urls, "cpu", 50.0, 3), rate)?;
         let cpu_without = self.cpu_per_update(Options::default(), rate)?;
         for (metric, v) in [
-            ("broker CPU per local update at a fixed rate, --cluster on (NATS busy)", cpu_with),
-            ("broker CPU per local update at a fixed rate, no --cluster", cpu_without),
+            (
+                "broker CPU per local update at a fixed rate, --cluster on (NATS busy)",
+                cpu_with,
+            ),
+            (
+                "broker CPU per local update at a fixed rate, no --cluster",
+                cpu_without,
+            ),
         ] {
             self.report.add("cluster", metric, Kind::Ours, v, "µs");
         }

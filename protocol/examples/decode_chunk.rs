@@ -3,7 +3,9 @@
 //! 256 KiB chunk of small updates like the bench's `latejoin` directory.
 use std::time::Instant;
 
-use thingsbus_protocol::codec::{decode_published, decode_snapshot_serde, encode_update, Published};
+use thingsbus_protocol::codec::{
+    decode_published, decode_snapshot_serde, encode_update, Published,
+};
 use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader, DEFAULT_CHUNK_BYTES};
 use thingsbus_protocol::Timestamp;
 
@@ -14,7 +16,9 @@ fn ts(secs: f64) -> Timestamp {
 fn time(what: &str, chunk: &[u8], decode: impl Fn(&[u8]) -> usize) {
     let rounds = 500;
     let started = Instant::now();
-    let entries: usize = (0..rounds).map(|_| decode(std::hint::black_box(chunk))).sum();
+    let entries: usize = (0..rounds)
+        .map(|_| decode(std::hint::black_box(chunk)))
+        .sum();
     let took = started.elapsed();
     println!(
         "{what}: {:.0} ns per entry, {:.1} µs per chunk",
@@ -42,7 +46,10 @@ fn main() {
     let mut chunk = None;
     for i in 0..100_000u32 {
         let ns = format!("late.t{i:07}");
-        let data = format!(r#"{{"n":{i},"t":{}}}"#, 1_764_423_000_000u64 + u64::from(i) * 7);
+        let data = format!(
+            r#"{{"n":{i},"t":{}}}"#,
+            1_764_423_000_000u64 + u64::from(i) * 7
+        );
         let mut enc = Vec::new();
         let t = ts(1_764_423_456.0 + f64::from(i) * 0.000_123);
         encode_update(&mut enc, &ns, &data, t, None, u64::from(i) + 1);
@@ -53,7 +60,15 @@ fn main() {
     }
     let chunk = chunk.expect("100,000 things fill a chunk");
     let text = std::str::from_utf8(&chunk).expect("UTF-8");
-    println!("{} bytes, {} entries", chunk.len(), entries(decode_published(&chunk)));
-    time("decode_published (fast path)", &chunk, |c| entries(decode_published(c)));
-    time("serde_json alone", &chunk, |_| entries(decode_snapshot_serde(text)));
+    println!(
+        "{} bytes, {} entries",
+        chunk.len(),
+        entries(decode_published(&chunk))
+    );
+    time("decode_published (fast path)", &chunk, |c| {
+        entries(decode_published(c))
+    });
+    time("serde_json alone", &chunk, |_| {
+        entries(decode_snapshot_serde(text))
+    });
 }

@@ -23,23 +23,47 @@ fn nested(levels: usize) -> String {
 }
 
 fn entry(rng: &mut SeededRandom, i: usize) -> String {
-    let deep = [nested(99), nested(100), nested(101), nested(126), nested(130)];
+    let deep = [
+        nested(99),
+        nested(100),
+        nested(101),
+        nested(126),
+        nested(130),
+    ];
     let ns = mostly(
         rng,
         &["\"a.b\"", "\"late.t0001\"", "\"x\""],
         &[
-            "\"a..b\"", "\"\"", "\"A B\"", "\"a\\u002eb\"",
-            "\"a\\\"b\"", "5", "null", "\"a.b\\u00\"",
+            "\"a..b\"",
+            "\"\"",
+            "\"A B\"",
+            "\"a\\u002eb\"",
+            "\"a\\\"b\"",
+            "5",
+            "null",
+            "\"a.b\\u00\"",
         ],
     );
     let data = match rng.up_to(12) {
         0 => deep[rng.up_to(4) as usize].clone(),
         _ => mostly(
             rng,
-            &["1", "{\"n\":1,\"t\":2}", "[1,2]", "\"s\\\"x\"", "null", "{}"],
             &[
-                "01", "[1,]", "{}",
-                " {\"a\" : [ true , false ] } ", "-0.5e-3", "\"\\ud800\"", "{\"a\":1",
+                "1",
+                "{\"n\":1,\"t\":2}",
+                "[1,2]",
+                "\"s\\\"x\"",
+                "null",
+                "{}",
+            ],
+            &[
+                "01",
+                "[1,]",
+                "{}",
+                " {\"a\" : [ true , false ] } ",
+                "-0.5e-3",
+                "\"\\ud800\"",
+                "{\"a\":1",
             ],
         )
         .to_owned(),
@@ -50,9 +74,18 @@ fn entry(rng: &mut SeededRandom, i: usize) -> String {
             rng,
             &["1764423456.123456", "null", "0.0"],
             &[
-                "1", "-1.5", "1e3", "\"x\"", "0.0",
-                "1.7976931348623157e308", "99999999999999999999999.5", "1764423456.1234567890123",
-                "1.", "00.5", "[]", "9007199254740993.0",
+                "1",
+                "-1.5",
+                "1e3",
+                "\"x\"",
+                "0.0",
+                "1.7976931348623157e308",
+                "99999999999999999999999.5",
+                "1764423456.1234567890123",
+                "1.",
+                "00.5",
+                "[]",
+                "9007199254740993.0",
             ],
         )
         .to_owned(),
@@ -66,8 +99,13 @@ fn entry(rng: &mut SeededRandom, i: usize) -> String {
         rng,
         &["1", "0", "18446744073709551615"],
         &[
-            "-1", "1.5", "18446744073709551615", "18446744073709551616", "null",
-            "\"3\"", "007",
+            "-1",
+            "1.5",
+            "18446744073709551615",
+            "18446744073709551616",
+            "null",
+            "\"3\"",
+            "007",
         ],
     );
     let key = pick(rng, &["\"k\"", "\"k\\u0041\"", "\"late.t1\""]);
@@ -80,7 +118,10 @@ fn entry(rng: &mut SeededRandom, i: usize) -> String {
     ];
     let body = match rng.up_to(29) {
         // Reordered, a field left out, an extra field, a repeated one, spaces.
-        0 => format!("{},{},{},{},{}", fields[4], fields[0], fields[1], fields[2], fields[3]),
+        0 => format!(
+            "{},{},{},{},{}",
+            fields[4], fields[0], fields[1], fields[2], fields[3]
+        ),
         1 => fields[..4].join(","),
         2 => format!("{},\"extra\":[{i}]", fields.join(",")),
         3 => format!("{},{}", fields.join(","), fields[0]),
@@ -111,7 +152,14 @@ fn chunk(rng: &mut SeededRandom) -> String {
     );
     let tail = pick(
         rng,
-        &[r#","last":true}"#, r#","last":false}"#, "}", "} x", r#","data":{}}"#, " } "],
+        &[
+            r#","last":true}"#,
+            r#","last":false}"#,
+            "}",
+            "} x",
+            r#","data":{}}"#,
+            " } ",
+        ],
     );
     match rng.up_to(20) {
         0 => format!(r#"{{"type":"thing_snapshot"{head}}}"#),
@@ -138,7 +186,10 @@ fn generated_chunks_decode_alike_both_ways() {
     // Many generated chunks are invalid (serde_json refuses them, and the fast path hands them
     // over); enough are valid that the fast path really was compared, on many entries.
     assert!(fast > 3_000, "only {fast} chunks took the fast path");
-    assert!(entries > 5_000, "only {entries} entries came through the fast path");
+    assert!(
+        entries > 5_000,
+        "only {entries} entries came through the fast path"
+    );
 }
 
 #[test]
@@ -152,7 +203,11 @@ fn broker_chunks_take_the_fast_path() {
         id: 2,
         epoch: 7,
     };
-    let mut w = ChunkWriter::with_extra(header, 1 << 20, r#","request":3,"subtree":"","total":3"#.into());
+    let mut w = ChunkWriter::with_extra(
+        header,
+        1 << 20,
+        r#","request":3,"subtree":"","total":3"#.into(),
+    );
     for (i, (ns, data, url)) in [
         ("a.b", r#"{"busy":12.0}"#, None),
         ("a.c", r#"[1,"two",null]"#, Some("http://doc")),
@@ -167,13 +222,20 @@ fn broker_chunks_take_the_fast_path() {
         w.push(ns.as_bytes(), &enc);
     }
     let chunk = w.finish();
-    assert!(fast_snapshot_agrees(&chunk), "{}", String::from_utf8_lossy(&chunk));
+    assert!(
+        fast_snapshot_agrees(&chunk),
+        "{}",
+        String::from_utf8_lossy(&chunk)
+    );
     let Ok(Published::Snapshot(s)) = decode_published(&chunk) else {
         panic!("not a snapshot");
     };
     assert_eq!(s.entries.len(), 3);
     assert_eq!(s.entries[1].data, r#"[1,"two",null]"#);
-    assert_eq!(s.entries[1].documentation_url.as_deref(), Some("http://doc"));
+    assert_eq!(
+        s.entries[1].documentation_url.as_deref(),
+        Some("http://doc")
+    );
     assert_eq!(s.entries[2].documentation_url, None);
     assert_eq!(s.entries[2].seq, Some(3));
     assert_eq!(s.total, Some(3));

@@ -93,7 +93,10 @@ fn decoders_survive_mutations_and_noise() {
         accepted += usize::from(decode_published(&input).is_ok());
         fast += usize::from(fast_snapshot_agrees(&input));
     }
-    assert!(fast > 200, "only {fast} mutated snapshots took the fast path");
+    assert!(
+        fast > 200,
+        "only {fast} mutated snapshots took the fast path"
+    );
     // Some mutations stay valid (a changed digit, say): the decoders were really exercised.
     assert!(accepted > 1000, "only {accepted} mutated inputs decoded");
 }
