@@ -42,6 +42,21 @@ impl FakeBroker {
     }
 }
 
+/// A client of `broker`, its subscription live (synced with an update, not a snapshot, so it is
+/// not filled yet).
+fn connected_unfilled(broker: &FakeBroker) -> Client {
+    let client = Client::builder()
+        .url(&broker.url)
+        .connect_blocking()
+        .expect("client");
+    eventually(DEADLINE, "the client to be connected", || {
+        broker.send(&update("sync", json!(0), 1));
+        std::thread::sleep(Duration::from_millis(10));
+        client.get("sync").map(|_| ())
+    });
+    client
+}
+
 fn update(ns: &str, data: serde_json::Value, seq: u64) -> serde_json::Value {
     json!({"type": "thing_update", "ns": ns, "data": data, "ts": 1_700_000_000.0, "documentation_url": null, "seq": seq})
 }
@@ -118,16 +133,7 @@ fn a_0_2_broker_is_understood() {
 #[test]
 fn chunked_snapshot_fills_only_when_complete() {
     let broker = FakeBroker::bind();
-    let client = Client::builder()
-        .url(&broker.url)
-        .connect_blocking()
-        .expect("client");
-    // Sync with an update instead of a snapshot, so the client is not filled yet.
-    eventually(DEADLINE, "the client to be connected", || {
-        broker.send(&update("sync", json!(0), 1));
-        std::thread::sleep(Duration::from_millis(10));
-        client.get("sync").map(|_| ())
-    });
+    let client = connected_unfilled(&broker);
     assert!(!client.is_filled());
     let chunk = |i: u64, last: bool, ns: &str| {
         json!({"type": "thing_snapshot", "ts": 2.0, "seq": 1, "snapshot": 1, "chunk": i, "last": last,
@@ -149,15 +155,7 @@ fn chunked_snapshot_fills_only_when_complete() {
 #[test]
 fn a_periodic_snapshot_joined_midway_does_not_fill() {
     let broker = FakeBroker::bind();
-    let client = Client::builder()
-        .url(&broker.url)
-        .connect_blocking()
-        .expect("client");
-    eventually(DEADLINE, "the client to be connected", || {
-        broker.send(&update("sync", json!(0), 1));
-        std::thread::sleep(Duration::from_millis(10));
-        client.get("sync").map(|_| ())
-    });
+    let client = connected_unfilled(&broker);
     let chunk = |id: u64, i: u64, last: bool, ns: &str| {
         json!({"type": "thing_snapshot", "ts": 2.0, "seq": 1, "epoch": 7, "snapshot": id, "chunk": i,
                "last": last,

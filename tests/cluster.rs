@@ -259,21 +259,50 @@ fn the_newest_ts_wins_whichever_broker_wrote_last() {
     value(&on_a, "shared.x", json!("newer"));
 }
 
+/// Brokers A and B on one NATS, a client of each, A's input, and the link up (an update to A
+/// reached B).
+struct LinkedPair {
+    a: Broker,
+    b: Broker,
+    on_a: thingsbus_client::Client,
+    on_b: thingsbus_client::Client,
+    input: ZmqInput,
+}
+
+impl LinkedPair {
+    fn start(nats: &Nats) -> LinkedPair {
+        let a = spawn_broker(clustered(nats, "a"));
+        let b = spawn_broker(clustered(nats, "b"));
+        let on_a = client_for(&a).connect_blocking().expect("client");
+        let on_b = client_for(&b).connect_blocking().expect("client");
+        let input = ZmqInput::connect(&a);
+        input.send_until(
+            DEADLINE,
+            "the link up",
+            &json!(["up.probe", null, 1, null]),
+            || on_b.get("up.probe"),
+        );
+        LinkedPair {
+            a,
+            b,
+            on_a,
+            on_b,
+            input,
+        }
+    }
+}
+
 #[test]
 fn nats_away_the_broker_serves_locally_then_catches_up() {
     let mut nats = Nats::start(None, None);
     let (port, dir) = (nats.port, nats.dir.clone());
-    let a = spawn_broker(clustered(&nats, "a"));
-    let b = spawn_broker(clustered(&nats, "b"));
-    let on_a = client_for(&a).connect_blocking().expect("client");
-    let on_b = client_for(&b).connect_blocking().expect("client");
-    let input = ZmqInput::connect(&a);
-    input.send_until(
-        DEADLINE,
-        "the link up",
-        &json!(["up.probe", null, 1, null]),
-        || on_b.get("up.probe"),
-    );
+    let LinkedPair {
+        a,
+        b,
+        on_a,
+        on_b,
+        input,
+    } = LinkedPair::start(&nats);
     nats.kill();
     // Locally nothing changes.
     input.send_json(&json!(["during.outage", null, "kept", null]));
@@ -307,17 +336,14 @@ fn nats_away_the_broker_serves_locally_then_catches_up() {
 fn a_nats_that_lost_its_storage_is_used_again() {
     let mut nats = Nats::start(None, None);
     let port = nats.port;
-    let a = spawn_broker(clustered(&nats, "a"));
-    let b = spawn_broker(clustered(&nats, "b"));
-    let on_a = client_for(&a).connect_blocking().expect("client");
-    let on_b = client_for(&b).connect_blocking().expect("client");
-    let input = ZmqInput::connect(&a);
-    input.send_until(
-        DEADLINE,
-        "the link up",
-        &json!(["up.probe", null, 1, null]),
-        || on_b.get("up.probe"),
-    );
+    // A is kept running (bound, not `_`, which would drop it here).
+    let LinkedPair {
+        a: _a,
+        b,
+        on_a,
+        on_b,
+        input,
+    } = LinkedPair::start(&nats);
     things_through(&input, &on_b, "before", 20, DEADLINE);
     // NATS comes back on the same port with an empty store: the stream starts again at 1.
     nats.kill();

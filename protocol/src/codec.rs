@@ -1185,6 +1185,9 @@ fn fast_entry_update<'a>(
     })
 }
 
+/// How every snapshot a broker writes starts (0.2.x Python brokers put a space after the colon).
+const COMPACT_SNAPSHOT: &str = r#"{"type":"thing_snapshot""#;
+
 /// For the fuzz targets and tests: when `bytes` is a compact snapshot that the fast path reads,
 /// its result must be the `serde_json` reference's. Returns whether the fast path read it.
 #[doc(hidden)]
@@ -1192,7 +1195,7 @@ pub fn fast_snapshot_agrees(bytes: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return false;
     };
-    if !text.starts_with(r#"{"type":"thing_snapshot""#) {
+    if !text.starts_with(COMPACT_SNAPSHOT) {
         return false;
     }
     let Some(fast) = decode_snapshot_fast(text) else {
@@ -1215,7 +1218,7 @@ pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
     }
     let text = std::str::from_utf8(bytes).map_err(|_| Rejection::InvalidUtf8)?;
     // Brokers write "type" first: a snapshot then decodes in one pass over its entries.
-    let compact = text.starts_with(r#"{"type":"thing_snapshot""#);
+    let compact = text.starts_with(COMPACT_SNAPSHOT);
     if compact {
         if let Some(s) = decode_snapshot_fast(text) {
             return Ok(Published::Snapshot(s));

@@ -111,43 +111,37 @@ impl Directory {
             encode_update(scratch, ns, &update.data, ts, url, seq);
             Arc::from(&scratch[..])
         };
-        // A known thing: one look-up, by &str, and no namespace allocated.
-        if let Some(slot) = self.things.get_mut(ns) {
-            let documentation_url = url(slot.documentation_url.take());
-            let encoded = encode(&mut self.scratch, documentation_url.as_deref());
-            match (slot.marked, mark) {
-                // Marked again before it was taken.
-                (true, true) => self.remarked += 1,
-                (false, true) => self.marked.push(update.ns.to_namespace()),
-                // An unmarked change (another broker's) supersedes the marked one: nothing of
-                // ours is left to take.
-                (_, false) => {}
-            }
-            *slot = Entry {
-                ts,
-                seq,
-                documentation_url,
-                encoded,
-                expired: false,
-                marked: mark,
-            };
-            return slot.clone();
-        }
-        let documentation_url = url(None);
-        let encoded = encode(&mut self.scratch, documentation_url.as_deref());
+        // One look-up, by &str: a known thing costs no namespace allocation.
+        let mut slot = self.things.get_mut(ns);
+        let documentation_url = url(slot.as_mut().and_then(|e| e.documentation_url.take()));
         let entry = Entry {
             ts,
             seq,
+            encoded: encode(&mut self.scratch, documentation_url.as_deref()),
             documentation_url,
-            encoded,
             expired: false,
             marked: mark,
         };
-        let ns = update.ns.to_namespace();
-        if mark {
-            self.marked.push(ns.clone());
+        match slot {
+            Some(slot) => {
+                match (slot.marked, mark) {
+                    // Marked again before it was taken.
+                    (true, true) => self.remarked += 1,
+                    (false, true) => self.marked.push(update.ns.to_namespace()),
+                    // An unmarked change (another broker's) supersedes the marked one: nothing
+                    // of ours is left to take.
+                    (_, false) => {}
+                }
+                *slot = entry.clone();
+            }
+            None => {
+                let ns = update.ns.to_namespace();
+                if mark {
+                    self.marked.push(ns.clone());
+                }
+                self.things.insert(ns, entry.clone());
+            }
         }
-        self.things.insert(ns, entry.clone());
         entry
     }
 
