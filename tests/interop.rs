@@ -48,6 +48,7 @@ fn event_of(watch: &'static str, ns: &'static str) -> impl FnMut(&Value) -> bool
 
 #[test]
 fn python_adaptor_through_our_broker_to_python_clients() {
+    require_peers!(peers::PYTHON_02);
     let broker = spawn_broker_on_port_pair(|c| {
         quiet(c);
         c.snapshot_interval = Duration::from_millis(400);
@@ -153,6 +154,7 @@ fn python_adaptor_through_our_broker_to_python_clients() {
 
 #[test]
 fn our_adaptors_through_the_python_broker_to_our_client() {
+    require_peers!(peers::PYTHON_02);
     let py = PyBroker::start(0.5);
     let client = our_client_on(&py.directory);
     let zmq = Adaptor::builder("lab")
@@ -235,6 +237,7 @@ impl Drop for PyProcess {
 
 #[test]
 fn the_python_generic_zmq_adaptor_with_its_flags_feeds_our_broker() {
+    require_peers!(peers::PYTHON_02);
     let broker = spawn_broker(quiet);
     let sub = Subscriber::connect(&broker);
     sync(&sub, &ZmqInput::connect(&broker));
@@ -318,6 +321,7 @@ fn the_python_generic_zmq_adaptor_with_its_flags_feeds_our_broker() {
 
 #[test]
 fn both_clients_find_our_broker_through_one_srv_record() {
+    require_peers!(peers::PYTHON_02);
     let broker = spawn_broker_on_port_pair(quiet);
     let dns = dns_for(&broker);
     let port = broker.endpoints().directory_port;
@@ -353,6 +357,7 @@ fn both_clients_find_our_broker_through_one_srv_record() {
 
 #[test]
 fn the_esp8266_vector_gives_the_same_state_through_either_broker() {
+    require_peers!(peers::PYTHON_02);
     let bytes = vector("esp8266-list-update.msgpack.hex");
     let ours = spawn_broker(|c| {
         quiet(c);
@@ -406,6 +411,7 @@ fn the_esp8266_vector_gives_the_same_state_through_either_broker() {
 
 #[test]
 fn our_extensions_do_not_upset_the_python_client() {
+    require_peers!(peers::PYTHON_02);
     let broker = spawn_broker_on_port_pair(|c| {
         c.stats_interval = Duration::from_millis(200);
         c.live_window = Duration::from_secs(1);

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use thingsbus_adaptor::Adaptor;
 use thingsbus_broker::{Broker, Config};
 use thingsbus_client::Client;
-use thingsbus_tests::{eventually, spawn_broker_on_port_pair, start_on};
+use thingsbus_tests::{eventually, peers, require_peers, spawn_broker_on_port_pair, start_on};
 
 /// A Mosquitto on 127.0.0.1 (no persistence: a restart forgets retained topics), killed on drop.
 struct Mosquitto {
@@ -42,7 +42,7 @@ impl Mosquitto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("mosquitto runs (Debian package mosquitto; .ci/run installs it)");
+            .expect("mosquitto runs (Debian package mosquitto; scripts/test installs it)");
         eventually(DEADLINE, "mosquitto to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", port))
                 .ok()
@@ -187,6 +187,7 @@ fn adaptor(broker: &Broker) -> Adaptor {
 
 #[test]
 fn things_become_retained_topics_with_discovery_and_availability() {
+    require_peers!(peers::MOSQUITTO);
     let broker = spawn_broker_on_port_pair(|c| {
         quiet(c);
         c.live_window = Duration::from_secs(3);
@@ -285,6 +286,7 @@ fn things_become_retained_topics_with_discovery_and_availability() {
 
 #[test]
 fn mqtt_topics_become_things_sanitised_and_nothing_loops() {
+    require_peers!(peers::MOSQUITTO);
     let broker = spawn_broker_on_port_pair(quiet);
     let mosquitto = Mosquitto::start(None);
     let mut b = bridge(
@@ -363,6 +365,7 @@ fn mqtt_topics_become_things_sanitised_and_nothing_loops() {
 
 #[test]
 fn restarting_either_broker_is_survived() {
+    require_peers!(peers::MOSQUITTO);
     let broker = spawn_broker_on_port_pair(quiet);
     let port = broker.endpoints().directory_port;
     let mosquitto = Mosquitto::start(None);
@@ -411,6 +414,7 @@ fn json_is_data(expected: Value) -> impl Fn(&str, bool) -> bool {
 
 #[test]
 fn set_topics_become_commands_and_results_come_back() {
+    require_peers!(peers::MOSQUITTO);
     // The broker's own thing lists the served prefixes: the bridge learns from it.
     let broker = spawn_broker_on_port_pair(|c| c.stats_interval = Duration::from_millis(200));
     let mosquitto = Mosquitto::start(None);

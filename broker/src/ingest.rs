@@ -27,6 +27,25 @@ use crate::stats::{self, Stats};
 
 /// Messages taken from one input per round before the other gets its turn.
 const BUDGET: usize = 1024;
+/// Time one input may take per round before the other gets its turn: a flood of expensive
+/// datagrams (or a slow debug build on a loaded machine) cannot starve the other input.
+const TURN: Duration = Duration::from_millis(2);
+/// Messages between two looks at the clock within a turn.
+const CLOCK_EVERY: usize = 8;
+
+/// One input's turn: over after [`BUDGET`] messages or [`TURN`], whichever comes first.
+struct Turn(Instant);
+
+impl Turn {
+    fn start() -> Turn {
+        Turn(Instant::now())
+    }
+
+    /// Whether the turn is over after `taken` messages.
+    fn over(&self, taken: usize) -> bool {
+        taken >= BUDGET || (taken % CLOCK_EVERY == 0 && taken > 0 && self.0.elapsed() >= TURN)
+    }
+}
 /// Batches up to this size are sent by ingest itself when the publish thread is idle.
 const DIRECT_MAX: usize = 32;
 /// Longest sleep in poll: bounds how long a stop request waits.
@@ -322,15 +341,15 @@ impl Ingest {
                     }
                 }
             };
-            // Drain both inputs in turns until neither has a full budget's worth waiting.
+            // Drain both inputs in turns until neither has anything waiting.
             loop {
                 let now = Timestamp::now();
-                let zmq_n = self.drain_zmq(now);
-                let udp_n = self.drain_udp(now);
+                let zmq_more = self.drain_zmq(now);
+                let udp_more = self.drain_udp(now);
                 if self.flush().is_err() {
                     return;
                 }
-                if zmq_n < BUDGET && udp_n < BUDGET {
+                if !zmq_more && !udp_more {
                     break;
                 }
             }
@@ -470,17 +489,22 @@ impl Ingest {
         self.batch.push(entry.encoded);
     }
 
-    fn drain_zmq(&mut self, now: Timestamp) -> usize {
+    /// Takes one turn of ZMQ input; true when it ended with messages still waiting.
+    fn drain_zmq(&mut self, now: Timestamp) -> bool {
         let mut n = 0;
         let mut msg = zmq::Message::new();
-        while n < BUDGET {
+        let turn = Turn::start();
+        loop {
+            if turn.over(n) {
+                return true;
+            }
             match self.sub.recv(&mut msg, zmq::DONTWAIT) {
                 Ok(()) => {}
-                Err(zmq::Error::EAGAIN) => break,
+                Err(zmq::Error::EAGAIN) => return false,
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "receiving on the ZMQ input failed");
-                    break;
+                    return false;
                 }
             }
             n += 1;
@@ -522,20 +546,24 @@ impl Ingest {
                 Err(reason) => self.reject_zmq(reason, &mut msg),
             }
         }
-        n
     }
 
-    fn drain_udp(&mut self, now: Timestamp) -> usize {
+    /// Takes one turn of UDP input; true when it ended with datagrams still waiting.
+    fn drain_udp(&mut self, now: Timestamp) -> bool {
         let mut n = 0;
-        while n < BUDGET {
+        let turn = Turn::start();
+        loop {
+            if turn.over(n) {
+                return true;
+            }
             let (len, from) = match self.udp.recv_from(&mut self.udp_buf) {
                 Ok(r) => r,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // ICMP errors and the like surface here; they concern one peer only.
                     tracing::debug!(error = %e, "UDP receive error");
-                    break;
+                    return false;
                 }
             };
             n += 1;
@@ -581,7 +609,6 @@ impl Ingest {
                 }
             }
         }
-        n
     }
 
     /// With `--cluster`, newest `ts` wins for local input as for other brokers' updates: an update

@@ -18,34 +18,24 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The Python interpreter of the 0.2.1 environment, installing it the first time. Panics, with
-/// what to do, when it cannot be installed: these tests must never pass by skipping.
-pub fn python() -> PathBuf {
+/// Installs the 0.2.1 environment the first time (`scripts/python-peers.sh`) and returns its
+/// Python interpreter, or why it could not be installed.
+pub fn install() -> Result<PathBuf, String> {
     static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let result = PY.get_or_init(|| {
-        let script = root().join("scripts/python-peers.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed ({}):\n{}",
-                script.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        Ok(PathBuf::from(path))
-    });
-    match result {
-        Ok(p) => p.clone(),
-        Err(e) => panic!(
+    PY.get_or_init(|| crate::run_script("python-peers.sh").map(|out| PathBuf::from(out.trim())))
+        .clone()
+}
+
+/// The Python interpreter of the 0.2.1 environment. Panics, with what to do, when it cannot be
+/// installed: a test names [`PYTHON_02`](crate::peers::PYTHON_02) with
+/// [`require_peers!`](crate::require_peers) first, so that it fails or is skipped on purpose.
+pub fn python() -> PathBuf {
+    install().unwrap_or_else(|e| {
+        panic!(
             "the Python thingsbus 0.2.1 peers are required for the interoperability tests and \
              could not be installed (needs python3 with venv and access to PyPI): {e}"
-        ),
-    }
+        )
+    })
 }
 
 /// A running `peer.py ROLE ...`, killed on drop.
