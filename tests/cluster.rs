@@ -350,7 +350,13 @@ fn a_nats_that_lost_its_storage_is_used_again() {
         "the update at B through the new stream",
         || on_b.get("after.loss"),
     );
-    assert!(b.stats().cluster.reloads.load(Ordering::Relaxed) >= 1);
+    // How B got there depends on timing, and both ways are right: its 5-second check saw the
+    // bucket younger than its last revision and watched it all again (a reload), or its watch's
+    // consumer, recreated on the new stream, delivered it from revision 1 (seen under load).
+    eprintln!(
+        "B reloaded the bucket {} time(s)",
+        b.stats().cluster.reloads.load(Ordering::Relaxed)
+    );
 }
 
 /// Sends `prefix.t0` … `prefix.t{n-1}` (values 0 … n-1) to `input` once, and waits until
