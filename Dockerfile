@@ -1,12 +1,14 @@
 # A small image with the broker only.
-#   docker build -t thingsbus-broker .
+#   docker build -t thingsbus-broker .                             # a home broker
+#   docker build --build-arg FEATURES=cluster -t thingsbus-broker .  # with --cluster
 #   docker run -p 7954-7957:7954-7957 -p 7955:7955/udp -p 7980:7980 -v thingsbus:/var/lib/thingsbus thingsbus-broker
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # libzmq is built from source by the zmq crate: cmake and a C++ compiler are in the rust image.
+ARG FEATURES=""
 COPY . .
-RUN cargo build --release --locked -p thingsbus-broker \
+RUN cargo build --release --locked -p thingsbus-broker --features "$FEATURES" \
  && strip target/release/thingsbus-broker
 
 FROM debian:bookworm-slim

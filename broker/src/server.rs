@@ -38,6 +38,17 @@ pub enum Error {
         /// What the system said.
         reason: String,
     },
+    /// The configuration asks for something this build left out.
+    #[error(
+        "{flag} needs the `{feature}` feature, which this broker was built without; build it \
+         with `cargo build --release -p thingsbus-broker --features {feature}`"
+    )]
+    FeatureMissing {
+        /// The flag (or configuration field) that asked for it.
+        flag: &'static str,
+        /// The Cargo feature.
+        feature: &'static str,
+    },
     /// Setting up a ZeroMQ socket failed.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
@@ -476,10 +487,9 @@ impl Broker {
             drop(cluster_wake);
             if config.cluster.is_some() {
                 stop.store(true, Ordering::Relaxed);
-                return Err(Error::Bind {
-                    what: "cluster",
-                    endpoint: String::new(),
-                    reason: "this broker was built without the cluster feature".into(),
+                return Err(Error::FeatureMissing {
+                    flag: "--cluster",
+                    feature: "cluster",
                 });
             }
         }
@@ -618,5 +628,31 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.shutdown();
         self.join_threads();
+    }
+}
+
+#[cfg(all(test, not(feature = "cluster")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_without_the_feature_is_refused_naming_the_feature() {
+        let mut config = Config::ephemeral();
+        config.cluster = Some(crate::config::ClusterConfig::new(
+            vec!["nats://127.0.0.1:4222".into()],
+            "a",
+        ));
+        let e = Broker::start(config).expect_err("refused");
+        assert!(
+            matches!(
+                e,
+                Error::FeatureMissing {
+                    feature: "cluster",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--features cluster"), "{e}");
     }
 }
