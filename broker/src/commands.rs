@@ -14,7 +14,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +23,7 @@ use thingsbus_protocol::Namespace;
 
 use crate::access::AllowList;
 use crate::log_limit::LogLimiter;
+use crate::mailbox::Mailbox;
 use crate::stats::{self, Stats};
 
 /// Commands in flight through the broker at once; more get `busy`.
@@ -91,9 +91,7 @@ pub(crate) enum FromRelay {
 /// The command thread's end of the relay.
 pub(crate) struct RelayLink {
     pub(crate) to: tokio::sync::mpsc::Sender<ToRelay>,
-    pub(crate) from: Receiver<FromRelay>,
-    /// The relay says "something waiting" here.
-    pub(crate) wake: zmq::Socket,
+    pub(crate) from: Mailbox<FromRelay>,
 }
 
 /// A prefix announced by another broker lapses after this long without a new announcement.
@@ -169,9 +167,8 @@ pub(crate) const SERVED_LISTED: usize = 256;
 pub(crate) struct CommandRouter {
     pub(crate) router: zmq::Socket,
     pub(crate) udp: UdpSocket,
-    pub(crate) datagrams: Receiver<Datagram>,
-    /// Ingest says "datagram waiting" here.
-    pub(crate) wake: zmq::Socket,
+    /// `serve`/`command`/`command_reply` datagrams, from ingest.
+    pub(crate) datagrams: Mailbox<Datagram>,
     pub(crate) allow_command: AllowList,
     pub(crate) allow_serve: AllowList,
     pub(crate) stats: Arc<Stats>,
@@ -227,20 +224,16 @@ impl CommandRouter {
             let timeout = i64::try_from(wake_at.saturating_duration_since(now).as_millis())
                 .unwrap_or(50)
                 .clamp(0, 50);
-            let (zmq_ready, udp_ready, relay_ready) = {
+            let zmq_ready = {
                 let mut items = vec![
                     self.router.as_poll_item(zmq::POLLIN),
-                    self.wake.as_poll_item(zmq::POLLIN),
+                    self.datagrams.poll_item(),
                 ];
                 if let Some(r) = &self.relay {
-                    items.push(r.wake.as_poll_item(zmq::POLLIN));
+                    items.push(r.from.poll_item());
                 }
                 match zmq::poll(&mut items, timeout) {
-                    Ok(_) => (
-                        items[0].is_readable(),
-                        items[1].is_readable(),
-                        items.get(2).is_some_and(zmq::PollItem::is_readable),
-                    ),
+                    Ok(_) => items[0].is_readable(),
                     Err(zmq::Error::EINTR) => continue,
                     Err(e) => {
                         tracing::error!(error = %e, "command endpoint poll failed; stopping it");
@@ -256,17 +249,11 @@ impl CommandRouter {
                     self.on_zmq(&mut st, frames, addr, &mut log);
                 }
             }
-            if udp_ready {
-                while self.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
-            }
-            while let Ok(d) = self.datagrams.try_recv() {
+            for d in self.datagrams.drain() {
                 self.on_udp(&mut st, d, &mut log);
             }
             if let Some(r) = &self.relay {
-                if relay_ready {
-                    while r.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
-                }
-                while let Ok(m) = r.from.try_recv() {
+                for m in r.from.drain() {
                     self.on_relay(&mut st, m, &mut log);
                 }
             }

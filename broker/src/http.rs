@@ -23,7 +23,8 @@ use serde_json::{json, Value};
 use thingsbus_client::{Client, EventKind, SubscribeOptions, Thing};
 use thingsbus_protocol::Rejection;
 
-use crate::server::{Endpoints, Error};
+use crate::endpoints::Endpoints;
+use crate::error::Error;
 use crate::stats::Stats;
 
 const PAGE: &str = include_str!("web/index.html");

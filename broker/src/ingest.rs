@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,9 @@ use crate::commands::Datagram;
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::log_limit::LogLimiter;
+use crate::mailbox::{Mailbox, Post};
 use crate::publish::{Job, Output};
-use crate::snapshot_server::{View, WANT_VIEW_WITH_STALE};
+use crate::snapshot_server::{View, ViewWanted};
 use crate::stats::{self, Stats};
 
 /// Messages taken from one input per round before the other gets its turn.
@@ -91,17 +92,16 @@ pub(crate) struct Ingest {
     udp_buf: Vec<u8>,
     bad_input_log: LogLimiter,
     snapshot_id: u64,
-    snapshot_wake: zmq::Socket,
-    views: Sender<View>,
+    want_view: Mailbox<ViewWanted>,
+    views: Post<View>,
     stats_interval: Duration,
     epoch: u64,
     started: Instant,
     journal: Option<Journal>,
     allow: AllowList,
     rate: Option<RateLimiter>,
-    command_wake: zmq::Socket,
-    datagrams: SyncSender<Datagram>,
-    cluster_wake: zmq::Socket,
+    datagrams: Post<Datagram>,
+    remote: Mailbox<Vec<u8>>,
     #[cfg(feature = "cluster")]
     cluster: Option<crate::cluster::ClusterLink>,
 }
@@ -112,20 +112,20 @@ pub(crate) struct IngestSockets {
     pub(crate) udp: UdpSocket,
     pub(crate) input_monitor: zmq::Socket,
     pub(crate) output_monitor: zmq::Socket,
-    /// The snapshot endpoint asks for a view here; ingest answers "ready" on it.
-    pub(crate) snapshot_wake: zmq::Socket,
-    /// Ingest tells the command endpoint that a datagram for it is waiting.
-    pub(crate) command_wake: zmq::Socket,
-    /// The cluster link says here that other brokers' updates are waiting.
-    pub(crate) cluster_wake: zmq::Socket,
 }
 
 /// Where ingest's results go.
 pub(crate) struct IngestLinks {
     pub(crate) tx: SyncSender<Job>,
     pub(crate) output: Arc<Output>,
-    pub(crate) views: Sender<View>,
-    pub(crate) datagrams: SyncSender<Datagram>,
+    /// The snapshot endpoint asks for views here...
+    pub(crate) want_view: Mailbox<ViewWanted>,
+    /// ...and gets them here.
+    pub(crate) views: Post<View>,
+    /// Command datagrams, to the command endpoint.
+    pub(crate) datagrams: Post<Datagram>,
+    /// Other brokers' updates, from the cluster link.
+    pub(crate) remote: Mailbox<Vec<u8>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) stop: Arc<AtomicBool>,
 }
@@ -135,8 +135,7 @@ pub(crate) struct IngestLinks {
 fn command_datagram(
     bytes: &[u8],
     from: SocketAddr,
-    datagrams: &SyncSender<Datagram>,
-    wake: &zmq::Socket,
+    datagrams: &Post<Datagram>,
     stats: &Stats,
 ) -> bool {
     let Ok(message) = rmp_serde::from_slice::<serde_json::Value>(bytes) else {
@@ -148,7 +147,6 @@ fn command_datagram(
     if datagrams.try_send(Datagram { from, message }).is_err() {
         stats::add(&stats.commands.busy, 1);
     }
-    let _ = wake.send(&b"d"[..], zmq::DONTWAIT);
     true
 }
 
@@ -245,7 +243,7 @@ impl Ingest {
             udp: sockets.udp,
             input_monitor: sockets.input_monitor,
             output_monitor: sockets.output_monitor,
-            snapshot_wake: sockets.snapshot_wake,
+            want_view: links.want_view,
             tx: links.tx,
             output: links.output,
             views: links.views,
@@ -269,9 +267,8 @@ impl Ingest {
             journal,
             allow: AllowList::new(config.allow_input.clone()),
             rate: config.rate_limit.map(RateLimiter::new),
-            command_wake: sockets.command_wake,
             datagrams: links.datagrams,
-            cluster_wake: sockets.cluster_wake,
+            remote: links.remote,
             #[cfg(feature = "cluster")]
             cluster,
         }
@@ -325,8 +322,8 @@ impl Ingest {
                     zmq::PollItem::from_fd(udp_fd, zmq::POLLIN),
                     self.input_monitor.as_poll_item(zmq::POLLIN),
                     self.output_monitor.as_poll_item(zmq::POLLIN),
-                    self.snapshot_wake.as_poll_item(zmq::POLLIN),
-                    self.cluster_wake.as_poll_item(zmq::POLLIN),
+                    self.want_view.poll_item(),
+                    self.remote.poll_item(),
                 ];
                 match zmq::poll(&mut items, timeout) {
                     Ok(_) => (
@@ -357,7 +354,6 @@ impl Ingest {
                 self.send_view();
             }
             if from_cluster {
-                while self.cluster_wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
                 self.apply_remote();
                 if self.flush().is_err() {
                     break;
@@ -372,10 +368,7 @@ impl Ingest {
 
     /// A consistent copy of the live directory for the snapshot endpoint.
     fn send_view(&mut self) {
-        let mut with_stale = false;
-        while let Ok(m) = self.snapshot_wake.recv_bytes(zmq::DONTWAIT) {
-            with_stale |= m == WANT_VIEW_WITH_STALE;
-        }
+        let with_stale = self.want_view.drain().any(|w| w.with_stale);
         let now = Timestamp::now();
         let view = View {
             header: SnapshotHeader {
@@ -387,9 +380,7 @@ impl Ingest {
             entries: self.dir.live_entries(now, self.live_window),
             stale: with_stale.then(|| self.dir.stale_entries(now, self.live_window)),
         };
-        if self.views.send(view).is_ok() {
-            let _ = self.snapshot_wake.send(&b"r"[..], zmq::DONTWAIT);
-        }
+        let _ = self.views.try_send(view);
     }
 
     /// Publishes `thing_expired` for things that left the live window.
@@ -600,7 +591,6 @@ impl Ingest {
                         &self.udp_buf[..len],
                         from,
                         &self.datagrams,
-                        &self.command_wake,
                         &self.stats,
                     ) => {}
                 Err(reason) => {
@@ -668,8 +658,10 @@ impl Ingest {
     fn apply_remote(&mut self) {
         #[cfg(feature = "cluster")]
         {
-            let Some(c) = &self.cluster else { return };
-            let incoming: Vec<Vec<u8>> = c.incoming.try_iter().collect();
+            if self.cluster.is_none() {
+                return;
+            }
+            let incoming: Vec<Vec<u8>> = self.remote.drain().collect();
             let now = Timestamp::now();
             for bytes in incoming {
                 if apply_remote_update(&mut self.dir, &bytes, now, &self.stats) {

@@ -16,7 +16,6 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use thingsbus_protocol::namespace::is_within_str;
 use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader, SnapshotRequest};
 
 use crate::log_limit::LogLimiter;
+use crate::mailbox::{Mailbox, Post};
 use crate::stats::{self, Stats};
 
 /// Requests being served or waiting at once; more are refused with `busy`.
@@ -44,11 +44,11 @@ pub(crate) struct View {
     pub(crate) stale: Option<Vec<Arc<[u8]>>>,
 }
 
-/// What the snapshot server says to the ingest thread: a view is wanted, with stale things
-/// or without.
-pub(crate) const WANT_VIEW: &[u8] = b"v";
-/// See [`WANT_VIEW`].
-pub(crate) const WANT_VIEW_WITH_STALE: &[u8] = b"s";
+/// What the snapshot server asks the ingest thread for: a view, with stale things or without.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ViewWanted {
+    pub(crate) with_stale: bool,
+}
 
 struct Job {
     identity: Vec<u8>,
@@ -71,9 +71,10 @@ struct Job {
 
 pub(crate) struct SnapshotServer {
     pub(crate) router: zmq::Socket,
-    /// Ingest's end says "view ready" here; we say "view wanted".
-    pub(crate) wake: zmq::Socket,
-    pub(crate) views: Receiver<View>,
+    /// To ingest: a view is wanted.
+    pub(crate) want_view: Post<ViewWanted>,
+    /// From ingest: the views.
+    pub(crate) views: Mailbox<View>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) chunk_bytes: usize,
@@ -104,7 +105,7 @@ impl SnapshotServer {
             let (requests, ready) = {
                 let mut items = [
                     self.router.as_poll_item(zmq::POLLIN),
-                    self.wake.as_poll_item(zmq::POLLIN),
+                    self.views.poll_item(),
                 ];
                 match zmq::poll(&mut items, timeout) {
                     Ok(_) => (items[0].is_readable(), items[1].is_readable()),
@@ -141,8 +142,7 @@ impl SnapshotServer {
                 }
             }
             if ready {
-                while self.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
-                while let Ok(view) = self.views.try_recv() {
+                for view in self.views.drain() {
                     view_asked = false;
                     let view = Arc::new(view);
                     // A job that wants stale things waits for a view that has them.
@@ -165,12 +165,8 @@ impl SnapshotServer {
 
     /// Asks the ingest thread for a view (with stale things if a waiting job wants them).
     fn ask_view(&self, waiting: &[Job]) -> bool {
-        let msg = if waiting.iter().any(|j| j.stale) {
-            WANT_VIEW_WITH_STALE
-        } else {
-            WANT_VIEW
-        };
-        self.wake.send(msg, zmq::DONTWAIT).is_ok()
+        let with_stale = waiting.iter().any(|j| j.stale);
+        self.want_view.try_send(ViewWanted { with_stale }).is_ok()
     }
 
     #[allow(clippy::type_complexity)]

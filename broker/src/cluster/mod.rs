@@ -23,7 +23,7 @@ pub(crate) mod relay;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use futures_util::StreamExt as _;
 use serde_json::value::RawValue;
 
 use crate::config::{ClusterAuth, ClusterConfig};
+use crate::mailbox::Post;
 use crate::stats;
 
 /// What ingest hands over: the update as published (its namespace is read from it here, off
@@ -41,7 +42,6 @@ pub(crate) type Outgoing = Arc<[u8]>;
 pub(crate) struct ClusterLink {
     /// The newest value of each thing changed locally, at most once per `flush`.
     pub(crate) out: Sender<Vec<Outgoing>>,
-    pub(crate) incoming: Receiver<Vec<u8>>,
     /// When the writer may write next: ingest hands its changes over then.
     pub(crate) next_write: NextWrite,
 }
@@ -163,14 +163,50 @@ fn server_addrs(urls: &[String]) -> Result<Vec<async_nats::ServerAddr>, String> 
         .collect()
 }
 
+/// With `--cluster`: starts the cluster thread (into `threads`) and loads the whole cluster's
+/// directory into `dir` before anything serves. Returns the directory and ingest's link.
+pub(crate) fn join(
+    config: &crate::Config,
+    mut dir: thingsbus_protocol::Directory,
+    stats: &Arc<crate::Stats>,
+    stop: &Arc<AtomicBool>,
+    incoming: Post<Vec<u8>>,
+    relay: Option<relay::RelayEnds>,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Result<(thingsbus_protocol::Directory, Option<ClusterLink>), crate::Error> {
+    let Some(cc) = &config.cluster else {
+        return Ok((dir, None));
+    };
+    let (link, loaded, thread) = start(
+        cc.clone(),
+        stats.clone(),
+        stop.clone(),
+        incoming,
+        config.forget_after,
+        Duration::from_secs(10),
+        relay,
+    )?;
+    threads.push(thread);
+    let now = thingsbus_protocol::Timestamp::now();
+    let mut applied = 0;
+    for bytes in &loaded {
+        applied += usize::from(crate::ingest::apply_remote_update(
+            &mut dir, bytes, now, stats,
+        ));
+    }
+    stats::set(&stats.things, dir.len() as u64);
+    tracing::info!(things = applied, "loaded the cluster's directory");
+    Ok((dir, Some(link)))
+}
+
 /// Starts the cluster thread. Returns the link for ingest, the updates of the whole bucket as it
 /// is now (to load before serving; empty when NATS could not be reached within `load_timeout`),
 /// and the thread.
-pub(crate) fn start(
+fn start(
     config: ClusterConfig,
     stats: Arc<crate::Stats>,
     stop: Arc<AtomicBool>,
-    wake: zmq::Socket,
+    incoming: Post<Vec<u8>>,
     forget_after: Duration,
     load_timeout: Duration,
     relay: Option<relay::RelayEnds>,
@@ -180,7 +216,6 @@ pub(crate) fn start(
     let addrs = server_addrs(&config.urls)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let (out_tx, out_rx) = std::sync::mpsc::channel::<Vec<Outgoing>>();
-    let (in_tx, in_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(65_536);
     let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -251,9 +286,8 @@ pub(crate) fn start(
                 stop,
                 pending,
                 wanted,
-                incoming: in_tx,
+                incoming,
                 value_head,
-                wake: Mutex::new(wake),
                 forget_after,
             };
             runtime.block_on(bucket.run(loaded_tx));
@@ -275,7 +309,6 @@ pub(crate) fn start(
     Ok((
         ClusterLink {
             out: out_tx,
-            incoming: in_rx,
             next_write,
         },
         loaded,
@@ -333,9 +366,8 @@ struct Bucket {
     wanted: Arc<tokio::sync::Notify>,
     /// When the next write may begin, for ingest.
     next_write: NextWrite,
-    /// Other brokers' updates, to ingest (woken through `wake`).
-    incoming: SyncSender<Vec<u8>>,
-    wake: Mutex<zmq::Socket>,
+    /// Other brokers' updates, to ingest.
+    incoming: Post<Vec<u8>>,
     forget_after: Duration,
     /// How every value this broker writes starts: `{"o":"<node>","u":`.
     value_head: String,
@@ -611,15 +643,7 @@ impl Bucket {
     /// that other brokers wrote is dropped here).
     async fn deliver(&self, mut bytes: Vec<u8>) {
         loop {
-            let sent = self.incoming.try_send(bytes);
-            {
-                let w = self
-                    .wake
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let _ = w.send(&b"c"[..], zmq::DONTWAIT);
-            }
-            match sent {
+            match self.incoming.try_send(bytes) {
                 Ok(()) | Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
                 Err(std::sync::mpsc::TrySendError::Full(b)) => {
                     bytes = b;

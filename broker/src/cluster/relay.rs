@@ -11,20 +11,38 @@
 //!   an adaptor (its own `id`, a `deadline`), the reply is the `command_reply`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use thingsbus_protocol::Namespace;
 
-use crate::commands::{FromRelay, ToRelay, ANNOUNCE_EVERY};
+use crate::commands::{FromRelay, RelayLink, ToRelay, ANNOUNCE_EVERY};
+use crate::mailbox::Post;
 
 /// The relay's ends: commands from the command thread, and back to it (waking it up).
 pub(crate) struct RelayEnds {
     pub(crate) from_commands: tokio::sync::mpsc::Receiver<ToRelay>,
-    pub(crate) to_commands: SyncSender<FromRelay>,
-    pub(crate) wake: zmq::Socket,
+    pub(crate) to_commands: Post<FromRelay>,
+}
+
+/// With `--cluster`, the two ends of the relay: the command thread's and the relay's own.
+pub(crate) fn link(
+    ctx: &zmq::Context,
+    config: &crate::Config,
+) -> Result<(Option<RelayLink>, Option<RelayEnds>), crate::Error> {
+    if config.cluster.is_none() {
+        return Ok((None, None));
+    }
+    let (to_tx, to_rx) = tokio::sync::mpsc::channel(4096);
+    let (from_post, from) = crate::mailbox::mailbox(ctx, "relay", 4096)?;
+    Ok((
+        Some(RelayLink { to: to_tx, from }),
+        Some(RelayEnds {
+            from_commands: to_rx,
+            to_commands: from_post,
+        }),
+    ))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -71,9 +89,8 @@ async fn serve(
     let RelayEnds {
         mut from_commands,
         to_commands,
-        wake,
     } = ends;
-    let wake = Arc::new(Mutex::new(wake));
+    let to_commands = Arc::new(to_commands);
     let base = format!("thingsbus.{bucket}");
     let routes_subject = format!("{base}.routes");
     let hello_subject = format!("{base}.hello");
@@ -91,17 +108,11 @@ async fn serve(
         .await
         .map_err(sub_err)?;
     let deliver = {
-        let wake = wake.clone();
         let to_commands = to_commands.clone();
         move |m: FromRelay| {
             // The command thread's queue is bounded: when it is full the message is dropped
             // (a route comes again with the next announcement; a command then times out).
-            if to_commands.try_send(m).is_ok() {
-                let w = wake
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let _ = w.send(&b"r"[..], zmq::DONTWAIT);
-            }
+            let _ = to_commands.try_send(m);
         }
     };
     let mut served: Vec<(String, f64)> = Vec::new();

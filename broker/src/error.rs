@@ -1,0 +1,54 @@
+//! Why a broker could not start.
+
+use std::io;
+
+/// Why a broker could not start: each variant names the endpoint or file and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An endpoint's address is taken.
+    #[error(
+        "{what} {endpoint} is already in use (is another broker running?); choose another port"
+    )]
+    AddressInUse {
+        /// Which endpoint.
+        what: &'static str,
+        /// The address that was asked for.
+        endpoint: String,
+    },
+    /// An endpoint could not be bound for another reason.
+    #[error("cannot bind {what} {endpoint}: {reason}")]
+    Bind {
+        /// Which endpoint.
+        what: &'static str,
+        /// The address that was asked for.
+        endpoint: String,
+        /// What the system said.
+        reason: String,
+    },
+    /// The configuration asks for something this build left out.
+    #[error(
+        "{flag} needs the `{feature}` feature, which this broker was built without; build it \
+         with `cargo build --release -p thingsbus-broker --features {feature}`"
+    )]
+    FeatureMissing {
+        /// The flag (or configuration field) that asked for it.
+        flag: &'static str,
+        /// The Cargo feature.
+        feature: &'static str,
+    },
+    /// Setting up a ZeroMQ socket failed.
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zmq::Error),
+    /// The state file could not be read or written.
+    #[error("state file {path}: {reason}")]
+    State {
+        /// The file.
+        path: String,
+        /// What the system said.
+        reason: String,
+    },
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] io::Error),
+}
