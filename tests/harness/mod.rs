@@ -325,11 +325,8 @@ pub fn vector(name: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
         .collect()
 }
-#[path = "harness/dns.rs"]
 pub mod dns;
-#[path = "harness/peers.rs"]
 pub mod peers;
-#[path = "harness/py.rs"]
 pub mod py;
 
 /// Runs `bash scripts/NAME` from the repository and returns what it printed, or why it failed.
