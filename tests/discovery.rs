@@ -165,10 +165,16 @@ fn missing_records_are_clear_errors() {
 
 #[test]
 fn silent_nameserver_times_out() {
-    // Something that takes queries and never answers, on UDP and TCP.
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    let addr = udp.local_addr().expect("addr");
-    let _tcp = std::net::TcpListener::bind(addr).expect("tcp on the same port");
+    // Something that takes queries and never answers, on UDP and TCP. The UDP port's number
+    // may be taken on TCP by another test's socket: then another pair is tried.
+    let (_udp, _tcp, addr) = (0..100)
+        .find_map(|_| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+            let addr = udp.local_addr().expect("addr");
+            let tcp = std::net::TcpListener::bind(addr).ok()?;
+            Some((udp, tcp, addr))
+        })
+        .expect("a port free on both UDP and TCP");
     let d = Discovery::new()
         .nameserver(addr)
         .timeout(Duration::from_millis(300));
