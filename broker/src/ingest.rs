@@ -523,31 +523,49 @@ impl Ingest {
                     continue;
                 }
             }
-            match decode_json_input(&msg, &self.limits) {
-                Ok(update) if is_within_str(update.ns.as_str(), BROKER_NS) => {
-                    self.reject_zmq(Rejection::ReservedNs, &mut msg);
-                }
-                Ok(update) if self.superseded(&update) => {}
-                Ok(update) => {
-                    let marked = self.clustered();
-                    let entry = apply_local(&mut self.dir, marked, &update, now);
-                    self.batch.push(entry.encoded);
-                    stats::add(&self.stats.accepted, 1);
-                }
-                Err(reason) => self.reject_zmq(reason, &mut msg),
+            let taken = match decode_json_input(&msg, &self.limits) {
+                Ok(update) => self.accept(&update, now),
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = taken {
+                self.reject_zmq(reason, &mut msg);
             }
         }
     }
 
+    /// Takes one decoded update from either input into the directory and the next batch, or
+    /// says why not.
+    fn accept(&mut self, update: &UpdateRef<'_>, now: Timestamp) -> Result<(), Rejection> {
+        if is_within_str(update.ns.as_str(), BROKER_NS) {
+            return Err(Rejection::ReservedNs);
+        }
+        if self.superseded(update) {
+            return Ok(());
+        }
+        let marked = self.clustered();
+        let entry = apply_local(&mut self.dir, marked, update, now);
+        self.batch.push(entry.encoded);
+        stats::add(&self.stats.accepted, 1);
+        Ok(())
+    }
+
     /// Takes one turn of UDP input; true when it ended with datagrams still waiting.
     fn drain_udp(&mut self, now: Timestamp) -> bool {
+        // Out of `self` for the turn, so that an update borrowing it can be accepted by `self`.
+        let mut buf = std::mem::take(&mut self.udp_buf);
+        let more = self.drain_udp_into(&mut buf, now);
+        self.udp_buf = buf;
+        more
+    }
+
+    fn drain_udp_into(&mut self, buf: &mut [u8], now: Timestamp) -> bool {
         let mut n = 0;
         let turn = Turn::start();
         loop {
             if turn.over(n) {
                 return true;
             }
-            let (len, from) = match self.udp.recv_from(&mut self.udp_buf) {
+            let (len, from) = match self.udp.recv_from(buf) {
                 Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -573,30 +591,16 @@ impl Ingest {
                 self.reject(Rejection::TooLarge, Source::Udp(from), len, &[]);
                 continue;
             }
-            match decode_msgpack_input(&self.udp_buf[..len], &self.limits) {
-                Ok(update) if is_within_str(update.ns.as_str(), BROKER_NS) => {
-                    let head = self.udp_buf[..len.min(48)].to_vec();
-                    self.reject(Rejection::ReservedNs, Source::Udp(from), len, &head);
-                }
-                Ok(update) if self.superseded(&update) => {}
-                Ok(update) => {
-                    let marked = self.clustered();
-                    let entry = apply_local(&mut self.dir, marked, &update, now);
-                    self.batch.push(entry.encoded);
-                    stats::add(&self.stats.accepted, 1);
-                }
+            let datagram = &buf[..len];
+            let taken = match decode_msgpack_input(datagram, &self.limits) {
+                Ok(update) => self.accept(&update, now),
                 // Not an update: maybe a board serving commands, or answering one.
-                Err(_)
-                    if command_datagram(
-                        &self.udp_buf[..len],
-                        from,
-                        &self.datagrams,
-                        &self.stats,
-                    ) => {}
-                Err(reason) => {
-                    let head = self.udp_buf[..len.min(48)].to_vec();
-                    self.reject(reason, Source::Udp(from), len, &head);
-                }
+                Err(_) if command_datagram(datagram, from, &self.datagrams, &self.stats) => Ok(()),
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = taken {
+                let head = &datagram[..len.min(48)];
+                self.reject(reason, Source::Udp(from), len, head);
             }
         }
     }
