@@ -368,7 +368,10 @@ impl Ingest {
 
     /// A consistent copy of the live directory for the snapshot endpoint.
     fn send_view(&mut self) {
-        let with_stale = self.want_view.drain().any(|w| w.with_stale);
+        // Every request waiting is answered by this one view: take them all (`any` would stop
+        // at the first that wants stale things and leave the rest for a second view).
+        let wanted: Vec<ViewWanted> = self.want_view.drain().collect();
+        let with_stale = wanted.iter().any(|w| w.with_stale);
         let now = Timestamp::now();
         let view = View {
             header: SnapshotHeader {
