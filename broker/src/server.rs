@@ -399,10 +399,34 @@ impl Drop for Broker {
     }
 }
 
-#[cfg(all(test, not(feature = "cluster")))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_start_that_fails_half_way_stops_the_threads_it_started() {
+        // The command thread holds the command port: it is free again once that thread ends.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut config = Config::ephemeral();
+        config.command_port = Some(port);
+        // The command thread is running by the time the state file is opened.
+        config.state_file = Some("/proc/thingsbus-cannot-write-here/state".into());
+        let e = Broker::start(config).expect_err("the state file cannot be written");
+        assert!(matches!(e, Error::State { .. }), "{e}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the command port {port} is still bound after the failed start: {e}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    #[cfg(not(feature = "cluster"))]
     #[test]
     fn cluster_without_the_feature_is_refused_naming_the_feature() {
         let mut config = Config::ephemeral();
