@@ -33,11 +33,7 @@ pub const NATS_SERVER: Peer = Peer {
     name: "nats-server",
     package: "Debian package nats-server",
     probe: || match std::env::var_os("THINGSBUS_NATS_SERVER") {
-        Some(p) if Path::new(&p).is_file() => Ok(()),
-        Some(p) => Err(format!(
-            "THINGSBUS_NATS_SERVER={} is not a file",
-            p.to_string_lossy()
-        )),
+        Some(p) => is_file(Path::new(&p)),
         None => on_path("nats-server"),
     },
 };
@@ -61,12 +57,9 @@ pub const CHROMIUM: Peer = Peer {
     name: "chromium",
     package: "Debian package chromium",
     probe: || {
-        let path = std::env::var_os("CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
-        if Path::new(&path).is_file() {
-            Ok(())
-        } else {
-            Err(format!("{} not found", path.to_string_lossy()))
-        }
+        is_file(Path::new(
+            &std::env::var_os("CHROMIUM").unwrap_or("/usr/bin/chromium".into()),
+        ))
     },
 };
 
@@ -163,6 +156,13 @@ fn on_path(command: &str) -> Result<(), String> {
         .any(|p| is_executable(&p))
         .then_some(())
         .ok_or_else(|| format!("`{command}` is not on PATH"))
+}
+
+/// A peer named by its path (an environment variable, or where Debian puts it).
+fn is_file(path: &Path) -> Result<(), String> {
+    path.is_file()
+        .then_some(())
+        .ok_or_else(|| format!("{} is not a file", path.display()))
 }
 
 fn is_executable(path: &Path) -> bool {
