@@ -24,7 +24,7 @@ use thingsbus_protocol::Namespace;
 use crate::access::AllowList;
 use crate::log_limit::LogLimiter;
 use crate::mailbox::Mailbox;
-use crate::stats::{self, Stats};
+use crate::stats::{self, CommandStats, Stats};
 
 /// Commands in flight through the broker at once; more get `busy`.
 pub(crate) const MAX_IN_FLIGHT: usize = 10_000;
@@ -121,44 +121,6 @@ struct InFlight {
     caller_id: Value,
     server: Peer,
     prefix: Namespace,
-}
-
-/// Counters of the command endpoint, shared with the broker's thing.
-#[derive(Debug, Default)]
-pub struct CommandStats {
-    /// Commands forwarded to a serving adaptor.
-    pub routed: AtomicU64,
-    /// Replies from servers passed to callers, ok.
-    pub replied_ok: AtomicU64,
-    /// Replies from servers passed to callers, refusing (`ok: false`).
-    pub replied_error: AtomicU64,
-    /// Commands answered `no_route`.
-    pub no_route: AtomicU64,
-    /// Commands answered `timeout`.
-    pub timeout: AtomicU64,
-    /// Commands answered `gone`.
-    pub gone: AtomicU64,
-    /// Commands answered `busy`.
-    pub busy: AtomicU64,
-    /// Messages answered `bad_request`, or dropped as unreadable.
-    pub bad_request: AtomicU64,
-    /// Commands refused because the caller's address is not allowed.
-    pub not_allowed: AtomicU64,
-    /// Replies that came after their command was answered (deadline passed), dropped.
-    pub late_replies: AtomicU64,
-    /// Registrations held now (gauge).
-    pub registrations: AtomicU64,
-    /// Commands in flight now (gauge).
-    pub in_flight: AtomicU64,
-    /// Commands forwarded to another broker of the cluster.
-    pub forwarded: AtomicU64,
-    /// Commands that other brokers forwarded here.
-    pub from_brokers: AtomicU64,
-    /// Prefixes other brokers serve, known here (gauge).
-    pub remote_routes: AtomicU64,
-    /// The prefixes served now, sorted (at most 256 of them), for the broker's
-    /// thing: bridges learn from it which things obey commands.
-    pub served: std::sync::Mutex<Vec<String>>,
 }
 
 /// Served prefixes listed in the broker's thing at most.

@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -21,11 +21,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use thingsbus_client::{Client, EventKind, SubscribeOptions, Thing};
-use thingsbus_protocol::Rejection;
 
 use crate::endpoints::Endpoints;
 use crate::error::Error;
-use crate::stats::Stats;
+use crate::stats::{self, Stats};
 
 const PAGE: &str = include_str!("web/index.html");
 /// Events that may wait for one SSE client before it is dropped.
@@ -243,154 +242,16 @@ async fn metrics(State(app): State<App>) -> Response {
 }
 
 fn render_metrics(st: &Stats, client: &Client, per_thing: bool) -> String {
-    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
-    metric(
-        "thingsbus_updates_accepted_total",
-        "counter",
-        "Updates accepted and republished.",
-        &[("", l(&st.accepted))],
-    );
-    let rejected: Vec<(String, u64)> = Rejection::ALL
-        .iter()
-        .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), st.rejected(*r)))
-        .collect();
-    let rejected: Vec<(&str, u64)> = rejected.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    metric(
-        "thingsbus_updates_rejected_total",
-        "counter",
-        "Input messages dropped, by reason.",
-        &rejected,
-    );
-    metric(
-        "thingsbus_received_bytes_total",
-        "counter",
-        "Input bytes received (ZMQ and UDP).",
-        &[("", l(&st.bytes_in))],
-    );
-    metric(
-        "thingsbus_sent_bytes_total",
-        "counter",
-        "Bytes handed to the directory output.",
-        &[("", l(&st.bytes_out))],
-    );
-    metric(
-        "thingsbus_sent_messages_total",
-        "counter",
-        "Messages handed to the directory output.",
-        &[("", l(&st.messages_out))],
-    );
-    metric(
-        "thingsbus_snapshots_total",
-        "counter",
-        "Periodic snapshots published.",
-        &[("", l(&st.snapshots))],
-    );
-    metric(
-        "thingsbus_snapshot_requests_total",
-        "counter",
-        "Snapshot requests accepted.",
-        &[("", l(&st.snapshot_requests))],
-    );
-    metric(
-        "thingsbus_snapshot_replies_total",
-        "counter",
-        "Snapshot replies sent completely.",
-        &[("", l(&st.snapshot_replies))],
-    );
-    metric(
-        "thingsbus_expired_total",
-        "counter",
-        "thing_expired events published.",
-        &[("", l(&st.expired))],
-    );
-    metric(
-        "thingsbus_forgotten_total",
-        "counter",
-        "Things forgotten after forget-after.",
-        &[("", l(&st.forgotten))],
-    );
-    metric(
-        "thingsbus_udp_kernel_drops_total",
-        "counter",
-        "UDP datagrams dropped by the kernel (input buffer full).",
-        &[("", l(&st.udp_drops))],
-    );
-    let c = &st.commands;
-    metric(
-        "thingsbus_commands_total",
-        "counter",
-        "Commands by outcome.",
-        &[
-            ("{outcome=\"ok\"}", l(&c.replied_ok)),
-            ("{outcome=\"refused\"}", l(&c.replied_error)),
-            ("{outcome=\"no_route\"}", l(&c.no_route)),
-            ("{outcome=\"timeout\"}", l(&c.timeout)),
-            ("{outcome=\"gone\"}", l(&c.gone)),
-            ("{outcome=\"busy\"}", l(&c.busy)),
-            ("{outcome=\"bad_request\"}", l(&c.bad_request)),
-            ("{outcome=\"not_allowed\"}", l(&c.not_allowed)),
-        ],
-    );
-    metric(
-        "thingsbus_commands_between_brokers_total",
-        "counter",
-        "Commands forwarded through the cluster, by direction.",
-        &[
-            ("{direction=\"out\"}", l(&c.forwarded)),
-            ("{direction=\"in\"}", l(&c.from_brokers)),
-        ],
-    );
-    metric(
-        "thingsbus_things",
-        "gauge",
-        "Things held by the broker.",
-        &[("", l(&st.things))],
-    );
+    let mut out = String::with_capacity(8192);
+    st.write_metrics(&mut out);
     let all = client.walk("");
     let live = all.iter().filter(|t| !t.stale).count() as u64;
-    metric(
+    stats::write_family(
+        &mut out,
         "thingsbus_live_things",
-        "gauge",
+        stats::Kind::Gauge,
         "Things within the live window.",
-        &[("", live)],
-    );
-    metric(
-        "thingsbus_subscribers",
-        "gauge",
-        "Directory subscribers connected.",
-        &[("", l(&st.subscribers))],
-    );
-    metric(
-        "thingsbus_input_connections",
-        "gauge",
-        "ZMQ input connections open.",
-        &[("", l(&st.input_connections))],
-    );
-    metric(
-        "thingsbus_command_registrations",
-        "gauge",
-        "Command registrations held.",
-        &[("", l(&c.registrations))],
-    );
-    metric(
-        "thingsbus_command_remote_routes",
-        "gauge",
-        "Prefixes other brokers of the cluster serve, known here.",
-        &[("", l(&c.remote_routes))],
-    );
-    metric(
-        "thingsbus_journal_synced_seq",
-        "gauge",
-        "Sequence number up to which the state file is durable.",
-        &[("", l(&st.journal_synced_seq))],
+        [("", live)].into_iter(),
     );
     if per_thing {
         let _ = writeln!(

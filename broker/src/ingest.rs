@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use thingsbus_protocol::codec::{decode_json_input, decode_msgpack_input, encode_expired};
 use thingsbus_protocol::namespace::is_within_str;
 use thingsbus_protocol::snapshot::SnapshotHeader;
-use thingsbus_protocol::{Directory, Entry, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
+use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
 
 use crate::access::{AllowList, RateLimiter};
+use crate::cluster::ClusterLink;
 use crate::commands::Datagram;
 use crate::config::Config;
 use crate::journal::Journal;
@@ -24,7 +25,7 @@ use crate::log_limit::LogLimiter;
 use crate::mailbox::{Mailbox, Post};
 use crate::publish::{Job, Output};
 use crate::snapshot_server::{View, ViewWanted};
-use crate::stats::{self, Stats};
+use crate::stats::{self, Stats, StatusExtra, BROKER_DOC, BROKER_NS};
 
 /// Messages taken from one input per round before the other gets its turn.
 const BUDGET: usize = 1024;
@@ -53,8 +54,6 @@ const DIRECT_MAX: usize = 32;
 const MAX_POLL_MS: i64 = 50;
 /// How often things that left the live window are looked for.
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
-/// Documentation of the broker's own thing.
-const BROKER_DOC: &str = "https://github.com/thingsbus/thingsbus#the-broker-as-a-thing";
 /// Largest possible UDP payload plus one, so an oversized datagram is seen as such.
 const UDP_BUF: usize = 65_536;
 
@@ -102,8 +101,7 @@ pub(crate) struct Ingest {
     rate: Option<RateLimiter>,
     datagrams: Post<Datagram>,
     remote: Mailbox<Vec<u8>>,
-    #[cfg(feature = "cluster")]
-    cluster: Option<crate::cluster::ClusterLink>,
+    cluster: Option<ClusterLink>,
 }
 
 /// The sockets ingest owns.
@@ -150,85 +148,6 @@ fn command_datagram(
     true
 }
 
-#[cfg(feature = "cluster")]
-pub(crate) fn encoded_ns(bytes: &[u8]) -> &str {
-    std::str::from_utf8(thingsbus_protocol::codec::encoded_update_ns(bytes)).unwrap_or("")
-}
-
-/// Applies one update written by another broker (as published there) to `dir`, when it is not
-/// older than what `dir` holds; true when it was applied.
-#[cfg(feature = "cluster")]
-pub(crate) fn apply_remote_update(
-    dir: &mut Directory,
-    bytes: &[u8],
-    now: Timestamp,
-    stats: &Stats,
-) -> bool {
-    let Ok(thingsbus_protocol::codec::Published::Update(u)) =
-        thingsbus_protocol::codec::decode_published(bytes)
-    else {
-        return false;
-    };
-    if is_within_str(u.ns.as_str(), BROKER_NS) {
-        return false;
-    }
-    let ts = u.ts.unwrap_or(now);
-    if dir
-        .get(u.ns.as_str())
-        .is_some_and(|e| e.ts.as_secs() > ts.as_secs())
-    {
-        stats::add(&stats.cluster.older, 1);
-        return false;
-    }
-    let update = UpdateRef {
-        ns: u.ns.clone(),
-        ts: Some(ts),
-        data: Cow::Borrowed(u.data),
-        documentation_url: u.documentation_url.clone(),
-    };
-    dir.apply(&update, now);
-    stats::add(&stats.cluster.applied, 1);
-    true
-}
-
-/// How many datagrams the kernel dropped on `socket` because its buffer was full: the `drops`
-/// column of `/proc/net/udp{,6}` for the socket's inode. `None` where that is not available.
-pub(crate) fn udp_kernel_drops(socket: &UdpSocket) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    let inode = std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
-        .ok()?
-        .ino()
-        .to_string();
-    ["/proc/net/udp", "/proc/net/udp6"]
-        .iter()
-        .find_map(|table| {
-            let text = std::fs::read_to_string(table).ok()?;
-            text.lines().skip(1).find_map(|line| {
-                let cols: Vec<&str> = line.split_whitespace().collect();
-                (cols.get(9) == Some(&inode.as_str()))
-                    .then(|| cols.last().and_then(|d| d.parse().ok()))
-                    .flatten()
-            })
-        })
-}
-
-/// Applies a local update; with `--cluster` (`marked`), marks the thing for the cluster link
-/// (see [`Ingest::hand_over`]).
-fn apply_local(dir: &mut Directory, marked: bool, update: &UpdateRef<'_>, now: Timestamp) -> Entry {
-    if marked {
-        dir.apply_marked(update, now)
-    } else {
-        dir.apply(update, now)
-    }
-}
-
-/// How early [`Ingest::hand_over`] may hand changes over.
-#[cfg(feature = "cluster")]
-const HAND_OVER_EARLY: Duration = Duration::from_millis(1);
-
-/// The reserved namespace of the broker's own thing.
-pub(crate) const BROKER_NS: &str = "thingsbus.broker";
-
 impl Ingest {
     pub(crate) fn new(
         config: &Config,
@@ -236,7 +155,7 @@ impl Ingest {
         links: IngestLinks,
         dir: Directory,
         journal: Option<Journal>,
-        #[cfg(feature = "cluster")] cluster: Option<crate::cluster::ClusterLink>,
+        cluster: Option<ClusterLink>,
     ) -> Self {
         Ingest {
             sub: sockets.sub,
@@ -269,7 +188,6 @@ impl Ingest {
             rate: config.rate_limit.map(RateLimiter::new),
             datagrams: links.datagrams,
             remote: links.remote,
-            #[cfg(feature = "cluster")]
             cluster,
         }
     }
@@ -286,9 +204,6 @@ impl Ingest {
             let now = Instant::now();
             if now >= next_expiry {
                 self.expire();
-                if let Some(drops) = udp_kernel_drops(&self.udp) {
-                    stats::set(&self.stats.udp_drops, drops);
-                }
                 next_expiry = now + EXPIRY_EVERY;
             }
             if !self.stats_interval.is_zero() && now >= next_stats {
@@ -403,76 +318,12 @@ impl Ingest {
 
     /// Publishes the broker's own counters as the thing `thingsbus.broker`.
     fn publish_stats(&mut self) {
-        let st = &self.stats;
-        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let rejected: serde_json::Map<String, serde_json::Value> = st
-            .rejected_by_reason()
-            .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| (r.as_str().to_owned(), n.into()))
-            .collect();
-        let replies = l(&st.snapshot_replies);
-        let data = serde_json::json!({
-            "uptime_s": self.started.elapsed().as_secs(),
-            "things": self.dir.len(),
-            "accepted": l(&st.accepted),
-            "rejected": st.rejected_total(),
-            "rejected_by_reason": rejected,
-            "bytes_in": l(&st.bytes_in),
-            "bytes_out": l(&st.bytes_out),
-            "messages_out": l(&st.messages_out),
-            "subscribers": l(&st.subscribers),
-            "input_connections": l(&st.input_connections),
-            "snapshots": l(&st.snapshots),
-            "snapshot_requests": l(&st.snapshot_requests),
-            "snapshot_request_errors": l(&st.snapshot_request_errors),
-            "snapshot_replies": replies,
-            "snapshot_reply_ms_avg": if replies == 0 { 0.0 } else { l(&st.snapshot_reply_micros) as f64 / replies as f64 / 1e3 },
-            "expired": l(&st.expired),
-            "forgotten": l(&st.forgotten),
-            "udp_drops": l(&st.udp_drops),
-            "commands": {
-                "routed": l(&st.commands.routed),
-                "replied_ok": l(&st.commands.replied_ok),
-                "replied_error": l(&st.commands.replied_error),
-                "no_route": l(&st.commands.no_route),
-                "timeout": l(&st.commands.timeout),
-                "gone": l(&st.commands.gone),
-                "busy": l(&st.commands.busy),
-                "bad_request": l(&st.commands.bad_request),
-                "not_allowed": l(&st.commands.not_allowed),
-                "late_replies": l(&st.commands.late_replies),
-                "registrations": l(&st.commands.registrations),
-                "served": st.commands.served.lock().map(|s| s.clone()).unwrap_or_default(),
-                "in_flight": l(&st.commands.in_flight),
-                "forwarded": l(&st.commands.forwarded),
-                "from_brokers": l(&st.commands.from_brokers),
-                "remote_routes": l(&st.commands.remote_routes),
-            },
+        stats::set(&self.stats.things, self.dir.len() as u64);
+        let data = self.stats.status(&StatusExtra {
+            uptime_s: self.started.elapsed().as_secs(),
+            cluster: self.cluster.is_some(),
+            journal: self.journal.is_some(),
         });
-        let mut data = data;
-        if self.clustered() {
-            let c = &st.cluster;
-            data["cluster"] = serde_json::json!({
-                "writes": l(&c.writes),
-                "conflated": l(&c.conflated),
-                "write_errors": l(&c.write_errors),
-                "pending": l(&c.pending),
-                "applied": l(&c.applied),
-                "older": l(&c.older),
-                "connected": l(&c.connected) == 1,
-                "reloads": l(&c.reloads),
-            });
-        }
-        if self.journal.is_some() {
-            data["journal"] = serde_json::json!({
-                "synced_seq": l(&st.journal_synced_seq),
-                "bytes": l(&st.journal_bytes),
-                "records": l(&st.journal_records),
-                "compactions": l(&st.journal_compactions),
-                "errors": l(&st.journal_errors),
-                "dropped": l(&st.journal_dropped),
-            });
-        }
         let update = UpdateRef {
             ns: NamespaceRef::new(Cow::Borrowed(BROKER_NS)).expect("the broker namespace is valid"),
             ts: None,
@@ -542,11 +393,18 @@ impl Ingest {
         if is_within_str(update.ns.as_str(), BROKER_NS) {
             return Err(Rejection::ReservedNs);
         }
-        if self.superseded(update) {
-            return Ok(());
-        }
-        let marked = self.clustered();
-        let entry = apply_local(&mut self.dir, marked, update, now);
+        // With `--cluster`, newest `ts` wins for local input as for other brokers' updates, so
+        // that every broker ends on the same value; without it, the last update received wins,
+        // as in 0.2.x.
+        let entry = if self.cluster.is_some() {
+            let Some(entry) = self.dir.apply_newest(update, now, true) else {
+                stats::add(&self.stats.cluster.older, 1);
+                return Ok(());
+            };
+            entry
+        } else {
+            self.dir.apply(update, now)
+        };
         self.batch.push(entry.encoded);
         stats::add(&self.stats.accepted, 1);
         Ok(())
@@ -608,74 +466,26 @@ impl Ingest {
         }
     }
 
-    /// With `--cluster`, newest `ts` wins for local input as for other brokers' updates: an update
-    /// older than the thing's value here is dropped (counted with the cluster's `older`), so
-    /// every broker ends on the same value. Without it, the last update received wins, as in
-    /// 0.2.x.
-    fn superseded(&self, update: &UpdateRef<'_>) -> bool {
-        let older = self.clustered()
-            && update.ts.is_some_and(|ts| {
-                self.dir
-                    .get(update.ns.as_str())
-                    .is_some_and(|e| e.ts.as_secs() > ts.as_secs())
-            });
-        if older {
-            stats::add(&self.stats.cluster.older, 1);
-        }
-        older
-    }
-
-    /// Hands the newest value of each thing changed locally to the cluster link when its writer
-    /// may write (see [`crate::cluster::NextWrite`]): at once after a quiet spell, at most once
-    /// per `--cluster-flush` under load. As the writer does, less than a millisecond early
-    /// counts as due.
+    /// With `--cluster`, hands local changes to the cluster link when it may write.
     fn hand_over(&mut self) {
-        #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
-            if !self.dir.has_changed() || c.next_write.wait() > HAND_OVER_EARLY {
-                return;
-            }
-            let (changed, superseded) = self.dir.take_changed();
-            stats::add(&self.stats.cluster.conflated, superseded);
-            let _ = c.out.send(changed);
+            c.hand_over(&mut self.dir, &self.stats);
         }
     }
 
     /// How long until [`Ingest::hand_over`] has something to do, if it will.
     fn hand_over_due(&self) -> Option<Duration> {
-        #[cfg(feature = "cluster")]
-        if let Some(c) = &self.cluster {
-            return self
-                .dir
-                .has_changed()
-                .then(|| c.next_write.wait().saturating_sub(HAND_OVER_EARLY));
-        }
-        None
+        self.cluster.as_ref()?.hand_over_due(&self.dir)
     }
 
-    fn clustered(&self) -> bool {
-        #[cfg(feature = "cluster")]
-        return self.cluster.is_some();
-        #[cfg(not(feature = "cluster"))]
-        false
-    }
-
-    /// Applies what other brokers wrote to the cluster's bucket: as ordinary updates with our
-    /// own `seq`, unless our value of the thing is newer (newest `ts` wins).
+    /// Applies what other brokers wrote to the cluster's bucket, unless our value of the thing
+    /// is newer.
     fn apply_remote(&mut self) {
-        #[cfg(feature = "cluster")]
-        {
-            if self.cluster.is_none() {
-                return;
-            }
-            let incoming: Vec<Vec<u8>> = self.remote.drain().collect();
-            let now = Timestamp::now();
-            for bytes in incoming {
-                if apply_remote_update(&mut self.dir, &bytes, now, &self.stats) {
-                    if let Some(e) = self.dir.get(encoded_ns(&bytes)) {
-                        self.batch.push(e.encoded.clone());
-                    }
-                }
+        let Some(c) = &self.cluster else { return };
+        let now = Timestamp::now();
+        for bytes in self.remote.drain() {
+            if let Some(entry) = c.apply_remote(&mut self.dir, &bytes, now, &self.stats) {
+                self.batch.push(entry.encoded);
             }
         }
     }

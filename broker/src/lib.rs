@@ -21,13 +21,13 @@
 //! `thingsbus.broker`. See `README.md` and `ARCHITECTURE.md` at the repository root.
 
 mod access;
-#[cfg(feature = "cluster")]
+#[cfg_attr(not(feature = "cluster"), path = "cluster/off.rs")]
 mod cluster;
 mod commands;
 mod config;
 mod endpoints;
 mod error;
-#[cfg(feature = "http")]
+#[cfg_attr(not(feature = "http"), path = "http_off.rs")]
 mod http;
 mod ingest;
 mod journal;
@@ -37,12 +37,11 @@ mod publish;
 mod server;
 mod snapshot_server;
 mod stats;
+mod udp_drops;
 
 pub use access::Cidr;
-pub use commands::CommandStats;
 pub use config::{ClusterAuth, ClusterConfig, Config};
 pub use endpoints::Endpoints;
 pub use error::Error;
 pub use server::{Broker, Stopper};
-pub use stats::ClusterStats;
-pub use stats::Stats;
+pub use stats::{ClusterStats, CommandStats, Stats};

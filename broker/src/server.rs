@@ -14,12 +14,13 @@ use crate::commands::CommandRouter;
 use crate::config::Config;
 use crate::endpoints::{bind_zmq, derived_port, input_sockets, set_keepalive, Endpoints};
 use crate::error::Error;
-use crate::ingest::{Ingest, IngestLinks, IngestSockets, BROKER_NS};
+use crate::ingest::{Ingest, IngestLinks, IngestSockets};
 use crate::journal::Journal;
 use crate::mailbox::mailbox;
 use crate::publish::{Output, Publisher};
 use crate::snapshot_server::SnapshotServer;
 use crate::stats::Stats;
+use crate::stats::BROKER_NS;
 
 /// A running broker. Dropping it stops it and waits for its threads.
 ///
@@ -215,10 +216,10 @@ impl Broker {
             udp,
             snapshots,
             commands,
-            #[cfg_attr(not(feature = "http"), allow(unused_mut))]
             mut endpoints,
         } = Bound::bind(&ctx, &config)?;
         let stats = Arc::new(Stats::default());
+        stats.watch_udp_drops(&udp);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Threads {
             stop: stop.clone(),
@@ -233,10 +234,7 @@ impl Broker {
         // this process's heap) absorb the difference.
         let (publish_tx, publish_rx) = mpsc::sync_channel(256);
 
-        #[cfg(feature = "cluster")]
         let (relay_link, relay_ends) = crate::cluster::relay::link(&ctx, &config)?;
-        #[cfg(not(feature = "cluster"))]
-        let relay_link = None;
         let commands = CommandRouter {
             router: commands,
             udp: udp.try_clone()?,
@@ -259,7 +257,6 @@ impl Broker {
         }
 
         let (dir, journal) = restore(&config, &stats, &mut threads)?;
-        #[cfg(feature = "cluster")]
         let (dir, cluster) = crate::cluster::join(
             &config,
             dir,
@@ -269,16 +266,6 @@ impl Broker {
             relay_ends,
             &mut threads.handles,
         )?;
-        #[cfg(not(feature = "cluster"))]
-        {
-            drop(remote_post);
-            if config.cluster.is_some() {
-                return Err(Error::FeatureMissing {
-                    flag: "--cluster",
-                    feature: "cluster",
-                });
-            }
-        }
 
         let snapshots = SnapshotServer {
             router: snapshots,
@@ -319,7 +306,6 @@ impl Broker {
             },
             dir,
             journal,
-            #[cfg(feature = "cluster")]
             cluster,
         );
         threads.spawn("thingsbus-ingest", move || {
@@ -329,26 +315,15 @@ impl Broker {
         })?;
 
         if let Some(addr) = config.http {
-            #[cfg(feature = "http")]
-            {
-                let (thread, bound) = crate::http::start(
-                    addr,
-                    &endpoints,
-                    stats.clone(),
-                    stop.clone(),
-                    config.http_thing_metrics,
-                )?;
-                threads.handles.push(thread);
-                endpoints.http = Some(bound);
-            }
-            #[cfg(not(feature = "http"))]
-            {
-                let _ = addr;
-                return Err(Error::FeatureMissing {
-                    flag: "--http",
-                    feature: "http",
-                });
-            }
+            let (thread, bound) = crate::http::start(
+                addr,
+                &endpoints,
+                stats.clone(),
+                stop.clone(),
+                config.http_thing_metrics,
+            )?;
+            threads.handles.push(thread);
+            endpoints.http = Some(bound);
         }
         Ok(Broker {
             endpoints,

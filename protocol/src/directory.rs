@@ -76,6 +76,25 @@ impl Directory {
         self.apply_inner(update, now, true)
     }
 
+    /// Newest `ts` wins: as [`Directory::apply`] (or [`Directory::apply_marked`] with `mark`),
+    /// unless the thing holds a value with a later `ts`; then nothing changes and `None` comes
+    /// back. An update without `ts` is stamped `now` by this broker and always wins. This is the
+    /// rule that makes every broker of a cluster end on the same value, whatever order the
+    /// updates reached each one in.
+    pub fn apply_newest(
+        &mut self,
+        update: &UpdateRef<'_>,
+        now: Timestamp,
+        mark: bool,
+    ) -> Option<Entry> {
+        let older = update.ts.is_some_and(|ts| {
+            self.things
+                .get(update.ns.as_str())
+                .is_some_and(|held| held.ts.as_secs() > ts.as_secs())
+        });
+        (!older).then(|| self.apply_inner(update, now, mark))
+    }
+
     /// The newest value of every thing changed through [`Directory::apply_marked`] since the
     /// last call (forgotten things left out), and how many changes fell on a thing already
     /// marked (superseded before they were taken). Clears the marks.
@@ -289,6 +308,35 @@ mod tests {
         assert_eq!(e.documentation_url.as_deref(), Some("http://new"));
         assert_eq!(d.len(), 1);
         assert_eq!(d.seq(), 3);
+    }
+
+    #[test]
+    fn newest_ts_wins() {
+        let mut d = Directory::new();
+        let now = Timestamp::from_secs(1000.0).unwrap();
+        let newest = |d: &mut Directory, json: &str, mark: bool| {
+            let u = decode_json_input(json.as_bytes(), &Limits::default()).unwrap();
+            d.apply_newest(&u, now, mark).map(|e| e.seq)
+        };
+        // Unknown thing: taken.
+        assert_eq!(newest(&mut d, r#"["a", 100.0, 1, null]"#, false), Some(1));
+        // Older than held: left out, nothing changes (not even seq).
+        assert_eq!(newest(&mut d, r#"["a", 99.5, 2, null]"#, false), None);
+        assert_eq!((d.seq(), d.get("a").unwrap().ts.as_secs()), (1, 100.0));
+        // Same ts: taken (the later arrival wins a tie, as in 0.2.x).
+        assert_eq!(newest(&mut d, r#"["a", 100.0, 3, null]"#, false), Some(2));
+        // Newer: taken.
+        assert_eq!(newest(&mut d, r#"["a", 101.0, 4, null]"#, false), Some(3));
+        // No ts: stamped now, always taken, even behind a value from the future.
+        assert_eq!(newest(&mut d, r#"["b", 5000.0, 5, null]"#, false), Some(4));
+        assert_eq!(newest(&mut d, r#"["b", null, 6, null]"#, false), Some(5));
+        assert_eq!(d.get("b").unwrap().ts, now);
+        // With `mark`, a taken update is marked for take_changed; a left-out one is not.
+        assert!(!d.has_changed());
+        assert_eq!(newest(&mut d, r#"["a", 50.0, 7, null]"#, true), None);
+        assert!(!d.has_changed());
+        assert_eq!(newest(&mut d, r#"["a", 102.0, 8, null]"#, true), Some(6));
+        assert_eq!(d.take_changed().0.len(), 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@
 
 pub(crate) mod relay;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -30,9 +31,13 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use serde_json::value::RawValue;
 
+use thingsbus_protocol::codec::{decode_published, Published};
+use thingsbus_protocol::namespace::is_within_str;
+use thingsbus_protocol::{Directory, Entry, Timestamp, UpdateRef};
+
 use crate::config::{ClusterAuth, ClusterConfig};
 use crate::mailbox::Post;
-use crate::stats;
+use crate::stats::{self, BROKER_NS};
 
 /// What ingest hands over: the update as published (its namespace is read from it here, off
 /// the ingest thread).
@@ -75,6 +80,76 @@ impl NextWrite {
         let now = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX);
         Duration::from_micros(self.at.load(Ordering::Relaxed).saturating_sub(now))
     }
+}
+
+/// How early [`ClusterLink::hand_over`] may hand changes over.
+const HAND_OVER_EARLY: Duration = Duration::from_millis(1);
+
+impl ClusterLink {
+    /// Hands the newest value of each thing changed locally (marked in `dir`) to the writer
+    /// when it may write (see [`NextWrite`]): at once after a quiet spell, at most once per
+    /// `--cluster-flush` under load. As the writer does, less than a millisecond early counts
+    /// as due.
+    pub(crate) fn hand_over(&self, dir: &mut Directory, stats: &crate::Stats) {
+        if !dir.has_changed() || self.next_write.wait() > HAND_OVER_EARLY {
+            return;
+        }
+        let (changed, superseded) = dir.take_changed();
+        stats::add(&stats.cluster.conflated, superseded);
+        let _ = self.out.send(changed);
+    }
+
+    /// How long until [`ClusterLink::hand_over`] has something to do, if it will.
+    pub(crate) fn hand_over_due(&self, dir: &Directory) -> Option<Duration> {
+        dir.has_changed()
+            .then(|| self.next_write.wait().saturating_sub(HAND_OVER_EARLY))
+    }
+
+    /// Applies one value another broker wrote to the bucket: see [`apply_remote`].
+    pub(crate) fn apply_remote(
+        &self,
+        dir: &mut Directory,
+        bytes: &[u8],
+        now: Timestamp,
+        stats: &crate::Stats,
+    ) -> Option<Entry> {
+        apply_remote(dir, bytes, now, stats)
+    }
+}
+
+/// The namespace of an update as published (`""` when it is not one).
+pub(crate) fn encoded_ns(bytes: &[u8]) -> &str {
+    std::str::from_utf8(thingsbus_protocol::codec::encoded_update_ns(bytes)).unwrap_or("")
+}
+
+/// Applies one update written by another broker (as published there) to `dir` with our own
+/// `seq`, unless our value of the thing is newer ([`Directory::apply_newest`]). Updates of the
+/// broker's own thing are each broker's own and are left out.
+fn apply_remote(
+    dir: &mut Directory,
+    bytes: &[u8],
+    now: Timestamp,
+    stats: &crate::Stats,
+) -> Option<Entry> {
+    let Ok(Published::Update(u)) = decode_published(bytes) else {
+        return None;
+    };
+    if is_within_str(u.ns.as_str(), BROKER_NS) {
+        return None;
+    }
+    let update = UpdateRef {
+        ns: u.ns.clone(),
+        ts: Some(u.ts.unwrap_or(now)),
+        data: Cow::Borrowed(u.data),
+        documentation_url: u.documentation_url.clone(),
+    };
+    let applied = dir.apply_newest(&update, now, false);
+    let counter = match applied {
+        Some(_) => &stats.cluster.applied,
+        None => &stats.cluster.older,
+    };
+    stats::add(counter, 1);
+    applied
 }
 
 #[derive(serde::Deserialize)]
@@ -167,13 +242,13 @@ fn server_addrs(urls: &[String]) -> Result<Vec<async_nats::ServerAddr>, String> 
 /// directory into `dir` before anything serves. Returns the directory and ingest's link.
 pub(crate) fn join(
     config: &crate::Config,
-    mut dir: thingsbus_protocol::Directory,
+    mut dir: Directory,
     stats: &Arc<crate::Stats>,
     stop: &Arc<AtomicBool>,
     incoming: Post<Vec<u8>>,
     relay: Option<relay::RelayEnds>,
     threads: &mut Vec<std::thread::JoinHandle<()>>,
-) -> Result<(thingsbus_protocol::Directory, Option<ClusterLink>), crate::Error> {
+) -> Result<(Directory, Option<ClusterLink>), crate::Error> {
     let Some(cc) = &config.cluster else {
         return Ok((dir, None));
     };
@@ -187,12 +262,10 @@ pub(crate) fn join(
         relay,
     )?;
     threads.push(thread);
-    let now = thingsbus_protocol::Timestamp::now();
+    let now = Timestamp::now();
     let mut applied = 0;
     for bytes in &loaded {
-        applied += usize::from(crate::ingest::apply_remote_update(
-            &mut dir, bytes, now, stats,
-        ));
+        applied += usize::from(apply_remote(&mut dir, bytes, now, stats).is_some());
     }
     stats::set(&stats.things, dir.len() as u64);
     tracing::info!(things = applied, "loaded the cluster's directory");
@@ -247,7 +320,7 @@ fn start(
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner);
                             for bytes in batch {
-                                let ns = crate::ingest::encoded_ns(&bytes);
+                                let ns = encoded_ns(&bytes);
                                 if let Some(held) = p.get_mut(ns) {
                                     *held = bytes;
                                     stats::add(&stats.cluster.conflated, 1);
