@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use thingsbus_broker::Cidr;
-use thingsbus_protocol::Rejection;
+use thingsbus_broker::Reason;
 use thingsbus_tests::*;
 
 fn udp_from(src: &str) -> UdpSocket {
@@ -32,7 +32,7 @@ fn zmq_from(src: &str, broker: &Broker) -> zmq::Socket {
     s
 }
 
-fn rejected(broker: &Broker, reason: Rejection) -> u64 {
+fn rejected(broker: &Broker, reason: Reason) -> u64 {
     broker
         .stats()
         .rejected_by_reason()
@@ -62,17 +62,17 @@ fn only_allowed_sources_publish_over_udp_and_zmq() {
     });
     // The refused one was asked about and turned away by the ZAP handler.
     eventually(DEADLINE, "the refused ZMQ connection to be counted", || {
-        (rejected(&broker, Rejection::NotAllowed) >= 1).then_some(())
+        (rejected(&broker, Reason::NotAllowed) >= 1).then_some(())
     });
     for _ in 0..20 {
         bad_zmq
             .send(json!(["bad.zmq", null, 1, null]).to_string().as_bytes(), 0)
             .expect("send never blocks on PUB");
     }
-    let before = rejected(&broker, Rejection::NotAllowed);
+    let before = rejected(&broker, Reason::NotAllowed);
     send_udp(&bad_udp, &broker, "bad.udp", 1);
     eventually(DEADLINE, "the refused datagram to be counted", || {
-        (rejected(&broker, Rejection::NotAllowed) > before).then_some(())
+        (rejected(&broker, Reason::NotAllowed) > before).then_some(())
     });
     send_udp(&good_udp, &broker, "ok.udp", 2);
     // Nothing from 127.0.0.1 came through before the allowed datagram did.
@@ -109,7 +109,7 @@ fn a_source_over_its_rate_is_cut_and_others_are_not() {
         v["ns"] == "quiet.sync"
     });
     let accepted_before = broker.stats().accepted.load(Ordering::Relaxed);
-    let limited_before = rejected(&broker, Rejection::RateLimited);
+    let limited_before = rejected(&broker, Reason::RateLimited);
     // 250 small datagrams fit the smallest default socket buffer: none is lost by the kernel.
     for i in 0..250 {
         send_udp(&noisy, &broker, "noisy.t", i);
@@ -118,7 +118,7 @@ fn a_source_over_its_rate_is_cut_and_others_are_not() {
     sub.wait_for(DEADLINE, "the quiet source despite the noisy one", |v| {
         v["ns"] == "quiet.after"
     });
-    let limited = rejected(&broker, Rejection::RateLimited) - limited_before;
+    let limited = rejected(&broker, Reason::RateLimited) - limited_before;
     let accepted = broker.stats().accepted.load(Ordering::Relaxed) - accepted_before - 1;
     // A burst of 50, plus what trickles back while they are read (well under a second).
     assert!((50..150).contains(&accepted), "accepted {accepted} of 250");
@@ -135,11 +135,11 @@ fn a_source_over_its_rate_is_cut_and_others_are_not() {
         sub.recv_json(Duration::from_millis(100))
             .filter(|v| v["ns"] == "noisy.zmq")
     });
-    let before = rejected(&broker, Rejection::RateLimited);
+    let before = rejected(&broker, Reason::RateLimited);
     for i in 0..500 {
         zmq.send_json(&json!(["noisy.zmq", null, i, null]));
     }
     eventually(DEADLINE, "ZMQ updates over the rate to be counted", || {
-        (rejected(&broker, Rejection::RateLimited) > before + 100).then_some(())
+        (rejected(&broker, Reason::RateLimited) > before + 100).then_some(())
     });
 }

@@ -271,3 +271,39 @@ fn oversized_zmq_frame_costs_only_that_connection() {
         "an oversized frame must never be published"
     );
 }
+
+#[test]
+fn a_ts_beyond_the_clock_skew_is_dropped_as_future_ts_on_both_inputs() {
+    let rig = Rig::new(|c| c.max_clock_skew = Duration::from_secs(60));
+    let future = |id: &str| {
+        let before = rig.stats().rejected(thingsbus_broker::Reason::FutureTs);
+        if id == "udp" {
+            rig.udp
+                .send_msgpack(&json!(["skew.udp", now() + 3600.0, 1, null]));
+        } else {
+            rig.zmq
+                .send_json(&json!(["skew.zmq", now() + 3600.0, 1, null]));
+        }
+        eventually(Duration::from_secs(10), "the future update counted", || {
+            (rig.stats().rejected(thingsbus_broker::Reason::FutureTs) > before).then_some(())
+        });
+    };
+    future("udp");
+    future("zmq");
+    // Within the skew (a sender's clock a little ahead): taken with its own ts.
+    let ahead = now() + 30.0;
+    rig.zmq.send_json(&json!(["skew.zmq", ahead, 2, null]));
+    let v = rig.sub.update_for("skew.zmq");
+    assert_eq!(v["data"], 2);
+    assert!(
+        (v["ts"].as_f64().unwrap_or(0.0) - ahead).abs() < 1e-3,
+        "{v}"
+    );
+    // The thing from the future never got in, so the later, honest value was not shadowed.
+    rig.udp.send_msgpack(&json!(["skew.udp", null, 3, null]));
+    assert_eq!(rig.sub.update_for("skew.udp")["data"], 3);
+    let status = rig.broker.stats().rejected_by_reason();
+    let counted: Vec<_> = status.filter(|(r, _)| r.as_str() == "future_ts").collect();
+    assert_eq!(counted.len(), 1);
+    assert_eq!(counted[0].1, 2, "one per input");
+}

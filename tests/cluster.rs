@@ -245,6 +245,39 @@ fn the_newest_ts_wins_whichever_broker_wrote_last() {
     value(&on_a, "shared.x", json!("newer"));
 }
 
+#[test]
+fn a_value_from_the_future_written_by_another_broker_is_not_applied() {
+    require_peers!(peers::NATS_SERVER);
+    let nats = Nats::start(None, None);
+    // A trusts any clock (a broker configured carelessly, or an older one); B keeps the default.
+    let a = spawn_broker(|c| {
+        clustered(&nats, "a")(c);
+        c.max_clock_skew = Duration::from_secs(10 * 365 * 86_400);
+    });
+    let b = spawn_broker(clustered(&nats, "b"));
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    let to_a = ZmqInput::connect(&a);
+    to_a.send_until(
+        DEADLINE,
+        "the link up",
+        &json!(["future.hello", null, 1, null]),
+        || on_b.get("future.hello"),
+    );
+    let future_before = b.stats().rejected(thingsbus_broker::Reason::FutureTs);
+    to_a.send_json(&json!(["future.x", now() + 86_400.0, "from tomorrow", null]));
+    eventually(DEADLINE, "B to drop the value from the future", || {
+        (b.stats().rejected(thingsbus_broker::Reason::FutureTs) > future_before).then_some(())
+    });
+    // B's own honest value of the thing is not shadowed by it.
+    let to_b = ZmqInput::connect(&b);
+    to_b.send_until(
+        DEADLINE,
+        "B's value of the thing",
+        &json!(["future.x", null, "today", null]),
+        || on_b.get("future.x").filter(|t| t.value() == json!("today")),
+    );
+}
+
 /// Brokers A and B on one NATS, a client of each, A's input, and the link up (an update to A
 /// reached B).
 struct LinkedPair {

@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thingsbus_protocol::Rejection;
-
 use crate::log_limit::LogLimiter;
 use crate::stats::Stats;
 
@@ -183,7 +181,7 @@ impl ZapHandler {
                 .parse::<IpAddr>()
                 .is_ok_and(|ip| self.allow.allows(ip));
             if !ok {
-                self.stats.reject(Rejection::NotAllowed);
+                self.stats.reject(crate::Reason::NotAllowed);
                 if log.allow(Instant::now(), |n| {
                     tracing::warn!(suppressed = n, "more input connections refused")
                 }) {

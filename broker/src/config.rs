@@ -27,6 +27,10 @@ pub struct Config {
     pub live_window: Duration,
     /// A thing whose last `ts` is older than this is removed.
     pub forget_after: Duration,
+    /// How far in the future an update's `ts` may be (the sender's clock ahead of ours): one
+    /// beyond it is dropped as `future_ts`, since it would win over every later value with
+    /// `--cluster` and never expire.
+    pub max_clock_skew: Duration,
     /// Largest accepted input message (ZMQ frame or UDP datagram).
     pub max_message_bytes: usize,
     /// Messages queued per directory subscriber before that subscriber alone loses messages.
@@ -76,6 +80,7 @@ impl Default for Config {
             snapshot_interval: Duration::from_secs(15),
             live_window: Duration::from_secs(60),
             forget_after: Duration::from_secs(86_400),
+            max_clock_skew: Duration::from_secs(300),
             max_message_bytes: 1 << 20,
             subscriber_hwm: 10_000,
             input_hwm: 10_000,

@@ -16,6 +16,8 @@ use thingsbus_protocol::namespace::is_within_str;
 use thingsbus_protocol::snapshot::SnapshotHeader;
 use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
 
+use crate::reason::Reason;
+
 use crate::access::{AllowList, RateLimiter};
 use crate::cluster::ClusterLink;
 use crate::commands::Datagram;
@@ -87,6 +89,8 @@ pub(crate) struct Ingest {
     snapshot_interval: Duration,
     live_window: f64,
     forget_after: f64,
+    /// Seconds a `ts` may be ahead of this broker's clock (`--max-clock-skew`).
+    max_clock_skew: f64,
     batch: Vec<Arc<[u8]>>,
     udp_buf: Vec<u8>,
     bad_input_log: LogLimiter,
@@ -177,6 +181,7 @@ impl Ingest {
             stats_interval: config.stats_interval,
             live_window: config.live_window.as_secs_f64(),
             forget_after: config.forget_after.as_secs_f64(),
+            max_clock_skew: config.max_clock_skew.as_secs_f64(),
             batch: Vec::with_capacity(BUDGET),
             udp_buf: vec![0; UDP_BUF],
             bad_input_log: LogLimiter::new(Duration::from_secs(10), 20),
@@ -373,13 +378,13 @@ impl Ingest {
             if let Some(rate) = self.rate.as_mut() {
                 let peer = msg.gets("Peer-Address").and_then(|a| a.parse().ok());
                 if peer.is_some_and(|ip| !rate.allow(ip, Instant::now())) {
-                    self.reject_zmq(Rejection::RateLimited, &mut msg);
+                    self.reject_zmq(Reason::RateLimited, &mut msg);
                     continue;
                 }
             }
             let taken = match decode_json_input(&msg, &self.limits) {
                 Ok(update) => self.accept(&update, now),
-                Err(reason) => Err(reason),
+                Err(reason) => Err(reason.into()),
             };
             if let Err(reason) = taken {
                 self.reject_zmq(reason, &mut msg);
@@ -389,9 +394,15 @@ impl Ingest {
 
     /// Takes one decoded update from either input into the directory and the next batch, or
     /// says why not.
-    fn accept(&mut self, update: &UpdateRef<'_>, now: Timestamp) -> Result<(), Rejection> {
+    fn accept(&mut self, update: &UpdateRef<'_>, now: Timestamp) -> Result<(), Reason> {
         if is_within_str(update.ns.as_str(), BROKER_NS) {
-            return Err(Rejection::ReservedNs);
+            return Err(Rejection::ReservedNs.into());
+        }
+        if update
+            .ts
+            .is_some_and(|ts| ts.as_secs() > now.as_secs() + self.max_clock_skew)
+        {
+            return Err(Reason::FutureTs);
         }
         // With `--cluster`, newest `ts` wins for local input as for other brokers' updates, so
         // that every broker ends on the same value; without it, the last update received wins,
@@ -439,12 +450,12 @@ impl Ingest {
             n += 1;
             stats::add(&self.stats.bytes_in, len as u64);
             if !self.allow.allows(from.ip()) {
-                self.reject(Rejection::NotAllowed, Source::Udp(from), len, &[]);
+                self.reject(Reason::NotAllowed, Source::Udp(from), len, &[]);
                 continue;
             }
             if let Some(rate) = self.rate.as_mut() {
                 if !rate.allow(from.ip(), Instant::now()) {
-                    self.reject(Rejection::RateLimited, Source::Udp(from), len, &[]);
+                    self.reject(Reason::RateLimited, Source::Udp(from), len, &[]);
                     continue;
                 }
             }
@@ -457,7 +468,7 @@ impl Ingest {
                 Ok(update) => self.accept(&update, now),
                 // Not an update: maybe a board serving commands, or answering one.
                 Err(_) if command_datagram(datagram, from, &self.datagrams, &self.stats) => Ok(()),
-                Err(reason) => Err(reason),
+                Err(reason) => Err(reason.into()),
             };
             if let Err(reason) = taken {
                 let head = &datagram[..len.min(48)];
@@ -490,14 +501,15 @@ impl Ingest {
         }
     }
 
-    fn reject_zmq(&mut self, reason: Rejection, msg: &mut zmq::Message) {
+    fn reject_zmq(&mut self, reason: impl Into<Reason>, msg: &mut zmq::Message) {
         let len = msg.len();
         let head = msg[..len.min(48)].to_vec();
         let peer = msg.gets("Peer-Address").map(str::to_owned);
         self.reject(reason, Source::Zmq(peer.as_deref()), len, &head);
     }
 
-    fn reject(&mut self, reason: Rejection, source: Source<'_>, len: usize, head: &[u8]) {
+    fn reject(&mut self, reason: impl Into<Reason>, source: Source<'_>, len: usize, head: &[u8]) {
+        let reason = reason.into();
         self.stats.reject(reason);
         let allowed = self.bad_input_log.allow(Instant::now(), |suppressed| {
             tracing::warn!(suppressed, "more bad input was dropped without a log line");

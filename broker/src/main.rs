@@ -49,6 +49,12 @@ struct Args {
     #[arg(long, env = "THINGSBUS_FORGET_AFTER", default_value_t = 86_400.0, value_parser = positive_secs)]
     forget_after: f64,
 
+    /// Drop an update whose timestamp is more than this many seconds ahead of this machine's
+    /// clock (counted as future_ts): its sender's clock is wrong, and such a value would win
+    /// over every later one in a cluster and never expire.
+    #[arg(long, env = "THINGSBUS_MAX_CLOCK_SKEW", default_value_t = 300.0, value_parser = positive_secs)]
+    max_clock_skew: f64,
+
     /// Largest input message accepted, in bytes (ZMQ frames and UDP datagrams). Larger ZMQ
     /// frames make libzmq drop that sender's connection; it reconnects by itself.
     #[arg(long, env = "THINGSBUS_MAX_MESSAGE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
@@ -285,6 +291,7 @@ fn config(args: &Args) -> Config {
         snapshot_interval: Duration::from_secs_f64(args.snapshot_interval),
         live_window: Duration::from_secs_f64(args.live_window),
         forget_after: Duration::from_secs_f64(args.forget_after),
+        max_clock_skew: Duration::from_secs_f64(args.max_clock_skew),
         max_message_bytes: usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX),
         subscriber_hwm: args.subscriber_hwm,
         input_hwm: args.input_hwm,

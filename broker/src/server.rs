@@ -73,28 +73,20 @@ impl Bound {
         set_keepalive(&publisher)?;
         let directory_port = bind_zmq(&publisher, "directory output", config.bind, config.port)?;
         let (sub, udp, input_port) = input_sockets(ctx, config)?;
-        let snapshots = ctx.socket(zmq::ROUTER)?;
-        snapshots.set_ipv6(config.bind.is_ipv6())?;
-        SnapshotServer::configure(&snapshots)?;
-        let port = derived_port(
+        let (snapshots, snapshot_port) = bind_router(
+            ctx,
             config,
-            config.snapshot_port,
-            2,
-            "snapshot endpoint",
-            "--snapshot-port",
+            SnapshotServer::configure,
+            (config.snapshot_port, 2),
+            ("snapshot endpoint", "--snapshot-port"),
         )?;
-        let snapshot_port = bind_zmq(&snapshots, "snapshot endpoint", config.bind, port)?;
-        let commands = ctx.socket(zmq::ROUTER)?;
-        commands.set_ipv6(config.bind.is_ipv6())?;
-        CommandRouter::configure(&commands)?;
-        let port = derived_port(
+        let (commands, command_port) = bind_router(
+            ctx,
             config,
-            config.command_port,
-            3,
-            "command endpoint",
-            "--command-port",
+            CommandRouter::configure,
+            (config.command_port, 3),
+            ("command endpoint", "--command-port"),
         )?;
-        let command_port = bind_zmq(&commands, "command endpoint", config.bind, port)?;
         let endpoints = Endpoints::new(
             config,
             directory_port,
@@ -112,6 +104,23 @@ impl Bound {
             endpoints,
         })
     }
+}
+
+/// A ROUTER set up by `configure` and bound on its port: the one `given`, or the directory
+/// port plus `offset`. `names` are the endpoint's and its flag's, for errors.
+fn bind_router(
+    ctx: &zmq::Context,
+    config: &Config,
+    configure: fn(&zmq::Socket) -> zmq::Result<()>,
+    (given, offset): (Option<u16>, u16),
+    (what, flag): (&'static str, &'static str),
+) -> Result<(zmq::Socket, u16), Error> {
+    let router = ctx.socket(zmq::ROUTER)?;
+    router.set_ipv6(config.bind.is_ipv6())?;
+    configure(&router)?;
+    let port = derived_port(config, given, offset, what, flag)?;
+    let port = bind_zmq(&router, what, config.bind, port)?;
+    Ok((router, port))
 }
 
 /// The broker's threads while it starts: when starting fails half-way, the threads already

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use thingsbus_protocol::Rejection;
 
+use crate::reason::Reason;
+
 /// The reserved namespace of the broker's own thing.
 pub(crate) const BROKER_NS: &str = "thingsbus.broker";
 /// Documentation of the broker's own thing.
@@ -147,7 +149,7 @@ counters! {
         journal_dropped: Counter, "journal.dropped", "thingsbus_journal_dropped_total";
     }
     also {
-        /// Input messages rejected, indexed like [`Rejection::ALL`].
+        /// Input messages dropped, indexed like [`Reason::all`].
         rejected: [AtomicU64; 32],
         /// The command endpoint's counters.
         pub commands: CommandStats,
@@ -245,7 +247,10 @@ const FAMILY_HELP: &[(&str, &str)] = &[
     ),
 ];
 
-const _: () = assert!(Rejection::ALL.len() <= 32, "grow Stats::rejected");
+const _: () = assert!(
+    Rejection::ALL.len() + Reason::POLICY.len() <= 32,
+    "grow Stats::rejected"
+);
 
 /// What the broker's thing shows beside the counters.
 pub(crate) struct StatusExtra {
@@ -258,22 +263,21 @@ pub(crate) struct StatusExtra {
 }
 
 impl Stats {
-    /// Counts one rejected message.
-    pub fn reject(&self, reason: Rejection) {
-        if let Some(i) = Rejection::ALL.iter().position(|r| *r == reason) {
-            self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    /// Counts one dropped input message.
+    pub fn reject(&self, reason: impl Into<Reason>) {
+        if let Some(c) = self.rejected.get(reason.into().index()) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Messages rejected for `reason`.
-    pub fn rejected(&self, reason: Rejection) -> u64 {
-        Rejection::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.rejected[i].load(Ordering::Relaxed))
+    /// Input messages dropped for `reason`.
+    pub fn rejected(&self, reason: impl Into<Reason>) -> u64 {
+        self.rejected
+            .get(reason.into().index())
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
-    /// Messages rejected for any reason.
+    /// Input messages dropped for any reason.
     pub fn rejected_total(&self) -> u64 {
         self.rejected
             .iter()
@@ -282,8 +286,8 @@ impl Stats {
     }
 
     /// Every reason with its count.
-    pub fn rejected_by_reason(&self) -> impl Iterator<Item = (Rejection, u64)> + '_ {
-        Rejection::ALL.iter().map(|r| (*r, self.rejected(*r)))
+    pub fn rejected_by_reason(&self) -> impl Iterator<Item = (Reason, u64)> + '_ {
+        Reason::all().map(|r| (r, self.rejected(r)))
     }
 
     /// Names the UDP input socket, whose kernel drops `udp_drops` follows.

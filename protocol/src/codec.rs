@@ -83,8 +83,6 @@ rejections! {
     BinaryValue => "binary_value", "MessagePack bin or ext value (JSON cannot carry it)";
     BadMapKey => "bad_map_key", "MessagePack map key that is neither a string nor an integer";
     ReservedNs => "reserved_ns", "namespace under thingsbus.broker, which only the broker publishes";
-    NotAllowed => "not_allowed", "source address outside --allow-input (a UDP datagram, or a refused ZMQ connection)";
-    RateLimited => "rate_limited", "source over its --rate-limit";
 }
 
 impl fmt::Display for Rejection {

@@ -49,6 +49,8 @@ pub(crate) struct ClusterLink {
     pub(crate) out: Sender<Vec<Outgoing>>,
     /// When the writer may write next: ingest hands its changes over then.
     pub(crate) next_write: NextWrite,
+    /// Seconds another broker's `ts` may be ahead of our clock (`--max-clock-skew`).
+    max_clock_skew: f64,
 }
 
 /// When the cluster's writer may write next (it writes at most once per `--cluster-flush`),
@@ -113,7 +115,7 @@ impl ClusterLink {
         now: Timestamp,
         stats: &crate::Stats,
     ) -> Option<Entry> {
-        apply_remote(dir, bytes, now, stats)
+        apply_remote(dir, bytes, now, self.max_clock_skew, stats)
     }
 }
 
@@ -124,17 +126,26 @@ pub(crate) fn encoded_ns(bytes: &[u8]) -> &str {
 
 /// Applies one update written by another broker (as published there) to `dir` with our own
 /// `seq`, unless our value of the thing is newer ([`Directory::apply_newest`]). Updates of the
-/// broker's own thing are each broker's own and are left out.
+/// broker's own thing are each broker's own and are left out; so is a value whose `ts` is more
+/// than `max_clock_skew` seconds ahead of `now` (counted as `future_ts`), which would otherwise
+/// win over every later value.
 fn apply_remote(
     dir: &mut Directory,
     bytes: &[u8],
     now: Timestamp,
+    max_clock_skew: f64,
     stats: &crate::Stats,
 ) -> Option<Entry> {
     let Ok(Published::Update(u)) = decode_published(bytes) else {
         return None;
     };
     if is_within_str(u.ns.as_str(), BROKER_NS) {
+        return None;
+    }
+    if u.ts
+        .is_some_and(|ts| ts.as_secs() > now.as_secs() + max_clock_skew)
+    {
+        stats.reject(crate::Reason::FutureTs);
         return None;
     }
     let update = UpdateRef {
@@ -252,7 +263,7 @@ pub(crate) fn join(
     let Some(cc) = &config.cluster else {
         return Ok((dir, None));
     };
-    let (link, loaded, thread) = start(
+    let (mut link, loaded, thread) = start(
         cc.clone(),
         stats.clone(),
         stop.clone(),
@@ -262,10 +273,11 @@ pub(crate) fn join(
         relay,
     )?;
     threads.push(thread);
+    link.max_clock_skew = config.max_clock_skew.as_secs_f64();
     let now = Timestamp::now();
     let mut applied = 0;
     for bytes in &loaded {
-        applied += usize::from(apply_remote(&mut dir, bytes, now, stats).is_some());
+        applied += usize::from(link.apply_remote(&mut dir, bytes, now, stats).is_some());
     }
     stats::set(&stats.things, dir.len() as u64);
     tracing::info!(things = applied, "loaded the cluster's directory");
@@ -383,6 +395,8 @@ fn start(
         ClusterLink {
             out: out_tx,
             next_write,
+            // Set by `join`, from the broker's configuration.
+            max_clock_skew: f64::INFINITY,
         },
         loaded,
         thread,

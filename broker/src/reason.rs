@@ -1,0 +1,96 @@
+//! Why the broker dropped an input message: the protocol's reasons (the message itself is
+//! malformed, see [`Rejection`]) and the broker's own policy (who may publish, how fast, what
+//! time it may claim). Each has a `snake_case` label, the key under which the broker's thing
+//! and `/metrics` count it.
+
+use std::fmt;
+
+use thingsbus_protocol::Rejection;
+
+/// Why an input message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The message breaks the protocol.
+    Malformed(Rejection),
+    /// The source address is outside `--allow-input` (a UDP datagram, or a refused ZMQ
+    /// connection).
+    NotAllowed,
+    /// The source is over its `--rate-limit`.
+    RateLimited,
+    /// The update's `ts` is further in the future than `--max-clock-skew` allows: the sender's
+    /// clock is wrong, and such a value would win over every later one ("newest wins") and never
+    /// expire.
+    FutureTs,
+}
+
+impl Reason {
+    /// The broker's own reasons, in a fixed order (after the protocol's when counted).
+    pub const POLICY: &'static [Reason] =
+        &[Reason::NotAllowed, Reason::RateLimited, Reason::FutureTs];
+
+    /// A short `snake_case` label, used for counters and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed(r) => r.as_str(),
+            Reason::NotAllowed => "not_allowed",
+            Reason::RateLimited => "rate_limited",
+            Reason::FutureTs => "future_ts",
+        }
+    }
+
+    /// Every reason: the protocol's, then the broker's.
+    pub fn all() -> impl Iterator<Item = Reason> {
+        Rejection::ALL
+            .iter()
+            .map(|r| Reason::Malformed(*r))
+            .chain(Reason::POLICY.iter().copied())
+    }
+
+    /// Its place in [`Reason::all`].
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Reason::Malformed(r) => Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            policy => {
+                Rejection::ALL.len()
+                    + Reason::POLICY
+                        .iter()
+                        .position(|x| *x == policy)
+                        .unwrap_or(0)
+            }
+        }
+    }
+}
+
+impl From<Rejection> for Reason {
+    fn from(r: Rejection) -> Reason {
+        Reason::Malformed(r)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Malformed(r) => r.fmt(f),
+            Reason::NotAllowed => f.write_str("source address outside --allow-input"),
+            Reason::RateLimited => f.write_str("source over its --rate-limit"),
+            Reason::FutureTs => f.write_str("ts further in the future than --max-clock-skew"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_index_and_label() {
+        let all: Vec<Reason> = Reason::all().collect();
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        let labels: std::collections::HashSet<&str> = all.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), all.len(), "two reasons share a label");
+        assert_eq!(Reason::from(Rejection::TooLarge).as_str(), "too_large");
+    }
+}
