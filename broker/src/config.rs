@@ -7,6 +7,9 @@ use thingsbus_protocol::{
     codec::DEFAULT_MAX_DEPTH, snapshot::DEFAULT_CHUNK_BYTES, DEFAULT_DIRECTORY_PORT,
 };
 
+/// How far ahead of the broker's clock a `ts` may be by default (`--max-clock-skew`).
+pub(crate) const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
 /// Broker settings. [`Config::default`] gives the 0.2.x-compatible defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -80,7 +83,7 @@ impl Default for Config {
             snapshot_interval: Duration::from_secs(15),
             live_window: Duration::from_secs(60),
             forget_after: Duration::from_secs(86_400),
-            max_clock_skew: Duration::from_secs(300),
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
             max_message_bytes: 1 << 20,
             subscriber_hwm: 10_000,
             input_hwm: 10_000,

@@ -45,6 +45,25 @@ pub(crate) fn link(
     ))
 }
 
+/// The routes of an announcement that can be believed at `now` (epoch seconds): a valid prefix
+/// and a registration time that is finite and not beyond `now` plus the default
+/// `--max-clock-skew` (a time from the future would make that broker's route win the recency
+/// rule until then).
+fn trusted_routes(serve: Vec<(String, f64)>, now: f64) -> Vec<(Namespace, f64)> {
+    let latest = now + crate::config::DEFAULT_MAX_CLOCK_SKEW.as_secs_f64();
+    serve
+        .into_iter()
+        .filter(|(_, since)| since.is_finite() && *since <= latest)
+        .filter_map(|(p, since)| Namespace::new(&p).ok().map(|p| (p, since)))
+        .collect()
+}
+
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Announcement {
     node: String,
@@ -187,12 +206,7 @@ async fn serve(
                 if a.node == node {
                     continue;
                 }
-                let served = a
-                    .serve
-                    .into_iter()
-                    .filter(|(_, since)| since.is_finite())
-                    .filter_map(|(p, since)| Namespace::new(&p).ok().map(|p| (p, since)))
-                    .collect();
+                let served = trusted_routes(a.serve, epoch_now());
                 deliver(FromRelay::Routes { node: a.node, served });
             }
             Some(m) = hello.next() => {
@@ -223,7 +237,24 @@ async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::token;
+    use super::{token, trusted_routes};
+
+    #[test]
+    fn routes_from_the_future_or_with_bad_prefixes_are_not_believed() {
+        let now = 1_764_400_000.0;
+        let routes = trusted_routes(
+            vec![
+                ("shop.led".into(), now - 5.0),
+                ("shop.ahead".into(), now + 60.0),
+                ("shop.far".into(), 1e300),
+                ("shop.nan".into(), f64::NAN),
+                ("Bad..prefix".into(), now),
+            ],
+            now,
+        );
+        let names: Vec<&str> = routes.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(names, ["shop.led", "shop.ahead"]);
+    }
 
     #[test]
     fn node_names_become_subject_tokens() {
