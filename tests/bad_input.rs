@@ -307,3 +307,76 @@ fn a_ts_beyond_the_clock_skew_is_dropped_as_future_ts_on_both_inputs() {
     assert_eq!(counted.len(), 1);
     assert_eq!(counted[0].1, 2, "one per input");
 }
+
+#[test]
+fn new_things_beyond_max_things_are_dropped_while_held_things_still_change() {
+    use std::sync::atomic::Ordering;
+    use thingsbus_broker::Reason;
+    let rig = Rig::new(|c| {
+        c.max_things = 20;
+        c.stats_interval = Duration::ZERO;
+    });
+    let held = rig.stats().things.load(Ordering::Relaxed) as usize;
+    assert!(held < 20, "the rig's own probes take {held} things");
+    let room = 20 - held;
+    for i in 0..room + 5 {
+        rig.zmq
+            .send_json(&json!([format!("cap.t{i}"), null, i, null]));
+    }
+    eventually(Duration::from_secs(10), "5 things refused", || {
+        (rig.stats().rejected(Reason::TooManyThings) == 5).then_some(())
+    });
+    // The first `room` got in, the last 5 did not.
+    rig.udp
+        .send_msgpack(&json!(["cap.t0", null, "changed", null]));
+    rig.sub
+        .wait_for(Duration::from_secs(10), "a held thing's change", |v| {
+            v["ns"] == "cap.t0" && v["data"] == "changed"
+        });
+    assert_eq!(rig.stats().things.load(Ordering::Relaxed), 20);
+    let last_in = format!("cap.t{}", room - 1);
+    rig.zmq.send_json(&json!([last_in, null, "again", null]));
+    rig.sub.wait_for(
+        Duration::from_secs(10),
+        "the last thing let in, changed",
+        |v| v["ns"] == last_in.as_str() && v["data"] == "again",
+    );
+    assert_eq!(rig.stats().max_things.load(Ordering::Relaxed), 20);
+}
+
+#[test]
+fn values_beyond_max_bytes_are_dropped_and_shrinking_ones_pass() {
+    use std::sync::atomic::Ordering;
+    use thingsbus_broker::Reason;
+    let rig = Rig::new(|c| {
+        c.max_bytes = 8192;
+        c.stats_interval = Duration::ZERO;
+    });
+    let big = "x".repeat(3000);
+    rig.zmq.send_json(&json!(["bytes.a", null, big, null]));
+    assert_eq!(rig.sub.update_for("bytes.a")["data"], big.as_str());
+    rig.zmq.send_json(&json!(["bytes.b", null, big, null]));
+    assert_eq!(rig.sub.update_for("bytes.b")["data"], big.as_str());
+    rig.zmq.send_json(&json!(["bytes.c", null, big, null]));
+    eventually(
+        Duration::from_secs(10),
+        "the third big value refused",
+        || (rig.stats().rejected(Reason::TooManyBytes) == 1).then_some(()),
+    );
+    // Growing a held thing beyond the cap is refused too; shrinking it is not.
+    rig.zmq
+        .send_json(&json!(["bytes.a", null, "y".repeat(6000), null]));
+    eventually(Duration::from_secs(10), "the growth refused", || {
+        (rig.stats().rejected(Reason::TooManyBytes) == 2).then_some(())
+    });
+    rig.zmq.send_json(&json!(["bytes.a", null, "small", null]));
+    rig.sub
+        .wait_for(Duration::from_secs(10), "the shrunk value", |v| {
+            v["ns"] == "bytes.a" && v["data"] == "small"
+        });
+    // With room again, a new thing fits.
+    rig.zmq.send_json(&json!(["bytes.c", null, big, null]));
+    assert_eq!(rig.sub.update_for("bytes.c")["data"], big.as_str());
+    let held = rig.stats().bytes_held.load(Ordering::Relaxed);
+    assert!(held > 6000 && held <= 8192, "bytes held {held}");
+}

@@ -264,7 +264,12 @@ fn a_value_from_the_future_written_by_another_broker_is_not_applied() {
         || on_b.get("future.hello"),
     );
     let future_before = b.stats().rejected(thingsbus_broker::Reason::FutureTs);
-    to_a.send_json(&json!(["future.x", now() + 86_400.0, "from tomorrow", null]));
+    to_a.send_json(&json!([
+        "future.x",
+        now() + 86_400.0,
+        "from tomorrow",
+        null
+    ]));
     eventually(DEADLINE, "B to drop the value from the future", || {
         (b.stats().rejected(thingsbus_broker::Reason::FutureTs) > future_before).then_some(())
     });

@@ -34,6 +34,12 @@ pub struct Config {
     /// beyond it is dropped as `future_ts`, since it would win over every later value with
     /// `--cluster` and never expire.
     pub max_clock_skew: Duration,
+    /// Most things held: an update that would add one more is dropped as `too_many_things`
+    /// (updates to things held still pass).
+    pub max_things: usize,
+    /// Most bytes of values held (as encoded for the wire): an update that would grow them
+    /// beyond it is dropped as `too_many_bytes`.
+    pub max_bytes: usize,
     /// Largest accepted input message (ZMQ frame or UDP datagram).
     pub max_message_bytes: usize,
     /// Messages queued per directory subscriber before that subscriber alone loses messages.
@@ -84,6 +90,8 @@ impl Default for Config {
             live_window: Duration::from_secs(60),
             forget_after: Duration::from_secs(86_400),
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            max_things: 2_000_000,
+            max_bytes: 1 << 30,
             max_message_bytes: 1 << 20,
             subscriber_hwm: 10_000,
             input_hwm: 10_000,

@@ -406,15 +406,23 @@ impl Ingest {
         }
         // With `--cluster`, newest `ts` wins for local input as for other brokers' updates, so
         // that every broker ends on the same value; without it, the last update received wins,
-        // as in 0.2.x.
-        let entry = if self.cluster.is_some() {
-            let Some(entry) = self.dir.apply_newest(update, now, true) else {
-                stats::add(&self.stats.cluster.older, 1);
-                return Ok(());
-            };
-            entry
+        // as in 0.2.x. Either way within --max-things and --max-bytes.
+        let applied = if self.cluster.is_some() {
+            self.dir.apply_newest(update, now, true)
         } else {
-            self.dir.apply(update, now)
+            self.dir.try_apply(update, now, false)
+        };
+        let entry = match applied {
+            Ok(entry) => entry,
+            Err(refused) => {
+                return match Reason::of_refusal(refused) {
+                    Some(reason) => Err(reason),
+                    None => {
+                        stats::add(&self.stats.cluster.older, 1);
+                        Ok(())
+                    }
+                }
+            }
         };
         self.batch.push(entry.encoded);
         stats::add(&self.stats.accepted, 1);
@@ -534,6 +542,7 @@ impl Ingest {
             j.append(&self.batch, self.dir.seq());
         }
         stats::set(&self.stats.things, self.dir.len() as u64);
+        stats::set(&self.stats.bytes_held, self.dir.bytes() as u64);
         if self.batch.len() <= DIRECT_MAX && self.output.idle() {
             self.output.send_all(&self.batch);
             self.batch.clear();

@@ -55,6 +55,16 @@ struct Args {
     #[arg(long, env = "THINGSBUS_MAX_CLOCK_SKEW", default_value_t = 300.0, value_parser = positive_secs)]
     max_clock_skew: f64,
 
+    /// Most things the broker holds; an update that would add one more is dropped (counted as
+    /// too_many_things) while things already held keep changing.
+    #[arg(long, env = "THINGSBUS_MAX_THINGS", default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_things: u64,
+
+    /// Most bytes of values the broker holds (as sent on the wire); an update that would grow
+    /// them beyond this is dropped (counted as too_many_bytes).
+    #[arg(long, env = "THINGSBUS_MAX_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1024..))]
+    max_bytes: u64,
+
     /// Largest input message accepted, in bytes (ZMQ frames and UDP datagrams). Larger ZMQ
     /// frames make libzmq drop that sender's connection; it reconnects by itself.
     #[arg(long, env = "THINGSBUS_MAX_MESSAGE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
@@ -292,6 +302,8 @@ fn config(args: &Args) -> Config {
         live_window: Duration::from_secs_f64(args.live_window),
         forget_after: Duration::from_secs_f64(args.forget_after),
         max_clock_skew: Duration::from_secs_f64(args.max_clock_skew),
+        max_things: usize::try_from(args.max_things).unwrap_or(usize::MAX),
+        max_bytes: usize::try_from(args.max_bytes).unwrap_or(usize::MAX),
         max_message_bytes: usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX),
         subscriber_hwm: args.subscriber_hwm,
         input_hwm: args.input_hwm,

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use thingsbus_protocol::Rejection;
+use thingsbus_protocol::{Refused, Rejection};
 
 /// Why an input message was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,10 @@ pub enum Reason {
     /// clock is wrong, and such a value would win over every later one ("newest wins") and never
     /// expire.
     FutureTs,
+    /// A new thing, and the broker holds `--max-things` already.
+    TooManyThings,
+    /// The update would take the values held beyond `--max-bytes`.
+    TooManyBytes,
 }
 
 impl Reason {
@@ -36,6 +40,8 @@ impl Reason {
             Reason::NotAllowed => "not_allowed",
             Reason::RateLimited => "rate_limited",
             Reason::FutureTs => "future_ts",
+            Reason::TooManyThings => "too_many_things",
+            Reason::TooManyBytes => "too_many_bytes",
         }
     }
 
@@ -45,6 +51,16 @@ impl Reason {
             .iter()
             .map(|r| Reason::Malformed(*r))
             .chain(Reason::POLICY.iter().copied())
+    }
+
+    /// The reason a directory refusal drops the input for; `None` for [`Refused::Older`],
+    /// which is no fault of the input (newest `ts` wins, counted as the cluster's `older`).
+    pub(crate) fn of_refusal(r: Refused) -> Option<Reason> {
+        match r {
+            Refused::Older => None,
+            Refused::TooManyThings => Some(Reason::TooManyThings),
+            Refused::TooManyBytes => Some(Reason::TooManyBytes),
+        }
     }
 
     /// Its place in [`Reason::all`].
@@ -75,6 +91,8 @@ impl fmt::Display for Reason {
             Reason::NotAllowed => f.write_str("source address outside --allow-input"),
             Reason::RateLimited => f.write_str("source over its --rate-limit"),
             Reason::FutureTs => f.write_str("ts further in the future than --max-clock-skew"),
+            Reason::TooManyThings => f.write_str("a new thing beyond --max-things"),
+            Reason::TooManyBytes => f.write_str("the values held would exceed --max-bytes"),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use thingsbus_protocol::{Directory, Timestamp};
+use thingsbus_protocol::{Caps, Directory, Timestamp};
 
 use crate::commands::CommandRouter;
 use crate::config::Config;
@@ -19,8 +19,7 @@ use crate::journal::Journal;
 use crate::mailbox::mailbox;
 use crate::publish::{Output, Publisher};
 use crate::snapshot_server::SnapshotServer;
-use crate::stats::Stats;
-use crate::stats::BROKER_NS;
+use crate::stats::{self, Stats, BROKER_NS};
 
 /// A running broker. Dropping it stops it and waits for its threads.
 ///
@@ -276,6 +275,13 @@ impl Broker {
             &mut threads.handles,
         )?;
 
+        let mut dir = dir;
+        dir.set_caps(Caps {
+            things: config.max_things,
+            bytes: config.max_bytes,
+        });
+        stats::set(&stats.max_things, config.max_things as u64);
+        stats::set(&stats.max_bytes, config.max_bytes as u64);
         let snapshots = SnapshotServer {
             router: snapshots,
             want_view: want_view_post,

@@ -99,6 +99,12 @@ counters! {
         messages_out: Counter, "messages_out", "thingsbus_sent_messages_total";
         /// Things held by the broker.
         things: Gauge, "things", "thingsbus_things";
+        /// Encoded bytes of every thing's last value, summed: what `--max-bytes` limits.
+        bytes_held: Gauge, "bytes_held", "thingsbus_held_bytes";
+        /// `--max-things`: new things beyond it are dropped as `too_many_things`.
+        max_things: Gauge, "max_things", "thingsbus_max_things";
+        /// `--max-bytes`: updates that would hold more are dropped as `too_many_bytes`.
+        max_bytes: Gauge, "max_bytes", "thingsbus_max_bytes";
         /// Things removed because their last `ts` was older than `forget_after`.
         forgotten: Counter, "forgotten", "thingsbus_forgotten_total";
         /// Periodic snapshots published.

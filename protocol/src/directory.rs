@@ -55,6 +55,39 @@ pub struct Directory {
     marked: Vec<Namespace>,
     /// How many of those changes fell on a thing already marked.
     remarked: u64,
+    /// What [`Directory::try_apply`] and [`Directory::apply_newest`] let it hold.
+    caps: Caps,
+    /// The encoded bytes of every entry, summed.
+    bytes: usize,
+}
+
+/// What a directory may hold at most (see [`Directory::set_caps`]): unlimited by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Things.
+    pub things: usize,
+    /// Encoded bytes of all entries together.
+    pub bytes: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps {
+            things: usize::MAX,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// Why an update was left out; nothing changed in the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The thing holds a value with a later `ts` (see [`Directory::apply_newest`]).
+    Older,
+    /// A new thing, and the directory holds [`Caps::things`] already.
+    TooManyThings,
+    /// The entry would take the directory beyond [`Caps::bytes`].
+    TooManyBytes,
 }
 
 impl Directory {
@@ -64,35 +97,75 @@ impl Directory {
     }
 
     /// Records `update` (stamped with `now` when it has no `ts`), gives it the next sequence
-    /// number, keeps the documentation URL sticky, and returns the entry as stored.
+    /// number, keeps the documentation URL sticky, and returns the entry as stored. Takes no
+    /// notice of the caps: for what the broker itself writes.
     pub fn apply(&mut self, update: &UpdateRef<'_>, now: Timestamp) -> Entry {
-        self.apply_inner(update, now, false)
+        self.apply_inner(update, now, false, false)
+            .expect("an uncapped apply refuses nothing")
     }
 
     /// As [`Directory::apply`], and marks the thing as changed until the next
     /// [`Directory::take_changed`]: a thing changed a thousand times between two takes costs
     /// one flag here and is taken once, with its newest value.
     pub fn apply_marked(&mut self, update: &UpdateRef<'_>, now: Timestamp) -> Entry {
-        self.apply_inner(update, now, true)
+        self.apply_inner(update, now, true, false)
+            .expect("an uncapped apply refuses nothing")
     }
 
-    /// Newest `ts` wins: as [`Directory::apply`] (or [`Directory::apply_marked`] with `mark`),
-    /// unless the thing holds a value with a later `ts`; then nothing changes and `None` comes
-    /// back. An update without `ts` is stamped `now` by this broker and always wins. This is the
-    /// rule that makes every broker of a cluster end on the same value, whatever order the
-    /// updates reached each one in.
+    /// As [`Directory::apply`] (marked with `mark`, as [`Directory::apply_marked`]), within the
+    /// caps: a new thing when [`Caps::things`] are held is refused, and so is an entry that
+    /// would grow the held bytes beyond [`Caps::bytes`]. A thing already held can always
+    /// change to a value no larger than the one it has.
+    ///
+    /// # Errors
+    /// [`Refused::TooManyThings`] or [`Refused::TooManyBytes`]; nothing changed.
+    pub fn try_apply(
+        &mut self,
+        update: &UpdateRef<'_>,
+        now: Timestamp,
+        mark: bool,
+    ) -> Result<Entry, Refused> {
+        self.apply_inner(update, now, mark, true)
+    }
+
+    /// Newest `ts` wins: as [`Directory::try_apply`], unless the thing holds a value with a
+    /// later `ts`. An update without `ts` is stamped `now` by this broker and always wins. This
+    /// is the rule that makes every broker of a cluster end on the same value, whatever order
+    /// the updates reached each one in.
+    ///
+    /// # Errors
+    /// [`Refused::Older`], or what [`Directory::try_apply`] refuses; nothing changed.
     pub fn apply_newest(
         &mut self,
         update: &UpdateRef<'_>,
         now: Timestamp,
         mark: bool,
-    ) -> Option<Entry> {
+    ) -> Result<Entry, Refused> {
         let older = update.ts.is_some_and(|ts| {
             self.things
                 .get(update.ns.as_str())
                 .is_some_and(|held| held.ts.as_secs() > ts.as_secs())
         });
-        (!older).then(|| self.apply_inner(update, now, mark))
+        if older {
+            return Err(Refused::Older);
+        }
+        self.apply_inner(update, now, mark, true)
+    }
+
+    /// Limits what [`Directory::try_apply`] and [`Directory::apply_newest`] take in. What is
+    /// held already stays.
+    pub fn set_caps(&mut self, caps: Caps) {
+        self.caps = caps;
+    }
+
+    /// The caps in force.
+    pub fn caps(&self) -> Caps {
+        self.caps
+    }
+
+    /// The encoded bytes of every entry, summed: what [`Caps::bytes`] limits.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The newest value of every thing changed through [`Directory::apply_marked`] since the
@@ -114,34 +187,57 @@ impl Directory {
         !self.marked.is_empty()
     }
 
-    fn apply_inner(&mut self, update: &UpdateRef<'_>, now: Timestamp, mark: bool) -> Entry {
-        self.seq += 1;
+    fn apply_inner(
+        &mut self,
+        update: &UpdateRef<'_>,
+        now: Timestamp,
+        mark: bool,
+        capped: bool,
+    ) -> Result<Entry, Refused> {
         let ts = update.ts.unwrap_or(now);
         let ns = update.ns.as_str();
-        let seq = self.seq;
+        let seq = self.seq + 1;
+        let held_things = self.things.len();
+        // One look-up, by &str: a known thing costs no namespace allocation.
+        let mut slot = self.things.get_mut(ns);
         // The URL is sticky: a new one replaces it, none keeps it (shared, not copied).
-        let url = |prev: Option<Arc<str>>| match (update.documentation_url.as_deref(), prev) {
+        let prev_url = slot.as_ref().and_then(|e| e.documentation_url.clone());
+        let documentation_url = match (update.documentation_url.as_deref(), prev_url) {
             (Some(new), Some(prev)) if *prev == *new => Some(prev),
             (Some(new), _) => Some(Arc::from(new)),
             (None, prev) => prev,
         };
-        let encode = |scratch: &mut Vec<u8>, url: Option<&str>| {
-            scratch.clear();
-            encode_update(scratch, ns, &update.data, ts, url, seq);
-            Arc::from(&scratch[..])
-        };
-        // One look-up, by &str: a known thing costs no namespace allocation.
-        let mut slot = self.things.get_mut(ns);
-        let documentation_url = url(slot.as_mut().and_then(|e| e.documentation_url.take()));
+        self.scratch.clear();
+        encode_update(
+            &mut self.scratch,
+            ns,
+            &update.data,
+            ts,
+            documentation_url.as_deref(),
+            seq,
+        );
+        let held_len = slot.as_ref().map_or(0, |e| e.encoded.len());
+        let new_len = self.scratch.len();
+        let bytes = self.bytes - held_len + new_len;
+        if capped {
+            if slot.is_none() && held_things >= self.caps.things {
+                return Err(Refused::TooManyThings);
+            }
+            if new_len > held_len && bytes > self.caps.bytes {
+                return Err(Refused::TooManyBytes);
+            }
+        }
+        self.seq = seq;
+        self.bytes = bytes;
         let entry = Entry {
             ts,
             seq,
-            encoded: encode(&mut self.scratch, documentation_url.as_deref()),
+            encoded: Arc::from(&self.scratch[..]),
             documentation_url,
             expired: false,
             marked: mark,
         };
-        match slot {
+        match slot.as_mut() {
             Some(slot) => {
                 match (slot.marked, mark) {
                     // Marked again before it was taken.
@@ -151,7 +247,7 @@ impl Directory {
                     // of ours is left to take.
                     (_, false) => {}
                 }
-                *slot = entry.clone();
+                **slot = entry.clone();
             }
             None => {
                 let ns = update.ns.to_namespace();
@@ -161,7 +257,7 @@ impl Directory {
                 self.things.insert(ns, entry.clone());
             }
         }
-        entry
+        Ok(entry)
     }
 
     /// Puts back an update as the broker published it (see [`crate::codec::encode_update`]), for a
@@ -201,7 +297,10 @@ impl Directory {
             expired: ts.as_secs() < now.as_secs() - live_window,
             marked: false,
         };
-        self.things.insert(u.ns.to_namespace(), entry);
+        self.bytes += encoded.len();
+        if let Some(old) = self.things.insert(u.ns.to_namespace(), entry) {
+            self.bytes -= old.encoded.len();
+        }
         Ok(true)
     }
 
@@ -276,7 +375,15 @@ impl Directory {
     pub fn forget_older_than(&mut self, now: Timestamp, forget_after: f64) -> usize {
         let cutoff = now.as_secs() - forget_after;
         let before = self.things.len();
-        self.things.retain(|_, e| e.ts.as_secs() >= cutoff);
+        let mut freed = 0;
+        self.things.retain(|_, e| {
+            let keep = e.ts.as_secs() >= cutoff;
+            if !keep {
+                freed += e.encoded.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
         before - self.things.len()
     }
 }
@@ -311,12 +418,54 @@ mod tests {
     }
 
     #[test]
+    fn caps_refuse_new_things_and_growth_but_let_held_things_change() {
+        let mut d = Directory::new();
+        let now = Timestamp::from_secs(1000.0).unwrap();
+        let put = |d: &mut Directory, json: &str| {
+            let u = decode_json_input(json.as_bytes(), &Limits::default()).unwrap();
+            d.try_apply(&u, now, false).map(|e| e.seq)
+        };
+        assert_eq!(put(&mut d, r#"["a", null, 1, null]"#), Ok(1));
+        let one = d.bytes();
+        assert_eq!(one, d.get("a").unwrap().encoded.len());
+        d.set_caps(Caps {
+            things: 2,
+            bytes: 3 * one,
+        });
+        assert_eq!(put(&mut d, r#"["b", null, 1, null]"#), Ok(2));
+        // A third thing: refused, and nothing moved (not even seq).
+        assert_eq!(
+            put(&mut d, r#"["c", null, 1, null]"#),
+            Err(Refused::TooManyThings)
+        );
+        assert_eq!((d.len(), d.seq(), d.bytes()), (2, 2, 2 * one));
+        // Held things still change.
+        assert_eq!(put(&mut d, r#"["a", null, 2, null]"#), Ok(3));
+        // Growth beyond the byte cap is refused; shrinking back is not.
+        let big = format!(r#"["a", null, "{}", null]"#, "x".repeat(2 * one));
+        assert_eq!(put(&mut d, &big), Err(Refused::TooManyBytes));
+        assert_eq!(put(&mut d, r#"["b", null, 2, null]"#), Ok(4));
+        // apply (the broker's own writes) and apply_newest's own refusal.
+        let u = decode_json_input(br#"["c", null, 1, null]"#, &Limits::default()).unwrap();
+        assert_eq!(
+            d.apply_newest(&u, now, false).map(|e| e.seq),
+            Err(Refused::TooManyThings)
+        );
+        assert_eq!(d.apply(&u, now).seq, 5);
+        assert_eq!(d.len(), 3);
+        // Forgetting gives the bytes back.
+        let later = Timestamp::from_secs(5000.0).unwrap();
+        assert_eq!(d.forget_older_than(later, 10.0), 3);
+        assert_eq!(d.bytes(), 0);
+    }
+
+    #[test]
     fn newest_ts_wins() {
         let mut d = Directory::new();
         let now = Timestamp::from_secs(1000.0).unwrap();
         let newest = |d: &mut Directory, json: &str, mark: bool| {
             let u = decode_json_input(json.as_bytes(), &Limits::default()).unwrap();
-            d.apply_newest(&u, now, mark).map(|e| e.seq)
+            d.apply_newest(&u, now, mark).ok().map(|e| e.seq)
         };
         // Unknown thing: taken.
         assert_eq!(newest(&mut d, r#"["a", 100.0, 1, null]"#, false), Some(1));

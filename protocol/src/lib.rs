@@ -30,7 +30,7 @@ mod scan;
 pub mod snapshot;
 
 pub use codec::{Limits, Rejection};
-pub use directory::{Directory, Entry};
+pub use directory::{Caps, Directory, Entry, Refused};
 pub use message::{NamespaceRef, ThingUpdate, Timestamp, UpdateRef};
 pub use namespace::{Namespace, NamespaceError};
 

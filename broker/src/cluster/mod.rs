@@ -128,7 +128,8 @@ pub(crate) fn encoded_ns(bytes: &[u8]) -> &str {
 /// `seq`, unless our value of the thing is newer ([`Directory::apply_newest`]). Updates of the
 /// broker's own thing are each broker's own and are left out; so is a value whose `ts` is more
 /// than `max_clock_skew` seconds ahead of `now` (counted as `future_ts`), which would otherwise
-/// win over every later value.
+/// win over every later value, and a new thing beyond `--max-things` or `--max-bytes` (counted
+/// as for local input).
 fn apply_remote(
     dir: &mut Directory,
     bytes: &[u8],
@@ -154,13 +155,19 @@ fn apply_remote(
         data: Cow::Borrowed(u.data),
         documentation_url: u.documentation_url.clone(),
     };
-    let applied = dir.apply_newest(&update, now, false);
-    let counter = match applied {
-        Some(_) => &stats.cluster.applied,
-        None => &stats.cluster.older,
-    };
-    stats::add(counter, 1);
-    applied
+    match dir.apply_newest(&update, now, false) {
+        Ok(entry) => {
+            stats::add(&stats.cluster.applied, 1);
+            Some(entry)
+        }
+        Err(refused) => {
+            match crate::Reason::of_refusal(refused) {
+                Some(reason) => stats.reject(reason),
+                None => stats::add(&stats.cluster.older, 1),
+            }
+            None
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
