@@ -306,3 +306,64 @@ fn the_web_page_shows_a_thing_appear_and_turn_stale() {
     let status = node.wait().expect("node exits");
     assert!(status.success());
 }
+
+/// A broker whose thread `fault` names fails as asked (see `Config::fault`; debug builds).
+fn with_fault(fault: &str) -> impl FnOnce(&mut Config) + '_ {
+    move |c| {
+        with_http(c);
+        c.fault = Some(fault.to_owned());
+    }
+}
+
+#[test]
+fn healthz_and_readyz_answer_503_naming_a_wedged_loop() {
+    let broker = spawn_broker(with_fault("thingsbus-publish=wedge"));
+    let b = base(&broker);
+    // The other loops turn; the wedged one is named once it has been silent long enough.
+    let body = eventually(
+        Duration::from_secs(30),
+        "/healthz to see the wedged loop",
+        || {
+            let (code, body) = get(&format!("{b}/healthz"));
+            (code == 503).then_some(body)
+        },
+    );
+    assert!(body.contains("thingsbus-publish has not turned"), "{body}");
+    assert!(!body.contains("thingsbus-ingest"), "{body}");
+    let (code, body) = get(&format!("{b}/readyz"));
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("thingsbus-publish"), "{body}");
+}
+
+#[test]
+fn a_healthy_broker_is_healthy_and_ready_well_past_the_heartbeat_limit() {
+    // Every loop beats, the idle publish thread included: still 200 after the 5 s limit.
+    let broker = spawn_broker(with_http);
+    let b = base(&broker);
+    eventually(DEADLINE, "/readyz", || {
+        (get(&format!("{b}/readyz")).0 == 200).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let (code, body) = get(&format!("{b}/healthz"));
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    assert_eq!(get(&format!("{b}/readyz")).0, 200);
+}
+
+#[test]
+fn a_thread_that_panics_or_ends_stops_the_broker_saying_which() {
+    for (fault, cause) in [
+        (
+            "thingsbus-snapshots=panic",
+            "thingsbus-snapshots panicked: fault injected",
+        ),
+        ("thingsbus-ingest=exit", "thingsbus-ingest stopped"),
+        ("thingsbus-commands=panic", "thingsbus-commands panicked"),
+    ] {
+        let broker = spawn_broker(with_fault(fault));
+        eventually(DEADLINE, "the broker to stop by itself", || {
+            broker.is_stopping().then_some(())
+        });
+        let failure = broker.stats().health.failure().unwrap_or_default();
+        assert!(failure.starts_with(cause), "{fault}: {failure}");
+    }
+}

@@ -156,13 +156,15 @@ pub(crate) const ZAP_DOMAIN: &str = "thingsbus-input";
 impl ZapHandler {
     pub(crate) fn run(self) {
         let mut log = LogLimiter::new(Duration::from_secs(10), 10);
+        let heart = self.stats.health.beat("thingsbus-zap");
         while !self.stop.load(Ordering::Relaxed) {
+            heart.beat();
             match self.socket.poll(zmq::POLLIN, 50) {
                 Ok(0) => continue,
                 Ok(_) => {}
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => {
-                    tracing::error!(error = %e, "ZAP handler poll failed; input connections are refused from now on");
+                    tracing::error!(error = %e, "ZAP handler poll failed");
                     return;
                 }
             }

@@ -179,7 +179,9 @@ impl CommandRouter {
             announced: Vec::new(),
         };
         let mut log = LogLimiter::new(Duration::from_secs(10), 20);
+        let heart = self.stats.health.beat("thingsbus-commands");
         while !self.stop.load(Ordering::Relaxed) {
+            heart.beat();
             let now = Instant::now();
             let next_deadline = st.deadlines.peek().map(|Reverse((at, _))| *at);
             let wake_at = next_deadline.map_or(st.next_lapse, |d| d.min(st.next_lapse));

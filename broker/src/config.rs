@@ -76,6 +76,11 @@ pub struct Config {
     /// Updates per second one source address may publish (bursts up to the same number);
     /// `None` for no limit.
     pub rate_limit: Option<f64>,
+    /// For tests of supervision, in debug builds only: `"<thread name>=panic"` makes that
+    /// thread panic as it starts, `=exit` end at once, `=wedge` hang without turning. Release
+    /// builds ignore it.
+    #[doc(hidden)]
+    pub fault: Option<String>,
 }
 
 impl Default for Config {
@@ -102,6 +107,7 @@ impl Default for Config {
             fsync_interval: Duration::from_secs(1),
             allow_input: Vec::new(),
             rate_limit: None,
+            fault: None,
             http: None,
             http_thing_metrics: false,
             cluster: None,

@@ -123,7 +123,7 @@ fn router(app: App) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/api/things", get(things))
         .route("/api/things/{ns}", get(thing))
@@ -135,13 +135,29 @@ async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
-async fn ready(State(app): State<App>) -> Response {
-    // Sockets are bound and the state file read before this endpoint exists; what is left is
-    // the mirror that the HTTP side serves from.
-    if app.client.is_filled() {
-        (StatusCode::OK, "ready\n").into_response()
+/// 200 while every loop of the broker turns and every part can do its work; 503 with a line
+/// for each problem otherwise (systemd, Docker and Kubernetes restart on it).
+async fn health(State(app): State<App>) -> Response {
+    let problems = app.stats.health.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
     } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n").into_response()
+    }
+}
+
+/// 200 when the broker is healthy now and the HTTP side's mirror of the directory is filled;
+/// 503 saying which is not.
+async fn ready(State(app): State<App>) -> Response {
+    let problems = app.stats.health.problems();
+    if !problems.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n").into_response()
+    } else if !app.client.is_filled() {
+        // Sockets are bound and the state file read before this endpoint exists; what is
+        // left is the mirror that the HTTP side serves from.
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 

@@ -202,7 +202,9 @@ impl Ingest {
         let mut next_expiry = Instant::now() + EXPIRY_EVERY;
         let mut next_stats = Instant::now();
         let udp_fd = self.udp.as_raw_fd();
+        let heart = self.stats.health.beat("thingsbus-ingest");
         loop {
+            heart.beat();
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }

@@ -313,6 +313,7 @@ impl Writer {
                         stats::set(&self.stats.journal_synced_seq, seq);
                         stats::set(&self.stats.journal_bytes, bytes);
                         stats::add(&self.stats.journal_compactions, 1);
+                        self.stats.health.set_fault("journal", None);
                     }
                     Err(e) => self.failed("rewriting", &e),
                 },
@@ -349,7 +350,10 @@ impl Writer {
         };
         let result = file.flush().and_then(|()| file.get_ref().sync_data());
         match result {
-            Ok(()) => stats::set(&self.stats.journal_synced_seq, seq),
+            Ok(()) => {
+                stats::set(&self.stats.journal_synced_seq, seq);
+                self.stats.health.set_fault("journal", None);
+            }
             Err(e) => self.failed("syncing", &e),
         }
     }
@@ -380,6 +384,10 @@ impl Writer {
 
     fn failed(&mut self, what: &str, e: &io::Error) {
         stats::add(&self.stats.journal_errors, 1);
+        self.stats.health.set_fault(
+            "journal",
+            Some(format!("{what} {} failed: {e}", self.path.display())),
+        );
         // The file handle may be broken: reopen on the next append.
         self.file = None;
         self.errors_logged += 1;

@@ -27,6 +27,7 @@ mod commands;
 mod config;
 mod endpoints;
 mod error;
+mod health;
 #[cfg_attr(not(feature = "http"), path = "http_off.rs")]
 mod http;
 mod ingest;
@@ -44,6 +45,7 @@ pub use access::Cidr;
 pub use config::{ClusterAuth, ClusterConfig, Config};
 pub use endpoints::Endpoints;
 pub use error::Error;
+pub use health::Health;
 pub use reason::Reason;
 pub use server::{Broker, Stopper};
 pub use stats::{ClusterStats, CommandStats, Stats};

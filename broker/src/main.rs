@@ -329,6 +329,8 @@ fn config(args: &Args) -> Config {
         http_thing_metrics: args.http_thing_metrics,
         allow_command: args.allow_command.clone(),
         rate_limit: args.rate_limit,
+        // Supervision tests make a debug build's thread fail (release builds ignore it).
+        fault: std::env::var("THINGSBUS_FAULT").ok(),
         ..Config::default()
     }
 }
@@ -341,6 +343,13 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     })
+}
+
+/// Returns once the broker is stopping.
+async fn stopped(broker: &Broker) {
+    while !broker.is_stopping() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -376,11 +385,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(allow_input = %ranges.join(","), "input restricted");
     }
     notify_ready();
-    let signal = runtime.block_on(shutdown_signal())?;
-    tracing::info!(signal, "stopping");
+    // Until a signal, or until the broker stops by itself (a thread of it ended).
+    let signal = runtime.block_on(async {
+        tokio::select! {
+            signal = shutdown_signal() => signal.map(Some),
+            () = stopped(&broker) => Ok(None),
+        }
+    })?;
+    if let Some(signal) = signal {
+        tracing::info!(signal, "stopping");
+    }
     let stats = broker.stats().clone();
     broker.shutdown();
     broker.join();
+    if let Some(failure) = stats.health.failure() {
+        anyhow::bail!("the broker stopped because {failure}");
+    }
     tracing::info!(
         accepted = stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
         rejected = stats.rejected_total(),

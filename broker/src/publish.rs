@@ -120,12 +120,16 @@ impl Publisher {
 
     pub(crate) fn run(self) {
         let mut queued = Vec::new();
+        let heart = self.stats.health.beat("thingsbus-publish");
         loop {
+            heart.beat();
             let job = match queued.pop() {
                 Some(job) => job,
-                None => match self.rx.recv() {
+                // Woken every second when idle, to show it is alive.
+                None => match self.rx.recv_timeout(std::time::Duration::from_secs(1)) {
                     Ok(job) => job,
-                    Err(_) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 },
             };
             match job {

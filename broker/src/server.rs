@@ -123,23 +123,82 @@ fn bind_router(
 }
 
 /// The broker's threads while it starts: when starting fails half-way, the threads already
-/// running are stopped and joined.
+/// running are stopped and joined. Each thread is supervised: one that ends or panics while the
+/// broker runs stops the broker, with one log line and [`crate::Health::failure`] saying why.
 struct Threads {
     stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
     handles: Vec<JoinHandle<()>>,
+    /// See [`Config::fault`].
+    fault: Option<String>,
 }
 
 impl Threads {
     fn spawn(&mut self, name: &str, run: impl FnOnce() + Send + 'static) -> Result<(), Error> {
-        let handle = std::thread::Builder::new().name(name.into()).spawn(run)?;
+        let (stop, stats) = (self.stop.clone(), self.stats.clone());
+        // Registered now, so that a loop that never turns is seen as such.
+        let _ = stats.health.beat(name);
+        let fault = self.fault_of(name);
+        let thread = name.to_owned();
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if inject(fault, &stop) {
+                        run();
+                    }
+                }));
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let cause = match ended {
+                    Ok(()) => format!("{thread} stopped"),
+                    Err(panic) => format!("{thread} panicked: {}", panic_text(&*panic)),
+                };
+                tracing::error!(cause, "a broker thread ended; the broker stops");
+                stats.health.fail(cause);
+                stop.store(true, Ordering::Relaxed);
+            })?;
         self.handles.push(handle);
         Ok(())
+    }
+
+    /// The fault to inject into thread `name` (debug builds only).
+    fn fault_of(&self, name: &str) -> Option<String> {
+        let (thread, fault) = self.fault.as_deref()?.split_once('=')?;
+        (cfg!(debug_assertions) && thread == name).then(|| fault.to_owned())
     }
 
     /// The broker started: its threads are its own from now on.
     fn running(mut self) -> Vec<JoinHandle<()>> {
         std::mem::take(&mut self.handles)
     }
+}
+
+/// Carries out a fault asked for by [`Config::fault`]: `panic` panics, `exit` returns at once,
+/// `wedge` hangs (until the broker stops) without the thread's loop ever turning. True when
+/// the thread's own work is to run.
+fn inject(fault: Option<String>, stop: &AtomicBool) -> bool {
+    match fault.as_deref() {
+        Some("panic") => panic!("fault injected"),
+        Some("exit") => false,
+        Some("wedge") => {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            false
+        }
+        _ => true,
+    }
+}
+
+/// The message a panic was raised with.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 impl Drop for Threads {
@@ -231,7 +290,9 @@ impl Broker {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Threads {
             stop: stop.clone(),
+            stats: stats.clone(),
             handles: Vec::new(),
+            fault: config.fault.clone(),
         };
         // How the threads hand each other work.
         let (datagrams_post, datagrams) = mailbox(&ctx, "datagrams", 4096)?;
@@ -356,6 +417,12 @@ impl Broker {
     /// Live counters.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// Whether the broker has stopped, or is stopping: asked to, or by itself (see
+    /// [`crate::Health::failure`]).
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 
     /// A handle that stops this broker from elsewhere.

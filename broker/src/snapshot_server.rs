@@ -95,7 +95,9 @@ impl SnapshotServer {
         let mut log = LogLimiter::new(Duration::from_secs(10), 20);
         // What the last round of sending achieved: keep going at once while chunks move.
         let mut progress = false;
+        let heart = self.stats.health.beat("thingsbus-snapshots");
         while !self.stop.load(Ordering::Relaxed) {
+            heart.beat();
             let timeout = match (jobs.is_empty(), progress) {
                 (true, _) => 50,
                 (false, true) => 0,

@@ -163,6 +163,8 @@ counters! {
         pub cluster: ClusterStats,
         /// The inode of the UDP input socket, to find it in `/proc/net/udp`.
         udp_inode: AtomicU64,
+        /// Whether every part of the broker is alive and well.
+        pub health: crate::health::Health,
     }
 }
 
