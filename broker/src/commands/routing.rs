@@ -619,24 +619,6 @@ mod tests {
 
     const LOCAL: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
 
-    /// A clock that starts at `t0` and 1000.0 on the wall.
-    struct Clock(Instant);
-
-    impl Clock {
-        fn at(&self, secs: f64) -> Now {
-            Now {
-                at: self.0 + Duration::from_secs_f64(secs),
-                wall: 1000.0 + secs,
-            }
-        }
-    }
-
-    fn setup() -> (Clock, RoutingTable) {
-        let t0 = Instant::now();
-        let open = AllowList::default();
-        (Clock(t0), RoutingTable::new(open.clone(), open, t0))
-    }
-
     fn ns(s: &str) -> Namespace {
         Namespace::new(s).unwrap()
     }
@@ -645,61 +627,113 @@ mod tests {
         Peer::Zmq(name.as_bytes().to_vec())
     }
 
-    fn serve(
-        t: &mut RoutingTable,
-        now: Now,
-        peer: &Peer,
-        prefixes: &[&str],
-        ttl: f64,
-    ) -> Vec<Action> {
-        let mut out = Vec::new();
-        let m = CommandMessage::Serve {
-            ns: prefixes.iter().map(|p| ns(p)).collect(),
-            ttl: Some(ttl),
-        };
-        t.handle(now, peer.clone(), LOCAL, m, &mut out);
-        out
+    fn broker(node: &str) -> Peer {
+        Peer::Broker(node.to_owned())
     }
 
-    fn command(
-        t: &mut RoutingTable,
-        now: Now,
-        caller: &Peer,
-        id: &str,
-        thing: &str,
-        timeout: Option<f64>,
-    ) -> Vec<Action> {
-        let mut out = Vec::new();
-        let m = CommandMessage::Command {
+    /// A table and a clock: times are seconds after the start, which is 1000.0 on the wall.
+    /// Peers are ZMQ peers named by a string, on 127.0.0.1.
+    struct Rig {
+        t0: Instant,
+        t: RoutingTable,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            Rig::with(AllowList::default())
+        }
+
+        fn with(allow: AllowList) -> Self {
+            let t0 = Instant::now();
+            Rig {
+                t0,
+                t: RoutingTable::new(allow.clone(), allow, t0),
+            }
+        }
+
+        fn now(&self, secs: f64) -> Now {
+            Now {
+                at: self.t0 + Duration::from_secs_f64(secs),
+                wall: 1000.0 + secs,
+            }
+        }
+
+        fn handle(
+            &mut self,
+            at: f64,
+            peer: Peer,
+            addr: Option<IpAddr>,
+            m: CommandMessage,
+        ) -> Vec<Action> {
+            let mut out = Vec::new();
+            self.t.handle(self.now(at), peer, addr, m, &mut out);
+            out
+        }
+
+        fn serve(&mut self, at: f64, peer: &str, prefixes: &[&str], ttl: f64) -> Vec<Action> {
+            let ns = prefixes.iter().map(|p| ns(p)).collect();
+            self.handle(
+                at,
+                zmq(peer),
+                LOCAL,
+                CommandMessage::Serve { ns, ttl: Some(ttl) },
+            )
+        }
+
+        fn command(
+            &mut self,
+            at: f64,
+            caller: &str,
+            id: &str,
+            thing: &str,
+            timeout: Option<f64>,
+        ) -> Vec<Action> {
+            self.handle(at, zmq(caller), LOCAL, command_to(id, thing, timeout))
+        }
+
+        fn reply(&mut self, at: f64, server: &str, broker_id: u64, ok: bool) -> Vec<Action> {
+            let result = if ok {
+                Ok(json!("done"))
+            } else {
+                Err(("broken".to_owned(), None))
+            };
+            let m = CommandMessage::Reply {
+                id: json!(broker_id),
+                result,
+            };
+            self.handle(at, zmq(server), LOCAL, m)
+        }
+
+        fn tick(&mut self, at: f64) -> Vec<Action> {
+            let mut out = Vec::new();
+            self.t.tick(self.now(at).at, &mut out);
+            out
+        }
+
+        fn remote(&mut self, at: f64, node: &str, served: &[(&str, f64)]) -> Vec<Action> {
+            let mut out = Vec::new();
+            let served = served.iter().map(|(p, since)| (ns(p), *since)).collect();
+            self.t
+                .remote_routes(self.now(at).at, node, served, &mut out);
+            out
+        }
+
+        fn forwarded(&mut self, at: f64, reply_to: &str, m: CommandMessage) -> Vec<Action> {
+            let mut out = Vec::new();
+            self.t
+                .forwarded(self.now(at), reply_to.to_owned(), m, &mut out);
+            out
+        }
+    }
+
+    fn command_to(id: &str, thing: &str, timeout: Option<f64>) -> CommandMessage {
+        CommandMessage::Command {
             id: json!(id),
             ns: ns(thing),
             data: json!({"on": true}),
             timeout,
             deadline: None,
-        };
-        t.handle(now, caller.clone(), LOCAL, m, &mut out);
-        out
-    }
-
-    fn reply(
-        t: &mut RoutingTable,
-        now: Now,
-        server: &Peer,
-        broker_id: u64,
-        ok: bool,
-    ) -> Vec<Action> {
-        let mut out = Vec::new();
-        let result = if ok {
-            Ok(json!("done"))
-        } else {
-            Err(("broken".to_owned(), None))
-        };
-        let m = CommandMessage::Reply {
-            id: json!(broker_id),
-            result,
-        };
-        t.handle(now, server.clone(), LOCAL, m, &mut out);
-        out
+        }
     }
 
     /// The one command delivered in `out`: to whom, and the broker's id.
@@ -708,12 +742,28 @@ mod tests {
             Action::Deliver { to, broker_id, .. } => Some((to.clone(), *broker_id)),
             _ => None,
         });
-        let one = found.next().expect("a command was delivered");
+        let one = found
+            .next()
+            .unwrap_or_else(|| panic!("nothing delivered in {out:?}"));
         assert!(found.next().is_none(), "{out:?}");
         one
     }
 
-    /// The error a caller was answered with, and to whom.
+    /// The deadline of the command delivered in `out`.
+    fn deadline(out: &[Action]) -> f64 {
+        match out.last() {
+            Some(Action::Deliver {
+                message:
+                    CommandMessage::Command {
+                        deadline: Some(d), ..
+                    },
+                ..
+            }) => *d,
+            _ => panic!("nothing delivered in {out:?}"),
+        }
+    }
+
+    /// To whom an error was answered, with which caller's id and error.
     fn refusal(out: &[Action]) -> (Peer, Value, String) {
         out.iter()
             .find_map(|a| match a {
@@ -722,12 +772,27 @@ mod tests {
                     message:
                         CommandMessage::Reply {
                             id,
-                            result: Err((error, _)),
+                            result: Err((e, _)),
                         },
-                } => Some((to.clone(), id.clone(), error.clone())),
+                } => Some((to.clone(), id.clone(), e.clone())),
                 _ => None,
             })
             .unwrap_or_else(|| panic!("no error reply in {out:?}"))
+    }
+
+    fn refused(caller: &str, id: &str, error: &str) -> (Peer, Value, String) {
+        (zmq(caller), json!(id), error.to_owned())
+    }
+
+    /// The prefixes a `serving` in `out` accepted.
+    fn serving(out: &[Action]) -> Vec<Namespace> {
+        match out.last() {
+            Some(Action::Send {
+                message: CommandMessage::Serving { ns, .. },
+                ..
+            }) => ns.clone(),
+            _ => panic!("no serving in {out:?}"),
+        }
     }
 
     fn counted(out: &[Action], c: Count) -> bool {
@@ -735,535 +800,367 @@ mod tests {
     }
 
     #[test]
-    fn serve_answers_serving_with_the_prefixes_and_ttl() {
-        let (clock, mut t) = setup();
-        let out = serve(
-            &mut t,
-            clock.at(0.0),
-            &zmq("a"),
-            &["shop.led", "shop.robot"],
-            10.0,
+    fn serve_is_answered_serving_with_the_prefixes_and_the_ttl_in_force() {
+        let mut r = Rig::new();
+        let out = r.serve(0.0, "a", &["shop.led", "shop.robot"], 10.0);
+        let serving = CommandMessage::Serving {
+            ns: vec![ns("shop.led"), ns("shop.robot")],
+            ttl: 10.0,
+        };
+        assert_eq!(
+            out,
+            [
+                Action::RoutesChanged,
+                Action::Send {
+                    to: zmq("a"),
+                    message: serving
+                }
+            ]
         );
-        assert!(out.contains(&Action::RoutesChanged));
-        assert!(out.contains(&Action::Send {
-            to: zmq("a"),
-            message: CommandMessage::Serving {
-                ns: vec![ns("shop.led"), ns("shop.robot")],
-                ttl: 10.0
-            }
-        }));
-        // Without a ttl the default is in force.
-        let mut out = Vec::new();
-        t.handle(
-            clock.at(0.0),
+        let out = r.handle(
+            0.0,
             zmq("b"),
             LOCAL,
             CommandMessage::Serve {
                 ns: vec![ns("x")],
                 ttl: None,
             },
-            &mut out,
         );
-        assert!(
-            matches!(&out[1], Action::Send { message: CommandMessage::Serving { ttl, .. }, .. } if *ttl == command::DEFAULT_TTL)
+        let default = CommandMessage::Serving {
+            ns: vec![ns("x")],
+            ttl: command::DEFAULT_TTL,
+        };
+        assert_eq!(
+            out.last(),
+            Some(&Action::Send {
+                to: zmq("b"),
+                message: default
+            })
         );
     }
 
     #[test]
     fn the_longest_prefix_serves() {
-        let (clock, mut t) = setup();
-        serve(&mut t, clock.at(0.0), &zmq("top"), &["shop"], 30.0);
-        serve(&mut t, clock.at(0.0), &zmq("leds"), &["shop.led"], 30.0);
-        let caller = zmq("caller");
-        let out = command(&mut t, clock.at(1.0), &caller, "1", "shop.led.red", None);
-        assert_eq!(delivered(&out).0, zmq("leds"));
-        let out = command(&mut t, clock.at(1.0), &caller, "2", "shop.led", None);
+        let mut r = Rig::new();
+        r.serve(0.0, "top", &["shop"], 30.0);
+        r.serve(0.0, "leds", &["shop.led"], 30.0);
         assert_eq!(
-            delivered(&out).0,
-            zmq("leds"),
-            "a prefix includes the thing itself"
+            delivered(&r.command(1.0, "c", "1", "shop.led.red", None)).0,
+            zmq("leds")
         );
-        let out = command(&mut t, clock.at(1.0), &caller, "3", "shop.robot", None);
-        assert_eq!(delivered(&out).0, zmq("top"));
+        assert_eq!(
+            delivered(&r.command(1.0, "c", "2", "shop.led", None)).0,
+            zmq("leds")
+        );
+        assert_eq!(
+            delivered(&r.command(1.0, "c", "3", "shop.robot", None)).0,
+            zmq("top")
+        );
     }
 
     #[test]
     fn nobody_serving_a_prefix_is_no_route() {
-        let (clock, mut t) = setup();
-        serve(&mut t, clock.at(0.0), &zmq("leds"), &["shop.led"], 30.0);
-        let out = command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "c-1",
-            "shop.robot",
-            None,
-        );
+        let mut r = Rig::new();
+        r.serve(0.0, "leds", &["shop.led"], 30.0);
+        let out = r.command(1.0, "c", "c-1", "shop.robot", None);
         assert!(counted(&out, Count::NoRoute));
-        assert_eq!(
-            refusal(&out),
-            (zmq("caller"), json!("c-1"), errors::NO_ROUTE.to_owned())
-        );
-        assert_eq!(t.in_flight(), 0);
+        assert_eq!(refusal(&out), refused("c", "c-1", errors::NO_ROUTE));
+        assert_eq!(r.t.in_flight(), 0);
     }
 
     #[test]
     fn between_equal_prefixes_the_most_recent_registration_wins() {
-        let (clock, mut t) = setup();
-        serve(&mut t, clock.at(0.0), &zmq("old"), &["shop.led"], 30.0);
-        serve(&mut t, clock.at(5.0), &zmq("new"), &["shop.led"], 30.0);
-        // Renewing does not make the old one newer: its registration keeps its first time.
-        serve(&mut t, clock.at(6.0), &zmq("old"), &["shop.led"], 30.0);
-        let out = command(
-            &mut t,
-            clock.at(7.0),
-            &zmq("caller"),
-            "1",
-            "shop.led.red",
-            None,
+        let mut r = Rig::new();
+        r.serve(0.0, "old", &["shop.led"], 30.0);
+        r.serve(5.0, "new", &["shop.led"], 30.0);
+        // Renewing does not make the old one newer: a registration keeps its first time.
+        r.serve(6.0, "old", &["shop.led"], 30.0);
+        assert_eq!(
+            delivered(&r.command(7.0, "c", "1", "shop.led.red", None)).0,
+            zmq("new")
         );
-        assert_eq!(delivered(&out).0, zmq("new"));
-        // With the same wall time, the one that arrived later wins.
-        serve(&mut t, clock.at(7.0), &zmq("same-a"), &["x"], 30.0);
-        serve(&mut t, clock.at(7.0), &zmq("same-b"), &["x"], 30.0);
-        let out = command(&mut t, clock.at(7.0), &zmq("caller"), "2", "x", None);
-        assert_eq!(delivered(&out).0, zmq("same-b"));
+        // At the same wall time, the one that arrived later wins.
+        r.serve(7.0, "same-a", &["x"], 30.0);
+        r.serve(7.0, "same-b", &["x"], 30.0);
+        assert_eq!(
+            delivered(&r.command(7.0, "c", "2", "x", None)).0,
+            zmq("same-b")
+        );
     }
 
     #[test]
     fn the_command_sent_on_carries_the_brokers_id_and_a_deadline() {
-        let (clock, mut t) = setup();
-        serve(&mut t, clock.at(0.0), &zmq("leds"), &["shop.led"], 30.0);
-        let out = command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "c-17",
-            "shop.led.red",
-            Some(2.0),
-        );
-        let Some(Action::Deliver {
-            message, broker_id, ..
-        }) = out.last()
-        else {
-            panic!("{out:?}")
+        let mut r = Rig::new();
+        r.serve(0.0, "leds", &["shop.led"], 30.0);
+        let out = r.command(1.0, "c", "c-17", "shop.led.red", Some(2.0));
+        let (to, broker_id) = delivered(&out);
+        let sent = CommandMessage::Command {
+            id: json!(broker_id),
+            ns: ns("shop.led.red"),
+            data: json!({"on": true}),
+            timeout: None,
+            deadline: Some(1003.0),
         };
         assert_eq!(
-            *message,
-            CommandMessage::Command {
-                id: json!(*broker_id),
-                ns: ns("shop.led.red"),
-                data: json!({"on": true}),
-                timeout: None,
-                deadline: Some(1003.0),
-            }
+            out,
+            [Action::Deliver {
+                to,
+                broker_id,
+                message: sent
+            }]
         );
-        // Each command gets its own id.
-        let out = command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "c-18",
-            "shop.led.red",
-            None,
-        );
-        assert_ne!(delivered(&out).1, *broker_id);
+        let (_, next) = delivered(&r.command(1.0, "c", "c-18", "shop.led.red", None));
+        assert_ne!(next, broker_id, "each command has its own id");
     }
 
     #[test]
     fn the_servers_reply_goes_to_the_caller_with_the_callers_id() {
-        let (clock, mut t) = setup();
-        let server = zmq("leds");
-        serve(&mut t, clock.at(0.0), &server, &["shop.led"], 30.0);
-        let out = command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "c-1",
-            "shop.led.red",
-            None,
-        );
-        let (_, id) = delivered(&out);
-        assert_eq!(t.in_flight(), 1);
-        let out = reply(&mut t, clock.at(1.5), &server, id, true);
+        let mut r = Rig::new();
+        r.serve(0.0, "leds", &["shop.led"], 30.0);
+        let (_, id) = delivered(&r.command(1.0, "c", "c-1", "shop.led.red", None));
+        assert_eq!(r.t.in_flight(), 1);
+        let answer = CommandMessage::Reply {
+            id: json!("c-1"),
+            result: Ok(json!("done")),
+        };
         assert_eq!(
-            out,
+            r.reply(1.5, "leds", id, true),
             [
                 Action::Count(Count::RepliedOk),
                 Action::Send {
-                    to: zmq("caller"),
-                    message: CommandMessage::Reply {
-                        id: json!("c-1"),
-                        result: Ok(json!("done"))
-                    }
+                    to: zmq("c"),
+                    message: answer
                 }
             ]
         );
-        assert_eq!(t.in_flight(), 0);
+        assert_eq!(r.t.in_flight(), 0);
         // A refusal from the server is passed on as such.
-        let out = command(
-            &mut t,
-            clock.at(2.0),
-            &zmq("caller"),
-            "c-2",
-            "shop.led.red",
-            None,
-        );
-        let (_, id) = delivered(&out);
-        let out = reply(&mut t, clock.at(2.0), &server, id, false);
+        let (_, id) = delivered(&r.command(2.0, "c", "c-2", "shop.led.red", None));
+        let out = r.reply(2.0, "leds", id, false);
         assert!(counted(&out, Count::RepliedError));
-        assert_eq!(
-            refusal(&out),
-            (zmq("caller"), json!("c-2"), "broken".to_owned())
-        );
+        assert_eq!(refusal(&out), refused("c", "c-2", "broken"));
     }
 
     #[test]
     fn only_the_server_a_command_went_to_may_answer_it_and_only_once() {
-        let (clock, mut t) = setup();
-        let server = zmq("leds");
-        serve(&mut t, clock.at(0.0), &server, &["shop.led"], 30.0);
-        let out = command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "c-1",
-            "shop.led.red",
-            None,
-        );
-        let (_, id) = delivered(&out);
+        let mut r = Rig::new();
+        r.serve(0.0, "leds", &["shop.led"], 30.0);
+        let (_, id) = delivered(&r.command(1.0, "c", "c-1", "shop.led.red", None));
         assert_eq!(
-            reply(&mut t, clock.at(1.0), &zmq("other"), id, true),
+            r.reply(1.0, "other", id, true),
             [Action::Count(Count::LateReply)]
         );
-        assert_eq!(t.in_flight(), 1);
-        assert!(counted(
-            &reply(&mut t, clock.at(1.0), &server, id, true),
-            Count::RepliedOk
-        ));
+        assert_eq!(r.t.in_flight(), 1);
+        assert!(counted(&r.reply(1.0, "leds", id, true), Count::RepliedOk));
         assert_eq!(
-            reply(&mut t, clock.at(1.0), &server, id, true),
+            r.reply(1.0, "leds", id, true),
             [Action::Count(Count::LateReply)]
         );
-        // Nor does the deadline answer it again.
-        let mut out = Vec::new();
-        t.tick(clock.at(100.0).at, &mut out);
-        assert!(!counted(&out, Count::Timeout), "{out:?}");
+        assert!(
+            !counted(&r.tick(100.0), Count::Timeout),
+            "nor does the deadline answer again"
+        );
         // An id the broker never gives is a bad request.
-        let mut out = Vec::new();
         let m = CommandMessage::Reply {
             id: json!("c-1"),
             result: Ok(json!(1)),
         };
-        t.handle(clock.at(1.0), server, LOCAL, m, &mut out);
-        assert_eq!(out, [Action::Count(Count::BadRequest)]);
+        assert_eq!(
+            r.handle(1.0, zmq("leds"), LOCAL, m),
+            [Action::Count(Count::BadRequest)]
+        );
     }
 
     #[test]
     fn no_reply_by_the_deadline_is_timeout_and_a_late_reply_is_dropped() {
-        let (clock, mut t) = setup();
-        let server = zmq("leds");
-        serve(&mut t, clock.at(0.0), &server, &["shop.led"], 60.0);
-        let out = command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "c-1",
-            "shop.led.red",
-            Some(2.0),
-        );
-        let (_, id) = delivered(&out);
+        let mut r = Rig::new();
+        r.serve(0.0, "leds", &["shop.led"], 60.0);
+        let (_, id) = delivered(&r.command(1.0, "c", "c-1", "shop.led.red", Some(2.0)));
         assert_eq!(
-            t.wake_at(),
-            clock.at(1.0).at,
+            r.t.wake_at(),
+            r.now(1.0).at,
             "the first lapse check comes first"
         );
-        let mut out = Vec::new();
-        t.tick(clock.at(1.0).at, &mut out);
-        t.tick(clock.at(2.9).at, &mut out);
-        assert!(out.is_empty(), "{out:?}");
-        assert_eq!(t.wake_at(), clock.at(3.0).at);
-        t.tick(clock.at(3.0).at, &mut out);
+        assert!(r.tick(1.0).is_empty());
+        assert!(r.tick(2.9).is_empty());
+        assert_eq!(r.t.wake_at(), r.now(3.0).at);
+        let out = r.tick(3.0);
         assert!(counted(&out, Count::Timeout));
+        assert_eq!(refusal(&out), refused("c", "c-1", errors::TIMEOUT));
+        assert_eq!(r.t.in_flight(), 0);
         assert_eq!(
-            refusal(&out),
-            (zmq("caller"), json!("c-1"), errors::TIMEOUT.to_owned())
-        );
-        assert_eq!(t.in_flight(), 0);
-        assert_eq!(
-            reply(&mut t, clock.at(3.1), &server, id, true),
+            r.reply(3.1, "leds", id, true),
             [Action::Count(Count::LateReply)]
         );
         // Without a timeout, the default one.
-        let out = command(
-            &mut t,
-            clock.at(10.0),
-            &zmq("caller"),
-            "c-2",
-            "shop.led.red",
-            None,
-        );
-        let Some(Action::Deliver {
-            message: CommandMessage::Command { deadline, .. },
-            ..
-        }) = out.last()
-        else {
-            panic!("{out:?}")
-        };
-        assert_eq!(*deadline, Some(1010.0 + command::DEFAULT_TIMEOUT));
+        let out = r.command(10.0, "c", "c-2", "shop.led.red", None);
+        assert_eq!(deadline(&out), 1010.0 + command::DEFAULT_TIMEOUT);
     }
 
     #[test]
     fn a_registration_not_renewed_lapses_and_its_commands_get_gone() {
-        let (clock, mut t) = setup();
-        let server = zmq("leds");
-        serve(&mut t, clock.at(0.0), &server, &["shop.led"], 5.0);
-        serve(&mut t, clock.at(0.0), &zmq("top"), &["shop"], 60.0);
-        let out = command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "c-1",
-            "shop.led.red",
-            Some(60.0),
+        let mut r = Rig::new();
+        r.serve(0.0, "leds", &["shop.led"], 5.0);
+        r.serve(0.0, "top", &["shop"], 60.0);
+        assert_eq!(
+            delivered(&r.command(1.0, "c", "c-1", "shop.led.red", Some(60.0))).0,
+            zmq("leds")
         );
-        assert_eq!(delivered(&out).0, server);
         // Renewed in time: still there.
-        serve(&mut t, clock.at(4.0), &server, &["shop.led"], 5.0);
-        let mut out = Vec::new();
-        t.tick(clock.at(8.0).at, &mut out);
-        assert!(out.is_empty(), "{out:?}");
+        r.serve(4.0, "leds", &["shop.led"], 5.0);
+        assert!(r.tick(8.0).is_empty());
         // Not renewed: gone, and the command in flight with it.
-        t.tick(clock.at(9.0).at, &mut out);
+        let out = r.tick(9.0);
         assert!(counted(&out, Count::Gone));
         assert!(out.contains(&Action::RoutesChanged));
-        assert_eq!(
-            refusal(&out),
-            (zmq("caller"), json!("c-1"), errors::GONE.to_owned())
-        );
-        assert_eq!(t.in_flight(), 0);
+        assert_eq!(refusal(&out), refused("c", "c-1", errors::GONE));
+        assert_eq!(r.t.in_flight(), 0);
         // The next command goes to the shorter prefix still served.
-        let out = command(
-            &mut t,
-            clock.at(9.0),
-            &zmq("caller"),
-            "c-2",
-            "shop.led.red",
-            None,
+        assert_eq!(
+            delivered(&r.command(9.0, "c", "c-2", "shop.led.red", None)).0,
+            zmq("top")
         );
-        assert_eq!(delivered(&out).0, zmq("top"));
     }
 
     #[test]
     fn an_expired_registration_routes_nothing_even_before_it_is_swept() {
-        let (clock, mut t) = setup();
-        serve(&mut t, clock.at(0.0), &zmq("old"), &["shop.led"], 5.0);
-        serve(&mut t, clock.at(1.0), &zmq("new"), &["shop.led"], 2.0);
-        // `new` expired at 3.0, no tick since: `old` serves.
-        let out = command(&mut t, clock.at(4.0), &zmq("caller"), "1", "shop.led", None);
-        assert_eq!(delivered(&out).0, zmq("old"));
-        let out = command(&mut t, clock.at(6.0), &zmq("caller"), "2", "shop.led", None);
-        assert!(counted(&out, Count::NoRoute));
+        let mut r = Rig::new();
+        r.serve(0.0, "old", &["shop.led"], 5.0);
+        r.serve(1.0, "new", &["shop.led"], 2.0);
+        // `new` expired at 3.0, and no tick since: `old` serves.
+        assert_eq!(
+            delivered(&r.command(4.0, "c", "1", "shop.led", None)).0,
+            zmq("old")
+        );
+        assert!(counted(
+            &r.command(6.0, "c", "2", "shop.led", None),
+            Count::NoRoute
+        ));
     }
 
     #[test]
-    fn lapse_answers_only_the_commands_of_the_lapsed_registration() {
-        let (clock, mut t) = setup();
-        serve(&mut t, clock.at(0.0), &zmq("a"), &["a"], 2.0);
-        serve(&mut t, clock.at(0.0), &zmq("b"), &["b"], 60.0);
-        command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "to-a",
-            "a.x",
-            Some(60.0),
-        );
-        command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "to-b",
-            "b.x",
-            Some(60.0),
-        );
-        let mut out = Vec::new();
-        t.tick(clock.at(2.5).at, &mut out);
-        assert_eq!(refusal(&out).1, json!("to-a"));
+    fn a_lapse_answers_only_the_commands_of_the_lapsed_registration() {
+        let mut r = Rig::new();
+        r.serve(0.0, "a", &["a"], 2.0);
+        r.serve(0.0, "b", &["b"], 60.0);
+        r.command(1.0, "c", "to-a", "a.x", Some(60.0));
+        r.command(1.0, "c", "to-b", "b.x", Some(60.0));
+        let out = r.tick(2.5);
+        assert_eq!(refusal(&out), refused("c", "to-a", errors::GONE));
         assert_eq!(
             out.iter()
                 .filter(|a| **a == Action::Count(Count::Gone))
                 .count(),
             1
         );
-        assert_eq!(t.in_flight(), 1);
+        assert_eq!(r.t.in_flight(), 1);
     }
 
     #[test]
     fn too_many_commands_in_flight_is_busy() {
-        let (clock, mut t) = setup();
-        serve(&mut t, clock.at(0.0), &zmq("s"), &["x"], 600.0);
-        let greedy = zmq("greedy");
+        let mut r = Rig::new();
+        r.serve(0.0, "s", &["x"], 600.0);
         for i in 0..MAX_PER_CALLER {
-            let out = command(
-                &mut t,
-                clock.at(1.0),
-                &greedy,
-                &i.to_string(),
-                "x",
-                Some(60.0),
-            );
-            delivered(&out);
+            delivered(&r.command(1.0, "greedy", &i.to_string(), "x", Some(60.0)));
         }
-        let out = command(&mut t, clock.at(1.0), &greedy, "one more", "x", Some(60.0));
+        let out = r.command(1.0, "greedy", "one more", "x", Some(60.0));
         assert!(counted(&out, Count::Busy));
-        assert_eq!(
-            refusal(&out),
-            (greedy.clone(), json!("one more"), errors::BUSY.to_owned())
-        );
-        // Another caller still gets through, up to the limit of all.
-        let mut callers = 0;
-        while t.in_flight() < MAX_IN_FLIGHT {
-            let caller = zmq(&format!("c{}", callers / MAX_PER_CALLER));
-            callers += 1;
-            delivered(&command(
-                &mut t,
-                clock.at(1.0),
-                &caller,
-                "1",
-                "x",
-                Some(60.0),
-            ));
+        assert_eq!(refusal(&out), refused("greedy", "one more", errors::BUSY));
+        // Other callers still get through, up to the limit of all.
+        for n in 0.. {
+            if r.t.in_flight() == MAX_IN_FLIGHT {
+                break;
+            }
+            let caller = format!("c{}", n / MAX_PER_CALLER);
+            delivered(&r.command(1.0, &caller, "1", "x", Some(60.0)));
         }
-        let out = command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("newcomer"),
-            "1",
-            "x",
-            Some(60.0),
-        );
-        assert!(counted(&out, Count::Busy));
-        // An answer makes room again.
-        let mut out = Vec::new();
-        t.tick(clock.at(61.5).at, &mut out);
-        assert_eq!(t.in_flight(), 0);
-        delivered(&command(
-            &mut t,
-            clock.at(61.5),
-            &greedy,
-            "again",
-            "x",
-            None,
+        assert!(counted(
+            &r.command(1.0, "newcomer", "1", "x", Some(60.0)),
+            Count::Busy
         ));
+        // Answers make room again.
+        r.tick(61.5);
+        assert_eq!(r.t.in_flight(), 0);
+        delivered(&r.command(61.5, "greedy", "again", "x", None));
     }
 
     #[test]
     fn a_command_that_cannot_be_delivered_is_gone_at_once() {
-        let (clock, mut t) = setup();
-        serve(&mut t, clock.at(0.0), &zmq("s"), &["x"], 60.0);
-        let out = command(&mut t, clock.at(1.0), &zmq("caller"), "c-1", "x", None);
-        let (_, id) = delivered(&out);
+        let mut r = Rig::new();
+        r.serve(0.0, "s", &["x"], 60.0);
+        let (_, id) = delivered(&r.command(1.0, "c", "c-1", "x", None));
         let mut out = Vec::new();
-        t.undeliverable(id, &mut out);
+        r.t.undeliverable(id, &mut out);
         assert!(counted(&out, Count::Gone));
-        assert_eq!(
-            refusal(&out),
-            (zmq("caller"), json!("c-1"), errors::GONE.to_owned())
+        assert_eq!(refusal(&out), refused("c", "c-1", errors::GONE));
+        assert_eq!(r.t.in_flight(), 0);
+        assert!(
+            !counted(&r.tick(100.0), Count::Timeout),
+            "its deadline answers nothing"
         );
-        assert_eq!(t.in_flight(), 0);
-        // Its deadline then answers nothing.
-        let mut out = Vec::new();
-        t.tick(clock.at(100.0).at, &mut out);
-        assert!(!counted(&out, Count::Timeout));
     }
 
     #[test]
-    fn commands_need_an_allowed_address_and_serving_too() {
-        let t0 = Instant::now();
-        let only_ten = AllowList::new(vec!["10.0.0.0/8".parse().unwrap()]);
-        let mut t = RoutingTable::new(only_ten.clone(), only_ten, t0);
-        let now = Now {
-            at: t0,
-            wall: 1000.0,
-        };
+    fn commands_and_registrations_need_an_allowed_address() {
+        let mut r = Rig::with(AllowList::new(vec!["10.0.0.0/8".parse().unwrap()]));
         let ten: Option<IpAddr> = Some("10.1.2.3".parse().unwrap());
-        let mut out = Vec::new();
-        let serve = |prefix: &str| CommandMessage::Serve {
-            ns: vec![ns(prefix)],
+        let serve = CommandMessage::Serve {
+            ns: vec![ns("a")],
             ttl: None,
         };
-        t.handle(now, zmq("outsider"), LOCAL, serve("a"), &mut out);
         assert_eq!(
-            out,
+            r.handle(0.0, zmq("outsider"), LOCAL, serve.clone()),
             [
                 Action::Count(Count::NotAllowed),
                 Action::ServeRefused(zmq("outsider"))
             ]
         );
         // A serve whose address is unknown is taken.
-        out.clear();
-        t.handle(now, zmq("s"), None, serve("a"), &mut out);
-        assert!(out.contains(&Action::RoutesChanged));
-        let cmd = |id: &str| CommandMessage::Command {
-            id: json!(id),
-            ns: ns("a"),
-            data: json!(1),
-            timeout: None,
-            deadline: None,
-        };
+        assert_eq!(serving(&r.handle(0.0, zmq("s"), None, serve)), [ns("a")]);
+        // A command needs its address known and allowed.
         for addr in [LOCAL, None] {
-            out.clear();
-            t.handle(now, zmq("caller"), addr, cmd("c"), &mut out);
+            let out = r.handle(0.0, zmq("c"), addr, command_to("c-1", "a", None));
             assert!(counted(&out, Count::NotAllowed));
-            assert_eq!(refusal(&out).2, errors::NOT_ALLOWED);
+            assert_eq!(refusal(&out), refused("c", "c-1", errors::NOT_ALLOWED));
         }
-        out.clear();
-        t.handle(now, zmq("caller"), ten, cmd("c"), &mut out);
-        delivered(&out);
+        delivered(&r.handle(0.0, zmq("c"), ten, command_to("c-1", "a", None)));
     }
 
     #[test]
     fn registrations_are_bounded_per_peer() {
-        let (clock, mut t) = setup();
+        let mut r = Rig::new();
         let names: Vec<String> = (0..MAX_REGISTRATIONS_PER_PEER + 5)
             .map(|i| format!("p{i}"))
             .collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let out = serve(&mut t, clock.at(0.0), &zmq("s"), &refs, 30.0);
-        let Some(Action::Send {
-            message: CommandMessage::Serving { ns, .. },
-            ..
-        }) = out.last()
-        else {
-            panic!("{out:?}")
-        };
-        assert_eq!(ns.len(), MAX_REGISTRATIONS_PER_PEER);
-        // Renewing what it holds is still fine.
-        let out = serve(&mut t, clock.at(1.0), &zmq("s"), &refs[..3], 30.0);
-        assert!(
-            matches!(out.last(), Some(Action::Send { message: CommandMessage::Serving { ns, .. }, .. }) if ns.len() == 3)
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(
+            serving(&r.serve(0.0, "s", &names, 30.0)).len(),
+            MAX_REGISTRATIONS_PER_PEER
         );
-        assert_eq!(t.gauges().local, MAX_REGISTRATIONS_PER_PEER);
+        assert_eq!(
+            serving(&r.serve(1.0, "s", &names[..3], 30.0)).len(),
+            3,
+            "renewals are fine"
+        );
+        assert_eq!(r.t.gauges().local, MAX_REGISTRATIONS_PER_PEER);
+        // Others are not held back by it.
+        assert_eq!(serving(&r.serve(1.0, "t", &names[..3], 30.0)).len(), 3);
     }
 
     #[test]
     fn unreadable_messages_count_and_a_command_among_them_gets_bad_request() {
-        let mut out = Vec::new();
         let bad = BadCommand {
             id: json!("c-1"),
             was_command: true,
             detail: "no ns".into(),
         };
-        RoutingTable::bad(&zmq("x"), bad.clone(), &mut out);
+        let mut out = Vec::new();
+        RoutingTable::bad(&zmq("c"), bad.clone(), &mut out);
         assert!(counted(&out, Count::BadRequest));
-        assert_eq!(
-            refusal(&out),
-            (zmq("x"), json!("c-1"), errors::BAD_REQUEST.to_owned())
-        );
-        out.clear();
+        assert_eq!(refusal(&out), refused("c", "c-1", errors::BAD_REQUEST));
+        let mut out = Vec::new();
         RoutingTable::bad(
-            &zmq("x"),
+            &zmq("c"),
             BadCommand {
                 was_command: false,
                 ..bad
@@ -1272,156 +1169,119 @@ mod tests {
         );
         assert_eq!(out, [Action::Count(Count::BadRequest)]);
         // `serving` is the broker's word, not a peer's.
-        let (clock, mut t) = setup();
-        out.clear();
         let m = CommandMessage::Serving {
             ns: vec![],
             ttl: 1.0,
         };
-        t.handle(clock.at(0.0), zmq("x"), LOCAL, m, &mut out);
-        assert_eq!(out, [Action::Count(Count::BadRequest)]);
+        assert_eq!(
+            Rig::new().handle(0.0, zmq("c"), LOCAL, m),
+            [Action::Count(Count::BadRequest)]
+        );
     }
 
     #[test]
     fn other_brokers_routes_serve_callers_here_but_not_their_forwarded_commands() {
-        let (clock, mut t) = setup();
-        let mut out = Vec::new();
-        t.remote_routes(clock.at(0.0).at, "n2", vec![(ns("shop"), 999.0)], &mut out);
-        assert!(out.contains(&Action::RoutesChanged));
+        let mut r = Rig::new();
+        assert!(r
+            .remote(0.0, "n2", &[("shop", 999.0)])
+            .contains(&Action::RoutesChanged));
         assert_eq!(
-            t.gauges(),
+            r.t.gauges(),
             Gauges {
                 local: 0,
                 remote: 1,
                 served: vec!["shop".into()]
             }
         );
-        let out = command(&mut t, clock.at(1.0), &zmq("caller"), "1", "shop.led", None);
-        assert_eq!(delivered(&out).0, Peer::Broker("n2".into()));
-        // A command another broker forwarded may go only to a server connected here.
-        let forwarded = CommandMessage::Command {
-            id: json!(7),
-            ns: ns("shop.led"),
-            data: json!(1),
-            timeout: None,
-            deadline: Some(1003.0),
-        };
-        let mut out = Vec::new();
-        t.forwarded(clock.at(1.0), "reply.1".into(), forwarded.clone(), &mut out);
+        assert_eq!(
+            delivered(&r.command(1.0, "c", "1", "shop.led", None)).0,
+            broker("n2")
+        );
+        // A command another broker forwarded goes only to a server connected here...
+        let mut forwarded = command_to("7", "shop.led", None);
+        if let CommandMessage::Command { deadline, .. } = &mut forwarded {
+            *deadline = Some(1003.0);
+        }
+        let out = r.forwarded(1.0, "reply.1", forwarded.clone());
         assert!(counted(&out, Count::FromBrokers));
         assert!(counted(&out, Count::NoRoute));
         assert_eq!(refusal(&out).0, Peer::Relay("reply.1".into()));
-        // A server here takes it, with the caller's deadline.
-        serve(&mut t, clock.at(1.0), &zmq("local"), &["shop"], 30.0);
-        let mut out = Vec::new();
-        t.forwarded(clock.at(1.0), "reply.2".into(), forwarded, &mut out);
+        // ... with its caller's deadline.
+        r.serve(1.0, "local", &["shop"], 30.0);
+        let out = r.forwarded(1.0, "reply.2", forwarded);
         assert_eq!(delivered(&out).0, zmq("local"));
-        assert!(
-            matches!(out.last(), Some(Action::Deliver { message: CommandMessage::Command { deadline: Some(d), .. }, .. }) if (*d - 1003.0).abs() < 1e-9)
-        );
+        assert!((deadline(&out) - 1003.0).abs() < 1e-9);
         // Anything but a command from another broker is a bad request.
-        let mut out = Vec::new();
-        t.forwarded(
-            clock.at(1.0),
-            "r".into(),
-            CommandMessage::Serve {
-                ns: vec![],
-                ttl: None,
-            },
-            &mut out,
+        let serve = CommandMessage::Serve {
+            ns: vec![],
+            ttl: None,
+        };
+        assert_eq!(
+            r.forwarded(1.0, "r", serve),
+            [Action::Count(Count::BadRequest)]
         );
-        assert_eq!(out, [Action::Count(Count::BadRequest)]);
     }
 
     #[test]
     fn a_remote_route_lapses_when_no_longer_announced_or_not_renewed() {
-        let (clock, mut t) = setup();
-        let mut out = Vec::new();
-        t.remote_routes(
-            clock.at(0.0).at,
-            "n2",
-            vec![(ns("a"), 999.0), (ns("b"), 999.0)],
-            &mut out,
-        );
-        let sent = command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "to-a",
-            "a",
-            Some(60.0),
-        );
-        let (_, to_a) = delivered(&sent);
+        let mut r = Rig::new();
+        r.remote(0.0, "n2", &[("a", 999.0), ("b", 999.0)]);
+        r.command(1.0, "c", "to-a", "a", Some(60.0));
         // `a` no longer announced: it lapses at once, with its command.
-        let mut out = Vec::new();
-        t.remote_routes(clock.at(2.0).at, "n2", vec![(ns("b"), 999.0)], &mut out);
-        assert_eq!(
-            refusal(&out),
-            (zmq("caller"), json!("to-a"), errors::GONE.to_owned())
-        );
-        assert_eq!(t.gauges().remote, 1);
-        assert!(!t.in_flight.contains_key(&to_a));
+        let out = r.remote(2.0, "n2", &[("b", 999.0)]);
+        assert_eq!(refusal(&out), refused("c", "to-a", errors::GONE));
+        assert_eq!((r.t.gauges().remote, r.t.in_flight()), (1, 0));
         // `b` not announced again within REMOTE_ROUTE_TTL lapses too.
-        let mut out = Vec::new();
-        t.tick(clock.at(2.0).at + REMOTE_ROUTE_TTL, &mut out);
-        assert_eq!(t.gauges().remote, 0);
+        r.tick(2.0 + REMOTE_ROUTE_TTL.as_secs_f64());
+        assert_eq!(r.t.gauges().remote, 0);
     }
 
     #[test]
     fn an_unreachable_broker_answers_gone_only_its_own_commands() {
-        let (clock, mut t) = setup();
+        let mut r = Rig::new();
+        r.remote(0.0, "n2", &[("a", 999.0)]);
+        let (_, id) = delivered(&r.command(1.0, "c", "c-1", "a", None));
         let mut out = Vec::new();
-        t.remote_routes(clock.at(0.0).at, "n2", vec![(ns("a"), 999.0)], &mut out);
-        let (_, id) = delivered(&command(
-            &mut t,
-            clock.at(1.0),
-            &zmq("caller"),
-            "c",
-            "a",
-            None,
-        ));
-        let mut out = Vec::new();
-        t.broker_unreachable("n3".into(), id, &mut out);
+        r.t.broker_unreachable("n3".into(), id, &mut out);
         assert!(out.is_empty());
-        t.broker_unreachable("n2".into(), id, &mut out);
-        assert_eq!(
-            refusal(&out),
-            (zmq("caller"), json!("c"), errors::GONE.to_owned())
-        );
+        r.t.broker_unreachable("n2".into(), id, &mut out);
+        assert_eq!(refusal(&out), refused("c", "c-1", errors::GONE));
     }
 
     #[test]
     fn between_brokers_the_newest_registration_wins_by_wall_time() {
-        let (clock, mut t) = setup();
-        serve(&mut t, clock.at(0.0), &zmq("here"), &["a"], 30.0); // since 1000.0
-        let mut out = Vec::new();
-        t.remote_routes(clock.at(1.0).at, "n2", vec![(ns("a"), 999.0)], &mut out);
+        let mut r = Rig::new();
+        r.serve(0.0, "here", &["a"], 30.0); // since 1000.0 on the wall
+        r.remote(1.0, "n2", &[("a", 999.0)]);
         assert_eq!(
-            delivered(&command(&mut t, clock.at(1.0), &zmq("c"), "1", "a", None)).0,
+            delivered(&r.command(1.0, "c", "1", "a", None)).0,
             zmq("here")
         );
-        t.remote_routes(clock.at(1.0).at, "n2", vec![(ns("a"), 1000.5)], &mut out);
+        r.remote(1.0, "n2", &[("a", 1000.5)]);
         assert_eq!(
-            delivered(&command(&mut t, clock.at(1.0), &zmq("c"), "2", "a", None)).0,
-            Peer::Broker("n2".into())
+            delivered(&r.command(1.0, "c", "2", "a", None)).0,
+            broker("n2")
         );
     }
 
     #[test]
     fn the_announcement_lists_local_prefixes_when_they_change() {
-        let (clock, mut t) = setup();
-        assert_eq!(t.announcement(), None, "nothing to say yet");
-        serve(&mut t, clock.at(0.0), &zmq("s"), &["b", "a"], 30.0);
-        serve(&mut t, clock.at(2.0), &zmq("s2"), &["a"], 30.0);
-        let mut out = Vec::new();
-        t.remote_routes(clock.at(0.0).at, "n2", vec![(ns("remote"), 1.0)], &mut out);
-        let a = t.announcement().unwrap();
-        assert_eq!(a, [("a".to_owned(), 1002.0), ("b".to_owned(), 1000.0)]);
-        t.announced(a);
-        assert_eq!(t.announcement(), None);
-        serve(&mut t, clock.at(3.0), &zmq("s"), &["c"], 30.0);
-        assert_eq!(t.announcement().map(|a| a.len()), Some(3));
-        let g = t.gauges();
+        let mut r = Rig::new();
+        assert_eq!(r.t.announcement(), None, "nothing to say yet");
+        r.serve(0.0, "s", &["b", "a"], 30.0);
+        r.serve(2.0, "s2", &["a"], 30.0);
+        r.remote(0.0, "n2", &[("remote", 1.0)]);
+        let a = r.t.announcement().unwrap();
+        assert_eq!(
+            a,
+            [("a".to_owned(), 1002.0), ("b".to_owned(), 1000.0)],
+            "newest time each"
+        );
+        r.t.announced(a);
+        assert_eq!(r.t.announcement(), None);
+        r.serve(3.0, "s", &["c"], 30.0);
+        assert_eq!(r.t.announcement().map(|a| a.len()), Some(3));
+        let g = r.t.gauges();
         assert_eq!((g.local, g.remote), (4, 1));
         assert_eq!(g.served, ["a", "b", "c", "remote"]);
     }
