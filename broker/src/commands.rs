@@ -9,6 +9,9 @@
 //! as a NATS request, which routes it to its own adaptor only (never further, so no loops) and
 //! answers through NATS. Longest prefix, newest registration and the error replies work as on
 //! one broker; `gone` also answers a command whose broker stopped announcing.
+//!
+//! The decisions live in [`routing::RoutingTable`], which takes each message and the time and
+//! returns what to send; this file owns the sockets and carries those actions out.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
