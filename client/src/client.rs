@@ -221,9 +221,6 @@ pub(crate) struct Shared {
     pub(crate) current: Mutex<String>,
     /// Subscriptions open (or recently closed): events are built only when there are some.
     pub(crate) subscribers: std::sync::atomic::AtomicUsize,
-    /// Held while a value is applied and its event sent, by the receive and apply threads alike,
-    /// so that subscribers see each thing's values in the order the mirror took them.
-    pub(crate) apply_lock: Mutex<()>,
 }
 
 struct Inner {
@@ -286,7 +283,6 @@ impl Client {
             filled_notify: tokio::sync::Notify::new(),
             current: Mutex::new(targets[0].directory.clone()),
             subscribers: std::sync::atomic::AtomicUsize::new(subscribers),
-            apply_lock: Mutex::new(()),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let driver = Driver::new(targets, options, shared.clone(), stop.clone())?;

@@ -1,7 +1,7 @@
 //! The local mirror of the directory: every thing's last value, and the tree of namespaces.
 //!
-//! Written only by the client's receive thread; read from anywhere through `DashMap` (readers get
-//! clones, never a reference held across an await).
+//! Written only by the client's writer thread (`driver/writer.rs`); read from anywhere through
+//! `DashMap` (readers get clones, never a reference held across an await).
 
 use std::sync::Arc;
 
@@ -24,38 +24,33 @@ struct Node {
 pub(crate) enum Source {
     /// A live `thing_update`.
     Live,
-    /// A periodic `thing_snapshot` on the directory output. (Replies to this client's snapshot
-    /// requests go through [`Mirror::apply_prepared`].)
+    /// A periodic `thing_snapshot` on the directory output.
     Periodic,
+    /// A reply to this client's snapshot request.
+    Reply,
 }
 
-fn raw(u: &PublishedUpdate<'_>) -> Option<Arc<str>> {
-    Some(Arc::from(u.data))
-}
-
-fn make(
-    ns: Namespace,
-    prev_url: Option<Arc<str>>,
-    data: Arc<str>,
-    ts: f64,
-    u: &PublishedUpdate<'_>,
-    from_snapshot: bool,
-    generation: u64,
-) -> Thing {
-    Thing {
-        ns,
-        data,
-        ts,
-        documentation_url: u.documentation_url.as_deref().map(Arc::from).or(prev_url),
-        seq: u.seq,
-        from_snapshot,
-        stale: false,
-        generation,
+/// True when the mirror keeps `cur` rather than take a value from `source` with this `ts` and
+/// `seq`, applied under `generation`. Within one broker run, `seq` orders live updates and
+/// snapshot replies (a reply does not re-apply what the mirror already has, nor undo a live
+/// update that overtook it); a periodic snapshot entry never replaces a newer value (by
+/// timestamp, then `seq`) but is replayed when equal, as 0.2.x does.
+fn keeps(cur: &Thing, source: Source, generation: u64, ts: f64, seq: Option<u64>) -> bool {
+    let same_run = cur.generation == generation;
+    match (source, cur.seq, seq) {
+        (Source::Live | Source::Reply, Some(c), Some(s)) if same_run => c >= s,
+        (Source::Live | Source::Reply, _, _) => false,
+        (Source::Periodic, _, _) => cur
+            .ts
+            .total_cmp(&ts)
+            .then(cur.seq.unwrap_or(0).cmp(&seq.unwrap_or(0)))
+            .is_gt(),
     }
 }
 
-/// A snapshot-reply entry with everything allocated: built on the thread that decodes, applied on
-/// another, so that decoding the next chunk overlaps applying this one.
+/// An update or snapshot entry with everything allocated: built on the receive thread, which
+/// decodes, and applied on the writer thread, so decoding the next message overlaps applying
+/// this one.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) ns: Namespace,
@@ -93,65 +88,14 @@ impl Mirror {
         Mirror { nodes }
     }
 
-    /// Applies a live update or a periodic snapshot entry. Within one broker run a live update
-    /// never replaces a value with the same or a newer `seq`; a periodic snapshot entry never
-    /// replaces a newer value (by timestamp, then `seq`) but is replayed when equal, as 0.2.x
-    /// does. Returns the thing as stored when it was applied (a copy only if `want_copy`).
+    /// Applies a value from `source` under `generation` unless the mirror keeps the one it has
+    /// (see [`keeps`]). Returns the thing as stored when it was applied (a copy only if
+    /// `want_copy`). A thing new to the mirror is linked into the tree at once, except from a
+    /// reply: those go into `fresh`, for [`Mirror::link_all`] once the chunk is applied.
     pub(crate) fn apply(
         &self,
-        u: &PublishedUpdate<'_>,
-        source: Source,
-        generation: u64,
-        now: f64,
-        want_copy: bool,
-    ) -> Option<Option<Thing>> {
-        let ts = u.ts.map_or(now, |t| t.as_secs());
-        let ns_str = u.ns.as_str();
-        let from_snapshot = source != Source::Live;
-        if let Some(mut node) = self.nodes.get_mut(ns_str) {
-            if let Some(cur) = &node.thing {
-                let same_run = cur.generation == generation;
-                let keep_current = match (source, cur.seq, u.seq) {
-                    // Within one broker run, seq orders everything.
-                    (Source::Live, Some(c), Some(s)) if same_run => c >= s,
-                    (Source::Live, _, _) => false,
-                    // Periodic snapshots, as 0.2.x: replayed unless older.
-                    (Source::Periodic, _, _) => cur
-                        .ts
-                        .total_cmp(&ts)
-                        .then(cur.seq.unwrap_or(0).cmp(&u.seq.unwrap_or(0)))
-                        .is_gt(),
-                };
-                if keep_current {
-                    return None;
-                }
-            }
-            let data = raw(u)?;
-            let prev_url = node
-                .thing
-                .as_ref()
-                .and_then(|t| t.documentation_url.clone());
-            let ns = node.key().clone();
-            let thing = make(ns, prev_url, data, ts, u, from_snapshot, generation);
-            let copy = want_copy.then(|| thing.clone());
-            node.thing = Some(thing);
-            return Some(copy);
-        }
-        let ns = u.ns.to_namespace();
-        let thing = make(ns.clone(), None, raw(u)?, ts, u, from_snapshot, generation);
-        let copy = want_copy.then(|| thing.clone());
-        self.nodes.entry(ns.clone()).or_default().thing = Some(thing);
-        self.link(ns);
-        Some(copy)
-    }
-
-    /// Applies a snapshot-reply entry prepared on another thread (see [`Prepared`]). Within one
-    /// broker run it never replaces a value with the same or a newer `seq`: a reply does not
-    /// re-apply what the mirror already has, nor undo a live update that overtook it. A thing new
-    /// to the mirror goes into `fresh`, for [`Mirror::link_all`] once the chunk is applied.
-    pub(crate) fn apply_prepared(
-        &self,
         p: Prepared,
+        source: Source,
         generation: u64,
         want_copy: bool,
         fresh: &mut Vec<Namespace>,
@@ -162,7 +106,7 @@ impl Mirror {
             ts: p.ts,
             documentation_url: p.documentation_url.or(prev_url),
             seq: p.seq,
-            from_snapshot: true,
+            from_snapshot: source != Source::Live,
             stale: p.stale,
             generation,
         };
@@ -170,12 +114,12 @@ impl Mirror {
         match self.nodes.entry(p.ns.clone()) {
             dashmap::mapref::entry::Entry::Occupied(mut node) => {
                 let node = node.get_mut();
-                if let Some(cur) = &node.thing {
-                    if cur.generation == generation
-                        && matches!((cur.seq, p.seq), (Some(c), Some(s)) if c >= s)
-                    {
-                        return None;
-                    }
+                if node
+                    .thing
+                    .as_ref()
+                    .is_some_and(|cur| keeps(cur, source, generation, p.ts, p.seq))
+                {
+                    return None;
                 }
                 let prev_url = node
                     .thing
@@ -194,7 +138,11 @@ impl Mirror {
                     thing: Some(thing),
                     children: Vec::new(),
                 }));
-                fresh.push(ns);
+                if source == Source::Reply {
+                    fresh.push(ns);
+                } else {
+                    self.link(ns);
+                }
                 Some(copy)
             }
         }
@@ -344,7 +292,15 @@ mod tests {
             Source::Live
         };
         match update(json) {
-            Published::Update(u) => m.apply(&u, source, 0, 1000.0, true).flatten(),
+            Published::Update(u) => m
+                .apply(
+                    Prepared::new(&u, 1000.0, false),
+                    source,
+                    0,
+                    true,
+                    &mut Vec::new(),
+                )
+                .flatten(),
             other => panic!("{other:?}"),
         }
     }
@@ -397,7 +353,7 @@ mod tests {
                 seq: Some(1),
                 stale: false,
             };
-            m.apply_prepared(p, 0, false, &mut fresh).unwrap();
+            m.apply(p, Source::Reply, 0, false, &mut fresh).unwrap();
         }
         m.link_all(fresh);
         let names = |v: Vec<Namespace>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
@@ -446,5 +402,104 @@ mod tests {
         )
         .unwrap();
         assert!(t.from_snapshot);
+    }
+
+    fn entry(ns: &str, data: &str, ts: f64, seq: Option<u64>) -> Prepared {
+        Prepared {
+            ns: Namespace::new(ns).unwrap(),
+            data: Arc::from(data),
+            ts,
+            documentation_url: None,
+            seq,
+            stale: false,
+        }
+    }
+
+    fn data(m: &Mirror, ns: &str) -> String {
+        m.get(ns).unwrap().data.to_string()
+    }
+
+    #[test]
+    fn within_a_run_seq_orders_live_updates_and_replies() {
+        let m = Mirror::new();
+        let mut fresh = Vec::new();
+        for (source, d, seq, applied) in [
+            (Source::Live, "1", 5, true),
+            (Source::Live, "2", 5, false),
+            (Source::Live, "3", 4, false),
+            (Source::Reply, "4", 5, false),
+            (Source::Reply, "5", 6, true),
+            (Source::Live, "6", 6, false),
+            (Source::Live, "7", 7, true),
+        ] {
+            let did = m.apply(entry("t", d, 1.0, Some(seq)), source, 0, false, &mut fresh);
+            assert_eq!(did.is_some(), applied, "{source:?} {d}");
+        }
+        assert_eq!(data(&m, "t"), "7");
+        // A new run: anything of it replaces the old run's value.
+        assert!(m
+            .apply(
+                entry("t", "8", 1.0, Some(1)),
+                Source::Reply,
+                1,
+                false,
+                &mut fresh
+            )
+            .is_some());
+        assert!(m
+            .apply(
+                entry("t", "9", 1.0, Some(1)),
+                Source::Live,
+                2,
+                false,
+                &mut fresh
+            )
+            .is_some());
+        // Without a seq (0.2.x), a live update always applies.
+        assert!(m
+            .apply(
+                entry("t", "10", 0.0, None),
+                Source::Live,
+                2,
+                false,
+                &mut fresh
+            )
+            .is_some());
+        assert_eq!(data(&m, "t"), "10");
+    }
+
+    #[test]
+    fn only_reply_entries_wait_to_be_linked() {
+        let m = Mirror::new();
+        let mut fresh = Vec::new();
+        m.apply(
+            entry("a.live", "1", 1.0, None),
+            Source::Live,
+            0,
+            false,
+            &mut fresh,
+        );
+        m.apply(
+            entry("a.periodic", "1", 1.0, None),
+            Source::Periodic,
+            0,
+            false,
+            &mut fresh,
+        );
+        assert!(fresh.is_empty());
+        m.apply(
+            entry("a.reply", "1", 1.0, None),
+            Source::Reply,
+            0,
+            false,
+            &mut fresh,
+        );
+        assert_eq!(fresh.len(), 1);
+        let kids: Vec<String> = m.children("a").iter().map(ToString::to_string).collect();
+        assert_eq!(kids, ["a.live", "a.periodic"]);
+        m.link_all(fresh);
+        assert_eq!(m.children("a").len(), 3);
+        assert!(m.get("a.reply").unwrap().from_snapshot);
+        assert!(!m.get("a.live").unwrap().from_snapshot);
     }
 }
