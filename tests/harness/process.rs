@@ -338,8 +338,10 @@ impl Process {
         format!("/proc/{}/{name}", self.id())
     }
 
-    /// What a failure message tells of the process: its captured stderr.
+    /// What a failure message tells of the process: its captured stderr, after a moment for the
+    /// reader to take in the last of it when the process has just exited.
     fn report(&self) -> String {
+        self.stderr.wait_until(Duration::from_secs(1), |_| false);
         format!("its stderr:\n{}", self.stderr())
     }
 }
