@@ -101,6 +101,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// One scenario's measurements.
+type Step = fn(&mut Bench) -> anyhow::Result<()>;
+
 fn run(args: &Args, command: &str) -> anyhow::Result<()> {
     let mut against = args.against.clone();
     if against.contains(&Kind::Python) {
@@ -123,7 +126,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
             .note("python 0.2.1 skipped: not installed (scripts/python-peers.sh)");
     }
     let started = std::time::Instant::now();
-    let steps: [(Scenario, fn(&mut Bench) -> anyhow::Result<()>); 8] = [
+    let steps: [(Scenario, Step); 8] = [
         (Scenario::Ingest, Bench::ingest),
         (Scenario::Fanout, Bench::fanout),
         (Scenario::Latency, Bench::latency),

@@ -417,37 +417,31 @@ impl Lines {
     /// The first unread line for which `pred` holds, within `timeout`; the lines before it stay
     /// unread. `None` when the time is up or the stream has ended without one.
     pub fn take(&self, timeout: Duration, mut pred: impl FnMut(&str) -> bool) -> Option<String> {
-        let end = Instant::now() + timeout;
-        let mut s = self.lock();
-        loop {
-            if let Some(p) = s.unread.iter().position(|&i| pred(&s.all[i])) {
-                let i = s.unread.remove(p)?;
-                return Some(s.all[i].clone());
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            if s.ended || left.is_zero() {
-                return None;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.wait(timeout, |s| {
+            let p = s.unread.iter().position(|&i| pred(&s.all[i]))?;
+            let i = s.unread.remove(p)?;
+            Some(s.all[i].clone())
+        })
     }
 
     /// Waits at most `timeout` until `cond` holds of all the lines so far (read or not).
     /// Returns whether it held; false at once when the stream ended without it.
     pub fn wait_until(&self, timeout: Duration, mut cond: impl FnMut(&[String]) -> bool) -> bool {
+        self.wait(timeout, |s| cond(&s.all).then_some(())).is_some()
+    }
+
+    /// Tries `f` on the state now and at every change, until it gives something, the stream
+    /// ends or `timeout` is up.
+    fn wait<T>(&self, timeout: Duration, mut f: impl FnMut(&mut State) -> Option<T>) -> Option<T> {
         let end = Instant::now() + timeout;
         let mut s = self.lock();
         loop {
-            if cond(&s.all) {
-                return true;
+            if let Some(found) = f(&mut s) {
+                return Some(found);
             }
             let left = end.saturating_duration_since(Instant::now());
             if s.ended || left.is_zero() {
-                return false;
+                return None;
             }
             s = self
                 .changed
