@@ -1,120 +1,16 @@
 //! `--cluster`: brokers sharing one directory through a real NATS JetStream server.
 
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use thingsbus_broker::{ClusterAuth, ClusterConfig};
+use thingsbus_tests::nats::{Nats, NatsCluster};
 use thingsbus_tests::py::PyPeer;
 use thingsbus_tests::*;
-
-/// The `nats-server` the tests run: Debian's (2.9.10, the oldest supported) unless
-/// `THINGSBUS_NATS_SERVER` names another.
-fn nats_server() -> std::path::PathBuf {
-    std::env::var_os("THINGSBUS_NATS_SERVER").map_or_else(|| "nats-server".into(), Into::into)
-}
-
-/// A `nats-server -js` on 127.0.0.1 (Debian's 2.9 or newer), killed on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-    /// The folder is this test's alone (a configured server): removed on drop.
-    remove_dir: bool,
-}
-
-/// Spawns a prepared `nats-server` command and waits until it listens on `port`.
-fn spawn_nats(mut command: Command, port: u16) -> Child {
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server runs (Debian package nats-server; scripts/test installs it)");
-    eventually(DEADLINE, "nats-server to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    });
-    child
-}
-
-impl Nats {
-    fn start(port: Option<u16>, dir: Option<std::path::PathBuf>) -> Nats {
-        Nats::start_with(port, dir, &[])
-    }
-
-    fn start_with(port: Option<u16>, dir: Option<std::path::PathBuf>, extra: &[&str]) -> Nats {
-        Nats::start_binary(&nats_server(), port, dir, extra)
-    }
-
-    fn start_binary(
-        binary: &std::path::Path,
-        port: Option<u16>,
-        dir: Option<std::path::PathBuf>,
-        extra: &[&str],
-    ) -> Nats {
-        let port = port.unwrap_or_else(|| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        });
-        let dir = dir.unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("thingsbus-nats-{}-{port}", std::process::id()))
-        });
-        std::fs::create_dir_all(&dir).expect("store dir");
-        let mut command = Command::new(binary);
-        command
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
-            .arg("-sd")
-            .arg(&dir)
-            .args(extra);
-        Nats {
-            child: spawn_nats(command, port),
-            port,
-            dir,
-            remove_dir: false,
-        }
-    }
-
-    /// A server from a configuration (`listen` is added; `STORE` stands for a folder of its
-    /// own).
-    fn configured(name: &str, port: u16, conf: &str) -> Nats {
-        let dir =
-            std::env::temp_dir().join(format!("thingsbus-{name}-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("nats.conf");
-        let conf = conf.replace("STORE", &dir.join("js").display().to_string());
-        std::fs::write(&file, format!("listen: 127.0.0.1:{port}\n{conf}")).expect("conf");
-        let mut command = Command::new(nats_server());
-        command.arg("-c").arg(&file);
-        Nats {
-            child: spawn_nats(command, port),
-            port,
-            dir,
-            remove_dir: true,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-        if self.remove_dir {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
 
 fn clustered(nats: &Nats, node: &'static str) -> impl FnOnce(&mut Config) {
     on_cluster_with(vec![nats.url()], node, 1, ClusterAuth::None)
@@ -320,7 +216,7 @@ impl LinkedPair {
 fn nats_away_the_broker_serves_locally_then_catches_up() {
     require_peers!(peers::NATS_SERVER);
     let mut nats = Nats::start(None, None);
-    let (port, dir) = (nats.port, nats.dir.clone());
+    let (port, dir) = (nats.port(), nats.dir().to_owned());
     let LinkedPair {
         a,
         b,
@@ -361,7 +257,7 @@ fn nats_away_the_broker_serves_locally_then_catches_up() {
 fn a_nats_that_lost_its_storage_is_used_again() {
     require_peers!(peers::NATS_SERVER);
     let mut nats = Nats::start(None, None);
-    let port = nats.port;
+    let port = nats.port();
     // A is kept running (bound, not `_`, which would drop it here).
     let LinkedPair {
         a: _a,
@@ -414,13 +310,6 @@ fn things_through(
     });
 }
 
-/// Three `nats-server`s with JetStream as one cluster on loopback.
-struct NatsCluster {
-    servers: Vec<Child>,
-    ports: Vec<u16>,
-    dirs: Vec<std::path::PathBuf>,
-}
-
 fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
@@ -429,64 +318,6 @@ fn free_ports(n: usize) -> Vec<u16> {
         .iter()
         .map(|l| l.local_addr().expect("addr").port())
         .collect()
-}
-
-impl NatsCluster {
-    fn start() -> NatsCluster {
-        let ports = free_ports(6);
-        let (client, route) = ports.split_at(3);
-        let routes: Vec<String> = route
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect();
-        let mut servers = Vec::new();
-        let mut dirs = Vec::new();
-        for i in 0..3 {
-            let dir = std::env::temp_dir().join(format!(
-                "thingsbus-nc-{}-{}",
-                std::process::id(),
-                client[i]
-            ));
-            std::fs::create_dir_all(&dir).expect("store dir");
-            let mut command = Command::new(nats_server());
-            command
-                .args(["-js", "-a", "127.0.0.1", "-p", &client[i].to_string()])
-                .args(["-n", &format!("n{i}"), "--cluster_name", "thingsbus-test"])
-                .args(["--cluster", &routes[i], "--routes", &routes.join(",")])
-                .arg("-sd")
-                .arg(&dir);
-            servers.push(spawn_nats(command, client[i]));
-            dirs.push(dir);
-        }
-        NatsCluster {
-            servers,
-            ports: client.to_vec(),
-            dirs,
-        }
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect()
-    }
-
-    fn kill(&mut self, i: usize) {
-        let _ = self.servers[i].kill();
-        let _ = self.servers[i].wait();
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for i in 0..self.servers.len() {
-            self.kill(i);
-        }
-        for d in &self.dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
 }
 
 fn on_cluster(urls: Vec<String>, node: &'static str) -> impl FnOnce(&mut Config) {

@@ -2,13 +2,14 @@
 //! thing installed from PyPI (see `scripts/python-peers.sh`). These tests fail, loudly, when the
 //! Python side cannot be installed: they never pass by skipping.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use thingsbus_adaptor::{Adaptor, UdpForm};
 use thingsbus_client::Client;
+use thingsbus_tests::process::{Process, Stream};
 use thingsbus_tests::py::{python, PyBroker, PyPeer};
 use thingsbus_tests::*;
 
@@ -225,16 +226,6 @@ fn our_adaptors_through_the_python_broker_to_our_client() {
     assert_eq!(late.stats().bad_messages, 0);
 }
 
-/// `python -m thingsbus.generic_zmq_adaptor ...`, killed on drop.
-struct PyProcess(Child);
-
-impl Drop for PyProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_python_generic_zmq_adaptor_with_its_flags_feeds_our_broker() {
     require_peers!(peers::PYTHON_02);
@@ -248,7 +239,7 @@ fn the_python_generic_zmq_adaptor_with_its_flags_feeds_our_broker() {
         .get_last_endpoint()
         .expect("endpoint")
         .expect("utf-8");
-    let _adaptor = PyProcess(
+    let _adaptor = Process::build(
         Command::new(python())
             .args(["-m", "thingsbus.generic_zmq_adaptor"])
             .args(["-u", &broker.endpoints().input, "-s", &source_url])
@@ -266,12 +257,12 @@ fn the_python_generic_zmq_adaptor_with_its_flags_feeds_our_broker() {
                 "--projections",
                 "luminance,ratio_busy",
             ])
-            .args(["-d", "https://wiki.example.org/Cameras"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start generic_zmq_adaptor"),
-    );
+            .args(["-d", "https://wiki.example.org/Cameras"]),
+    )
+    .name("generic_zmq_adaptor")
+    .stdout(Stream::Discard)
+    .stderr(Stream::Inherit)
+    .start();
     let percept = |cam: &str, ts: Value| {
         json!({"mtype": "percept_update", "camname": cam, "frame_time": ts,
                "luminance": 31.8, "ratio_busy": 0.2, "other": 1})

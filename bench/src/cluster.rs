@@ -7,116 +7,27 @@
 //! - local ingest of a broker with `--cluster` on while its writes keep NATS busy, beside the
 //!   same broker without it.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use futures_util::StreamExt as _;
+
+use thingsbus_tests::nats::{NatsCluster, NatsOptions};
 
 use crate::load::{now_ns, percentile_ms, subscriber, Generator, Transport};
 use crate::scenarios::Bench;
-use crate::servers::{process_cpu_seconds, ClusterOptions, Kind, Options, Server};
+use crate::servers::{ClusterOptions, Kind, Options, Server};
 
-/// `nats-server -js` processes on 127.0.0.1 (one, or three as one cluster), killed on drop.
-struct NatsServers {
-    children: Vec<Child>,
-    urls: Vec<String>,
-    dirs: Vec<PathBuf>,
-}
-
-impl Drop for NatsServers {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for d in &self.dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
-        .collect())
-}
-
-impl NatsServers {
-    fn start(n: usize) -> anyhow::Result<NatsServers> {
-        NatsServers::start_on(n, None)
-    }
-
-    /// `n` servers, on the CPUs `cpus` only when given (`taskset -c`).
-    fn start_on(n: usize, cpus: Option<&str>) -> anyhow::Result<NatsServers> {
-        let ports = free_ports(2 * n)?;
-        let (client, route) = ports.split_at(n);
-        let routes: Vec<String> = route
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect();
-        let mut s = NatsServers {
-            children: Vec::new(),
-            urls: Vec::new(),
-            dirs: Vec::new(),
-        };
-        for i in 0..n {
-            let dir = std::env::temp_dir().join(format!(
-                "thingsbus-bench-nats-{}-{}",
-                std::process::id(),
-                client[i]
-            ));
-            std::fs::create_dir_all(&dir)?;
-            let mut cmd = match cpus {
-                Some(c) => {
-                    let mut t = Command::new("taskset");
-                    t.args(["-c", c, "nats-server"]);
-                    t
-                }
-                None => Command::new("nats-server"),
-            };
-            cmd.args(["-js", "-a", "127.0.0.1", "-p", &client[i].to_string()])
-                .arg("-sd")
-                .arg(&dir);
-            if n > 1 {
-                cmd.args(["-n", &format!("n{i}"), "--cluster_name", "bench"])
-                    .args(["--cluster", &routes[i], "--routes", &routes.join(",")]);
-            }
-            let child = cmd
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting nats-server (Debian package nats-server)")?;
-            s.children.push(child);
-            s.urls.push(format!("nats://127.0.0.1:{}", client[i]));
-            s.dirs.push(dir);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for p in client {
-            while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
-                if Instant::now() > deadline {
-                    bail!("nats-server never listened on {p}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(s)
-    }
-}
-
-impl NatsServers {
-    /// CPU seconds the servers have used so far (user + system).
-    fn cpu_seconds(&self) -> f64 {
-        self.children
-            .iter()
-            .filter_map(|c| process_cpu_seconds(c.id()))
-            .sum()
-    }
+/// `n` `nats-server -js` on 127.0.0.1 (one alone, or several as one cluster), on the CPUs `cpus`
+/// only when given (`taskset -c`); killed on drop.
+fn nats_servers(n: usize, cpus: Option<&str>) -> anyhow::Result<NatsCluster> {
+    let options = NatsOptions {
+        binary: "nats-server".into(),
+        cpus: cpus.map(str::to_owned),
+        ..NatsOptions::default()
+    };
+    NatsCluster::try_start(n, "bench", &options).map_err(anyhow::Error::msg)
 }
 
 fn nats_installed() -> bool {
@@ -318,11 +229,12 @@ impl Bench {
     }
 
     fn propagation(&mut self, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-        let nats = NatsServers::start(1)?;
+        let nats = nats_servers(1, None)?;
+        let urls = nats.urls();
         let rate = 1_000.0;
         for flush_ms in [1.0, 50.0] {
-            let a = Server::start(Kind::Ours, clustered(&nats.urls, "a", flush_ms, 1))?;
-            let b = Server::start(Kind::Ours, clustered(&nats.urls, "b", flush_ms, 1))?;
+            let a = Server::start(Kind::Ours, clustered(&urls, "a", flush_ms, 1))?;
+            let b = Server::start(Kind::Ours, clustered(&urls, "b", flush_ms, 1))?;
             let s = self.step_between(&a, &b, Transport::Zmq, 1, rate, true)?;
             if s.loss > 0.001 {
                 self.report.note(format!(
@@ -340,7 +252,7 @@ impl Bench {
                 );
             }
         }
-        let (p50, p99) = rt.block_on(nats_propagation(&nats.urls, rate, self.seconds))?;
+        let (p50, p99) = rt.block_on(nats_propagation(&urls, rate, self.seconds))?;
         for (p, v) in [("p50", p50), ("p99", p99)] {
             self.report.add(
                 "cluster",
@@ -355,10 +267,11 @@ impl Bench {
 
     fn absorb_load_ingest(&mut self, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         let n: u64 = if self.smoke { 10_000 } else { 100_000 };
-        let nats = NatsServers::start(3)?;
+        let nats = nats_servers(3, None)?;
+        let urls = nats.urls();
         // The brokers wait (and retry) while the new cluster elects its leaders.
-        let a = Server::start(Kind::Ours, clustered(&nats.urls, "a", 50.0, 3))?;
-        let b = Server::start(Kind::Ours, clustered(&nats.urls, "b", 50.0, 3))?;
+        let a = Server::start(Kind::Ours, clustered(&urls, "a", 50.0, 3))?;
+        let b = Server::start(Kind::Ours, clustered(&urls, "b", 50.0, 3))?;
         let sub = subscriber(&self.zmq, &b.directory, "absorb", false);
         let mut g = Generator::new(&self.zmq, Transport::Zmq, &a.input, a.udp, "absorb");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -386,7 +299,7 @@ impl Bench {
 
         // A new broker: from its start until a client of it has every thing.
         let started = Instant::now();
-        let c = Server::start(Kind::Ours, clustered(&nats.urls, "c", 50.0, 3))?;
+        let c = Server::start(Kind::Ours, clustered(&urls, "c", 50.0, 3))?;
         let ready = started.elapsed();
         let joined =
             crate::scenarios::join_time_under(&c.directory, c.snapshot.as_deref(), "absorb", n)?;
@@ -399,7 +312,7 @@ impl Bench {
             "ms",
         );
 
-        let (absorb, load) = rt.block_on(nats_absorb_and_load(&nats.urls, n, 3))?;
+        let (absorb, load) = rt.block_on(nats_absorb_and_load(&urls, n, 3))?;
         self.report
             .add("cluster", &metric, Kind::Nats, absorb, "msg/s");
         self.report
@@ -409,7 +322,7 @@ impl Bench {
         // Local ingest with --cluster on and its writes keeping NATS busy, beside none, and
         // beside NATS unreachable (what the broker's own side of the cluster costs).
         let (cpu0, wall0) = (nats.cpu_seconds(), Instant::now());
-        let with = self.ingest_rate(clustered(&nats.urls, "ingest", 50.0, 3))?;
+        let with = self.ingest_rate(clustered(&urls, "ingest", 50.0, 3))?;
         let nats_cores = (nats.cpu_seconds() - cpu0) / wall0.elapsed().as_secs_f64();
         let away = self.ingest_rate(clustered(
             &["nats://127.0.0.1:1".to_owned()],
@@ -442,7 +355,7 @@ impl Bench {
         // What the broker itself spends per local update, at one fixed rate, with --cluster on
         // (NATS busy with its writes) and without: the cost of the cluster to local service.
         let rate = if self.smoke { 20_000.0 } else { 200_000.0 };
-        let cpu_with = self.cpu_per_update(clustered(&nats.urls, "cpu", 50.0, 3), rate)?;
+        let cpu_with = self.cpu_per_update(clustered(&urls, "cpu", 50.0, 3), rate)?;
         let cpu_without = self.cpu_per_update(Options::default(), rate)?;
         for (metric, v) in [
             (
@@ -466,10 +379,12 @@ impl Bench {
         // what the broker's own side costs when NATS does not take its CPU, as on a deployment
         // where NATS runs elsewhere.
         drop(nats);
-        let pinned_nats = NatsServers::start_on(3, Some("1"))?;
-        let on_cpu0 = |cluster: Option<&NatsServers>| Options {
+        let pinned_nats = nats_servers(3, Some("1"))?;
+        let on_cpu0 = |cluster: Option<&NatsCluster>| Options {
             cpus: Some("0"),
-            ..cluster.map_or_else(Options::default, |n| clustered(&n.urls, "pinned", 50.0, 3))
+            ..cluster.map_or_else(Options::default, |n| {
+                clustered(&n.urls(), "pinned", 50.0, 3)
+            })
         };
         let pinned_with = self.ingest_rate(on_cpu0(Some(&pinned_nats)))?;
         let pinned_without = self.ingest_rate(on_cpu0(None))?;

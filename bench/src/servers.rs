@@ -1,14 +1,15 @@
 //! The systems under test, each in its own process: our broker and the floor are this same
 //! binary started in a hidden server mode; the Python broker is the original 0.2.1.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
+use thingsbus_tests::process::{on_cpus, Process, Stream};
 
 /// Which system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,12 +56,59 @@ pub(crate) struct Options {
 }
 
 /// `--cluster` settings of a bench broker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub(crate) struct ClusterOptions {
+    /// Run with `--cluster` on these NATS servers (comma-separated); none: no cluster.
+    #[arg(long = "nats", value_delimiter = ',')]
     pub(crate) urls: Vec<String>,
+    /// The broker's node name in the cluster.
+    #[arg(long, default_value = "bench")]
     pub(crate) node: String,
+    /// Milliseconds between the broker's writes to NATS.
+    #[arg(long, default_value_t = 50.0)]
     pub(crate) flush_ms: f64,
+    /// Copies of the bucket NATS keeps.
+    #[arg(long, default_value_t = 1)]
     pub(crate) replicas: usize,
+}
+
+/// What a server process of this binary is started with (`serve-broker`, `serve-floor`).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub(crate) struct Serve {
+    /// The subscribers' high-water mark, in messages.
+    #[arg(long)]
+    pub(crate) hwm: i32,
+    /// Seconds between periodic snapshots (our broker only).
+    #[arg(long, default_value_t = 3600.0)]
+    pub(crate) snapshot_interval: f64,
+    #[command(flatten)]
+    pub(crate) cluster: ClusterOptions,
+}
+
+impl Serve {
+    /// The flags that give these settings, for the server's command line.
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--hwm".to_owned(),
+            self.hwm.to_string(),
+            "--snapshot-interval".to_owned(),
+            self.snapshot_interval.to_string(),
+        ];
+        let c = &self.cluster;
+        if !c.urls.is_empty() {
+            args.extend([
+                "--nats".to_owned(),
+                c.urls.join(","),
+                "--node".to_owned(),
+                c.node.clone(),
+                "--flush-ms".to_owned(),
+                c.flush_ms.to_string(),
+                "--replicas".to_owned(),
+                c.replicas.to_string(),
+            ]);
+        }
+        args
+    }
 }
 
 impl Default for Options {
@@ -77,7 +125,7 @@ impl Default for Options {
 /// A running server process, killed on drop.
 pub(crate) struct Server {
     pub(crate) kind: Kind,
-    child: Child,
+    process: Process,
     pub(crate) directory: String,
     pub(crate) input: String,
     pub(crate) udp: SocketAddr,
@@ -87,54 +135,35 @@ pub(crate) struct Server {
     pub(crate) command: Option<String>,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long a server of ours may take to say where it serves: with a cluster, it loads the whole
+/// bucket first (100,000 things in the cluster scenario).
+const SERVER_START: Duration = Duration::from_secs(300);
 
 impl Server {
     pub(crate) fn start(kind: Kind, opts: Options) -> anyhow::Result<Server> {
         match kind {
             Kind::Ours | Kind::Floor => {
                 let exe = std::env::current_exe().context("locating the bench binary")?;
+                let serve = Serve {
+                    hwm: opts.subscriber_hwm,
+                    snapshot_interval: opts.snapshot_interval_s,
+                    cluster: opts.cluster.clone().unwrap_or_default(),
+                };
                 let mode = if kind == Kind::Ours {
                     "serve-broker"
                 } else {
                     "serve-floor"
                 };
-                let mut args = vec![
-                    mode.to_owned(),
-                    opts.subscriber_hwm.to_string(),
-                    opts.snapshot_interval_s.to_string(),
-                ];
-                if let Some(c) = &opts.cluster {
-                    args.extend([
-                        c.urls.join(","),
-                        c.node.clone(),
-                        c.flush_ms.to_string(),
-                        c.replicas.to_string(),
-                    ]);
-                }
-                let mut command = match opts.cpus {
-                    Some(cpus) => {
-                        let mut c = Command::new("taskset");
-                        c.args(["-c", cpus]).arg(exe);
-                        c
-                    }
-                    None => Command::new(exe),
-                };
-                let mut child = command
-                    .args(&args)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .with_context(|| format!("starting {mode}"))?;
-                let stdout = child.stdout.take().context("server stdout")?;
-                let mut line = String::new();
-                BufReader::new(stdout).read_line(&mut line)?;
+                // The server runs until its stdin closes: the pipe stays open as long as this
+                // handle lives.
+                let process = Process::build(on_cpus(exe, opts.cpus).arg(mode).args(serve.args()))
+                    .name(mode)
+                    .stdin_piped()
+                    .stderr(Stream::Inherit)
+                    .try_start()?;
+                let line = process
+                    .line(SERVER_START)
+                    .with_context(|| format!("{mode} never said where it serves"))?;
                 let v: Value =
                     serde_json::from_str(&line).with_context(|| format!("server said {line:?}"))?;
                 let s = |k: &str| v[k].as_str().map(str::to_owned).context("endpoint missing");
@@ -145,7 +174,7 @@ impl Server {
                     udp: s("udp")?.parse()?,
                     snapshot: v["snapshot"].as_str().map(str::to_owned),
                     command: v["command"].as_str().map(str::to_owned),
-                    child,
+                    process,
                 })
             }
             Kind::Nats => bail!("NATS is started by the cluster scenario itself"),
@@ -160,16 +189,14 @@ impl Server {
                      try:\n    br.run()\nexcept KeyboardInterrupt:\n    pass\n",
                     opts.snapshot_interval_s
                 );
-                let child = Command::new(python)
-                    .args(["-c", &script])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .context("starting the Python broker")?;
+                let process = Process::build(Command::new(python).args(["-c", &script]))
+                    .name("the Python broker")
+                    .stdout(Stream::Discard)
+                    .stderr(Stream::Inherit)
+                    .try_start()?;
                 Ok(Server {
                     kind,
-                    child,
+                    process,
                     directory: format!("tcp://127.0.0.1:{dport}"),
                     input: format!("tcp://127.0.0.1:{iport}"),
                     udp: format!("127.0.0.1:{iport}").parse()?,
@@ -182,19 +209,12 @@ impl Server {
 
     /// CPU seconds the server process has used so far (user + system).
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(self.child.id()).unwrap_or(0.0)
+        self.process.cpu_seconds().unwrap_or(0.0)
     }
 
     /// Resident memory of the server process, in KiB.
     pub(crate) fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+        self.process.rss_kib().unwrap_or(0)
     }
 }
 
@@ -229,28 +249,20 @@ fn free_port_pair() -> anyhow::Result<(u16, u16)> {
     bail!("no free port pair")
 }
 
-/// Hidden mode `serve-broker HWM SNAPSHOT_S [NATS_URLS NODE FLUSH_MS REPLICAS]`: our broker,
-/// endpoints on stdout (once it serves: with a cluster, after loading the bucket), until stdin
-/// closes.
-pub(crate) fn serve_broker(args: &[String]) -> anyhow::Result<()> {
-    let hwm: i32 = args.first().context("hwm")?.parse()?;
-    let interval: f64 = args.get(1).context("interval")?.parse()?;
-    let cluster = match args.get(2) {
-        None => None,
-        Some(urls) => Some(thingsbus_broker::ClusterConfig {
-            flush: Duration::from_secs_f64(args.get(4).context("flush")?.parse::<f64>()? / 1e3),
-            replicas: args.get(5).context("replicas")?.parse()?,
-            ..thingsbus_broker::ClusterConfig::new(
-                urls.split(',').map(str::to_owned).collect(),
-                args.get(3).context("node")?.clone(),
-            )
-        }),
-    };
+/// `serve-broker`: our broker, endpoints on stdout (once it serves: with a cluster, after loading
+/// the bucket), until stdin closes.
+pub(crate) fn serve_broker(args: &Serve) -> anyhow::Result<()> {
+    let c = &args.cluster;
+    let cluster = (!c.urls.is_empty()).then(|| thingsbus_broker::ClusterConfig {
+        flush: Duration::from_secs_f64(c.flush_ms / 1e3),
+        replicas: c.replicas,
+        ..thingsbus_broker::ClusterConfig::new(c.urls.clone(), c.node.clone())
+    });
     let config = thingsbus_broker::Config {
         cluster,
-        subscriber_hwm: hwm,
+        subscriber_hwm: args.hwm,
         input_hwm: 100_000,
-        snapshot_interval: Duration::from_secs_f64(interval),
+        snapshot_interval: Duration::from_secs_f64(args.snapshot_interval),
         live_window: Duration::from_secs(3600),
         ..thingsbus_broker::Config::ephemeral()
     };
@@ -265,12 +277,12 @@ pub(crate) fn serve_broker(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hidden mode `serve-floor HWM _`: the least any broker must do. One thread polls the ZMQ SUB
+/// `serve-floor`: the least any broker must do. One thread polls the ZMQ SUB
 /// and the UDP socket, drains both without blocking and forwards every frame and datagram to the
 /// PUB as it is: no parsing, no state, no copies beyond libzmq's own.
-pub(crate) fn serve_floor(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn serve_floor(args: &Serve) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
-    let hwm: i32 = args.first().context("hwm")?.parse()?;
+    let hwm = args.hwm;
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB)?;
     sub.set_subscribe(b"")?;
@@ -313,12 +325,44 @@ pub(crate) fn serve_floor(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU seconds process `pid` has used so far (user + system), from `/proc/<pid>/stat`.
-pub(crate) fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let tick = 100.0; // USER_HZ on Linux
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name in parentheses: utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        serve: Serve,
+    }
+
+    fn round_trip(serve: &Serve) -> Serve {
+        let argv = std::iter::once("serve".to_owned()).chain(serve.args());
+        Line::try_parse_from(argv)
+            .expect("its own flags parse")
+            .serve
+    }
+
+    #[test]
+    fn a_server_reads_back_the_settings_it_is_started_with() {
+        let alone = Serve {
+            hwm: 2000,
+            snapshot_interval: 0.5,
+            cluster: ClusterOptions::default(),
+        };
+        assert_eq!(round_trip(&alone).cluster.urls, Vec::<String>::new());
+        assert_eq!(round_trip(&alone).hwm, 2000);
+        assert_eq!(round_trip(&alone).snapshot_interval, 0.5);
+        let clustered = Serve {
+            cluster: ClusterOptions {
+                urls: vec!["nats://127.0.0.1:1".into(), "nats://127.0.0.1:2".into()],
+                node: "a".into(),
+                flush_ms: 1.5,
+                replicas: 3,
+            },
+            ..alone
+        };
+        assert_eq!(round_trip(&clustered), clustered);
+    }
 }

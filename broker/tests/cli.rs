@@ -1,10 +1,10 @@
 //! The `thingsbus-broker` binary as users run it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use thingsbus_tests::process::{Process, Stream};
 use thingsbus_tests::{ctx, eventually, DEADLINE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_thingsbus-broker");
@@ -18,10 +18,10 @@ fn heavy() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A broker process on 127.0.0.1 with ephemeral ports, killed on drop.
+/// A broker process on 127.0.0.1 with ephemeral ports, killed on drop; its JSON log lines are
+/// kept (and read as they come, so that it never blocks on a full pipe).
 struct Proc {
-    child: Child,
-    log: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    process: Process,
     directory: String,
     input: String,
     http: Option<String>,
@@ -33,91 +33,59 @@ impl Proc {
     }
 
     fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(BIN)
-            .envs(env.iter().copied())
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--input-port",
-                "0",
-                "--log-format",
-                "json",
-            ])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start broker binary");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let mut lines = BufReader::new(stderr).lines();
-        let started: Value = loop {
-            let line = lines
-                .next()
-                .expect("broker exited before its start-up line")
-                .expect("read stderr");
-            let v: Value = serde_json::from_str(&line).expect("json log line");
-            if v["fields"]["message"] == "thingsbus broker running" {
-                break v;
-            }
-        };
-        // Keep reading stderr so the broker never blocks on a full pipe.
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    sink.lock().expect("log lock").push(v);
-                }
-            }
+        let process = Process::build(
+            Command::new(BIN)
+                .envs(env.iter().copied())
+                .args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--input-port",
+                    "0",
+                    "--log-format",
+                    "json",
+                ])
+                .args(extra)
+                .env_remove("RUST_LOG"),
+        )
+        .name("the broker")
+        .stdout(Stream::Discard)
+        .start();
+        let line = process.expect_stderr_line("start-up line", |l| {
+            message(l).is_some_and(|m| m == "thingsbus broker running")
         });
+        let started: Value = serde_json::from_str(&line).expect("json log line");
         let f = &started["fields"];
         Proc {
-            child,
-            log,
             directory: f["directory"].as_str().expect("directory").to_owned(),
             input: f["input"].as_str().expect("input").to_owned(),
             http: f["http"]
                 .as_str()
                 .filter(|h| *h != "off")
                 .map(str::to_owned),
+            process,
         }
     }
 
     fn log_lines_with(&self, message_prefix: &str) -> usize {
-        let log = self.log.lock().expect("log lock");
-        log.iter()
-            .filter(|v| {
-                v["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with(message_prefix))
-            })
+        self.process
+            .err()
+            .all()
+            .iter()
+            .filter(|l| message(l).is_some_and(|m| m.starts_with(message_prefix)))
             .count()
     }
 
-    fn pid(&self) -> libc::pid_t {
-        libc::pid_t::try_from(self.child.id()).expect("pid fits")
-    }
-
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS line")
+        self.process.rss_kib().expect("VmRSS of the broker")
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The message of a JSON log line.
+fn message(line: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    v["fields"]["message"].as_str().map(str::to_owned)
 }
 
 #[test]
@@ -228,7 +196,7 @@ fn environment_sets_flags() {
 
 #[test]
 fn serves_then_stops_cleanly_on_sigterm_and_sigint() {
-    for signal in [libc::SIGTERM, libc::SIGINT] {
+    for signal in ["TERM", "INT"] {
         let mut broker = Proc::start(&[]);
         let sub = ctx().socket(zmq::SUB).expect("sub");
         sub.set_subscribe(b"").expect("subscribe");
@@ -241,36 +209,15 @@ fn serves_then_stops_cleanly_on_sigterm_and_sigint() {
                 .expect("send");
             (sub.poll(zmq::POLLIN, 50).expect("poll") > 0).then_some(())
         });
-        // SAFETY-free: libc::kill on our own child's pid.
-        assert_eq!(unsafe_free_kill(broker.pid(), signal), 0);
-        let started = Instant::now();
-        let status = loop {
-            if let Some(s) = broker.child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(1),
-                "broker still running 1 s after signal {signal}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        broker.process.signal(signal);
+        let status = broker
+            .process
+            .wait(Duration::from_secs(1))
+            .unwrap_or_else(|| panic!("broker still running 1 s after signal {signal}"));
         assert!(
             status.success(),
             "clean exit after signal {signal}: {status:?}"
         );
-    }
-}
-
-/// `kill(2)` through the `kill` command, keeping this crate free of `unsafe`.
-fn unsafe_free_kill(pid: libc::pid_t, signal: i32) -> i32 {
-    let status = Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("run kill");
-    if status.success() {
-        0
-    } else {
-        1
     }
 }
 
@@ -462,8 +409,7 @@ fn kill_9_under_load_loses_nothing_the_journal_had_synced() {
         }
     }
     // Mid-load, no warning: SIGKILL.
-    broker.child.kill().expect("kill -9");
-    broker.child.wait().expect("reaped");
+    broker.process.kill();
     drop(broker);
 
     let restarted = Proc::start(&[&flags[..], &["--snapshot-interval", "0.3"]].concat());

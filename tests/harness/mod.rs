@@ -326,7 +326,9 @@ pub fn vector(name: &str) -> Vec<u8> {
         .collect()
 }
 pub mod dns;
+pub mod nats;
 pub mod peers;
+pub mod process;
 pub mod py;
 
 /// Runs `bash scripts/NAME` from the repository and returns what it printed, or why it failed.

@@ -2,16 +2,14 @@
 //! `scripts/python-peers.sh` (a virtual environment under `target/py02`), driven through
 //! `tests/py/peer.py` over JSON lines.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::process::Process;
 use crate::DEADLINE;
 
 fn root() -> PathBuf {
@@ -38,61 +36,25 @@ pub fn python() -> PathBuf {
     })
 }
 
-/// A running `peer.py ROLE ...`, killed on drop.
+/// A running `peer.py ROLE ...`, killed on drop. It prints one JSON object a line.
 pub struct PyPeer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<Value>,
-    pending: Mutex<VecDeque<Value>>,
-    stderr: Arc<Mutex<String>>,
-    role: String,
+    process: Process,
 }
 
 impl PyPeer {
     /// Starts `peer.py` with `args` (the first is the role).
     pub fn start(args: &[&str]) -> PyPeer {
-        let mut child = Command::new(python())
-            .arg("-u")
-            .arg(root().join("tests/py/peer.py"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the Python peer");
-        let (tx, lines) = channel();
-        let out = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&l)
-                    .unwrap_or_else(|e| panic!("peer.py printed non-JSON ({e}): {l}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let mut err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("stderr")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        PyPeer {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            pending: Mutex::new(VecDeque::new()),
-            stderr,
-            role: args.first().copied().unwrap_or("?").to_owned(),
-        }
+        let role = args.first().copied().unwrap_or("?");
+        let process = Process::build(
+            Command::new(python())
+                .arg("-u")
+                .arg(root().join("tests/py/peer.py"))
+                .args(args),
+        )
+        .name(&format!("Python {role}"))
+        .stdin_piped()
+        .start();
+        PyPeer { process }
     }
 
     /// Starts a peer and waits for its `{"ready": true}` line.
@@ -104,14 +66,18 @@ impl PyPeer {
 
     /// Writes one line to the peer's stdin.
     pub fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").expect("write to the Python peer");
-        stdin.flush().expect("flush");
+        if let Err(e) = self.process.write_line(line) {
+            panic!(
+                "cannot write to the {} ({e}); its stderr:\n{}",
+                self.process.name(),
+                self.stderr()
+            );
+        }
     }
 
     /// Closes stdin: the peer finishes what it was given and exits.
     pub fn close_stdin(&mut self) {
-        self.stdin = None;
+        self.process.close_stdin();
     }
 
     /// The first line matching `pred` within [`DEADLINE`]; lines that do not match are kept for
@@ -119,8 +85,9 @@ impl PyPeer {
     pub fn wait_for(&self, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
         self.try_wait_for(DEADLINE, &mut pred).unwrap_or_else(|| {
             panic!(
-                "the Python {} printed no {what} within {DEADLINE:?}; stderr:\n{}",
-                self.role,
+                "the {} printed no {what} within {DEADLINE:?}; unread lines: {:?}; stderr:\n{}",
+                self.process.name(),
+                self.process.out().drain(),
                 self.stderr()
             )
         })
@@ -132,21 +99,11 @@ impl PyPeer {
         timeout: Duration,
         pred: &mut impl FnMut(&Value) -> bool,
     ) -> Option<Value> {
-        {
-            let mut pending = self.pending.lock().expect("pending");
-            if let Some(i) = pending.iter().position(&mut *pred) {
-                return pending.remove(i);
-            }
-        }
-        let end = Instant::now() + timeout;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            let v = self.lines.recv_timeout(left).ok()?;
-            if pred(&v) {
-                return Some(v);
-            }
-            self.pending.lock().expect("pending").push_back(v);
-        }
+        let line = self
+            .process
+            .out()
+            .take(timeout, |l| json(l).is_some_and(|v| pred(&v)))?;
+        json(&line)
     }
 
     /// Sends a command and waits for the reply that carries `key`.
@@ -157,31 +114,29 @@ impl PyPeer {
         })
     }
 
-    /// Lines not consumed yet, removing them.
+    /// Lines not consumed yet, removing them. Panics on a line that is not JSON.
     pub fn drain(&self) -> Vec<Value> {
-        let mut out: Vec<Value> = self.pending.lock().expect("pending").drain(..).collect();
-        while let Ok(v) = self.lines.try_recv() {
-            out.push(v);
-        }
-        out
+        self.process
+            .out()
+            .drain()
+            .iter()
+            .map(|l| json(l).unwrap_or_else(|| panic!("peer.py printed non-JSON: {l}")))
+            .collect()
     }
 
     /// What the peer wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr").clone()
+        self.process.stderr()
     }
 
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.running()
     }
 }
 
-impl Drop for PyPeer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn json(line: &str) -> Option<Value> {
+    serde_json::from_str(line).ok()
 }
 
 /// A Python 0.2.1 broker on 127.0.0.1: directory port, input port (ZMQ and UDP).
