@@ -638,3 +638,26 @@ fn tells_systemd_when_ready_and_serves_http_from_flags() {
     assert!(response.ends_with("ok\n"), "{response}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_broker_thread_that_dies_ends_the_process_with_exit_code_1_and_one_line() {
+    // Debug builds only (the tests' build): THINGSBUS_FAULT makes the named thread panic.
+    let mut broker = Proc::start_env(&[], &[("THINGSBUS_FAULT", "thingsbus-snapshots=panic")]);
+    let status = broker
+        .process
+        .wait(DEADLINE)
+        .expect("the broker stops by itself");
+    assert_eq!(status.code(), Some(1), "{}", broker.process.stderr());
+    let stderr = broker.process.stderr();
+    let last = stderr.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        "thingsbus-broker: error: the broker stopped because thingsbus-snapshots panicked: fault injected",
+        "{stderr}"
+    );
+    assert_eq!(
+        broker.log_lines_with("a broker thread ended"),
+        1,
+        "{stderr}"
+    );
+}
