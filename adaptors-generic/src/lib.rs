@@ -17,6 +17,7 @@
 pub mod bridge;
 pub mod bus;
 pub mod coap;
+pub mod counters;
 pub mod flags;
 pub mod listing;
 pub mod logging;

@@ -1,0 +1,2 @@
+mod topics;
+pub use topics::*;
