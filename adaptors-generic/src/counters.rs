@@ -71,6 +71,8 @@ macro_rules! counters {
             $(#[doc = $help] pub $field: $crate::counters::Counter,)+
         }
 
+        // The methods are as visible as the struct the caller declared.
+        #[allow(unreachable_pub)]
         impl $name {
             /// Every counter's name and help, in the order declared.
             pub const TABLE: &'static [$crate::counters::Info] = &[

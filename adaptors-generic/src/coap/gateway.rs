@@ -123,6 +123,8 @@ pub struct Gateway {
     next_token: u64,
     counts: CoapCounts,
     out: Vec<Action>,
+    /// Nodes to ask for their resources once the request at hand is answered.
+    to_discover: Vec<(String, IpAddr)>,
 }
 
 impl Gateway {
@@ -140,6 +142,7 @@ impl Gateway {
             next_token: u64::from(seed) << 16,
             counts: CoapCounts::default(),
             out: Vec::new(),
+            to_discover: Vec::new(),
         }
     }
 
@@ -531,6 +534,18 @@ impl Gateway {
         if confirmable {
             self.dedup.remember(from, p.header.message_id, now, sent);
         }
+        for (uid, ip) in std::mem::take(&mut self.to_discover) {
+            self.start(
+                ip,
+                RequestType::Get,
+                ".well-known/core",
+                Vec::new(),
+                false,
+                now + READ_FOR,
+                now,
+                Purpose::Discover { uid },
+            );
+        }
     }
 
     fn alive(&mut self, payload: &[u8], from: SocketAddr, now: Instant, wall: f64) -> ResponseType {
@@ -555,16 +570,7 @@ impl Gateway {
                 self.out.push(Action::Publish(update));
                 if discover {
                     tracing::info!(%uid, address = %from.ip().to_canonical(), reset, "node alive; discovering its resources");
-                    self.start(
-                        from.ip(),
-                        RequestType::Get,
-                        ".well-known/core",
-                        Vec::new(),
-                        false,
-                        now + READ_FOR,
-                        now,
-                        Purpose::Discover { uid },
-                    );
+                    self.to_discover.push((uid, from.ip()));
                 }
                 ResponseType::Changed
             }
@@ -584,5 +590,524 @@ impl Gateway {
             None => self.counts.unknown_node.inc(),
         }
         ResponseType::Changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn node() -> SocketAddr {
+        "10.0.0.5:40000".parse().unwrap()
+    }
+
+    fn gateway(ipv6_socket: bool) -> Gateway {
+        Gateway::new(
+            Config {
+                node_port: 5683,
+                ipv6_socket,
+                max_nodes: 2,
+                max_resources: 8,
+                max_time: Duration::from_secs(120),
+            },
+            7,
+        )
+    }
+
+    fn request(
+        t: MessageType,
+        method: RequestType,
+        path: &str,
+        payload: &str,
+        mid: u16,
+    ) -> Vec<u8> {
+        let mut p = Packet::new();
+        p.header.set_type(t);
+        p.header.code = MessageClass::Request(method);
+        p.header.message_id = mid;
+        p.set_token(vec![0xaa, 0xbb]);
+        for part in path.split('/') {
+            p.add_option(CoapOption::UriPath, part.as_bytes().to_vec());
+        }
+        p.payload = payload.as_bytes().to_vec();
+        p.to_bytes().unwrap()
+    }
+
+    fn post(path: &str, payload: &str, mid: u16) -> Vec<u8> {
+        request(
+            MessageType::Confirmable,
+            RequestType::Post,
+            path,
+            payload,
+            mid,
+        )
+    }
+
+    /// The datagrams among the actions, decoded, with where they go.
+    fn sent(actions: &[Action]) -> Vec<(Packet, SocketAddr)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { bytes, to } => Some((Packet::from_bytes(bytes).unwrap(), *to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn published(actions: &[Action]) -> Vec<&Update> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish(u) => Some(u),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn replies(actions: &[Action]) -> Vec<(u64, Result<Value, String>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reply { id, result } => Some((*id, result.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn response(to: &Packet, t: MessageType, code: ResponseType, payload: &str) -> Vec<u8> {
+        let mut r = Packet::new();
+        r.header.set_type(t);
+        r.header.code = MessageClass::Response(code);
+        r.header.message_id = if t == MessageType::Acknowledgement {
+            to.header.message_id
+        } else {
+            9000
+        };
+        r.set_token(to.get_token().to_vec());
+        r.payload = payload.as_bytes().to_vec();
+        r.to_bytes().unwrap()
+    }
+
+    fn empty(t: MessageType, mid: u16) -> Vec<u8> {
+        let mut e = Packet::new();
+        e.header.set_type(t);
+        e.header.code = MessageClass::Empty;
+        e.header.message_id = mid;
+        e.to_bytes().unwrap()
+    }
+
+    fn code(p: &Packet) -> MessageClass {
+        p.header.code
+    }
+
+    /// A gateway that knows node `n1` at 10.0.0.5 with the resource `temp`; the time after.
+    fn with_node(g: &mut Gateway, t0: Instant) -> Instant {
+        let a = g.datagram(&post("alive", "Alive:1", 1), node(), t0, 100.0);
+        let (discovery, _) = sent(&a).pop().unwrap();
+        let a = g.datagram(
+            &response(
+                &discovery,
+                MessageType::Acknowledgement,
+                ResponseType::Content,
+                "</temp>",
+            ),
+            node(),
+            t0,
+            100.0,
+        );
+        let (read, _) = sent(&a).pop().unwrap();
+        g.datagram(
+            &response(
+                &read,
+                MessageType::Acknowledgement,
+                ResponseType::Content,
+                "21",
+            ),
+            node(),
+            t0,
+            100.0,
+        );
+        t0
+    }
+
+    #[test]
+    fn an_alive_is_acknowledged_published_and_starts_discovery_at_the_node_port() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        let a = g.datagram(&post("alive", "Alive:1234", 77), node(), t0, 100.0);
+        let out = sent(&a);
+        assert_eq!(out.len(), 2);
+        let (ack, to) = &out[0];
+        assert_eq!(*to, node(), "the answer goes to the source port");
+        assert_eq!(ack.header.get_type(), MessageType::Acknowledgement);
+        assert_eq!(ack.header.message_id, 77);
+        assert_eq!(ack.get_token(), [0xaa, 0xbb]);
+        assert_eq!(code(ack), MessageClass::Response(ResponseType::Changed));
+        let (get, to) = &out[1];
+        assert_eq!(
+            *to,
+            "10.0.0.5:5683".parse().unwrap(),
+            "requests go to the node port"
+        );
+        assert_eq!(get.header.get_type(), MessageType::Confirmable);
+        assert_eq!(code(get), MessageClass::Request(RequestType::Get));
+        assert_eq!(protocol::uri_path(get), ".well-known/core");
+        assert_eq!(published(&a)[0].sub, "n1234");
+        assert_eq!(g.counts().alives.get(), 1);
+        assert_eq!(g.next_wake(), Some(t0 + 2 * S));
+    }
+
+    #[test]
+    fn an_ipv6_socket_reaches_ipv4_nodes_at_their_mapped_address() {
+        let mut g = gateway(true);
+        let a = g.datagram(&post("alive", "Alive:1", 1), node(), Instant::now(), 1.0);
+        assert_eq!(sent(&a)[1].1, "[::ffff:10.0.0.5]:5683".parse().unwrap());
+    }
+
+    #[test]
+    fn a_repeated_confirmable_request_gets_the_same_answer_and_is_handled_once() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        let first = g.datagram(&post("alive", "Alive:1", 5), node(), t0, 1.0);
+        let again = g.datagram(&post("alive", "Alive:1", 5), node(), t0 + S, 2.0);
+        assert_eq!(sent(&again), sent(&first)[..1]);
+        assert!(published(&again).is_empty());
+        assert_eq!(g.counts().duplicates.get(), 1);
+        assert_eq!(g.counts().alives.get(), 1);
+        let later = g.datagram(&post("alive", "Alive:1", 5), node(), t0 + 61 * S, 3.0);
+        assert_eq!(
+            published(&later).len(),
+            1,
+            "past the dedup window: a new request"
+        );
+    }
+
+    #[test]
+    fn a_non_confirmable_request_gets_a_non_confirmable_answer_and_no_dedup() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        let bytes = request(
+            MessageType::NonConfirmable,
+            RequestType::Post,
+            "alive",
+            "Alive:1",
+            5,
+        );
+        let a = g.datagram(&bytes, node(), t0, 1.0);
+        let (r, _) = &sent(&a)[0];
+        assert_eq!(r.header.get_type(), MessageType::NonConfirmable);
+        assert_eq!(code(r), MessageClass::Response(ResponseType::Changed));
+        assert_ne!(r.header.message_id, 5);
+        g.datagram(&bytes, node(), t0, 1.0);
+        assert_eq!(g.counts().duplicates.get(), 0);
+        assert_eq!(g.counts().alives.get(), 2);
+    }
+
+    #[test]
+    fn bad_requests_get_their_error_codes_and_are_counted() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        let answer =
+            |g: &mut Gateway, bytes: &[u8]| code(&sent(&g.datagram(bytes, node(), t0, 1.0))[0].0);
+        let bad = |r: ResponseType| MessageClass::Response(r);
+        assert_eq!(
+            answer(&mut g, &post("alive", "hello", 1)),
+            bad(ResponseType::BadRequest)
+        );
+        assert_eq!(
+            answer(&mut g, &post("server", "nocolon", 2)),
+            bad(ResponseType::BadRequest)
+        );
+        assert_eq!(g.counts().malformed.get(), 2);
+        let get = request(MessageType::Confirmable, RequestType::Get, "alive", "", 3);
+        assert_eq!(answer(&mut g, &get), bad(ResponseType::MethodNotAllowed));
+        assert_eq!(
+            answer(&mut g, &post("other", "", 4)),
+            bad(ResponseType::NotFound)
+        );
+        let mut p = Packet::from_bytes(&post("alive", "Alive:1", 5)).unwrap();
+        p.add_option(CoapOption::Unknown(9), vec![1]);
+        assert_eq!(
+            answer(&mut g, &p.to_bytes().unwrap()),
+            bad(ResponseType::BadOption)
+        );
+        assert_eq!(g.counts().bad_option.get(), 1);
+        assert_eq!(
+            g.counts().alives.get(),
+            0,
+            "a bad option is refused before the path"
+        );
+        assert!(g.datagram(b"\x00garbage", node(), t0, 1.0).is_empty());
+        assert_eq!(g.counts().malformed.get(), 3);
+        assert_eq!(g.counts().datagrams.get(), 6);
+    }
+
+    #[test]
+    fn new_nodes_beyond_the_limit_are_refused() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        g.datagram(&post("alive", "Alive:a", 1), node(), t0, 1.0);
+        g.datagram(
+            &post("alive", "Alive:b", 2),
+            "10.0.0.6:1".parse().unwrap(),
+            t0,
+            1.0,
+        );
+        let a = g.datagram(
+            &post("alive", "Alive:c", 3),
+            "10.0.0.7:1".parse().unwrap(),
+            t0,
+            1.0,
+        );
+        assert_eq!(
+            code(&sent(&a)[0].0),
+            MessageClass::Response(ResponseType::ServiceUnavailable)
+        );
+        assert!(published(&a).is_empty());
+        assert_eq!(g.counts().refused_nodes.get(), 1);
+    }
+
+    #[test]
+    fn server_values_are_known_by_the_senders_address() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        let a = g.datagram(&post("server", "temp:21°C", 1), node(), t0, 1.0);
+        assert_eq!(
+            code(&sent(&a)[0].0),
+            MessageClass::Response(ResponseType::Changed)
+        );
+        assert_eq!(g.counts().unknown_node.get(), 1);
+        g.datagram(&post("alive", "Alive:1", 2), node(), t0, 1.0);
+        let other_port: SocketAddr = "10.0.0.5:999".parse().unwrap();
+        let a = g.datagram(&post("server", "temp:21°C", 3), other_port, t0, 1.0);
+        let p = published(&a);
+        assert_eq!(p.len(), 2, "a new resource: the node, then the value");
+        assert_eq!(p[1].sub, "n1.temp");
+        assert_eq!(p[1].data, json!({"value": 21, "unit": "°C"}));
+        assert_eq!(g.counts().values.get(), 1);
+    }
+
+    #[test]
+    fn discovery_reads_each_resource_and_observes_those_that_say_obs() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        let a = g.datagram(&post("alive", "Alive:1", 1), node(), t0, 1.0);
+        let (discovery, _) = sent(&a).pop().unwrap();
+        let links = "</temp>;obs,</led>,<http://x>;rel=\"impl-info\"";
+        let a = g.datagram(
+            &response(
+                &discovery,
+                MessageType::Acknowledgement,
+                ResponseType::Content,
+                links,
+            ),
+            node(),
+            t0,
+            1.0,
+        );
+        let reads = sent(&a);
+        assert_eq!(reads.len(), 2);
+        assert_eq!(protocol::uri_path(&reads[0].0), "temp");
+        assert!(reads[0].0.get_option(CoapOption::Observe).is_some());
+        assert_eq!(protocol::uri_path(&reads[1].0), "led");
+        assert!(reads[1].0.get_option(CoapOption::Observe).is_none());
+        assert_ne!(reads[0].0.get_token(), reads[1].0.get_token());
+
+        // The observed resource answers with Observe: its value, once.
+        let mut first = Packet::from_bytes(&response(
+            &reads[0].0,
+            MessageType::Acknowledgement,
+            ResponseType::Content,
+            "21",
+        ))
+        .unwrap();
+        first.add_option(CoapOption::Observe, vec![1]);
+        let a = g.datagram(&first.to_bytes().unwrap(), node(), t0, 1.0);
+        let p = published(&a);
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[1].sub.as_str(), &p[1].data), ("n1.temp", &json!(21)));
+        // A led that cannot be read is counted.
+        let a = g.datagram(
+            &response(
+                &reads[1].0,
+                MessageType::Acknowledgement,
+                ResponseType::NotFound,
+                "",
+            ),
+            node(),
+            t0,
+            1.0,
+        );
+        assert!(published(&a).is_empty());
+        assert_eq!(g.counts().resource_errors.get(), 1);
+        assert_eq!(g.next_wake(), None, "nothing in flight");
+
+        // A confirmable notification is ACKed and published.
+        let mut note = Packet::from_bytes(&response(
+            &reads[0].0,
+            MessageType::Confirmable,
+            ResponseType::Content,
+            "22",
+        ))
+        .unwrap();
+        note.add_option(CoapOption::Observe, vec![2]);
+        let a = g.datagram(&note.to_bytes().unwrap(), node(), t0, 1.0);
+        let (ack, _) = &sent(&a)[0];
+        assert_eq!(
+            (ack.header.get_type(), ack.header.message_id),
+            (MessageType::Acknowledgement, 9000)
+        );
+        assert_eq!(code(ack), MessageClass::Empty);
+        assert_eq!(published(&a)[0].data, json!(22));
+        // Without the Observe option a response on that token is no notification.
+        let plain = response(
+            &reads[0].0,
+            MessageType::NonConfirmable,
+            ResponseType::Content,
+            "23",
+        );
+        assert!(published(&g.datagram(&plain, node(), t0, 1.0)).is_empty());
+        assert_eq!(g.counts().values.get(), 2);
+    }
+
+    #[test]
+    fn unanswered_requests_are_retransmitted_on_the_clock_then_counted_as_failed() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        let a = g.datagram(&post("alive", "Alive:1", 1), node(), t0, 1.0);
+        let (discovery, _) = sent(&a).pop().unwrap();
+        assert!(g.tick(t0 + S).is_empty(), "not due yet");
+        let again = g.tick(t0 + 2 * S);
+        assert_eq!(sent(&again)[0].0, discovery, "the same message, same id");
+        for at in [6, 14, 30] {
+            assert_eq!(sent(&g.tick(t0 + at * S)).len(), 1);
+        }
+        assert!(g.tick(t0 + 60 * S).is_empty());
+        assert_eq!(
+            g.counts().resource_errors.get(),
+            1,
+            "the 60 s of a discovery are up"
+        );
+        assert_eq!(g.next_wake(), None);
+    }
+
+    #[test]
+    fn an_empty_ack_stops_retransmissions_and_a_reset_ends_the_exchange() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        let a = g.datagram(&post("alive", "Alive:1", 1), node(), t0, 1.0);
+        let (discovery, _) = sent(&a).pop().unwrap();
+        assert!(g
+            .datagram(
+                &empty(MessageType::Acknowledgement, discovery.header.message_id),
+                node(),
+                t0,
+                1.0
+            )
+            .is_empty());
+        assert_eq!(g.next_wake(), Some(t0 + 60 * S));
+        // The separate response, confirmable: ACKed, and the resources are read.
+        let a = g.datagram(
+            &response(
+                &discovery,
+                MessageType::Confirmable,
+                ResponseType::Content,
+                "</temp>",
+            ),
+            node(),
+            t0 + S,
+            1.0,
+        );
+        let out = sent(&a);
+        assert_eq!(code(&out[0].0), MessageClass::Empty);
+        assert_eq!(protocol::uri_path(&out[1].0), "temp");
+        let reset = g.datagram(
+            &empty(MessageType::Reset, out[1].0.header.message_id),
+            node(),
+            t0 + S,
+            1.0,
+        );
+        assert!(reset.is_empty());
+        assert_eq!(g.counts().resource_errors.get(), 1);
+        assert_eq!(g.next_wake(), None);
+        // An ACK nobody waits for changes nothing.
+        assert!(g
+            .datagram(&empty(MessageType::Acknowledgement, 4242), node(), t0, 1.0)
+            .is_empty());
+    }
+
+    #[test]
+    fn commands_are_puts_and_their_outcome_is_the_reply() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        let t = with_node(&mut g, t0);
+        assert_eq!(
+            replies(&g.command(1, "n1", json!(1), t + 5 * S, t)),
+            [(1, Err("\"n1\" is not <node>.<resource>".to_owned()))]
+        );
+        assert_eq!(
+            replies(&g.command(2, "n1.led", json!(1), t + 5 * S, t)),
+            [(2, Err("no node resource n1.led".to_owned()))]
+        );
+        let a = g.command(3, "n1.temp", json!("on"), t + 5 * S, t);
+        let (put, to) = sent(&a).pop().unwrap();
+        assert_eq!(to, "10.0.0.5:5683".parse().unwrap());
+        assert_eq!(code(&put), MessageClass::Request(RequestType::Put));
+        assert_eq!(put.payload, b"on");
+        let a = g.datagram(
+            &response(
+                &put,
+                MessageType::Acknowledgement,
+                ResponseType::Changed,
+                "",
+            ),
+            node(),
+            t,
+            1.0,
+        );
+        assert_eq!(
+            replies(&a),
+            [(3, Ok(json!({"code": "2.04", "value": "on"})))]
+        );
+        let a = g.command(4, "n1.temp", json!(1), t + 5 * S, t);
+        let (put, _) = sent(&a).pop().unwrap();
+        let a = g.datagram(
+            &response(
+                &put,
+                MessageType::Acknowledgement,
+                ResponseType::BadRequest,
+                "",
+            ),
+            node(),
+            t,
+            1.0,
+        );
+        assert_eq!(replies(&a), [(4, Err("the node answered 4.00".to_owned()))]);
+        g.command(5, "n1.temp", json!(1), t + 3 * S, t);
+        g.tick(t + 2 * S);
+        assert_eq!(
+            replies(&g.tick(t + 3 * S)),
+            [(5, Err("no answer from 10.0.0.5 in time".to_owned()))]
+        );
+        assert_eq!(
+            (
+                g.counts().commands_ok.get(),
+                g.counts().commands_failed.get()
+            ),
+            (1, 2)
+        );
+    }
+
+    #[test]
+    fn silent_nodes_are_published_offline_by_the_sweep() {
+        let t0 = Instant::now();
+        let mut g = gateway(false);
+        with_node(&mut g, t0);
+        assert!(g.sweep(t0 + 120 * S).is_empty());
+        let a = g.sweep(t0 + 121 * S);
+        assert_eq!(published(&a)[0].data["online"], false);
+        assert!(!g.nodes().get("1").is_some_and(|n| n.online));
     }
 }
