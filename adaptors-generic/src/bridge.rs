@@ -1,6 +1,7 @@
 //! The rules of the generic ZMQ adaptor: which source messages become which thing updates.
 //!
-//! Pure: a message in, a [`Decision`] out. The binary owns the sockets and the counters.
+//! Pure: a message in, a [`Decision`] out. The binary owns the sockets; [`BridgeCounts`] is
+//! what it counts.
 
 use std::fmt;
 
@@ -187,6 +188,72 @@ impl Rules {
     }
 }
 
+crate::counters! {
+    /// What the bridge counted: once for the whole run, once per `--report-interval`.
+    pub struct BridgeCounts {
+        forwarded: "messages sent to the bus",
+        send_errors: "messages the adaptor refused",
+        not_json: "skipped: not UTF-8 JSON",
+        not_object: "skipped: JSON, but not an object",
+        filtered: "skipped: --filter did not match",
+        missing_projection: "skipped: a key named in --projections is missing",
+        missing_nskey: "skipped: the --nskey key is missing",
+        bad_nskey: "skipped: the --nskey value makes no valid namespace",
+    }
+}
+
+impl BridgeCounts {
+    /// The counter of one skip reason.
+    pub fn skipped(&self, reason: Skip) -> &crate::counters::Counter {
+        match reason {
+            Skip::NotJson => &self.not_json,
+            Skip::NotObject => &self.not_object,
+            Skip::Filtered => &self.filtered,
+            Skip::MissingProjection => &self.missing_projection,
+            Skip::MissingNskey => &self.missing_nskey,
+            Skip::BadNskey => &self.bad_nskey,
+        }
+    }
+
+    /// Messages skipped for any reason.
+    pub fn skipped_total(&self) -> u64 {
+        Skip::ALL.iter().map(|r| self.skipped(*r).get()).sum()
+    }
+
+    /// `not_json=1,not_object=0,...`: the skips by reason, in the order of [`Skip::ALL`].
+    pub fn reasons(&self) -> String {
+        let values: Vec<u64> = Skip::ALL.iter().map(|r| self.skipped(*r).get()).collect();
+        let table: Vec<crate::counters::Info> = Skip::ALL
+            .iter()
+            .filter_map(|r| Self::TABLE.iter().find(|i| i.name == r.as_str()).copied())
+            .collect();
+        crate::counters::render(&table, &values, ",")
+    }
+
+    /// The info line: with `interval`, that interval's counts and the totals so far; without,
+    /// the totals.
+    pub fn report(&self, what: &str, interval: Option<&BridgeCounts>) {
+        match interval {
+            Some(i) => tracing::info!(
+                forwarded = i.forwarded.get(),
+                skipped = i.skipped_total(),
+                send_errors = i.send_errors.get(),
+                reasons = %i.reasons(),
+                total_forwarded = self.forwarded.get(),
+                total_skipped = self.skipped_total(),
+                "{what}"
+            ),
+            None => tracing::info!(
+                forwarded = self.forwarded.get(),
+                skipped = self.skipped_total(),
+                send_errors = self.send_errors.get(),
+                reasons = %self.reasons(),
+                "{what}"
+            ),
+        }
+    }
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -342,5 +409,19 @@ mod tests {
             ..Rules::default()
         };
         assert!(matches!(r.decide(br#"{"a": 1}"#), Decision::Forward(_)));
+    }
+
+    #[test]
+    fn every_skip_reason_has_its_counter_and_the_report_lists_them_in_order() {
+        let c = BridgeCounts::default();
+        for (n, r) in Skip::ALL.iter().enumerate() {
+            c.skipped(*r).add(n as u64 + 1);
+        }
+        assert_eq!(c.skipped_total(), 21);
+        assert_eq!(
+            c.reasons(),
+            "not_json=1,not_object=2,filtered=3,missing_projection=4,missing_nskey=5,bad_nskey=6"
+        );
+        c.report("bridge report", Some(&BridgeCounts::default()));
     }
 }

@@ -2,7 +2,11 @@
 //!
 //! - `thingsbus-zmq-adaptor` bridges any ZMQ publisher of JSON objects into the bus, with the
 //!   flags of the 0.2.x `generic_zmq_adaptor` ([`bridge`] holds its rules).
-//! - `thingsbus` looks at and pokes the bus from a shell: `get`, `ls`, `watch`, `send`, `srv`.
+//! - `thingsbus` looks at and pokes the bus from a shell: `get`, `ls`, `watch`, `send`, `call`,
+//!   `srv` ([`srv`] holds its doctor).
+//! - `thingsbus-coap-adaptor` brings CoAP nodes onto the bus ([`coap`]: the gateway).
+//! - `thingsbus-mqtt-bridge` bridges the bus and MQTT both ways ([`mqtt`]: the bridge).
+//! - Their counts are declared once each with [`counters!`].
 //!
 //! ```no_run
 //! use thingsbus_adaptors_generic::bridge::{Decision, Rules};
@@ -17,9 +21,11 @@
 pub mod bridge;
 pub mod bus;
 pub mod coap;
+pub mod counters;
 pub mod flags;
 pub mod listing;
 pub mod logging;
 pub mod mqtt;
 pub mod probe;
 pub mod render;
+pub mod srv;

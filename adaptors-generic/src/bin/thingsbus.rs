@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 use thingsbus_adaptors_generic::bus::BusArgs;
 use thingsbus_adaptors_generic::flags::positive_secs;
 use thingsbus_adaptors_generic::logging::{self, LogFormat};
-use thingsbus_adaptors_generic::{listing, probe, render};
+use thingsbus_adaptors_generic::srv::{self, NoReport};
+use thingsbus_adaptors_generic::{listing, render};
 use thingsbus_client::{Client, CommandError, EventKind, SubscribeOptions, Thing};
-use thingsbus_protocol::discovery::{Discovery, SRV_PREFIX};
 use thingsbus_protocol::{Namespace, Timestamp};
 
 const EXAMPLES: &str = "\
@@ -504,136 +504,31 @@ async fn call(bus: &BusArgs, timeout: Duration, ns: &str, data: &str) -> Outcome
 }
 
 async fn srv(bus: &BusArgs, timeout: Duration, zone: &str, as_json: bool) -> Outcome {
-    let mut discovery = Discovery::new().timeout(timeout);
-    if let Some(n) = bus.nameserver {
-        discovery = discovery.nameserver(n);
-    }
-    let name = format!("{SRV_PREFIX}.{zone}");
-    let asked = bus
-        .nameserver
-        .map_or_else(|| "the system resolver".to_owned(), |a| a.to_string());
-    let brokers = match discovery.brokers(zone).await {
-        Ok(b) => b,
+    let report = match srv::diagnose(zone, bus.nameserver, timeout).await {
+        Ok(r) => r,
+        Err(e @ NoReport::Empty(_)) => return Err(Failure::NotFound(e.text())),
         Err(e) => {
-            if as_json {
-                println!(
-                    "{}",
-                    json!({"name": name, "nameserver": asked, "error": e.to_string(), "records": []})
-                );
-            } else {
-                println!("{name} (asked {asked})\n  {e}");
-            }
+            println!(
+                "{}",
+                if as_json {
+                    e.json().to_string()
+                } else {
+                    e.text()
+                }
+            );
             return Err(Failure::NotFound(String::new()));
         }
     };
-    let Some(chosen) = brokers.first().cloned() else {
-        return Err(Failure::NotFound(format!("{name} lists no broker")));
-    };
-    let checks: Vec<(&str, String, Result<(), String>)> = {
-        let urls = [
-            ("directory", chosen.directory_url()),
-            ("input", chosen.input_url()),
-            ("snapshot", chosen.snapshot_url()),
-        ];
-        let mut v = Vec::new();
-        for (what, url) in urls {
-            let u = url.clone();
-            let r = tokio::task::spawn_blocking(move || probe::zmtp(&u, timeout))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-            v.push((what, url, r));
-        }
-        v
-    };
-    // The snapshot endpoint is an extension: a 0.2.x broker has none, and that is fine.
-    let healthy = checks
-        .iter()
-        .filter(|(what, ..)| *what != "snapshot")
-        .all(|(_, _, r)| r.is_ok());
     let mut out = io::stdout().lock();
-    let written = if as_json {
-        let records: Vec<Value> = brokers
-            .iter()
-            .map(|b| {
-                json!({"priority": b.priority, "weight": b.weight, "target": b.host,
-                       "port": b.port, "address": b.ip.map(|ip| ip.to_string())})
-            })
-            .collect();
-        let checks: serde_json::Map<String, Value> = checks
-            .iter()
-            .map(|(what, url, r)| {
-                (
-                    (*what).to_owned(),
-                    json!({"url": url, "ok": r.is_ok(), "error": r.as_ref().err()}),
-                )
-            })
-            .collect();
-        writeln!(
-            out,
-            "{}",
-            json!({
-                "name": name,
-                "nameserver": asked,
-                "records": records,
-                "chosen": {"target": chosen.host, "port": chosen.port,
-                           "address": chosen.ip.map(|ip| ip.to_string()),
-                           "directory_url": chosen.directory_url(),
-                           "input_url": chosen.input_url(), "udp": chosen.udp_addr()},
-                "checks": checks,
-                "ok": healthy,
-            })
-        )
+    quiet_pipe(if as_json {
+        writeln!(out, "{}", report.json())
     } else {
-        let mut text = format!(
-            "{name} (asked {asked}): {} record{}, in the order a client tries them (RFC 2782)\n",
-            brokers.len(),
-            if brokers.len() == 1 { "" } else { "s" }
-        );
-        let target_w = brokers
-            .iter()
-            .map(|b| b.host.len())
-            .max()
-            .unwrap_or(0)
-            .max(6);
-        text.push_str(&format!(
-            "  #  PRIORITY  WEIGHT  {:target_w$}  PORT   ADDRESS\n",
-            "TARGET"
-        ));
-        for (i, b) in brokers.iter().enumerate() {
-            text.push_str(&format!(
-                "  {:<2} {:>8}  {:>6}  {:target_w$}  {:<5}  {}\n",
-                i + 1,
-                b.priority,
-                b.weight,
-                b.host,
-                b.port,
-                b.ip.map_or_else(|| "(system resolver)".to_owned(), |ip| ip.to_string())
-            ));
-        }
-        text.push_str(&format!("would use {chosen}\n"));
-        for (what, url, r) in &checks {
-            let verdict = match r {
-                Ok(()) => "answers".to_owned(),
-                Err(e) if *what == "snapshot" => {
-                    format!("no answer ({e}); fine for a 0.2.x broker: clients wait for the periodic snapshot")
-                }
-                Err(e) => format!("NO ANSWER: {e}"),
-            };
-            text.push_str(&format!("  {what:<9}  {url:<28}  {verdict}\n"));
-        }
-        text.push_str(&format!(
-            "  {:<9}  {:<28}  (UDP cannot be checked from here)\n",
-            "udp",
-            chosen.udp_addr()
-        ));
-        out.write_all(text.as_bytes())
-    };
-    quiet_pipe(written)?;
-    if healthy {
-        Ok(())
-    } else {
-        Err(Failure::NotFound(format!(
+        out.write_all(report.text().as_bytes())
+    })?;
+    match report.chosen() {
+        Some(chosen) if !report.healthy() => Err(Failure::NotFound(format!(
             "the broker {chosen} does not answer"
-        )))
+        ))),
+        _ => Ok(()),
     }
 }

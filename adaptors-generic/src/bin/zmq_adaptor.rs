@@ -1,7 +1,6 @@
 //! `thingsbus-zmq-adaptor`: bridge any ZMQ publisher of JSON objects into the bus, with the
 //! flags of the 0.2.x `generic_zmq_adaptor`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use thingsbus_adaptor::Adaptor;
-use thingsbus_adaptors_generic::bridge::{Decision, Rules, Skip};
+use thingsbus_adaptors_generic::bridge::{BridgeCounts, Decision, Rules, Skip};
 use thingsbus_adaptors_generic::bus::udp_addr;
 use thingsbus_adaptors_generic::flags::positive_secs;
 use thingsbus_adaptors_generic::logging::{self, LogArgs};
@@ -117,55 +116,13 @@ fn parse_projections(s: &str) -> Result<Projections, String> {
     Rules::parse_projections(s).map(Projections)
 }
 
-/// What the bridge has done; `since_report` is reset by each report.
-#[derive(Default)]
-struct Counts {
-    forwarded: u64,
-    send_errors: u64,
-    skipped: BTreeMap<Skip, u64>,
-}
-
-impl Counts {
-    fn skipped_total(&self) -> u64 {
-        self.skipped.values().sum()
-    }
-
-    fn log(&self, what: &str, interval: Option<&Counts>) {
-        let by_reason = |c: &Counts| {
-            Skip::ALL
-                .iter()
-                .map(|r| format!("{r}={}", c.skipped.get(r).copied().unwrap_or(0)))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        match interval {
-            Some(i) => tracing::info!(
-                forwarded = i.forwarded,
-                skipped = i.skipped_total(),
-                send_errors = i.send_errors,
-                reasons = %by_reason(i),
-                total_forwarded = self.forwarded,
-                total_skipped = self.skipped_total(),
-                "{what}"
-            ),
-            None => tracing::info!(
-                forwarded = self.forwarded,
-                skipped = self.skipped_total(),
-                send_errors = self.send_errors,
-                reasons = %by_reason(self),
-                "{what}"
-            ),
-        }
-    }
-}
-
 struct Bridge {
     rules: Rules,
     adaptor: Adaptor,
     source: zmq::Socket,
     report_every: Duration,
-    total: Counts,
-    interval: Counts,
+    total: BridgeCounts,
+    interval: BridgeCounts,
 }
 
 impl Bridge {
@@ -173,29 +130,29 @@ impl Bridge {
         match self.rules.decide(body) {
             Decision::Forward(f) => match self.adaptor.send_to(&f.sub_ns, &f.data, f.ts) {
                 Ok(()) => {
-                    self.total.forwarded += 1;
-                    self.interval.forwarded += 1;
+                    self.total.forwarded.inc();
+                    self.interval.forwarded.inc();
                 }
                 Err(e) => {
-                    if self.interval.send_errors == 0 {
+                    if self.interval.send_errors.get() == 0 {
                         tracing::warn!(error = %e, "update not sent (further ones this interval at debug level)");
                     } else {
                         tracing::debug!(error = %e, "update not sent");
                     }
-                    self.total.send_errors += 1;
-                    self.interval.send_errors += 1;
+                    self.total.send_errors.inc();
+                    self.interval.send_errors.inc();
                 }
             },
             Decision::Skip(reason, detail) => {
-                let seen = self.interval.skipped.entry(reason).or_insert(0);
+                let seen = self.interval.skipped(reason);
                 // One line per reason and interval at most; the counts say the rest.
-                if *seen == 0 && reason != Skip::Filtered {
+                if seen.get() == 0 && reason != Skip::Filtered {
                     tracing::warn!(%reason, %detail, "message skipped (further ones this interval at debug level)");
                 } else {
                     tracing::debug!(%reason, %detail, "message skipped");
                 }
-                *seen += 1;
-                *self.total.skipped.entry(reason).or_insert(0) += 1;
+                seen.inc();
+                self.total.skipped(reason).inc();
             }
         }
     }
@@ -220,12 +177,12 @@ impl Bridge {
                 }
             }
             if Instant::now() >= next_report {
-                self.total.log("bridge report", Some(&self.interval));
-                self.interval = Counts::default();
+                self.total.report("bridge report", Some(&self.interval));
+                self.interval = BridgeCounts::default();
                 next_report = Instant::now() + self.report_every;
             }
         }
-        self.total.log("bridge stopped", None);
+        self.total.report("bridge stopped", None);
         self.adaptor
     }
 }
@@ -295,8 +252,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         adaptor,
         source,
         report_every: Duration::from_secs_f64(args.report_interval),
-        total: Counts::default(),
-        interval: Counts::default(),
+        total: BridgeCounts::default(),
+        interval: BridgeCounts::default(),
     };
     let worker = {
         let stop = stop.clone();

@@ -1,7 +1,8 @@
-//! The rules of `thingsbus-coap-adaptor`: pyaiot's node protocol (alive and value messages, link
-//! format discovery), values as thing data, and node and resource names as namespace parts.
-//! Pure: the binary owns the socket.
+//! pyaiot's node protocol as text: alive and value messages, link-format discovery, values as
+//! thing data, and node and resource names as namespace parts; plus the few CoAP message checks
+//! the gateway makes. Pure.
 
+use coap_lite::{CoapOption, MessageClass, Packet};
 use serde_json::{json, Value};
 
 /// What a node said on `/alive`.
@@ -169,6 +170,52 @@ fn split_links(text: &str) -> Vec<&str> {
     out
 }
 
+/// A response code as text, `2.05`.
+pub fn code_text(c: MessageClass) -> String {
+    let raw: u8 = c.into();
+    format!("{}.{:02}", raw >> 5, raw & 0x1f)
+}
+
+/// Options this adaptor understands; an unknown critical (odd) one makes a request unusable.
+pub fn known_option(n: u16) -> bool {
+    matches!(
+        n,
+        1 | 3 | 4 | 5 | 6 | 7 | 8 | 11 | 12 | 14 | 15 | 17 | 20 | 23 | 27 | 28 | 35 | 39 | 60 | 258
+    )
+}
+
+/// True when a request carries a critical (odd-numbered) option this adaptor does not know.
+pub fn has_unknown_critical_option(p: &Packet) -> bool {
+    p.options().any(|(n, _)| n % 2 == 1 && !known_option(*n))
+}
+
+/// A CoAP message, if it is one: the codec's checks plus what RFC 7252 also requires (version
+/// 1; a payload marker is followed by a payload).
+pub fn well_formed(bytes: &[u8]) -> Option<Packet> {
+    if bytes.first().is_none_or(|b| b >> 6 != 1) {
+        return None;
+    }
+    let p = Packet::from_bytes(bytes).ok()?;
+    if p.payload.is_empty() && bytes.len() > 4 + p.get_token().len() && bytes.last() == Some(&0xff)
+    {
+        return None;
+    }
+    Some(p)
+}
+
+/// The request's Uri-Path options joined with `/`: `sensors/temp`.
+pub fn uri_path(p: &Packet) -> String {
+    p.get_option(CoapOption::UriPath)
+        .map(|parts| {
+            parts
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +298,44 @@ mod tests {
             ]
         );
         assert!(parse_links("garbage").is_empty());
+    }
+
+    #[test]
+    fn messages_codes_and_options() {
+        use coap_lite::{MessageType, RequestType, ResponseType};
+        let mut p = Packet::new();
+        p.header.set_type(MessageType::Confirmable);
+        p.header.code = MessageClass::Request(RequestType::Post);
+        p.add_option(CoapOption::UriPath, b"sensors".to_vec());
+        p.add_option(CoapOption::UriPath, b"temp".to_vec());
+        p.payload = b"x".to_vec();
+        let bytes = p.to_bytes().unwrap();
+        let back = well_formed(&bytes).unwrap();
+        assert_eq!(uri_path(&back), "sensors/temp");
+        assert!(!has_unknown_critical_option(&back));
+        // Version 2, nothing at all, and a payload marker with no payload are not CoAP.
+        let mut v2 = bytes.clone();
+        v2[0] = (v2[0] & 0x3f) | 0x80;
+        assert!(well_formed(&v2).is_none());
+        assert!(well_formed(&[]).is_none());
+        let mut marker = Packet::new();
+        marker.header.message_id = 7;
+        let mut m = marker.to_bytes().unwrap();
+        m.push(0xff);
+        assert!(well_formed(&m).is_none());
+        let mut odd = Packet::new();
+        odd.add_option(CoapOption::Unknown(9), vec![1]);
+        assert!(has_unknown_critical_option(&odd));
+        let mut even = Packet::new();
+        even.add_option(CoapOption::Unknown(10), vec![1]);
+        assert!(!has_unknown_critical_option(&even));
+        assert_eq!(
+            code_text(MessageClass::Response(ResponseType::Content)),
+            "2.05"
+        );
+        assert_eq!(
+            code_text(MessageClass::Response(ResponseType::NotFound)),
+            "4.04"
+        );
     }
 }

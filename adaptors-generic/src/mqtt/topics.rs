@@ -1,5 +1,5 @@
-//! The rules of `thingsbus-mqtt-bridge`: topics for things, payloads, Home Assistant discovery,
-//! and how MQTT topics become namespaces. Pure: the binary owns the connections.
+//! The rules of the MQTT bridge: topics for things, payloads, Home Assistant discovery, and how
+//! MQTT topics become namespaces. Pure.
 
 use serde_json::{json, Map, Value};
 use thingsbus_protocol::Namespace;

@@ -1,0 +1,290 @@
+//! The nodes the gateway knows, as plain state: who is alive, at which address, with which
+//! resources, and what each change publishes. Pure: times come in as arguments.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::protocol::{node_part, resource_part};
+
+/// A thing update to publish, below the gateway's base namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// `<node>` or `<node>.<resource>`.
+    pub sub: String,
+    /// The thing's data.
+    pub data: Value,
+}
+
+/// One node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its uid, as it says in its alives.
+    pub uid: String,
+    /// The uid as a namespace part.
+    pub part: String,
+    /// Where it is reached (at the node port, never at a message's source port).
+    pub ip: IpAddr,
+    /// Its last alive, seconds since 1970.
+    pub last_alive: f64,
+    /// Its last alive, for `--max-time`.
+    pub last_alive_at: Instant,
+    /// False once it was silent past `--max-time`.
+    pub online: bool,
+    /// Resource name → namespace part.
+    pub resources: BTreeMap<String, String>,
+}
+
+impl Node {
+    /// The node's own thing.
+    pub fn update(&self) -> Update {
+        let resources: Vec<&String> = self.resources.keys().collect();
+        Update {
+            sub: self.part.clone(),
+            data: json!({
+                "uid": self.uid,
+                "address": self.ip.to_canonical().to_string(),
+                "online": self.online,
+                "last_alive": self.last_alive,
+                "resources": resources,
+            }),
+        }
+    }
+}
+
+/// What an alive did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Alive {
+    /// A new node beyond `--max-nodes`: ignored.
+    Refused,
+    /// The node's thing changed; `discover` when its resources are to be (re)discovered: it is
+    /// new, reset, or back from offline.
+    Accepted {
+        /// The node's thing.
+        update: Update,
+        /// Ask the node for its resources.
+        discover: bool,
+    },
+}
+
+/// Every node, by uid, within the limits of the flags.
+#[derive(Debug)]
+pub struct Nodes {
+    nodes: HashMap<String, Node>,
+    max_nodes: usize,
+    max_resources: usize,
+}
+
+impl Nodes {
+    /// No nodes yet; at most `max_nodes`, each with at most `max_resources`.
+    pub fn new(max_nodes: usize, max_resources: usize) -> Nodes {
+        Nodes {
+            nodes: HashMap::new(),
+            max_nodes,
+            max_resources,
+        }
+    }
+
+    /// A node by uid.
+    pub fn get(&self, uid: &str) -> Option<&Node> {
+        self.nodes.get(uid)
+    }
+
+    /// The resources of one node kept at most.
+    pub fn max_resources(&self) -> usize {
+        self.max_resources
+    }
+
+    /// An alive (`reset` after a reboot: its resources are forgotten) from `ip`, at `now`
+    /// (`wall`: the same instant in seconds since 1970).
+    pub fn alive(&mut self, uid: &str, reset: bool, ip: IpAddr, now: Instant, wall: f64) -> Alive {
+        let known = self.nodes.contains_key(uid);
+        if !known && self.nodes.len() >= self.max_nodes {
+            return Alive::Refused;
+        }
+        let node = self.nodes.entry(uid.to_owned()).or_insert_with(|| Node {
+            part: node_part(uid),
+            uid: uid.to_owned(),
+            ip,
+            last_alive: wall,
+            last_alive_at: now,
+            online: false,
+            resources: BTreeMap::new(),
+        });
+        let was_online = node.online;
+        node.ip = ip;
+        node.last_alive = wall;
+        node.last_alive_at = now;
+        node.online = true;
+        if reset {
+            node.resources.clear();
+        }
+        Alive::Accepted {
+            update: node.update(),
+            discover: !known || reset || !was_online,
+        }
+    }
+
+    /// The uid of the node at `ip` (its POSTs may come from any source port).
+    pub fn uid_at(&self, ip: IpAddr) -> Option<&str> {
+        self.nodes
+            .values()
+            .find(|n| n.ip == ip)
+            .map(|n| n.uid.as_str())
+    }
+
+    /// A resource's value (text as the node sent it): the node's thing first when the resource
+    /// is new, then the resource's. Nothing for an unknown node, or a new resource beyond
+    /// `--max-resources`.
+    pub fn value(&mut self, uid: &str, resource: &str, value: Value) -> Vec<Update> {
+        let Some(node) = self.nodes.get_mut(uid) else {
+            return Vec::new();
+        };
+        let known = node.resources.contains_key(resource);
+        if !known && node.resources.len() >= self.max_resources {
+            return Vec::new();
+        }
+        let part = node
+            .resources
+            .entry(resource.to_owned())
+            .or_insert_with(|| resource_part(resource))
+            .clone();
+        let mut out = Vec::with_capacity(2);
+        if !known {
+            out.push(node.update());
+        }
+        out.push(Update {
+            sub: format!("{}.{part}", node.part),
+            data: value,
+        });
+        out
+    }
+
+    /// Marks the nodes silent for longer than `max_time` offline: their updated things.
+    pub fn sweep(&mut self, now: Instant, max_time: Duration) -> Vec<Update> {
+        let mut out = Vec::new();
+        for n in self.nodes.values_mut() {
+            if n.online && now.saturating_duration_since(n.last_alive_at) > max_time {
+                n.online = false;
+                tracing::info!(uid = %n.uid, "node silent past --max-time: offline");
+                out.push(n.update());
+            }
+        }
+        out
+    }
+
+    /// The node address and resource name a command to `<node part>.<resource part>` goes to.
+    pub fn target(&self, node_part: &str, resource_part: &str) -> Option<(IpAddr, String)> {
+        self.nodes
+            .values()
+            .find(|n| n.part == node_part)
+            .and_then(|n| {
+                n.resources
+                    .iter()
+                    .find(|(_, p)| *p == resource_part)
+                    .map(|(name, _)| (n.ip, name.clone()))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 5));
+    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 6));
+
+    fn accepted(a: Alive) -> (Update, bool) {
+        match a {
+            Alive::Accepted { update, discover } => (update, discover),
+            Alive::Refused => panic!("refused"),
+        }
+    }
+
+    #[test]
+    fn a_new_node_is_published_and_discovered_a_known_one_only_published() {
+        let t0 = Instant::now();
+        let mut n = Nodes::new(10, 10);
+        let (u, discover) = accepted(n.alive("1234", false, IP, t0, 100.0));
+        assert!(discover);
+        assert_eq!(u.sub, "n1234");
+        assert_eq!(
+            u.data,
+            json!({"uid": "1234", "address": "10.0.0.5", "online": true, "last_alive": 100.0, "resources": []})
+        );
+        let (u, discover) = accepted(n.alive("1234", false, OTHER, t0, 130.0));
+        assert!(!discover, "known and online");
+        assert_eq!(u.data["address"], "10.0.0.6", "the newest address wins");
+        assert_eq!(n.uid_at(OTHER), Some("1234"));
+        assert_eq!(n.uid_at(IP), None);
+    }
+
+    #[test]
+    fn a_reset_forgets_the_resources_and_discovers_again() {
+        let t0 = Instant::now();
+        let mut n = Nodes::new(10, 10);
+        n.alive("a", false, IP, t0, 1.0);
+        n.value("a", "temp", json!(1));
+        let (u, discover) = accepted(n.alive("a", true, IP, t0, 2.0));
+        assert!(discover);
+        assert_eq!(u.data["resources"], json!([]));
+    }
+
+    #[test]
+    fn nodes_beyond_the_limit_are_refused_known_ones_still_heard() {
+        let t0 = Instant::now();
+        let mut n = Nodes::new(1, 10);
+        accepted(n.alive("a", false, IP, t0, 1.0));
+        assert_eq!(n.alive("b", false, OTHER, t0, 1.0), Alive::Refused);
+        accepted(n.alive("a", false, IP, t0, 2.0));
+    }
+
+    #[test]
+    fn a_new_resource_republishes_the_node_then_its_value() {
+        let t0 = Instant::now();
+        let mut n = Nodes::new(10, 1);
+        assert!(n.value("nobody", "temp", json!(1)).is_empty());
+        n.alive("a", false, IP, t0, 1.0);
+        let u = n.value("a", "Temp/C", json!(21));
+        assert_eq!(u.len(), 2);
+        assert_eq!(u[0].data["resources"], json!(["Temp/C"]));
+        assert_eq!(
+            u[1],
+            Update {
+                sub: "a.temp-c".into(),
+                data: json!(21)
+            }
+        );
+        assert_eq!(
+            n.value("a", "Temp/C", json!(22)).len(),
+            1,
+            "known resource: its value only"
+        );
+        assert!(
+            n.value("a", "led", json!(1)).is_empty(),
+            "beyond --max-resources"
+        );
+        assert_eq!(n.target("a", "temp-c"), Some((IP, "Temp/C".into())));
+        assert_eq!(n.target("a", "led"), None);
+        assert_eq!(n.target("b", "temp-c"), None);
+        assert_eq!(n.max_resources(), 1);
+    }
+
+    #[test]
+    fn silent_nodes_go_offline_once_and_an_alive_brings_them_back_with_discovery() {
+        let t0 = Instant::now();
+        let max = Duration::from_secs(120);
+        let mut n = Nodes::new(10, 10);
+        n.alive("a", false, IP, t0, 1.0);
+        assert!(n.sweep(t0 + max, max).is_empty(), "not past --max-time yet");
+        let off = n.sweep(t0 + max + Duration::from_millis(1), max);
+        assert_eq!(off.len(), 1);
+        assert_eq!(off[0].data["online"], false);
+        assert!(n.sweep(t0 + 2 * max, max).is_empty(), "offline once");
+        assert!(!n.get("a").is_some_and(|x| x.online));
+        let (_, discover) = accepted(n.alive("a", false, IP, t0 + 2 * max, 9.0));
+        assert!(discover, "back from offline");
+    }
+}
