@@ -50,3 +50,12 @@ pub enum Error {
     #[error("cannot start the adaptor thread: {0}")]
     Thread(std::io::Error),
 }
+
+impl From<thingsbus_protocol::transport::ZmqFailure> for Error {
+    fn from(f: thingsbus_protocol::transport::ZmqFailure) -> Error {
+        Error::Zmq {
+            what: f.what,
+            source: f.source,
+        }
+    }
+}

@@ -8,11 +8,11 @@ use std::os::unix::net::UnixDatagram;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use thingsbus_protocol::command::{self, CommandMessage};
+use thingsbus_protocol::transport::{self, Event};
 use thingsbus_protocol::Namespace;
 
 use crate::Error;
@@ -55,41 +55,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Server {
     shared: Arc<Shared>,
     wake: Arc<UnixDatagram>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: transport::Worker,
 }
 
 impl Server {
     pub(crate) fn start(url: String, counters: Arc<ServeCounters>) -> Result<Server, Error> {
-        let zmq_err = |what: &str| {
-            let what = what.to_owned();
-            move |source| Error::Zmq { what, source }
-        };
         let ctx = zmq::Context::new();
-        let socket = ctx
-            .socket(zmq::DEALER)
-            .map_err(zmq_err("creating the command socket"))?;
-        socket
-            .set_linger(0)
-            .map_err(zmq_err("setting ZMQ_LINGER"))?;
-        socket.set_ipv6(true).map_err(zmq_err("enabling IPv6"))?;
-        socket
-            .set_reconnect_ivl_max(2_000)
-            .map_err(zmq_err("setting the reconnect interval"))?;
-        socket
-            .monitor(
-                "inproc://thingsbus-serve-monitor",
-                i32::from(zmq::SocketEvent::CONNECTED.to_raw()),
-            )
-            .map_err(zmq_err("monitoring the command socket"))?;
-        let monitor = ctx
-            .socket(zmq::PAIR)
-            .map_err(zmq_err("creating the monitor socket"))?;
-        monitor
-            .connect("inproc://thingsbus-serve-monitor")
-            .map_err(zmq_err("connecting the monitor"))?;
-        socket.connect(&url).map_err(zmq_err(&format!(
-            "connecting to the command endpoint {url}"
-        )))?;
+        let socket = transport::connecting_socket(&ctx, zmq::DEALER, None)?;
+        // Watched before connecting, so that the first connection is seen too.
+        let monitor = transport::monitor(&ctx, &socket, "serve", &[Event::Connected])?;
+        transport::connect(&socket, "command endpoint", &url)?;
         let (wake, wake_rx) = UnixDatagram::pair().map_err(Error::Thread)?;
         wake.set_nonblocking(true).map_err(Error::Thread)?;
         wake_rx.set_nonblocking(true).map_err(Error::Thread)?;
@@ -125,7 +100,7 @@ impl Server {
         Ok(Server {
             shared,
             wake,
-            thread: Mutex::new(Some(thread)),
+            thread: transport::Worker::new(thread),
         })
     }
 
@@ -140,9 +115,7 @@ impl Server {
     pub(crate) fn stop(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         let _ = self.wake.send(b"s");
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
-        }
+        self.thread.join();
     }
 }
 
@@ -192,10 +165,7 @@ impl Worker {
             }
             while self.wake_rx.recv(&mut buf).is_ok() {}
             // (Re)connected, e.g. after a broker restart: register again at once.
-            let mut connected = false;
-            while self.monitor.recv_multipart(zmq::DONTWAIT).is_ok() {
-                connected = true;
-            }
+            let connected = transport::events(&self.monitor).count() > 0;
             if connected {
                 tracing::debug!(url = %self.url, "command endpoint connected; registering");
                 self.register();

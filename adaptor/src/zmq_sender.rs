@@ -9,8 +9,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use thingsbus_protocol::transport;
 
 use crate::Error;
 
@@ -43,7 +44,7 @@ impl Shared {
 pub(crate) struct ZmqSender {
     shared: Arc<Shared>,
     wake: UnixDatagram,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: transport::Worker,
 }
 
 impl ZmqSender {
@@ -56,30 +57,26 @@ impl ZmqSender {
         counters: Arc<Counters>,
     ) -> Result<Self, Error> {
         let url = urls.first().cloned().ok_or(Error::NoTarget)?;
-        let zmq_err = |what: &str| {
-            let what = what.to_owned();
-            move |source| Error::Zmq { what, source }
-        };
         let ctx = zmq::Context::new();
         let socket = ctx
             .socket(zmq::XPUB)
-            .map_err(zmq_err("creating the socket"))?;
+            .map_err(transport::doing("creating the socket"))?;
         socket
             .set_sndhwm(i32::try_from(capacity).unwrap_or(i32::MAX))
-            .map_err(zmq_err("setting the high-water mark"))?;
-        socket.set_ipv6(true).map_err(zmq_err("enabling IPv6"))?;
+            .map_err(transport::doing("setting the high-water mark"))?;
+        socket
+            .set_ipv6(true)
+            .map_err(transport::doing("enabling IPv6"))?;
         // Only completed connections get a pipe, and a lost connection ends its pipe, so the
         // broker's going away shows up as an unsubscription: updates then wait in our own
         // queue (drop-oldest, counted) instead of libzmq's (drop-newest, silent).
         socket
             .set_immediate(true)
-            .map_err(zmq_err("setting ZMQ_IMMEDIATE"))?;
+            .map_err(transport::doing("setting ZMQ_IMMEDIATE"))?;
         socket
             .set_reconnect_ivl_max(5_000)
-            .map_err(zmq_err("setting the reconnect interval"))?;
-        socket
-            .connect(&url)
-            .map_err(zmq_err(&format!("connecting to {url}")))?;
+            .map_err(transport::doing("setting the reconnect interval"))?;
+        transport::connect(&socket, "broker input", &url)?;
         let (wake, wake_rx) = UnixDatagram::pair().map_err(Error::Thread)?;
         wake.set_nonblocking(true).map_err(Error::Thread)?;
         wake_rx.set_nonblocking(true).map_err(Error::Thread)?;
@@ -100,7 +97,7 @@ impl ZmqSender {
         Ok(ZmqSender {
             shared,
             wake,
-            thread: Mutex::new(Some(thread)),
+            thread: transport::Worker::new(thread),
         })
     }
 
@@ -161,14 +158,7 @@ impl ZmqSender {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + timeout);
         self.shared.closing.store(true, Ordering::Relaxed);
         let _ = self.wake.send(&[1]);
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+        self.thread.join();
         self.shared.queue().is_empty()
     }
 }

@@ -40,6 +40,9 @@ pub enum Error {
     /// Setting up a ZeroMQ socket failed.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// Setting up a ZeroMQ socket failed, at the step named.
+    #[error("zeromq, at {0}")]
+    ZmqAt(#[from] thingsbus_protocol::transport::ZmqFailure),
     /// The state file could not be read or written.
     #[error("state file {path}: {reason}")]
     State {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use thingsbus_protocol::codec::{decode_json_input, decode_msgpack_input, encode_expired};
 use thingsbus_protocol::namespace::is_within_str;
 use thingsbus_protocol::snapshot::SnapshotHeader;
+use thingsbus_protocol::transport::{self, Event};
 use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
 
 use crate::reason::Reason;
@@ -586,21 +587,16 @@ impl Ingest {
             ),
             (&self.output_monitor, &self.stats.subscribers, None),
         ] {
-            while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
-                let Some(event) = frames
-                    .first()
-                    .and_then(|f| f.get(..2))
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                else {
-                    continue;
-                };
-                if event == zmq::SocketEvent::ACCEPTED.to_raw() {
-                    stats::add(open, 1);
-                } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
-                    stats::dec(open);
-                    if let Some(c) = closed {
-                        stats::add(c, 1);
+            for event in transport::events(socket) {
+                match event {
+                    Event::Accepted => stats::add(open, 1),
+                    Event::Disconnected => {
+                        stats::dec(open);
+                        if let Some(c) = closed {
+                            stats::add(c, 1);
+                        }
                     }
+                    Event::Connected => {}
                 }
             }
         }

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use thingsbus_protocol::transport::{self, Event};
 use thingsbus_protocol::{Caps, Directory, Timestamp};
 
 use crate::commands::CommandRouter;
@@ -213,16 +214,6 @@ impl Drop for Threads {
     }
 }
 
-/// Events of a socket (peers connecting and leaving), read on an inproc PAIR.
-fn monitor(ctx: &zmq::Context, socket: &zmq::Socket, name: &str) -> Result<zmq::Socket, Error> {
-    let endpoint = format!("inproc://thingsbus-monitor-{name}");
-    let events = zmq::SocketEvent::ACCEPTED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
-    socket.monitor(&endpoint, i32::from(events))?;
-    let pair = ctx.socket(zmq::PAIR)?;
-    pair.connect(&endpoint)?;
-    Ok(pair)
-}
-
 /// With `--allow-input`, the ZAP handler's socket: it must listen before the input binds.
 fn zap_socket(ctx: &zmq::Context, config: &Config) -> Result<Option<zmq::Socket>, Error> {
     if config.allow_input.is_empty() {
@@ -352,8 +343,10 @@ impl Broker {
             chunk_bytes: config.snapshot_chunk_bytes,
         };
         threads.spawn("thingsbus-snapshots", move || snapshots.run())?;
-        let input_monitor = monitor(&ctx, &sub, "input")?;
-        let output_monitor = monitor(&ctx, &publisher, "output")?;
+        // Peers connecting and leaving, for the gauges.
+        let watched = [Event::Accepted, Event::Disconnected];
+        let input_monitor = transport::monitor(&ctx, &sub, "input", &watched)?;
+        let output_monitor = transport::monitor(&ctx, &publisher, "output", &watched)?;
         let output = Arc::new(Output::new(publisher, stats.clone()));
         let publish = Publisher::new(
             output.clone(),

@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use thingsbus_protocol::discovery::Discovery;
 use thingsbus_protocol::endpoint::{connect_url, port_plus};
+use thingsbus_protocol::transport::Worker;
 use thingsbus_protocol::Namespace;
 
 use crate::command::{CommandError, Commander};
@@ -226,7 +226,7 @@ pub(crate) struct Shared {
 struct Inner {
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Worker,
     command_url: Option<String>,
     commander: Mutex<Option<Arc<Commander>>>,
 }
@@ -234,14 +234,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+        self.thread.join();
     }
 }
 
@@ -294,7 +287,7 @@ impl Client {
             inner: Arc::new(Inner {
                 shared,
                 stop,
-                thread: Mutex::new(Some(thread)),
+                thread: Worker::new(thread),
                 command_url,
                 commander: Mutex::new(None),
             }),

@@ -6,11 +6,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
 use thingsbus_protocol::command::{self, errors, CommandMessage};
+use thingsbus_protocol::transport::{self, Worker};
 use thingsbus_protocol::Namespace;
 use tokio::sync::oneshot;
 
@@ -81,29 +81,14 @@ pub(crate) struct Commander {
     wake: UnixDatagram,
     next_id: AtomicU64,
     url: String,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Worker,
 }
 
 impl Commander {
     pub(crate) fn start(url: &str) -> Result<Commander, Error> {
-        let zmq_err = |what: &str| {
-            let what = what.to_owned();
-            move |source| Error::Zmq { what, source }
-        };
         let ctx = zmq::Context::new();
-        let socket = ctx
-            .socket(zmq::DEALER)
-            .map_err(zmq_err("creating the command socket"))?;
-        socket
-            .set_linger(0)
-            .map_err(zmq_err("setting ZMQ_LINGER"))?;
-        socket.set_ipv6(true).map_err(zmq_err("enabling IPv6"))?;
-        socket
-            .set_sndhwm(100_000)
-            .map_err(zmq_err("setting the high-water mark"))?;
-        socket.connect(url).map_err(zmq_err(&format!(
-            "connecting to the command endpoint {url}"
-        )))?;
+        let socket = transport::connecting_socket(&ctx, zmq::DEALER, Some(100_000))?;
+        transport::connect(&socket, "command endpoint", url)?;
         let (wake, wake_rx) = UnixDatagram::pair().map_err(Error::Start)?;
         wake.set_nonblocking(true).map_err(Error::Start)?;
         wake_rx.set_nonblocking(true).map_err(Error::Start)?;
@@ -122,7 +107,7 @@ impl Commander {
             wake,
             next_id: AtomicU64::new(1),
             url: url.to_owned(),
-            thread: Mutex::new(Some(thread)),
+            thread: Worker::new(thread),
         })
     }
 
@@ -167,9 +152,7 @@ impl Drop for Commander {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         let _ = self.wake.send(b"s");
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
-        }
+        self.thread.join();
     }
 }
 

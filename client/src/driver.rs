@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use thingsbus_protocol::codec::{decode_published, Published};
+use thingsbus_protocol::transport::{self, Event};
 
 use crate::client::Shared;
 use crate::mirror::Prepared;
@@ -77,13 +78,6 @@ pub(crate) struct Driver {
     writer: Writer,
 }
 
-fn zmq_err(what: &str) -> impl FnOnce(zmq::Error) -> Error + '_ {
-    move |source| Error::Zmq {
-        what: what.to_owned(),
-        source,
-    }
-}
-
 impl Driver {
     pub(crate) fn new(
         targets: Vec<Endpoint>,
@@ -92,28 +86,17 @@ impl Driver {
         stop: Arc<AtomicBool>,
     ) -> Result<Self, Error> {
         let ctx = zmq::Context::new();
-        let sub = ctx
-            .socket(zmq::SUB)
-            .map_err(zmq_err("creating the socket"))?;
-        sub.set_subscribe(b"").map_err(zmq_err("subscribing"))?;
-        sub.set_ipv6(true).map_err(zmq_err("enabling IPv6"))?;
-        sub.set_rcvhwm(100_000)
-            .map_err(zmq_err("setting the high-water mark"))?;
-        sub.set_reconnect_ivl_max(2_000)
-            .map_err(zmq_err("setting the reconnect interval"))?;
-        let events = zmq::SocketEvent::CONNECTED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
-        sub.monitor("inproc://thingsbus-client-monitor", i32::from(events))
-            .map_err(zmq_err("monitoring the socket"))?;
-        let monitor = ctx
-            .socket(zmq::PAIR)
-            .map_err(zmq_err("creating the monitor"))?;
-        monitor
-            .connect("inproc://thingsbus-client-monitor")
-            .map_err(zmq_err("connecting the monitor"))?;
+        let sub = transport::connecting_socket(&ctx, zmq::SUB, Some(100_000))?;
+        sub.set_subscribe(b"")
+            .map_err(transport::doing("subscribing"))?;
+        let monitor = transport::monitor(
+            &ctx,
+            &sub,
+            "client",
+            &[Event::Connected, Event::Disconnected],
+        )?;
         let writer = Writer::start(shared.clone())?;
-        let directory = targets[0].directory.clone();
-        sub.connect(&directory)
-            .map_err(zmq_err(&format!("connecting to {directory}")))?;
+        transport::connect(&sub, "directory output", &targets[0].directory)?;
         let mut d = Driver {
             ctx,
             sub,
@@ -222,19 +205,14 @@ impl Driver {
     }
 
     fn read_monitor(&mut self) {
-        while let Ok(frames) = self.monitor.recv_multipart(zmq::DONTWAIT) {
-            let Some(event) = frames
-                .first()
-                .and_then(|f| f.get(..2))
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            else {
-                continue;
-            };
-            if event == zmq::SocketEvent::CONNECTED.to_raw() {
-                self.link.up();
-            } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
-                self.link.down(Instant::now());
-                tracing::info!(broker = %self.targets[self.current].directory, "lost the broker; reconnecting");
+        for event in transport::events(&self.monitor) {
+            match event {
+                Event::Connected => self.link.up(),
+                Event::Disconnected => {
+                    self.link.down(Instant::now());
+                    tracing::info!(broker = %self.targets[self.current].directory, "lost the broker; reconnecting");
+                }
+                Event::Accepted => {}
             }
         }
     }

@@ -27,3 +27,12 @@ pub enum Error {
     #[error("cannot start the client: {0}")]
     Start(std::io::Error),
 }
+
+impl From<thingsbus_protocol::transport::ZmqFailure> for Error {
+    fn from(f: thingsbus_protocol::transport::ZmqFailure) -> Error {
+        Error::Zmq {
+            what: f.what,
+            source: f.source,
+        }
+    }
+}

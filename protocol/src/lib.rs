@@ -5,6 +5,7 @@
 //!   [`Rejection`] saying why it was dropped; encoding what the broker publishes.
 //! - [`Directory`]: the pure model of the broker's directory.
 //! - [`snapshot`]: snapshots in chunks of bounded size.
+//! - `transport` (feature `zmq`): the ZMQ socket set-up every role shares.
 //!
 //! ```
 //! use thingsbus_protocol::{codec, Limits};
@@ -28,6 +29,8 @@ pub mod message;
 pub mod namespace;
 mod scan;
 pub mod snapshot;
+#[cfg(feature = "zmq")]
+pub mod transport;
 
 pub use codec::{Limits, Rejection};
 pub use directory::{Caps, Directory, Entry, Refused};
