@@ -26,7 +26,6 @@ pub mod endpoint;
 pub mod fuzzing;
 pub mod message;
 pub mod namespace;
-mod scan;
 pub mod snapshot;
 
 pub use codec::{Limits, Rejection};
