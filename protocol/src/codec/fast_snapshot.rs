@@ -6,8 +6,10 @@
 //! [`MAX_DEPTH`], a string with an escape where the caller wants the text, a number not in the
 //! plain form it reads itself — makes it answer `None`, and the caller decodes that part with
 //! `serde_json` instead (one entry), or hands the whole message to the reference,
-//! [`published::decode_snapshot`](super::published::decode_snapshot). So the fast path never accepts what `serde_json` would
+//! [`published::decode_snapshot`]. So the fast path never accepts what `serde_json` would
 //! refuse, and never reads a value differently.
+//!
+//! [`published::decode_snapshot`]: super::published::decode_snapshot
 
 use std::borrow::Cow;
 
@@ -17,13 +19,16 @@ use super::published::{entry_update, EntryFields, SnapshotEntries, SnapshotField
 use super::{PublishedSnapshot, PublishedUpdate, Rejection};
 use crate::message::{NamespaceRef, Timestamp};
 
-/// A `thing_snapshot` decoded as [`published::decode_snapshot`](super::published::decode_snapshot) would, several times faster, for
-/// chunks as brokers write them: entries in the exact shape of [`encode_update`](super::encode_update) are read by a
-/// strict scanner (no escapes in `ns` or the URL, `ts` a plain decimal), any other entry by
+/// A `thing_snapshot` decoded as [`published::decode_snapshot`] would, several times faster,
+/// for chunks as brokers write them: entries in the exact shape of [`encode_update`] are read
+/// by a strict scanner (no escapes in `ns` or the URL, `ts` a plain decimal), any other entry by
 /// `serde_json` alone. `None` when anything is out of the ordinary — the message then goes
-/// through [`published::decode_snapshot`](super::published::decode_snapshot), which finds the error or reads it the slow way. So
+/// through [`published::decode_snapshot`], which finds the error or reads it the slow way. So
 /// the result is the reference's whenever this returns one (`tests/fast_snapshot.rs`, and the
 /// `published` fuzz target, check that).
+///
+/// [`published::decode_snapshot`]: super::published::decode_snapshot
+/// [`encode_update`]: super::encode_update
 pub(crate) fn decode_snapshot(text: &str) -> Option<PublishedSnapshot<'_>> {
     let mut s = Scan::new(text);
     s.eat(b'{')?;
