@@ -3,9 +3,8 @@
 //! 256 KiB chunk of small updates like the bench's `latejoin` directory.
 use std::time::Instant;
 
-use thingsbus_protocol::codec::{
-    decode_published, decode_snapshot_serde, encode_update, Published,
-};
+use thingsbus_protocol::codec::{decode_published, encode_update, Published};
+use thingsbus_protocol::fuzzing::decode_snapshot_serde;
 use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader, DEFAULT_CHUNK_BYTES};
 use thingsbus_protocol::Timestamp;
 

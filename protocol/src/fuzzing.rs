@@ -1,12 +1,16 @@
 //! The checks behind the `cargo fuzz` targets (`fuzz/`), here so that the normal test suite
 //! replays every saved fuzz input through exactly the same code on stable Rust. Each function
 //! takes bytes as they come from the network and panics only when a property is broken.
+//!
+//! Also the two ways a snapshot chunk is read, side by side, for the checks that compare them
+//! ([`fast_snapshot_agrees`]) and for timing them (`examples/decode_chunk.rs`).
 
 use crate::codec::{
-    decode_json_input, decode_msgpack_input, decode_published, encode_update, Published,
+    decode_json_input, decode_msgpack_input, decode_published, encode_update, fast_snapshot,
+    published, Published, COMPACT_SNAPSHOT,
 };
 use crate::snapshot::{ChunkWriter, SnapshotHeader, SnapshotRequest};
-use crate::{Limits, Timestamp, UpdateRef};
+use crate::{Limits, Rejection, Timestamp, UpdateRef};
 
 /// A ZMQ input frame (JSON object or 4-list): never panics, and what it accepts goes through the
 /// broker's encoding and the client's decoder unchanged.
@@ -42,7 +46,7 @@ pub fn snapshot_request(bytes: &[u8]) {
 /// update or snapshot entry it yields encodes and decodes to itself.
 pub fn published(bytes: &[u8]) {
     // A snapshot read by the fast path reads as serde_json reads it.
-    crate::codec::fast_snapshot_agrees(bytes);
+    fast_snapshot_agrees(bytes);
     let entries = match decode_published(bytes) {
         Ok(Published::Update(u)) => vec![u],
         Ok(Published::Snapshot(s)) => s.entries,
@@ -74,6 +78,34 @@ pub fn published(bytes: &[u8]) {
             ),
         }
     }
+}
+
+/// When `bytes` is a compact snapshot that the fast path reads, its result must be the
+/// `serde_json` reference's ([`decode_snapshot_serde`]); panics when it is not. Returns whether
+/// the fast path read it.
+pub fn fast_snapshot_agrees(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    if !text.starts_with(COMPACT_SNAPSHOT) {
+        return false;
+    }
+    let Some(fast) = fast_snapshot::decode_snapshot(text) else {
+        return false;
+    };
+    let fast = format!("{:?}", Ok::<_, Rejection>(Published::Snapshot(fast)));
+    let reference = format!("{:?}", decode_snapshot_serde(text));
+    assert_eq!(fast, reference, "the fast path differs on {text}");
+    true
+}
+
+/// A `thing_snapshot`, decoded by `serde_json` alone: the reference for the fast path, which
+/// [`decode_published`] takes for the broker's own chunks.
+///
+/// # Errors
+/// As [`decode_published`].
+pub fn decode_snapshot_serde(text: &str) -> Result<Published<'_>, Rejection> {
+    published::decode_snapshot(text)
 }
 
 fn round_trip(u: &UpdateRef<'_>) {

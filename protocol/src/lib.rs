@@ -27,7 +27,6 @@ pub mod endpoint;
 pub mod fuzzing;
 pub mod message;
 pub mod namespace;
-mod scan;
 pub mod snapshot;
 #[cfg(feature = "zmq")]
 pub mod transport;

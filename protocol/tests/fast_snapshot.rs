@@ -2,8 +2,9 @@
 //! of generated chunks, their entries mixing the broker's own shape with every kind of oddity a
 //! broker or the network can produce, each decoded both ways and compared.
 
-use thingsbus_protocol::codec::{decode_published, fast_snapshot_agrees, Published};
+use thingsbus_protocol::codec::{decode_published, Published};
 use thingsbus_protocol::discovery::{RandomSource, SeededRandom};
+use thingsbus_protocol::fuzzing::fast_snapshot_agrees;
 
 fn pick<'a>(rng: &mut SeededRandom, items: &[&'a str]) -> &'a str {
     items[rng.up_to(items.len() as u32 - 1) as usize]

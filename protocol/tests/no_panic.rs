@@ -3,9 +3,10 @@
 //! the cheap, always-on part.)
 
 use thingsbus_protocol::codec::{
-    decode_json_input, decode_msgpack_input, decode_published, encode_update, fast_snapshot_agrees,
+    decode_json_input, decode_msgpack_input, decode_published, encode_update,
 };
 use thingsbus_protocol::discovery::{RandomSource, SeededRandom};
+use thingsbus_protocol::fuzzing::fast_snapshot_agrees;
 use thingsbus_protocol::snapshot::{ChunkWriter, SnapshotHeader};
 use thingsbus_protocol::{Limits, Timestamp};
 

@@ -1,38 +1,190 @@
-//! A small, strict JSON scanner for the fast path of snapshot decoding (see
-//! `codec::decode_snapshot_fast`): it finds where values end and checks them against the JSON
-//! grammar, without building anything.
+//! The fast path for snapshot chunks as brokers write them ([`decode_snapshot`]), and the small,
+//! strict JSON scanner it reads them with: the scanner finds where values end and checks them
+//! against the JSON grammar, without building anything.
 //!
 //! It is deliberately conservative. Whatever it cannot vouch for — a value nested deeper than
 //! [`MAX_DEPTH`], a string with an escape where the caller wants the text, a number not in the
 //! plain form it reads itself — makes it answer `None`, and the caller decodes that part with
-//! `serde_json` instead. So the fast path never accepts what `serde_json` would refuse, and never
-//! reads a value differently.
+//! `serde_json` instead (one entry), or hands the whole message to the reference,
+//! [`published::decode_snapshot`]. So the fast path never accepts what `serde_json` would
+//! refuse, and never reads a value differently.
+//!
+//! [`published::decode_snapshot`]: super::published::decode_snapshot
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+use super::published::{entry_update, EntryFields, SnapshotEntries, SnapshotFields};
+use super::{PublishedSnapshot, PublishedUpdate, Rejection};
+use crate::message::{NamespaceRef, Timestamp};
+
+/// A `thing_snapshot` decoded as [`published::decode_snapshot`] would, several times faster,
+/// for chunks as brokers write them: entries in the exact shape of [`encode_update`] are read
+/// by a strict scanner (no escapes in `ns` or the URL, `ts` a plain decimal), any other entry by
+/// `serde_json` alone. `None` when anything is out of the ordinary — the message then goes
+/// through [`published::decode_snapshot`], which finds the error or reads it the slow way. So
+/// the result is the reference's whenever this returns one (`tests/fast_snapshot.rs`, and the
+/// `published` fuzz target, check that).
+///
+/// [`published::decode_snapshot`]: super::published::decode_snapshot
+/// [`encode_update`]: super::encode_update
+pub(crate) fn decode_snapshot(text: &str) -> Option<PublishedSnapshot<'_>> {
+    let mut s = Scan::new(text);
+    s.eat(b'{')?;
+    let mut f = SnapshotFields::default();
+    let mut seen = 0u16;
+    if !s.eat_if(b'}') {
+        loop {
+            let key = s.plain_string()?;
+            s.eat(b':')?;
+            let (bit, slot) = match key {
+                "ts" => (0, Some(&mut f.ts)),
+                "seq" => (1, Some(&mut f.seq)),
+                "snapshot" => (2, Some(&mut f.id)),
+                "chunk" => (3, Some(&mut f.chunk)),
+                "last" => (4, Some(&mut f.last)),
+                "epoch" => (5, Some(&mut f.epoch)),
+                "request" => (6, Some(&mut f.request)),
+                "total" => (7, Some(&mut f.total)),
+                "stale" => (8, Some(&mut f.stale)),
+                "data" => (9, None),
+                _ => (15, None),
+            };
+            if bit < 15 {
+                // serde refuses a repeated field.
+                if seen & (1 << bit) != 0 {
+                    return None;
+                }
+                seen |= 1 << bit;
+            }
+            if bit == 9 {
+                f.data = Some(SnapshotEntries(fast_entries(&mut s)?));
+            } else {
+                let raw = s.value(MAX_DEPTH)?;
+                if let Some(slot) = slot {
+                    *slot = Some(serde_json::from_str::<&RawValue>(raw).ok()?);
+                }
+            }
+            if s.eat_if(b',') {
+                continue;
+            }
+            s.eat(b'}')?;
+            break;
+        }
+    }
+    if !s.at_end() {
+        return None;
+    }
+    f.into_snapshot().ok()
+}
+
+/// The `data` object of a snapshot chunk (see [`decode_snapshot`]).
+fn fast_entries<'a>(s: &mut Scan<'a>) -> Option<Vec<Result<PublishedUpdate<'a>, Rejection>>> {
+    s.eat(b'{')?;
+    // Entries are rarely shorter than this: one allocation for the whole chunk.
+    let mut out = Vec::with_capacity(s.remaining() / 96);
+    if s.eat_if(b'}') {
+        return Some(out);
+    }
+    loop {
+        s.string()?;
+        s.eat(b':')?;
+        s.skip_ws();
+        let start = s.pos();
+        match fast_entry(s) {
+            Some(entry) => out.push(entry),
+            None => {
+                s.set_pos(start);
+                let raw = s.value(MAX_DEPTH)?;
+                let fields: EntryFields<'a> = serde_json::from_str(raw).ok()?;
+                out.push(entry_update(fields));
+            }
+        }
+        if s.eat_if(b',') {
+            continue;
+        }
+        s.eat(b'}')?;
+        return Some(out);
+    }
+}
+
+/// One entry exactly as [`encode_update`](super::encode_update) writes it (after its `"type"`):
+/// `{"ns":…,"data":…,"ts":…,"documentation_url":…,"seq":…}`; `None` for any other shape.
+fn fast_entry<'a>(s: &mut Scan<'a>) -> Option<Result<PublishedUpdate<'a>, Rejection>> {
+    s.lit(r#"{"ns":"#)?;
+    let ns = s.plain_string()?;
+    s.lit(r#","data":"#)?;
+    let data = s.value(MAX_DEPTH)?;
+    s.lit(r#","ts":"#)?;
+    let ts = if s.lit("null").is_some() {
+        None
+    } else {
+        // The plain decimal that `write_f64` writes for any ordinary timestamp, read exactly as
+        // serde_json's `float_roundtrip` reads it (both round correctly).
+        Some(s.decimal()?)
+    };
+    s.lit(r#","documentation_url":"#)?;
+    let documentation_url = if s.lit("null").is_some() {
+        None
+    } else {
+        Some(s.plain_string()?)
+    };
+    s.lit(r#","seq":"#)?;
+    let seq = s.unsigned()?;
+    s.lit("}")?;
+    Some(fast_entry_update(ns, data, ts, documentation_url, seq))
+}
+
+/// [`entry_update`]'s judgement of the fields [`fast_entry`] read.
+fn fast_entry_update<'a>(
+    ns: &'a str,
+    data: &'a str,
+    ts: Option<f64>,
+    documentation_url: Option<&'a str>,
+    seq: u64,
+) -> Result<PublishedUpdate<'a>, Rejection> {
+    let ns = NamespaceRef::new(Cow::Borrowed(ns)).map_err(|_| Rejection::InvalidNs)?;
+    let ts = match ts {
+        None => None,
+        Some(v) => Some(Timestamp::from_secs(v).ok_or(Rejection::BadTs)?),
+    };
+    Ok(PublishedUpdate {
+        ns,
+        data,
+        ts,
+        documentation_url: documentation_url
+            .filter(|u| !u.is_empty())
+            .map(Cow::Borrowed),
+        seq: Some(seq),
+    })
+}
 
 /// Deepest nesting the scanner follows; `serde_json` refuses beyond 128 levels counted from the
 /// top of the message, and a snapshot entry's value starts three levels down.
-pub(crate) const MAX_DEPTH: usize = 100;
+const MAX_DEPTH: usize = 100;
 
-pub(crate) struct Scan<'a> {
+struct Scan<'a> {
     text: &'a str,
     pos: usize,
 }
 
 impl<'a> Scan<'a> {
-    pub(crate) fn new(text: &'a str) -> Self {
+    fn new(text: &'a str) -> Self {
         Scan { text, pos: 0 }
     }
 
-    pub(crate) fn pos(&self) -> usize {
+    fn pos(&self) -> usize {
         self.pos
     }
 
     /// Goes back to `pos`, a position this scanner reported.
-    pub(crate) fn set_pos(&mut self, pos: usize) {
+    fn set_pos(&mut self, pos: usize) {
         self.pos = pos;
     }
 
     /// Bytes not read yet.
-    pub(crate) fn remaining(&self) -> usize {
+    fn remaining(&self) -> usize {
         self.text.len() - self.pos
     }
 
@@ -44,20 +196,20 @@ impl<'a> Scan<'a> {
         self.bytes().get(self.pos).copied()
     }
 
-    pub(crate) fn skip_ws(&mut self) {
+    fn skip_ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.pos += 1;
         }
     }
 
     /// Skips whitespace and reads `c`.
-    pub(crate) fn eat(&mut self, c: u8) -> Option<()> {
+    fn eat(&mut self, c: u8) -> Option<()> {
         self.skip_ws();
         (self.peek()? == c).then(|| self.pos += 1)
     }
 
     /// Skips whitespace; true (and consumed) when the next byte is `c`.
-    pub(crate) fn eat_if(&mut self, c: u8) -> bool {
+    fn eat_if(&mut self, c: u8) -> bool {
         self.skip_ws();
         let hit = self.peek() == Some(c);
         if hit {
@@ -67,20 +219,20 @@ impl<'a> Scan<'a> {
     }
 
     /// Reads exactly `s` (no whitespace skipped).
-    pub(crate) fn lit(&mut self, s: &str) -> Option<()> {
+    fn lit(&mut self, s: &str) -> Option<()> {
         let rest = self.bytes().get(self.pos..)?;
         rest.starts_with(s.as_bytes()).then(|| self.pos += s.len())
     }
 
     /// True when only whitespace is left.
-    pub(crate) fn at_end(&mut self) -> bool {
+    fn at_end(&mut self) -> bool {
         self.skip_ws();
         self.pos == self.text.len()
     }
 
     /// Skips whitespace and reads a string; returns its text between the quotes and whether it
     /// holds an escape (then the text is not the string's value).
-    pub(crate) fn string(&mut self) -> Option<(&'a str, bool)> {
+    fn string(&mut self) -> Option<(&'a str, bool)> {
         self.eat(b'"')?;
         let start = self.pos;
         let b = self.bytes();
@@ -114,7 +266,7 @@ impl<'a> Scan<'a> {
     }
 
     /// Skips whitespace and reads a string with no escape: its value.
-    pub(crate) fn plain_string(&mut self) -> Option<&'a str> {
+    fn plain_string(&mut self) -> Option<&'a str> {
         match self.string()? {
             (s, false) => Some(s),
             (_, true) => None,
@@ -122,7 +274,7 @@ impl<'a> Scan<'a> {
     }
 
     /// Skips whitespace and reads a number; returns its text.
-    pub(crate) fn number(&mut self) -> Option<&'a str> {
+    fn number(&mut self) -> Option<&'a str> {
         self.skip_ws();
         let start = self.pos;
         let b = self.bytes();
@@ -167,7 +319,7 @@ impl<'a> Scan<'a> {
 
     /// Skips whitespace and reads one value of any kind, nested at most `max_depth` levels
     /// (at most [`MAX_DEPTH`]); returns its text.
-    pub(crate) fn value(&mut self, max_depth: usize) -> Option<&'a str> {
+    fn value(&mut self, max_depth: usize) -> Option<&'a str> {
         let max_depth = max_depth.min(MAX_DEPTH);
         self.skip_ws();
         let start = self.pos;
@@ -228,7 +380,7 @@ impl<'a> Scan<'a> {
     /// Reads a plain decimal with a fraction and no sign or exponent (`1764423456.123456`, as
     /// timestamps are written), exactly as the standard library's parse would; `None` for
     /// anything else, including what JSON allows but this does not read.
-    pub(crate) fn decimal(&mut self) -> Option<f64> {
+    fn decimal(&mut self) -> Option<f64> {
         /// Powers of ten that an `f64` holds exactly.
         const POW10: [f64; 23] = [
             1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
@@ -271,7 +423,7 @@ impl<'a> Scan<'a> {
 
     /// Reads an unsigned integer without sign, fraction or exponent that fits a `u64`; `None`
     /// for anything else.
-    pub(crate) fn unsigned(&mut self) -> Option<u64> {
+    fn unsigned(&mut self) -> Option<u64> {
         let start = self.pos;
         let b = self.bytes();
         let mut v: u64 = 0;
