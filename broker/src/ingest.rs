@@ -477,8 +477,13 @@ impl Ingest {
             let datagram = &buf[..len];
             let taken = match decode_msgpack_input(datagram, &self.limits) {
                 Ok(update) => self.accept(&update, now),
-                // Not an update: maybe a board serving commands, or answering one.
-                Err(_) if command_datagram(datagram, from, &self.datagrams, &self.stats) => Ok(()),
+                // A map of another type: maybe a board serving commands, or answering one
+                // (only those are decoded a second time, as commands).
+                Err(Rejection::UnknownType)
+                    if command_datagram(datagram, from, &self.datagrams, &self.stats) =>
+                {
+                    Ok(())
+                }
                 Err(reason) => Err(reason.into()),
             };
             if let Err(reason) = taken {

@@ -168,6 +168,32 @@ impl<'a> MpReader<'a> {
         Ok(())
     }
 
+    /// Skips one value (transcoding it into `scratch`, which is then dropped).
+    fn skip(&mut self, scratch: &mut Vec<u8>, limits: &Limits) -> Result<(), Rejection> {
+        scratch.clear();
+        self.transcode(scratch, 0, limits.max_depth)
+    }
+
+    /// Reads one field with `read`; when its value is wrong but well-formed MessagePack, the
+    /// value is skipped and the rejection comes back inside: the outer error is for a datagram
+    /// that cannot be read on.
+    fn field<T>(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        limits: &Limits,
+        read: impl FnOnce(&mut Self) -> Result<T, Rejection>,
+    ) -> Result<Result<T, Rejection>, Rejection> {
+        let start = self.pos;
+        match read(self) {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) => {
+                self.pos = start;
+                self.skip(scratch, limits)?;
+                Ok(Err(e))
+            }
+        }
+    }
+
     fn ns(&mut self) -> Result<NamespaceRef<'a>, Rejection> {
         match self.head()? {
             Head::Str(s) => NamespaceRef::new(Cow::Borrowed(s)).map_err(|_| Rejection::InvalidNs),
@@ -205,7 +231,9 @@ impl<'a> MpReader<'a> {
 
 /// Decodes one UDP datagram: a MessagePack map shaped like the JSON `thing_update`, or the compact
 /// 4-list `[ns, ts, data, documentation_url]` that small boards send. `data` is transcoded to JSON.
-/// Bytes after the first value are ignored, as 0.2.x did.
+/// Bytes after the first value are ignored, as 0.2.x did. A well-formed map of any other type
+/// (a `serve`, `command` or `command_reply` for the broker's command endpoint) is always
+/// [`Rejection::UnknownType`], whatever its other fields hold.
 ///
 /// # Errors
 /// The [`Rejection`] that says why the datagram must be dropped.
@@ -251,14 +279,17 @@ pub fn decode_msgpack_input<'a>(
                             _ => "",
                         })
                     }
-                    "ns" => ns = Some(r.ns()?),
-                    "ts" => ts = r.ts()?,
-                    "data" => data = Some(r.data(limits.max_depth)?),
-                    "documentation_url" => documentation_url = r.url()?,
-                    _ => {
-                        skipped.clear();
-                        r.transcode(&mut skipped, 0, limits.max_depth)?;
+                    // Kept as results: a message of another type (a command for the broker's
+                    // command endpoint) is told apart by its type first, whatever its fields.
+                    "ns" => ns = Some(r.field(&mut skipped, limits, MpReader::ns)?),
+                    "ts" => ts = Some(r.field(&mut skipped, limits, MpReader::ts)?),
+                    "data" => {
+                        data = Some(r.field(&mut skipped, limits, |r| r.data(limits.max_depth))?)
                     }
+                    "documentation_url" => {
+                        documentation_url = Some(r.field(&mut skipped, limits, MpReader::url)?)
+                    }
+                    _ => r.skip(&mut skipped, limits)?,
                 }
             }
             match ty {
@@ -268,10 +299,10 @@ pub fn decode_msgpack_input<'a>(
                 Some(_) => return Err(Rejection::UnknownType),
             }
             Ok(UpdateRef {
-                ns: ns.ok_or(Rejection::MissingNs)?,
-                ts,
-                data: data.ok_or(Rejection::MissingData)?,
-                documentation_url,
+                ns: ns.ok_or(Rejection::MissingNs)??,
+                ts: ts.transpose()?.flatten(),
+                data: data.ok_or(Rejection::MissingData)??,
+                documentation_url: documentation_url.transpose()?.flatten(),
             })
         }
         _ => Err(Rejection::NotObject),
@@ -314,6 +345,57 @@ mod tests {
                 "prefix {n}"
             );
         }
+    }
+
+    #[test]
+    fn a_map_of_another_type_is_unknown_type_whatever_its_fields() {
+        let limits = Limits::default();
+        let map = |pairs: &[(&str, &[u8])]| {
+            let mut m = vec![0x80 | pairs.len() as u8];
+            for (k, v) in pairs {
+                m.push(0xa0 | k.len() as u8);
+                m.extend_from_slice(k.as_bytes());
+                m.extend_from_slice(v);
+            }
+            m
+        };
+        // {"type": "serve", "ns": ["board.led"]}: ns is no namespace, yet the type decides.
+        let serve = map(&[("type", b"\xa5serve"), ("ns", b"\x91\xa9board.led")]);
+        assert_eq!(
+            decode_msgpack_input(&serve, &limits),
+            Err(Rejection::UnknownType)
+        );
+        // The type last, after a bad ns and an odd ts.
+        let reply = map(&[
+            ("ns", b"\xa3B.x"),
+            ("ts", b"\xa1x"),
+            ("type", b"\xadcommand_reply"),
+        ]);
+        assert_eq!(
+            decode_msgpack_input(&reply, &limits),
+            Err(Rejection::UnknownType)
+        );
+        // An update keeps its own reasons, and the fields after a bad one are still read.
+        let update = map(&[
+            ("ns", b"\xa3B.x"),
+            ("type", b"\xacthing_update"),
+            ("data", b"\x01"),
+        ]);
+        assert_eq!(
+            decode_msgpack_input(&update, &limits),
+            Err(Rejection::InvalidNs)
+        );
+        let untyped = map(&[("ns", b"\xa3B.x"), ("data", b"\x01")]);
+        assert_eq!(
+            decode_msgpack_input(&untyped, &limits),
+            Err(Rejection::MissingType)
+        );
+        // A value that cannot be read past still ends the datagram.
+        let broken = map(&[("ns", b"\xc1"), ("type", b"\xa5serve")]);
+        assert_eq!(
+            decode_msgpack_input(&broken, &limits),
+            Err(Rejection::InvalidMsgpack)
+        );
     }
 
     #[test]
