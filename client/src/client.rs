@@ -11,8 +11,9 @@ use thingsbus_protocol::transport::Worker;
 use thingsbus_protocol::Namespace;
 
 use crate::command::{CommandError, Commander};
-use crate::driver::{lock, Driver, DriverOptions, Endpoint};
+use crate::driver::{Driver, DriverOptions, Endpoint};
 use crate::mirror::Mirror;
+use crate::shared::{lock, Counters, Shared};
 use crate::subscription::{self, Slot, SubscribeOptions, Subscription};
 use crate::{Error, Thing};
 
@@ -194,33 +195,6 @@ pub struct ClientStats {
     pub snapshot_replies: u64,
     /// Times the client moved to another broker from the SRV list.
     pub failovers: u64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) updates: AtomicU64,
-    pub(crate) snapshot_messages: AtomicU64,
-    pub(crate) snapshots: AtomicU64,
-    pub(crate) bad_messages: AtomicU64,
-    pub(crate) seq_gaps: AtomicU64,
-    pub(crate) missed_updates: AtomicU64,
-    pub(crate) seq_resets: AtomicU64,
-    pub(crate) last_seq: AtomicU64,
-    pub(crate) snapshot_replies: AtomicU64,
-    pub(crate) failovers: AtomicU64,
-}
-
-pub(crate) struct Shared {
-    pub(crate) mirror: Mirror,
-    pub(crate) subs: Mutex<Vec<Slot>>,
-    pub(crate) counters: Counters,
-    pub(crate) filled: Mutex<bool>,
-    pub(crate) filled_cv: Condvar,
-    pub(crate) filled_notify: tokio::sync::Notify,
-    /// The directory URL in use (it changes on fail-over).
-    pub(crate) current: Mutex<String>,
-    /// Subscriptions open (or recently closed): events are built only when there are some.
-    pub(crate) subscribers: std::sync::atomic::AtomicUsize,
 }
 
 struct Inner {

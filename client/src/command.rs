@@ -14,7 +14,7 @@ use thingsbus_protocol::transport::{self, Worker};
 use thingsbus_protocol::Namespace;
 use tokio::sync::oneshot;
 
-use crate::driver::lock;
+use crate::shared::lock;
 use crate::Error;
 
 /// Why a command got no data back.

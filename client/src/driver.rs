@@ -10,14 +10,14 @@
 //! buffering. A gap in the live `seq` (or a broker restart) triggers a new request.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thingsbus_protocol::codec::{decode_published, Published};
 use thingsbus_protocol::transport::{self, Event};
 
-use crate::client::Shared;
 use crate::mirror::Prepared;
+use crate::shared::{lock, Shared};
 use crate::thing::now_secs;
 use crate::Error;
 
@@ -28,11 +28,6 @@ mod writer;
 use requests::{Link, Requests};
 use seq::{Header, Live, SeqTracker, Snapshot};
 use writer::{Write, Writer};
-
-/// Locks, ignoring poisoning (the data stays valid).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// One broker to try.
 #[derive(Debug, Clone)]

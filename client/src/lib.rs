@@ -43,6 +43,7 @@ mod command;
 mod driver;
 mod error;
 mod mirror;
+mod shared;
 mod subscription;
 mod thing;
 

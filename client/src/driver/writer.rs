@@ -16,8 +16,8 @@ use std::sync::Arc;
 use thingsbus_protocol::Namespace;
 
 use super::lock;
-use crate::client::Shared;
 use crate::mirror::{Prepared, Source};
+use crate::shared::Shared;
 use crate::subscription::{Event, EventKind};
 use crate::Error;
 
