@@ -4,7 +4,7 @@ use std::net::UdpSocket;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use thingsbus_broker::Cidr;
 use thingsbus_broker::Reason;
 use thingsbus_tests::*;
@@ -142,4 +142,68 @@ fn a_source_over_its_rate_is_cut_and_others_are_not() {
     eventually(DEADLINE, "ZMQ updates over the rate to be counted", || {
         (rejected(&broker, Reason::RateLimited) > before + 100).then_some(())
     });
+}
+
+#[test]
+fn a_sender_rotating_through_many_addresses_does_not_reset_a_limited_one() {
+    // 70,000 sources, more than the 65,536 buckets kept: a limiter that forgot everyone once
+    // full gave the limited source a fresh burst; one that forgets the least recently used
+    // source keeps limiting it.
+    let broker = spawn_broker(|c| c.rate_limit = Some(0.001));
+    let sub = Subscriber::connect(&broker);
+    let limited = udp_from("127.0.0.2");
+    // Each hello from a source of its own: one datagram each is all the limit lets through.
+    let mut hello = 0u8;
+    eventually(DEADLINE, "the subscriber", || {
+        hello = hello.wrapping_add(1);
+        send_udp(
+            &udp_from(&format!("127.0.9.{hello}")),
+            &broker,
+            "rotate.hello",
+            0,
+        );
+        sub.recv_json(Duration::from_millis(50))
+            .filter(|v| v["ns"] == "rotate.hello")
+    });
+    send_udp(&limited, &broker, "rotate.limited", 0);
+    sub.wait_for(DEADLINE, "the limited source's one token", |v| {
+        v["ns"] == "rotate.limited"
+    });
+    let handled =
+        || broker.stats().accepted.load(Ordering::Relaxed) + broker.stats().rejected_total();
+    let mut sent = handled();
+    let mut limited_sends = 0;
+    for i in 0..70_000u32 {
+        let [_, _, b, c] = (0x7f01_0000 + i).to_be_bytes();
+        let hi = 1 + (i >> 16) as u8;
+        let from = udp_from(&format!("127.{hi}.{b}.{c}"));
+        send_udp(&from, &broker, "rotate.flood", i64::from(i));
+        sent += 1;
+        if i % 500 == 0 {
+            send_udp(&limited, &broker, "rotate.limited", i64::from(i) + 1);
+            sent += 1;
+            limited_sends += 1;
+        }
+        if i % 1000 == 999 {
+            // Paced, so that the kernel drops nothing while the broker catches up.
+            eventually(DEADLINE, "the broker to take what was sent", || {
+                (handled() >= sent).then_some(())
+            });
+        }
+    }
+    eventually(DEADLINE, "the broker to take what was sent", || {
+        (handled() >= sent).then_some(())
+    });
+    assert_eq!(
+        rejected(&broker, Reason::RateLimited),
+        limited_sends,
+        "every later datagram of the limited source is limited, none of the rotating ones"
+    );
+    let passed: Vec<Value> = std::iter::from_fn(|| sub.recv_json(Duration::from_millis(20)))
+        .filter(|v| v["ns"] == "rotate.limited")
+        .collect();
+    assert!(
+        passed.is_empty(),
+        "the limited source got through: {passed:?}"
+    );
 }

@@ -91,53 +91,117 @@ impl AllowList {
     }
 }
 
-/// Tokens per source: `rate` per second, bursts up to `rate` (at least 1).
+/// What a rate limit counts by: an IPv4 address, or an IPv6 /64 (one host or one network's
+/// hosts: an IPv6 sender rotating through its /64 is still one source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(std::net::Ipv4Addr),
+    V6Net(u64),
+}
+
+impl Source {
+    fn of(ip: IpAddr) -> Source {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => Source::V4(a),
+            IpAddr::V6(a) => Source::V6Net((u128::from(a) >> 64) as u64),
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    /// Used again since it was added or the evictor last looked (a second chance).
+    used: bool,
+}
+
+/// Tokens per source: `rate` per second, bursts up to `rate` (at least 1). At most
+/// [`MAX_SOURCES`] are remembered; beyond it the least recently used one is forgotten, one at a
+/// time, so a sender rotating addresses cannot reset the buckets of sources that keep sending.
 pub(crate) struct RateLimiter {
     rate: f64,
-    buckets: HashMap<IpAddr, (f64, Instant)>,
+    max_sources: usize,
+    buckets: HashMap<Source, Bucket>,
+    /// Sources in the order the evictor visits them (oldest first; a used one goes round again).
+    order: std::collections::VecDeque<Source>,
     last_sweep: Instant,
 }
 
-/// Sources remembered at most; beyond it idle ones are forgotten early.
+/// Sources remembered at most.
 const MAX_SOURCES: usize = 65_536;
 
 impl RateLimiter {
     pub(crate) fn new(rate: f64) -> Self {
+        RateLimiter::with_max_sources(rate, MAX_SOURCES)
+    }
+
+    fn with_max_sources(rate: f64, max_sources: usize) -> Self {
         RateLimiter {
             rate,
+            max_sources: max_sources.max(1),
             buckets: HashMap::new(),
+            order: std::collections::VecDeque::new(),
             last_sweep: Instant::now(),
         }
     }
 
-    /// Takes one token for `ip`; false when its bucket is empty.
+    /// Takes one token for `ip`'s source; false when its bucket is empty.
     pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         let burst = self.rate.max(1.0);
-        if self.buckets.len() >= MAX_SOURCES
-            || now.duration_since(self.last_sweep) > Duration::from_secs(60)
-        {
-            // A full bucket is the same as no bucket: drop those.
-            let rate = self.rate;
-            self.buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
-            self.last_sweep = now;
-            if self.buckets.len() >= MAX_SOURCES {
-                self.buckets.clear();
-            }
+        if now.duration_since(self.last_sweep) > Duration::from_secs(60) {
+            self.sweep(now, burst);
         }
-        let (tokens, at) = self
-            .buckets
-            .entry(ip.to_canonical())
-            .or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let source = Source::of(ip);
+        let known = self.buckets.contains_key(&source);
+        if !known {
+            if self.buckets.len() >= self.max_sources {
+                self.evict_one();
+            }
+            self.order.push_back(source);
+        }
+        let b = self.buckets.entry(source).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+            used: false,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(burst);
+        b.at = now;
+        // A source seen once is the first to go; one that comes back earns its second chance.
+        b.used |= known;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// Forgets the least recently used source (second chance: one used since the last visit
+    /// goes round once more). Amortised O(1).
+    fn evict_one(&mut self) {
+        while let Some(source) = self.order.pop_front() {
+            match self.buckets.get_mut(&source) {
+                Some(b) if b.used => {
+                    b.used = false;
+                    self.order.push_back(source);
+                }
+                Some(_) => {
+                    self.buckets.remove(&source);
+                    return;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Once a minute: a full bucket is the same as no bucket, so those are dropped.
+    fn sweep(&mut self, now: Instant, burst: f64) {
+        let rate = self.rate;
+        self.buckets
+            .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        let buckets = &self.buckets;
+        self.order.retain(|s| buckets.contains_key(s));
+        self.last_sweep = now;
     }
 }
 
@@ -264,5 +328,44 @@ mod tests {
             r.allow(a, t0 + Duration::from_millis(150)),
             "tokens come back at 10/s"
         );
+    }
+
+    #[test]
+    fn ipv6_counts_by_64_and_mapped_ipv4_as_ipv4() {
+        let mut r = RateLimiter::new(1.0);
+        let t0 = Instant::now();
+        assert!(r.allow(ip("2001:db8:1:2::1"), t0));
+        assert!(!r.allow(ip("2001:db8:1:2:ffff::9"), t0), "the same /64");
+        assert!(r.allow(ip("2001:db8:1:3::1"), t0), "another /64");
+        assert!(r.allow(ip("10.0.0.1"), t0));
+        assert!(
+            !r.allow(ip("::ffff:10.0.0.1"), t0),
+            "mapped IPv4 is that IPv4"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_new_sources_does_not_reset_one_that_keeps_sending() {
+        let mut r = RateLimiter::with_max_sources(0.001, 100);
+        let t0 = Instant::now();
+        let busy = ip("10.0.0.1");
+        assert!(r.allow(busy, t0), "its one token");
+        for i in 0..10_000u32 {
+            let rotating = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            assert!(r.allow(rotating, t0), "a new source has its burst");
+            if i % 10 == 0 {
+                assert!(!r.allow(busy, t0), "the busy source stays limited (at {i})");
+            }
+        }
+        assert!(r.buckets.len() <= 100 && r.order.len() <= 10_100);
+        // An idle source is the one forgotten.
+        let mut r = RateLimiter::with_max_sources(0.001, 2);
+        let (a, b, c) = (ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3"));
+        assert!(r.allow(a, t0) && r.allow(b, t0));
+        assert!(!r.allow(a, t0));
+        r.evict_one();
+        assert!(r.buckets.contains_key(&Source::of(a)) || r.buckets.contains_key(&Source::of(b)));
+        assert!(r.allow(c, t0));
+        assert_eq!(r.buckets.len(), 2);
     }
 }
