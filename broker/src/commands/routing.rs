@@ -31,6 +31,10 @@ pub(crate) const MAX_PER_CALLER: usize = 1_000;
 const MAX_REGISTRATIONS_PER_PEER: usize = 256;
 /// Registrations in all.
 const MAX_REGISTRATIONS: usize = 16_384;
+/// Registrations one host holds at most, over all its connections.
+const MAX_REGISTRATIONS_PER_HOST: usize = 1_024;
+/// Prefixes other brokers serve, held at most (over all of them).
+const MAX_REMOTE_ROUTES: usize = 16_384;
 /// A prefix announced by another broker lapses after this long without a new announcement.
 pub(crate) const REMOTE_ROUTE_TTL: Duration = Duration::from_secs(15);
 /// Served prefixes listed in the broker's thing at most.
@@ -117,6 +121,8 @@ struct Registration {
     since: f64,
     /// Order of arrival here, between registrations of the same `since`.
     order: u64,
+    /// The address it came from, when known (counted per host).
+    host: Option<IpAddr>,
 }
 
 struct InFlight {
@@ -146,12 +152,23 @@ pub(crate) struct Gauges {
     pub(crate) served: Vec<String>,
 }
 
+/// One less for `key`, which is forgotten at zero.
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
 /// The routing table and the commands in flight.
 pub(crate) struct RoutingTable {
     allow_command: AllowList,
     allow_serve: AllowList,
     registrations: HashMap<Namespace, Vec<Registration>>,
     per_peer: HashMap<Peer, usize>,
+    per_host: HashMap<IpAddr, usize>,
     in_flight: HashMap<u64, InFlight>,
     per_caller: HashMap<Peer, usize>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -171,6 +188,7 @@ impl RoutingTable {
             allow_serve,
             registrations: HashMap::new(),
             per_peer: HashMap::new(),
+            per_host: HashMap::new(),
             in_flight: HashMap::new(),
             per_caller: HashMap::new(),
             deadlines: BinaryHeap::new(),
@@ -278,7 +296,11 @@ impl RoutingTable {
                 continue;
             }
             let held = self.per_peer.get(&peer).copied().unwrap_or(0);
-            if held >= MAX_REGISTRATIONS_PER_PEER || total + accepted.len() >= MAX_REGISTRATIONS {
+            let by_host = addr.map_or(0, |a| self.per_host.get(&a).copied().unwrap_or(0));
+            if held >= MAX_REGISTRATIONS_PER_PEER
+                || by_host >= MAX_REGISTRATIONS_PER_HOST
+                || total + accepted.len() >= MAX_REGISTRATIONS
+            {
                 continue;
             }
             self.next_order += 1;
@@ -287,8 +309,12 @@ impl RoutingTable {
                 expires,
                 since: now.wall,
                 order: self.next_order,
+                host: addr,
             });
             *self.per_peer.entry(peer.clone()).or_insert(0) += 1;
+            if let Some(a) = addr {
+                *self.per_host.entry(a).or_insert(0) += 1;
+            }
             accepted.push(prefix);
         }
         out.push(Action::RoutesChanged);
@@ -312,11 +338,21 @@ impl RoutingTable {
                 r.expires = now;
             }
         }
+        let mut remote = self
+            .registrations
+            .values()
+            .flatten()
+            .filter(|r| matches!(r.peer, Peer::Broker(_)) && r.expires > now)
+            .count();
         for (prefix, since) in served.into_iter().take(MAX_REGISTRATIONS_PER_PEER) {
             let regs = self.registrations.entry(prefix).or_default();
             if let Some(r) = regs.iter_mut().find(|r| r.peer == peer) {
                 r.expires = now + REMOTE_ROUTE_TTL;
                 r.since = since;
+                remote += 1;
+                continue;
+            }
+            if remote >= MAX_REMOTE_ROUTES {
                 continue;
             }
             self.next_order += 1;
@@ -325,7 +361,9 @@ impl RoutingTable {
                 expires: now + REMOTE_ROUTE_TTL,
                 since,
                 order: self.next_order,
+                host: None,
             });
+            remote += 1;
         }
         self.lapse(now, out);
         out.push(Action::RoutesChanged);
@@ -536,11 +574,13 @@ impl RoutingTable {
     /// Drops registrations not renewed in time; their commands in flight get `gone`.
     fn lapse(&mut self, now: Instant, out: &mut Vec<Action>) {
         let mut lapsed: Vec<(Namespace, Peer)> = Vec::new();
+        let mut hosts: Vec<IpAddr> = Vec::new();
         self.registrations.retain(|prefix, regs| {
             regs.retain(|r| {
                 let keep = r.expires > now;
                 if !keep {
                     lapsed.push((prefix.clone(), r.peer.clone()));
+                    hosts.extend(r.host);
                 }
                 keep
             });
@@ -550,12 +590,10 @@ impl RoutingTable {
             return;
         }
         for (_, peer) in &lapsed {
-            if let Some(n) = self.per_peer.get_mut(peer) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.per_peer.remove(peer);
-                }
-            }
+            decrement(&mut self.per_peer, peer);
+        }
+        for host in &hosts {
+            decrement(&mut self.per_host, host);
         }
         let orphans: Vec<u64> = self
             .in_flight
@@ -1124,6 +1162,47 @@ mod tests {
             assert_eq!(refusal(&out), refused("c", "c-1", errors::NOT_ALLOWED));
         }
         delivered(&r.handle(0.0, zmq("c"), ten, command_to("c-1", "a", None)));
+    }
+
+    #[test]
+    fn registrations_are_bounded_per_host_over_its_connections() {
+        let mut r = Rig::new();
+        let names: Vec<String> = (0..MAX_REGISTRATIONS_PER_PEER)
+            .map(|i| format!("p{i}"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let per_connection = MAX_REGISTRATIONS_PER_HOST / MAX_REGISTRATIONS_PER_PEER;
+        for c in 0..per_connection {
+            let got = serving(&r.serve(0.0, &format!("conn{c}"), &names, 30.0)).len();
+            assert_eq!(got, MAX_REGISTRATIONS_PER_PEER, "connection {c}");
+        }
+        // One more connection from the same host gets nothing new...
+        assert!(serving(&r.serve(0.0, "one-more", &names, 30.0)).is_empty());
+        // ...until registrations of that host lapse.
+        let after = 31.0;
+        r.tick(after);
+        assert_eq!(
+            serving(&r.serve(after, "one-more", &names[..5], 30.0)).len(),
+            5
+        );
+    }
+
+    #[test]
+    fn remote_routes_are_bounded_over_all_brokers() {
+        let mut r = Rig::new();
+        let names: Vec<String> = (0..MAX_REGISTRATIONS_PER_PEER)
+            .map(|i| format!("p{i}"))
+            .collect();
+        let nodes = MAX_REMOTE_ROUTES / MAX_REGISTRATIONS_PER_PEER;
+        for n in 0..nodes + 3 {
+            let served: Vec<(&str, f64)> = names.iter().map(|p| (p.as_str(), 1.0)).collect();
+            r.remote(0.0, &format!("node{n}"), &served);
+        }
+        assert_eq!(r.t.gauges().remote, MAX_REMOTE_ROUTES);
+        // A broker already known keeps renewing what it has.
+        let served: Vec<(&str, f64)> = names.iter().map(|p| (p.as_str(), 1.0)).collect();
+        r.remote(1.0, "node0", &served);
+        assert_eq!(r.t.gauges().remote, MAX_REMOTE_ROUTES);
     }
 
     #[test]
