@@ -182,6 +182,20 @@ impl Directory {
         (out, std::mem::take(&mut self.remarked))
     }
 
+    /// Marks a thing held as changed, as [`Directory::apply_marked`] would (for changes taken
+    /// that could not be passed on: they go with the next take). False when it is not held.
+    pub fn mark(&mut self, ns: &str) -> bool {
+        let Some((key, _)) = self.things.get_key_value(ns) else {
+            return false;
+        };
+        let key = key.clone();
+        if let Some(e) = self.things.get_mut(ns).filter(|e| !e.marked) {
+            e.marked = true;
+            self.marked.push(key);
+        }
+        true
+    }
+
     /// True when [`Directory::take_changed`] has something to give.
     pub fn has_changed(&self) -> bool {
         !self.marked.is_empty()
@@ -457,6 +471,20 @@ mod tests {
         let later = Timestamp::from_secs(5000.0).unwrap();
         assert_eq!(d.forget_older_than(later, 10.0), 3);
         assert_eq!(d.bytes(), 0);
+    }
+
+    #[test]
+    fn a_thing_taken_can_be_marked_again_once() {
+        let mut d = Directory::new();
+        let now = Timestamp::from_secs(100.0).unwrap();
+        let u = decode_json_input(br#"["a", null, 1, null]"#, &Limits::default()).unwrap();
+        d.apply_marked(&u, now);
+        assert_eq!(d.take_changed().0.len(), 1);
+        assert!(!d.has_changed());
+        assert!(d.mark("a") && d.mark("a"));
+        assert!(!d.mark("b"), "not held");
+        let (again, superseded) = d.take_changed();
+        assert_eq!((again.len(), superseded), (1, 0), "marked once, taken once");
     }
 
     #[test]

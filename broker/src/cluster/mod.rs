@@ -24,7 +24,7 @@ pub(crate) mod relay;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ pub(crate) type Outgoing = Arc<[u8]>;
 /// The ingest thread's end: local updates out, other brokers' updates in.
 pub(crate) struct ClusterLink {
     /// The newest value of each thing changed locally, at most once per `flush`.
-    pub(crate) out: Sender<Vec<Outgoing>>,
+    pub(crate) out: SyncSender<Vec<Outgoing>>,
     /// When the writer may write next: ingest hands its changes over then.
     pub(crate) next_write: NextWrite,
     /// Seconds another broker's `ts` may be ahead of our clock (`--max-clock-skew`).
@@ -84,6 +84,9 @@ impl NextWrite {
     }
 }
 
+/// Hand-overs waiting for the conflate thread at most.
+const HAND_OVER_QUEUE: usize = 16;
+
 /// How early [`ClusterLink::hand_over`] may hand changes over.
 const HAND_OVER_EARLY: Duration = Duration::from_millis(1);
 
@@ -98,7 +101,13 @@ impl ClusterLink {
         }
         let (changed, superseded) = dir.take_changed();
         stats::add(&stats.cluster.conflated, superseded);
-        let _ = self.out.send(changed);
+        if let Err(TrySendError::Full(changed)) = self.out.try_send(changed) {
+            // The conflate thread is behind: the things are marked again, to go with the next
+            // hand-over (conflating in the directory meanwhile). Nothing queues up here.
+            for bytes in changed {
+                dir.mark(encoded_ns(&bytes));
+            }
+        }
     }
 
     /// How long until [`ClusterLink::hand_over`] has something to do, if it will.
@@ -307,7 +316,9 @@ fn start(
     let next_write = NextWrite::new();
     let addrs = server_addrs(&config.urls)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let (out_tx, out_rx) = std::sync::mpsc::channel::<Vec<Outgoing>>();
+    // Bounded: should the conflate thread fall behind, ingest keeps its marks (one flag per
+    // thing) and hands over later, instead of queueing batches here.
+    let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<Vec<Outgoing>>(HAND_OVER_QUEUE);
     let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
