@@ -259,6 +259,8 @@ pub(crate) struct Journal {
     last_compaction: u64,
     /// A batch was dropped: nothing more is appended until a compaction is handed over.
     need_compaction: bool,
+    /// Things under this namespace are not kept.
+    skip_ns: String,
 }
 
 impl Journal {
@@ -293,6 +295,7 @@ impl Journal {
             since_compaction: 0,
             last_compaction: 0,
             need_compaction: false,
+            skip_ns: skip_ns.to_owned(),
         };
         journal.compact(dir, skip_ns);
         Ok((journal, writer))
@@ -307,7 +310,7 @@ impl Journal {
         }
         let records: Vec<Arc<[u8]>> = batch
             .iter()
-            .filter(|b| b.starts_with(UPDATE_PREFIX))
+            .filter(|b| b.starts_with(UPDATE_PREFIX) && !self.skipped(b))
             .cloned()
             .collect();
         if records.is_empty() {
@@ -348,6 +351,13 @@ impl Journal {
                 self.need_compaction = true;
             }
         }
+    }
+
+    /// Whether an update is of a thing that is not kept (the broker's own): restoring would
+    /// skip it, and its appends would grow the file for nothing.
+    fn skipped(&self, update: &[u8]) -> bool {
+        std::str::from_utf8(thingsbus_protocol::codec::encoded_update_ns(update))
+            .is_ok_and(|ns| thingsbus_protocol::namespace::is_within_str(ns, &self.skip_ns))
     }
 
     fn writer_wants_compaction(&self) -> bool {
