@@ -421,6 +421,80 @@ impl Journal {
 mod tests {
     use super::*;
 
+    fn update(ns: &str) -> Arc<[u8]> {
+        let mut u = UPDATE_PREFIX.to_vec();
+        u.extend_from_slice(format!("\"ns\":\"{ns}\",\"data\":1}}").as_bytes());
+        Arc::from(u)
+    }
+
+    /// A journal whose writer takes `room` jobs and never reads them.
+    fn stalled(room: usize) -> (Journal, std::sync::mpsc::Receiver<Job>, Arc<Stats>) {
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = std::sync::mpsc::sync_channel(room);
+        let shared = Arc::new(Shared {
+            stats: stats.clone(),
+            queued: AtomicU64::new(0),
+            compact_at: AtomicU64::new(NO_REQUEST),
+            epoch: Instant::now(),
+            trouble: Mutex::default(),
+        });
+        let journal = Journal {
+            tx,
+            shared,
+            next_job: 0,
+            since_compaction: 0,
+            last_compaction: 0,
+            need_compaction: false,
+            skip_ns: "thingsbus.broker".into(),
+        };
+        (journal, rx, stats)
+    }
+
+    #[test]
+    fn a_writer_that_falls_behind_costs_dropped_batches_and_a_fault_never_a_wait() {
+        let (mut j, rx, stats) = stalled(1);
+        j.append(&[update("a.one")], 1);
+        assert!(!j.wants_compaction());
+        // The queue is full: neither call waits.
+        j.append(&[update("a.two")], 2);
+        j.compact(&Directory::new(), "thingsbus.broker");
+        assert_eq!(stats.journal_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.journal_failing.load(Ordering::Relaxed), 1);
+        assert!(j.wants_compaction(), "the compaction is tried again");
+        // Until it is handed over, appends are dropped too (the file would have a hole).
+        let _ = rx.recv();
+        j.append(&[update("a.three")], 3);
+        assert_eq!(stats.journal_dropped.load(Ordering::Relaxed), 2);
+        j.compact(&Directory::new(), "thingsbus.broker");
+        assert!(!j.wants_compaction());
+        let Ok(Job::Compact(_, _, job)) = rx.recv() else {
+            panic!("a compaction");
+        };
+        // The writer's success with it clears the fault: it holds what was dropped.
+        j.shared.trouble(|t| t.compacted(job));
+        assert_eq!(stats.journal_failing.load(Ordering::Relaxed), 0);
+        assert!(stats.health.problems().is_empty());
+        // The broker's own thing is not journaled.
+        j.append(&[update("thingsbus.broker")], 4);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn appends_are_left_to_the_compaction_the_writer_asks_for() {
+        let (mut j, rx, _) = stalled(8);
+        j.shared.request_compaction(Duration::from_secs(3600));
+        assert!(!j.wants_compaction(), "not before its pause");
+        j.append(&[update("a.one")], 1);
+        assert!(rx.try_recv().is_err(), "the writer would discard it");
+        j.shared.request_compaction(Duration::ZERO);
+        assert!(j.wants_compaction());
+        j.compact(&Directory::new(), "thingsbus.broker");
+        assert!(!j.wants_compaction(), "answered");
+        j.append(&[update("a.two")], 2);
+        assert!(matches!(rx.try_recv(), Ok(Job::Compact(..))));
+        assert!(matches!(rx.try_recv(), Ok(Job::Append(..))));
+    }
+
     #[test]
     fn the_fault_names_every_trouble_and_a_later_compaction_clears_it() {
         let mut t = Trouble::default();
