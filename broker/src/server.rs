@@ -247,15 +247,17 @@ fn restore(
     )
     .map_err(state_error)?;
     crate::stats::set(&stats.things, dir.len() as u64);
-    let (journal, thread) = Journal::start(
+    let (journal, writer) = Journal::start(
         path.clone(),
         config.fsync_interval,
         &dir,
         BROKER_NS,
         stats.clone(),
+        threads.stop.clone(),
     )
     .map_err(state_error)?;
-    threads.handles.push(thread);
+    // Supervised like every loop: a writer that dies stops the broker (see Journal::start).
+    threads.spawn("thingsbus-journal", move || writer.run())?;
     Ok((dir, Some(journal)))
 }
 

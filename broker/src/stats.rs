@@ -153,6 +153,9 @@ counters! {
         /// With `--state-file`: batches not journaled because the writer fell behind (the next
         /// compaction makes up for them).
         journal_dropped: Counter, "journal.dropped", "thingsbus_journal_dropped_total";
+        /// With `--state-file`: true while the file misses what the broker accepted (a write
+        /// failed, or batches were dropped), until a compaction rewrites it; `/healthz` says why.
+        journal_failing: Flag, "journal.failing", "thingsbus_journal_failing";
     }
     also {
         /// Input messages dropped, indexed like [`Reason::all`].
