@@ -215,7 +215,7 @@ fn a_slow_event_client_holds_nobody_up() {
     let input = ZmqInput::connect(&broker);
     let sub = Subscriber::connect(&broker);
     sync(&sub, &input);
-    // Fewer than an event client's queue holds (65,536), so the fast one never lags; the stuck
+    // Fewer than an event client's queue holds (4,096), so the fast one never lags; the stuck
     // one's socket fills up long before.
     let pad = "x".repeat(2000);
     for i in 0..3_000 {
@@ -366,4 +366,38 @@ fn a_thread_that_panics_or_ends_stops_the_broker_saying_which() {
         let failure = broker.stats().health.failure().unwrap_or_default();
         assert!(failure.starts_with(cause), "{fault}: {failure}");
     }
+}
+
+#[test]
+fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
+    let broker = spawn_broker(with_http);
+    let b = base(&broker);
+    let addr = broker.endpoints().http.expect("http");
+    // 256 streams, each held open by a client that read the response head.
+    let open: Vec<std::net::TcpStream> = (0..256)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("request");
+            s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            let mut head = [0u8; 12];
+            std::io::Read::read_exact(&mut s, &mut head).expect("response head");
+            assert_eq!(&head, b"HTTP/1.1 200", "stream {i}");
+            s
+        })
+        .collect();
+    let (code, body) = get(&format!("{b}/api/events"));
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("too many event streams"), "{body}");
+    // The JSON side is not affected.
+    assert_eq!(get(&format!("{b}/api/things")).0, 200);
+    // They go away: their places are free again (once the server notices the closes).
+    drop(open);
+    eventually(Duration::from_secs(60), "a place for a new stream", || {
+        let url = format!("{b}/api/events");
+        match ureq::get(&url).timeout(Duration::from_secs(2)).call() {
+            Ok(r) => (r.status() == 200).then_some(()),
+            Err(_) => None,
+        }
+    });
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,13 @@ use serde_json::{json, Value};
 use thingsbus_adaptor::Adaptor;
 use thingsbus_broker::{Broker, Config};
 use thingsbus_client::Client;
+use thingsbus_tests::process::Stream;
 use thingsbus_tests::{eventually, peers, require_peers, spawn_broker_on_port_pair, start_on};
 
 /// A Mosquitto on 127.0.0.1 (no persistence: a restart forgets retained topics), killed on drop.
 struct Mosquitto {
-    child: Child,
+    // Dropped first: the process is killed and reaped before its directory goes.
+    process: Proc,
     port: u16,
     dir: std::path::PathBuf,
 }
@@ -36,19 +38,14 @@ impl Mosquitto {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
         )
         .expect("config");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto runs (Debian package mosquitto; scripts/test installs it)");
-        eventually(DEADLINE, "mosquitto to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        });
-        Mosquitto { child, port, dir }
+        let mut process = Proc::build(Command::new("mosquitto").arg("-c").arg(&conf))
+            .name("mosquitto (Debian package mosquitto; scripts/test installs it)")
+            .stdout(Stream::Discard)
+            .start();
+        process
+            .wait_listening(port, DEADLINE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Mosquitto { process, port, dir }
     }
 
     fn url(&self) -> String {
@@ -58,8 +55,7 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -28,13 +28,37 @@ use crate::stats::{self, Stats};
 
 const PAGE: &str = include_str!("web/index.html");
 /// Events that may wait for one SSE client before it is dropped.
-const SSE_QUEUE: usize = 65_536;
+const SSE_QUEUE: usize = 4_096;
+/// Event streams open at once at most; more are refused with 503.
+const SSE_CLIENTS: usize = 256;
 
 #[derive(Clone)]
 struct App {
     client: Client,
     stats: Arc<Stats>,
     thing_metrics: bool,
+    /// Event streams open now.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One open event stream, counted while it lives.
+struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl StreamSlot {
+    /// A slot, unless [`SSE_CLIENTS`] are taken.
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>) -> Option<StreamSlot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < SSE_CLIENTS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| StreamSlot(open.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Binds `addr` now (so a taken port fails the start) and serves on a thread until `stop`.
@@ -81,6 +105,7 @@ pub(crate) fn start(
         client,
         stats,
         thing_metrics,
+        streams: Arc::default(),
     };
     let thread = std::thread::Builder::new()
         .name("thingsbus-http".into())
@@ -207,6 +232,13 @@ async fn thing(State(app): State<App>, Path(ns): Path<String>) -> Response {
 
 async fn events(State(app): State<App>, Query(q): Query<Prefix>) -> Response {
     let prefix = q.prefix.unwrap_or_default();
+    let Some(slot) = StreamSlot::take(&app.streams) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many event streams open (at most {SSE_CLIENTS})\n"),
+        )
+            .into_response();
+    };
     let sub = match app.client.subscribe(
         &prefix,
         SubscribeOptions::new().tree(true).capacity(SSE_QUEUE),
@@ -215,8 +247,8 @@ async fn events(State(app): State<App>, Query(q): Query<Prefix>) -> Response {
         Err(e) => return bad_prefix(e),
     };
     // A client too slow to keep up lags; it is then dropped (its browser reconnects and
-    // starts over), so it never holds anything up.
-    let stream = futures_util::stream::unfold(sub, |mut sub| async move {
+    // starts over), so it never holds anything up. Its slot goes with the stream.
+    let stream = futures_util::stream::unfold((sub, slot), |(mut sub, slot)| async move {
         match sub.next().await {
             Some(Ok(e)) => {
                 let kind = match e.kind {
@@ -226,7 +258,7 @@ async fn events(State(app): State<App>, Query(q): Query<Prefix>) -> Response {
                 let mut data = thing_json(&e.thing);
                 data["ns"] = json!(e.thing.ns.as_str());
                 let event = Event::default().event(kind).data(data.to_string());
-                Some((Ok::<Event, Infallible>(event), sub))
+                Some((Ok::<Event, Infallible>(event), (sub, slot)))
             }
             Some(Err(lagged)) => {
                 tracing::debug!(%lagged, "dropping a slow SSE client");

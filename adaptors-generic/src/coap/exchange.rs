@@ -16,7 +16,8 @@ pub const MAX_RETRANSMIT: u32 = 4;
 /// 247 s; nodes retransmit within 45 s).
 pub const DEDUP_FOR: Duration = Duration::from_secs(60);
 /// Above this many remembered requests, the stale ones are forgotten.
-const DEDUP_SWEEP_ABOVE: usize = 10_000;
+/// Requests remembered at most: beyond it the oldest is forgotten even within [`DEDUP_FOR`].
+pub const DEDUP_MAX: usize = 10_000;
 
 /// Why an exchange ended without a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,19 +142,20 @@ impl Exchange {
 }
 
 /// The requests nodes sent lately (by source address and message id) with the bytes of our
-/// answer.
+/// answer: each forgotten [`DEDUP_FOR`] after it came, or sooner when [`DEDUP_MAX`] are held.
+/// Forgetting is in arrival order, so it costs O(1) per request.
 #[derive(Debug, Default)]
 pub struct Dedup {
     seen: HashMap<(SocketAddr, u16), (Instant, Vec<u8>)>,
+    /// Arrivals, oldest first (a request remembered again also stays at its older place, and
+    /// is only forgotten there if it was not remembered since).
+    order: std::collections::VecDeque<(Instant, SocketAddr, u16)>,
 }
 
 impl Dedup {
     /// Our earlier answer to the same request, if it came within [`DEDUP_FOR`].
     pub fn answered(&mut self, from: SocketAddr, mid: u16, now: Instant) -> Option<&[u8]> {
-        if self.seen.len() > DEDUP_SWEEP_ABOVE {
-            self.seen
-                .retain(|_, (at, _)| now.duration_since(*at) < DEDUP_FOR);
-        }
+        self.forget(now, DEDUP_MAX);
         self.seen
             .get(&(from, mid))
             .filter(|(at, _)| now.duration_since(*at) < DEDUP_FOR)
@@ -162,7 +164,26 @@ impl Dedup {
 
     /// Remembers the answer to a request.
     pub fn remember(&mut self, from: SocketAddr, mid: u16, now: Instant, reply: Vec<u8>) {
+        self.forget(now, DEDUP_MAX - 1);
         self.seen.insert((from, mid), (now, reply));
+        self.order.push_back((now, from, mid));
+    }
+
+    /// Forgets what is older than [`DEDUP_FOR`], and the oldest beyond `keep`.
+    fn forget(&mut self, now: Instant, keep: usize) {
+        while let Some(&(at, from, mid)) = self.order.front() {
+            if now.duration_since(at) < DEDUP_FOR && self.seen.len() <= keep {
+                break;
+            }
+            self.order.pop_front();
+            if self
+                .seen
+                .get(&(from, mid))
+                .is_some_and(|(held, _)| *held == at)
+            {
+                self.seen.remove(&(from, mid));
+            }
+        }
     }
 
     /// How many requests are remembered.
@@ -299,17 +320,29 @@ mod tests {
     }
 
     #[test]
-    fn stale_requests_are_forgotten_once_there_are_many() {
+    fn stale_requests_are_forgotten_and_at_most_dedup_max_are_held() {
         let t0 = Instant::now();
         let a: SocketAddr = "127.0.0.1:5683".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:5684".parse().unwrap();
         let mut d = Dedup::default();
-        for mid in 0..=10_000u16 {
-            d.remember(a, mid, t0, Vec::new());
+        // A flood of fresh requests: held up to the cap, the oldest going first.
+        for i in 0..(DEDUP_MAX as u32 + 500) {
+            let (from, mid) = if i < 65_536 {
+                (a, i as u16)
+            } else {
+                (b, i as u16)
+            };
+            d.remember(from, mid, t0, Vec::new());
         }
-        d.remember(a, 20_000, t0 + DEDUP_FOR, Vec::new());
-        assert_eq!(d.len(), 10_002);
-        assert!(d.answered(a, 20_000, t0 + DEDUP_FOR).is_some());
-        assert_eq!(d.len(), 1);
+        assert_eq!(d.len(), DEDUP_MAX);
+        assert!(d.answered(a, 0, t0).is_none(), "the oldest went first");
+        assert!(d.answered(a, 600, t0).is_some());
+        // Remembered again: kept at its new time, not forgotten at its old place.
+        d.remember(a, 600, t0 + S, vec![1]);
+        let later = t0 + DEDUP_FOR;
+        assert_eq!(d.answered(a, 600, later), Some(&[1u8][..]));
+        assert_eq!(d.len(), 1, "everything older than DEDUP_FOR is gone");
+        assert!(d.order.len() <= 2);
         assert!(!d.is_empty());
     }
 }

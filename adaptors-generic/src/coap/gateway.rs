@@ -566,7 +566,20 @@ impl Gateway {
                 self.counts.refused_nodes.inc();
                 ResponseType::ServiceUnavailable
             }
-            Alive::Accepted { update, discover } => {
+            Alive::Accepted {
+                update,
+                discover,
+                evicted,
+            } => {
+                // Observations end with their node: when it is forgotten, and when it rebooted
+                // (it forgot them too).
+                if let Some(gone) = &evicted {
+                    tracing::info!(uid = %gone, "offline node forgotten to make room (--max-nodes)");
+                    self.observing.retain(|_, (u, _)| u != gone);
+                }
+                if reset {
+                    self.observing.retain(|_, (u, _)| *u != uid);
+                }
                 self.out.push(Action::Publish(update));
                 if discover {
                     tracing::info!(%uid, address = %from.ip().to_canonical(), reset, "node alive; discovering its resources");
@@ -970,6 +983,21 @@ mod tests {
         );
         assert!(published(&g.datagram(&plain, node(), t0, 1.0)).is_empty());
         assert_eq!(g.counts().values.get(), 2);
+
+        // The node reboots: its observations end with it, and a late notification on the old
+        // token is no value any more.
+        g.datagram(&post("alive", "Reset:1", 2), node(), t0, 2.0);
+        assert!(g.observing.is_empty());
+        let mut stale = Packet::from_bytes(&response(
+            &reads[0].0,
+            MessageType::NonConfirmable,
+            ResponseType::Content,
+            "24",
+        ))
+        .unwrap();
+        stale.add_option(CoapOption::Observe, vec![3]);
+        let a = g.datagram(&stale.to_bytes().unwrap(), node(), t0, 2.0);
+        assert!(published(&a).iter().all(|u| u.data != json!(24)));
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub enum Alive {
         update: Update,
         /// Ask the node for its resources.
         discover: bool,
+        /// The offline node forgotten to make room for a new one (`--max-nodes`), by uid.
+        evicted: Option<String>,
     },
 }
 
@@ -101,8 +103,21 @@ impl Nodes {
     /// (`wall`: the same instant in seconds since 1970).
     pub fn alive(&mut self, uid: &str, reset: bool, ip: IpAddr, now: Instant, wall: f64) -> Alive {
         let known = self.nodes.contains_key(uid);
+        let mut evicted = None;
         if !known && self.nodes.len() >= self.max_nodes {
-            return Alive::Refused;
+            // Room is made by forgetting the node offline the longest; with every node online
+            // (alive within --max-time), a new one waits.
+            let Some(oldest) = self
+                .nodes
+                .values()
+                .filter(|n| !n.online)
+                .min_by_key(|n| n.last_alive_at)
+                .map(|n| n.uid.clone())
+            else {
+                return Alive::Refused;
+            };
+            self.nodes.remove(&oldest);
+            evicted = Some(oldest);
         }
         let node = self.nodes.entry(uid.to_owned()).or_insert_with(|| Node {
             part: node_part(uid),
@@ -124,6 +139,7 @@ impl Nodes {
         Alive::Accepted {
             update: node.update(),
             discover: !known || reset || !was_online,
+            evicted,
         }
     }
 
@@ -198,7 +214,9 @@ mod tests {
 
     fn accepted(a: Alive) -> (Update, bool) {
         match a {
-            Alive::Accepted { update, discover } => (update, discover),
+            Alive::Accepted {
+                update, discover, ..
+            } => (update, discover),
             Alive::Refused => panic!("refused"),
         }
     }
@@ -239,6 +257,30 @@ mod tests {
         accepted(n.alive("a", false, IP, t0, 1.0));
         assert_eq!(n.alive("b", false, OTHER, t0, 1.0), Alive::Refused);
         accepted(n.alive("a", false, IP, t0, 2.0));
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_node_offline_longest_for_a_new_one() {
+        let t0 = Instant::now();
+        let max = Duration::from_secs(120);
+        let mut n = Nodes::new(3, 10);
+        for (uid, at) in [("a", 0), ("b", 10), ("c", 20)] {
+            accepted(n.alive(uid, false, IP, t0 + Duration::from_secs(at), 1.0));
+        }
+        // All online: the newcomer waits.
+        assert_eq!(
+            n.alive("d", false, OTHER, t0 + Duration::from_secs(30), 1.0),
+            Alive::Refused
+        );
+        // a and b go offline (silent past --max-time); c stays online.
+        let later = t0 + Duration::from_secs(135);
+        accepted(n.alive("c", false, IP, later, 2.0));
+        assert_eq!(n.sweep(later, max).len(), 2);
+        match n.alive("d", false, OTHER, later, 3.0) {
+            Alive::Accepted { evicted, .. } => assert_eq!(evicted.as_deref(), Some("a")),
+            Alive::Refused => panic!("refused"),
+        }
+        assert!(n.get("a").is_none() && n.get("b").is_some() && n.get("d").is_some());
     }
 
     #[test]
