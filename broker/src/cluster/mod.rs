@@ -49,6 +49,8 @@ pub(crate) struct ClusterLink {
     pub(crate) out: SyncSender<Vec<Outgoing>>,
     /// When the writer may write next: ingest hands its changes over then.
     pub(crate) next_write: NextWrite,
+    /// Hand-overs the conflate thread has not taken yet.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Seconds another broker's `ts` may be ahead of our clock (`--max-clock-skew`).
     max_clock_skew: f64,
 }
@@ -99,9 +101,16 @@ impl ClusterLink {
         if !dir.has_changed() || self.next_write.wait() > HAND_OVER_EARLY {
             return;
         }
+        if self.queued.load(Ordering::Acquire) >= HAND_OVER_QUEUE {
+            // The conflate thread is behind (it yields to local service): the marks stay in the
+            // directory, conflating there, and go with a later hand-over. Costs ingest nothing.
+            return;
+        }
         let (changed, superseded) = dir.take_changed();
         stats::add(&stats.cluster.conflated, superseded);
+        self.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(TrySendError::Full(changed)) = self.out.try_send(changed) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             // The conflate thread is behind: the things are marked again, to go with the next
             // hand-over (conflating in the directory meanwhile). Nothing queues up here.
             for bytes in changed {
@@ -327,6 +336,8 @@ fn start(
         .enable_all()
         .build()?;
     let writer_clock = next_write.clone();
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let conflate_queued = queued.clone();
     let thread = std::thread::Builder::new()
         .name("thingsbus-cluster".into())
         .spawn(move || {
@@ -346,6 +357,7 @@ fn start(
                             let Ok(batch) = out_rx.recv_timeout(Duration::from_millis(100)) else {
                                 continue;
                             };
+                            conflate_queued.fetch_sub(1, Ordering::AcqRel);
                             let mut p = pending
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -415,6 +427,7 @@ fn start(
             next_write,
             // Set by `join`, from the broker's configuration.
             max_clock_skew: f64::INFINITY,
+            queued,
         },
         loaded,
         thread,
