@@ -88,6 +88,8 @@ impl NextWrite {
 
 /// Hand-overs waiting for the conflate thread at most.
 const HAND_OVER_QUEUE: usize = 16;
+/// How soon ingest looks again when the conflate thread is behind.
+const BEHIND_RETRY: Duration = Duration::from_millis(5);
 
 /// How early [`ClusterLink::hand_over`] may hand changes over.
 const HAND_OVER_EARLY: Duration = Duration::from_millis(1);
@@ -121,6 +123,11 @@ impl ClusterLink {
 
     /// How long until [`ClusterLink::hand_over`] has something to do, if it will.
     pub(crate) fn hand_over_due(&self, dir: &Directory) -> Option<Duration> {
+        if self.queued.load(Ordering::Acquire) >= HAND_OVER_QUEUE {
+            // Nothing to do until the conflate thread catches up: look again a little later
+            // rather than spin.
+            return dir.has_changed().then_some(BEHIND_RETRY);
+        }
         dir.has_changed()
             .then(|| self.next_write.wait().saturating_sub(HAND_OVER_EARLY))
     }
