@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use thingsbus_tests::process::{Process, Stream};
 use thingsbus_tests::*;
 
 /// A fresh path in the system's temp folder, removed (with its siblings) on drop.
@@ -217,68 +218,32 @@ fn a_writer_that_dies_stops_the_broker_and_says_why() {
 }
 
 // Fault injection on real files. A broker that is killed or whose writes are made to fail runs
-// in a process of its own: this test binary run again (see `child_broker`).
+// in a process of its own: `tests/bin/child_broker.rs`.
 
-/// Names the state file of a child broker; see [`child_broker`].
+/// Names the state file of a child broker (`tests/bin/child_broker.rs`).
 const CHILD_STATE: &str = "THINGSBUS_TEST_CHILD_STATE";
 /// The things these tests send are under this prefix.
 const TEST_NS: &str = "f.";
 
-/// Not a test of its own: the broker process that the fault-injection tests start (this test
-/// binary run again, with `THINGSBUS_TEST_CHILD_STATE` naming its state file). It prints its
-/// endpoints and runs until its stdin closes or it is killed. Without the variable it does
-/// nothing.
-#[test]
-fn child_broker() {
-    let Some(state) = std::env::var_os(CHILD_STATE) else {
-        return;
-    };
-    let broker = spawn_broker(|c| {
-        c.state_file = Some(PathBuf::from(state));
-        c.fsync_interval = Duration::from_millis(20);
-        c.stats_interval = Duration::from_millis(100);
-        c.snapshot_interval = Duration::from_secs(3600);
-        c.http = Some("127.0.0.1:0".parse().expect("address"));
-    });
-    let e = broker.endpoints();
-    println!(
-        "CHILD {}",
-        json!({
-            "directory": e.directory,
-            "input": e.input,
-            "http": e.http.map(|a| a.to_string()),
-        })
-    );
-    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
-}
-
-/// The child process of [`child_broker`], started with SIGXFSZ ignored (a shell's `trap`
+/// A child broker (`tests/bin/child_broker.rs`), started with SIGXFSZ ignored (a shell's `trap`
 /// survives `exec`), so that a file-size limit makes its writes fail with `EFBIG` as a full
 /// disk makes them fail with `ENOSPC`. Killed with SIGKILL on drop.
-fn spawn_child(state: &std::path::Path) -> std::process::Child {
-    use std::process::{Command, Stdio};
-    let exe = std::env::current_exe().expect("the test binary");
-    Command::new("sh")
-        .arg("-c")
-        .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
-        .arg(exe)
-        .args([
-            "--exact",
-            "child_broker",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD_STATE, state)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the child broker")
+fn spawn_child(state: &std::path::Path) -> Process {
+    Process::build(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_thingsbus-test-child-broker"))
+            .env(CHILD_STATE, state),
+    )
+    .name("the child broker")
+    .stdin_piped()
+    .stderr(Stream::Inherit)
+    .start()
 }
 
 struct Child {
-    child: std::process::Child,
+    process: Process,
     directory: String,
     input: String,
     http: String,
@@ -286,25 +251,13 @@ struct Child {
 
 impl Child {
     fn start(state: &std::path::Path) -> Child {
-        use std::io::BufRead;
-        let mut child = spawn_child(state);
-        let out = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                // libtest's "test child_broker ... " comes first on the line.
-                if let Some((_, json)) = line.split_once("CHILD ") {
-                    let _ = tx.send(json.to_owned());
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(DEADLINE)
-            .expect("the child broker's endpoints");
-        let v: Value = serde_json::from_str(&line).expect("json");
+        let process = spawn_child(state);
+        let line = process.expect_line("the child broker's endpoints", |l| l.starts_with("CHILD "));
+        let line = line.trim_start_matches("CHILD ");
+        let v: Value = serde_json::from_str(line).expect("json");
         let s = |k: &str| v[k].as_str().expect("endpoint").to_owned();
         Child {
-            child,
+            process,
             directory: s("directory"),
             input: s("input"),
             http: s("http"),
@@ -316,7 +269,7 @@ impl Child {
         let limit = bytes.map_or("unlimited".to_owned(), |b| b.to_string());
         let status = std::process::Command::new("prlimit")
             .arg("--pid")
-            .arg(self.child.id().to_string())
+            .arg(self.process.id().to_string())
             .arg(format!("--fsize={limit}:"))
             .status()
             .expect("run prlimit (util-linux)");
@@ -368,15 +321,7 @@ impl Child {
     }
 
     fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 }
 
@@ -626,8 +571,7 @@ fn a_kill_during_compaction_keeps_the_old_file() {
         let mut child = spawn_child(&state.0);
         let end = std::time::Instant::now() + DEADLINE;
         while !tmp.exists() && std::time::Instant::now() < end {}
-        let _ = child.kill();
-        let _ = child.wait();
+        child.kill();
         if tmp.exists() {
             caught = true;
             break;
