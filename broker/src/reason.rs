@@ -26,12 +26,20 @@ pub enum Reason {
     TooManyThings,
     /// The update would take the values held beyond `--max-bytes`.
     TooManyBytes,
+    /// The sender's key (or an anonymous sender) may not publish this namespace (`--auth-file`).
+    NotPermitted,
 }
 
 impl Reason {
     /// The broker's own reasons, in a fixed order (after the protocol's when counted).
-    pub const POLICY: &'static [Reason] =
-        &[Reason::NotAllowed, Reason::RateLimited, Reason::FutureTs];
+    pub const POLICY: &'static [Reason] = &[
+        Reason::NotAllowed,
+        Reason::RateLimited,
+        Reason::FutureTs,
+        Reason::TooManyThings,
+        Reason::TooManyBytes,
+        Reason::NotPermitted,
+    ];
 
     /// A short `snake_case` label, used for counters and logs.
     pub fn as_str(self) -> &'static str {
@@ -42,6 +50,7 @@ impl Reason {
             Reason::FutureTs => "future_ts",
             Reason::TooManyThings => "too_many_things",
             Reason::TooManyBytes => "too_many_bytes",
+            Reason::NotPermitted => "not_permitted",
         }
     }
 
@@ -65,16 +74,20 @@ impl Reason {
 
     /// Its place in [`Reason::all`].
     pub(crate) fn index(self) -> usize {
-        match self {
-            Reason::Malformed(r) => Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0),
-            policy => {
-                Rejection::ALL.len()
-                    + Reason::POLICY
-                        .iter()
-                        .position(|x| *x == policy)
-                        .unwrap_or(0)
+        // Exhaustive on purpose: a new reason must be given its own place here and in
+        // `POLICY` (a test checks they agree), or it would be counted as another.
+        let policy = match self {
+            Reason::Malformed(r) => {
+                return Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0)
             }
-        }
+            Reason::NotAllowed => 0,
+            Reason::RateLimited => 1,
+            Reason::FutureTs => 2,
+            Reason::TooManyThings => 3,
+            Reason::TooManyBytes => 4,
+            Reason::NotPermitted => 5,
+        };
+        Rejection::ALL.len() + policy
     }
 }
 
@@ -93,6 +106,7 @@ impl fmt::Display for Reason {
             Reason::FutureTs => f.write_str("ts further in the future than --max-clock-skew"),
             Reason::TooManyThings => f.write_str("a new thing beyond --max-things"),
             Reason::TooManyBytes => f.write_str("the values held would exceed --max-bytes"),
+            Reason::NotPermitted => f.write_str("namespace outside the sender's rights in --auth-file"),
         }
     }
 }
@@ -109,6 +123,10 @@ mod tests {
         }
         let labels: std::collections::HashSet<&str> = all.iter().map(|r| r.as_str()).collect();
         assert_eq!(labels.len(), all.len(), "two reasons share a label");
+        assert!(all.len() <= 32, "the broker keeps 32 counters of reasons");
         assert_eq!(Reason::from(Rejection::TooLarge).as_str(), "too_large");
+        for (i, r) in Reason::POLICY.iter().enumerate() {
+            assert_eq!(r.index(), Rejection::ALL.len() + i, "{r:?} out of place");
+        }
     }
 }
