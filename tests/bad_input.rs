@@ -342,7 +342,11 @@ fn new_things_beyond_max_things_are_dropped_while_held_things_still_change() {
         |v| v["ns"] == last_in.as_str() && v["data"] == "again",
     );
     assert_eq!(rig.stats().max_things.load(Ordering::Relaxed), 20);
-    assert_eq!(by_label(&rig, "too_many_things"), 5, "counted under its own name");
+    assert_eq!(
+        by_label(&rig, "too_many_things"),
+        5,
+        "counted under its own name"
+    );
     assert_eq!(by_label(&rig, "not_allowed"), 0, "and under no other");
 }
 
@@ -390,5 +394,9 @@ fn values_beyond_max_bytes_are_dropped_and_shrinking_ones_pass() {
     assert_eq!(rig.sub.update_for("bytes.c")["data"], big.as_str());
     let held = rig.stats().bytes_held.load(Ordering::Relaxed);
     assert!(held > 6000 && held <= 8192, "bytes held {held}");
-    assert_eq!(by_label(&rig, "too_many_bytes"), 2, "counted under its own name");
+    assert_eq!(
+        by_label(&rig, "too_many_bytes"),
+        2,
+        "counted under its own name"
+    );
 }

@@ -1,6 +1,7 @@
-//! Who may publish: `--allow-input` address ranges (checked on every UDP datagram, and on every
-//! ZMQ connection through libzmq's ZAP handler), and an optional per-source token bucket
-//! (`--rate-limit`).
+//! Who may connect and publish: `--allow-input` address ranges (checked on every UDP datagram,
+//! and on every ZMQ connection through libzmq's ZAP handler), the rights of the `--auth-file`
+//! (checked on every ZMQ connection by the ZAP handler, then per message where they name
+//! namespaces), and an optional per-source token bucket (`--rate-limit`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::{Auth, AuthCell, AuthView, Who};
+use crate::config::Config;
 use crate::log_limit::LogLimiter;
 use crate::stats::Stats;
 
@@ -205,22 +208,157 @@ impl RateLimiter {
     }
 }
 
-/// The ZAP handler (RFC 27) for the input socket: accepts a connection when its peer address
-/// is allowed. Runs on its own thread with a REP socket on `inproc://zeromq.zap.01`.
+/// The broker's ZMQ endpoints, as the ZAP handler tells them apart (by ZAP domain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Door {
+    /// The directory output (PUB): reading.
+    Directory,
+    /// The ZMQ input (SUB): publishing.
+    Input,
+    /// The snapshot endpoint (ROUTER): reading.
+    Snapshot,
+    /// The command endpoint (ROUTER): serving and commanding.
+    Command,
+}
+
+impl Door {
+    const ALL: [Door; 4] = [Door::Directory, Door::Input, Door::Snapshot, Door::Command];
+
+    /// Its ZAP domain.
+    pub(crate) fn domain(self) -> &'static str {
+        match self {
+            Door::Directory => "thingsbus-directory",
+            Door::Input => "thingsbus-input",
+            Door::Snapshot => "thingsbus-snapshot",
+            Door::Command => "thingsbus-command",
+        }
+    }
+
+    fn of(domain: &[u8]) -> Option<Door> {
+        Door::ALL
+            .into_iter()
+            .find(|d| d.domain().as_bytes() == domain)
+    }
+}
+
+/// Whether connections through `door` are put to the ZAP handler: all of them with an auth
+/// file, the input's with `--allow-input`.
+pub(crate) fn guarded(config: &Config, door: Door) -> bool {
+    config.auth_file.is_some() || (door == Door::Input && !config.allow_input.is_empty())
+}
+
+/// Puts `socket`'s new connections to the ZAP handler when `door` is [`guarded`].
+///
+/// # Errors
+/// What libzmq says when the option cannot be set.
+pub(crate) fn guard(socket: &zmq::Socket, config: &Config, door: Door) -> zmq::Result<()> {
+    if guarded(config, door) {
+        socket.set_zap_domain(door.domain())?;
+    }
+    Ok(())
+}
+
+/// Whether a ZAP handler is needed at all.
+pub(crate) fn any_guarded(config: &Config) -> bool {
+    Door::ALL.into_iter().any(|d| guarded(config, d))
+}
+
+/// What a connection asks the ZAP handler (RFC 27), as far as the decision needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ZapRequest<'a> {
+    pub(crate) domain: &'a [u8],
+    pub(crate) addr: Option<IpAddr>,
+    pub(crate) mechanism: &'a [u8],
+    /// The first credentials frame: the client's public key (32 bytes) under CURVE.
+    pub(crate) credentials: Option<&'a [u8]>,
+}
+
+/// The ZAP handler's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ZapAnswer {
+    /// In, with this `User-Id` on every message (the key's name; empty without a key).
+    Admit(String),
+    /// Out: who asked (for counts), why (for the log), and whether it was the address list.
+    Refuse {
+        who: String,
+        why: &'static str,
+        by_address: bool,
+    },
+}
+
+/// Decides one ZAP request: the input's address list first, then, with an auth file, the
+/// rights of the key (CURVE) or of anonymous peers (NULL) for the endpoint asked.
+pub(crate) fn decide(
+    req: ZapRequest<'_>,
+    allow_input: &AllowList,
+    auth: Option<&Auth>,
+) -> ZapAnswer {
+    let refuse = |who: &str, why| ZapAnswer::Refuse {
+        who: who.to_owned(),
+        why,
+        by_address: false,
+    };
+    let Some(door) = Door::of(req.domain) else {
+        return refuse("?", "unknown ZAP domain");
+    };
+    if door == Door::Input && !req.addr.is_some_and(|a| allow_input.allows(a)) {
+        return ZapAnswer::Refuse {
+            who: crate::auth::ANONYMOUS.to_owned(),
+            why: "address not in --allow-input",
+            by_address: true,
+        };
+    }
+    let Some(auth) = auth else {
+        return ZapAnswer::Admit(String::new());
+    };
+    let who = match req.mechanism {
+        b"NULL" => Who::Anonymous,
+        b"CURVE" => match req.credentials.and_then(|k| auth.key_name(k)) {
+            Some(name) => Who::Key(name),
+            None => return refuse("(unknown key)", "key not in the auth file"),
+        },
+        _ => return refuse("?", "mechanism not used by thingsbus"),
+    };
+    let label = who.label();
+    let Some(rights) = auth.rights(who) else {
+        return refuse(label, "no rights in the auth file");
+    };
+    let may = match door {
+        Door::Directory | Door::Snapshot => rights.read,
+        Door::Input => !rights.publish.is_empty(),
+        Door::Command => !rights.serve.is_empty() || !rights.command.is_empty(),
+    };
+    if !may {
+        return refuse(
+            label,
+            match door {
+                Door::Directory | Door::Snapshot => "may not read (auth file: read = false)",
+                Door::Input => "may not publish anything (auth file: publish = [])",
+                Door::Command => "may neither serve nor command (auth file)",
+            },
+        );
+    }
+    ZapAnswer::Admit(match who {
+        Who::Key(name) => name.to_owned(),
+        Who::Anonymous | Who::Board(_) => String::new(),
+    })
+}
+
+/// The ZAP handler (RFC 27): decides every guarded connection with [`decide`]. Runs on its own
+/// thread with a REP socket on `inproc://zeromq.zap.01`.
 pub(crate) struct ZapHandler {
     pub(crate) socket: zmq::Socket,
     pub(crate) allow: AllowList,
+    pub(crate) auth: Option<Arc<AuthCell>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) stop: Arc<AtomicBool>,
 }
-
-/// The ZAP domain the input socket asks about.
-pub(crate) const ZAP_DOMAIN: &str = "thingsbus-input";
 
 impl ZapHandler {
     pub(crate) fn run(self) {
         let mut log = LogLimiter::new(Duration::from_secs(10), 10);
         let heart = self.stats.health.beat("thingsbus-zap");
+        let mut auth = self.auth.clone().map(AuthView::new);
         while !self.stop.load(Ordering::Relaxed) {
             heart.beat();
             match self.socket.poll(zmq::POLLIN, 50) {
@@ -236,30 +374,38 @@ impl ZapHandler {
                 continue;
             };
             // version, request id, domain, address, identity, mechanism, credentials...
-            let text = |i: usize| {
-                frames
-                    .get(i)
-                    .map(|f| String::from_utf8_lossy(f).into_owned())
+            let frame = |i: usize| frames.get(i).map(Vec::as_slice);
+            let request_id = frame(1).unwrap_or_default();
+            let address = String::from_utf8_lossy(frame(3).unwrap_or_default()).into_owned();
+            let request = ZapRequest {
+                domain: frame(2).unwrap_or_default(),
+                addr: address.parse().ok(),
+                mechanism: frame(5).unwrap_or_default(),
+                credentials: frame(6),
             };
-            let request_id = frames.get(1).cloned().unwrap_or_default();
-            let address = text(3).unwrap_or_default();
-            let ok = address
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| self.allow.allows(ip));
-            if !ok {
-                self.stats.reject(crate::Reason::NotAllowed);
-                if log.allow(Instant::now(), |n| {
-                    tracing::warn!(suppressed = n, "more input connections refused")
-                }) {
-                    tracing::warn!(peer = %address, "input connection refused: address not in --allow-input");
+            let answer = decide(request, &self.allow, auth.as_mut().map(|a| a.get()));
+            let (code, reason, user): (&[u8], &[u8], Vec<u8>) = match &answer {
+                ZapAnswer::Admit(user) => (b"200", b"OK", user.clone().into_bytes()),
+                ZapAnswer::Refuse {
+                    who,
+                    why,
+                    by_address,
+                } => {
+                    if *by_address {
+                        self.stats.reject(crate::Reason::NotAllowed);
+                    } else {
+                        self.stats.refuse_by(who, "connect_refused");
+                    }
+                    if log.allow(Instant::now(), |n| {
+                        tracing::warn!(suppressed = n, "more connections refused")
+                    }) {
+                        let domain = String::from_utf8_lossy(request.domain);
+                        tracing::warn!(peer = %address, %who, %domain, "connection refused: {why}");
+                    }
+                    (b"400", why.as_bytes(), Vec::new())
                 }
-            }
-            let (code, reason): (&[u8], &[u8]) = if ok {
-                (b"200", b"OK")
-            } else {
-                (b"400", b"address not allowed")
             };
-            let reply: [&[u8]; 6] = [b"1.0", &request_id, code, reason, b"", b""];
+            let reply: [&[u8]; 6] = [b"1.0", request_id, code, reason, &user, b""];
             if let Err(e) = self.socket.send_multipart(reply, 0) {
                 tracing::warn!(error = %e, "ZAP reply not sent");
             }
@@ -367,5 +513,84 @@ mod tests {
         assert!(r.buckets.contains_key(&Source::of(a)) || r.buckets.contains_key(&Source::of(b)));
         assert!(r.allow(c, t0));
         assert_eq!(r.buckets.len(), 2);
+    }
+
+    fn ask<'a>(door: Door, mechanism: &'a [u8], key: Option<&'a [u8]>) -> ZapRequest<'a> {
+        ZapRequest {
+            domain: door.domain().as_bytes(),
+            addr: Some(ip("10.0.0.7")),
+            mechanism,
+            credentials: key,
+        }
+    }
+
+    #[test]
+    fn the_zap_handler_admits_by_address_then_by_rights() {
+        let open = AllowList::default();
+        // Without an auth file only the input's address list counts.
+        assert_eq!(
+            decide(ask(Door::Input, b"NULL", None), &open, None),
+            ZapAnswer::Admit(String::new())
+        );
+        let lan = AllowList::new(vec!["192.168.0.0/16".parse().unwrap()]);
+        assert!(matches!(
+            decide(ask(Door::Input, b"NULL", None), &lan, None),
+            ZapAnswer::Refuse {
+                by_address: true,
+                ..
+            }
+        ));
+        let refused = |a: ZapAnswer| {
+            matches!(
+                a,
+                ZapAnswer::Refuse {
+                    by_address: false,
+                    ..
+                }
+            )
+        };
+        let unknown = ZapRequest {
+            domain: b"other",
+            ..ask(Door::Input, b"NULL", None)
+        };
+        assert!(refused(decide(unknown, &open, None)));
+
+        let key = [9u8; 32];
+        let auth = Auth::parse(&format!(
+            "[anonymous]\nread = true\n[keys.pi]\npublic = \"{}\"\npublish = [\"kitchen\"]\ncommand = [\"x\"]\n",
+            zmq::z85_encode(&key).unwrap()
+        ))
+        .unwrap();
+        let a = Some(&auth);
+        assert_eq!(
+            decide(ask(Door::Directory, b"NULL", None), &open, a),
+            ZapAnswer::Admit(String::new())
+        );
+        assert_eq!(
+            decide(ask(Door::Snapshot, b"NULL", None), &open, a),
+            ZapAnswer::Admit(String::new())
+        );
+        assert!(
+            refused(decide(ask(Door::Input, b"NULL", None), &open, a)),
+            "anonymous publishes nothing"
+        );
+        assert!(refused(decide(ask(Door::Command, b"NULL", None), &open, a)));
+        let pi = |d| decide(ask(d, b"CURVE", Some(&key)), &open, a);
+        assert_eq!(pi(Door::Input), ZapAnswer::Admit("pi".into()));
+        assert_eq!(pi(Door::Command), ZapAnswer::Admit("pi".into()));
+        assert!(refused(pi(Door::Directory)), "pi may not read");
+        let stranger = decide(ask(Door::Directory, b"CURVE", Some(&[1; 32])), &open, a);
+        assert!(matches!(stranger, ZapAnswer::Refuse { ref who, .. } if who == "(unknown key)"));
+        assert!(refused(decide(
+            ask(Door::Directory, b"PLAIN", None),
+            &open,
+            a
+        )));
+        let nobody = Auth::parse("").unwrap();
+        assert!(refused(decide(
+            ask(Door::Directory, b"NULL", None),
+            &open,
+            Some(&nobody)
+        )));
     }
 }

@@ -102,6 +102,16 @@ pub(crate) struct CommandRouter {
     pub(crate) stop: Arc<AtomicBool>,
     /// With `--cluster`: other brokers' routes and commands.
     pub(crate) relay: Option<RelayLink>,
+    /// With `--auth-file`: the rights in force.
+    pub(crate) auth: Option<Arc<crate::auth::AuthCell>>,
+}
+
+/// One message from the command port: its frames (identity first), the sender's address, and
+/// the name of its key (the ZAP handler's `User-Id`; empty for none).
+struct Received {
+    frames: Vec<Vec<u8>>,
+    addr: Option<IpAddr>,
+    key: String,
 }
 
 impl CommandRouter {
@@ -123,8 +133,17 @@ impl CommandRouter {
         let mut out = Vec::new();
         let mut log = LogLimiter::new(Duration::from_secs(10), 20);
         let heart = self.stats.health.beat("thingsbus-commands");
+        let mut auth_seen = None;
         while !self.stop.load(Ordering::Relaxed) {
             heart.beat();
+            if let Some(cell) = &self.auth {
+                // Read again only after a reload.
+                let generation = Some(cell.generation());
+                if generation != auth_seen {
+                    auth_seen = generation;
+                    table.set_auth(Some(cell.current()));
+                }
+            }
             let timeout = i64::try_from(
                 table
                     .wake_at()
@@ -152,10 +171,10 @@ impl CommandRouter {
             };
             if zmq_ready {
                 for _ in 0..BUDGET {
-                    let Some((frames, addr)) = self.recv_message() else {
+                    let Some(received) = self.recv_message() else {
                         break;
                     };
-                    self.on_zmq(&mut table, frames, addr, &mut out, &mut log);
+                    self.on_zmq(&mut table, received, &mut out, &mut log);
                     self.carry_out(&mut table, &mut out, &mut log);
                 }
             }
@@ -178,44 +197,56 @@ impl CommandRouter {
         &self.stats.commands
     }
 
-    /// One whole message (identity first) and the sender's IP address, which libzmq gives as
-    /// the `Peer-Address` property of what it received over TCP.
-    fn recv_message(&self) -> Option<(Vec<Vec<u8>>, Option<IpAddr>)> {
+    /// One whole message (identity first), with the sender's IP address and key name, which
+    /// libzmq gives as the `Peer-Address` and `User-Id` properties of what it received over TCP.
+    fn recv_message(&self) -> Option<Received> {
         let mut frames = Vec::new();
         loop {
             let mut msg = zmq::Message::new();
             if self.router.recv(&mut msg, zmq::DONTWAIT).is_err() {
                 // EAGAIN between messages; a message arrives whole, so never mid-way.
-                return (!frames.is_empty()).then_some((frames, None));
+                return (!frames.is_empty()).then_some(Received {
+                    frames,
+                    addr: None,
+                    key: String::new(),
+                });
             }
-            let more = msg.get_more();
-            let addr = (!more)
-                .then(|| msg.gets("Peer-Address").and_then(|a| a.parse().ok()))
-                .flatten();
+            if msg.get_more() {
+                frames.push(msg.to_vec());
+                continue;
+            }
+            let addr = msg.gets("Peer-Address").and_then(|a| a.parse().ok());
+            let key = msg.gets("User-Id").unwrap_or_default().to_owned();
             frames.push(msg.to_vec());
-            if !more {
-                return Some((frames, addr));
-            }
+            return Some(Received { frames, addr, key });
         }
     }
 
     fn on_zmq(
         &self,
         table: &mut RoutingTable,
-        mut frames: Vec<Vec<u8>>,
-        addr: Option<IpAddr>,
+        received: Received,
         out: &mut Vec<Action>,
         log: &mut LogLimiter,
     ) {
+        let Received {
+            mut frames,
+            addr,
+            key,
+        } = received;
         if frames.len() < 2 {
             return;
         }
+        let caller = routing::Caller {
+            addr,
+            key: (!key.is_empty()).then_some(key.as_str()),
+        };
         let identity = frames.remove(0);
         // A REQ socket puts an empty delimiter first; the last frame is the message.
         let body = frames.pop().unwrap_or_default();
         let peer = Peer::Zmq(identity);
         match command::decode_json(&body) {
-            Ok(m) => table.handle(Now::current(), peer, addr, m, out),
+            Ok(m) => table.handle_from(Now::current(), peer, caller, m, out),
             Err(bad) => Self::bad(&peer, bad, out, log),
         }
     }
@@ -304,8 +335,12 @@ impl CommandRouter {
                     Action::Count(c) => stats::add(self.counter(c), 1),
                     Action::ServeRefused(peer) => {
                         if log.allow(Instant::now(), |_| {}) {
-                            tracing::warn!(?peer, "serve refused: address not in --allow-input");
+                            tracing::warn!(?peer, "serve refused: address not in --allow-serve");
                         }
+                    }
+                    Action::NotPermitted(who) => {
+                        self.stats
+                            .refuse_by(&who, crate::Reason::NotPermitted.as_str());
                     }
                     Action::RoutesChanged => self.update_gauges(table),
                 }
@@ -328,6 +363,7 @@ impl CommandRouter {
             Count::NotAllowed => &s.not_allowed,
             Count::LateReply => &s.late_replies,
             Count::FromBrokers => &s.from_brokers,
+            Count::TakeoverRefused => &s.takeover_refused,
         }
     }
 

@@ -73,6 +73,12 @@ pub struct Config {
     /// Source address ranges that may send commands (default: this machine only, since a
     /// command can open a door).
     pub allow_command: Vec<crate::Cidr>,
+    /// Source address ranges that may serve prefixes (receive commands) without a key
+    /// (default: this machine only: whoever serves a prefix answers the commands sent to it).
+    pub allow_serve: Vec<crate::Cidr>,
+    /// Who may do what, by key, board and for peers without either (`--auth-file`, TOML; see
+    /// the README). `None`: everyone may do everything the address lists allow, as in 0.2.x.
+    pub auth_file: Option<std::path::PathBuf>,
     /// Updates per second one source address may publish (bursts up to the same number);
     /// `None` for no limit.
     pub rate_limit: Option<f64>,
@@ -112,12 +118,19 @@ impl Default for Config {
             http_thing_metrics: false,
             cluster: None,
             command_port: None,
-            allow_command: vec![
-                "127.0.0.0/8".parse().expect("a valid range"),
-                "::1/128".parse().expect("a valid range"),
-            ],
+            allow_command: loopback(),
+            allow_serve: loopback(),
+            auth_file: None,
         }
     }
+}
+
+/// This machine's addresses, IPv4 and IPv6.
+fn loopback() -> Vec<crate::Cidr> {
+    vec![
+        "127.0.0.0/8".parse().expect("a valid range"),
+        "::1/128".parse().expect("a valid range"),
+    ]
 }
 
 impl Config {

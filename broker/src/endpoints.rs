@@ -177,10 +177,8 @@ pub(crate) fn input_sockets(
         sub.set_linger(0)?;
         sub.set_subscribe(b"")?;
         set_keepalive(&sub)?;
-        if !config.allow_input.is_empty() {
-            // Every new input connection is put to the ZAP handler (NULL mechanism).
-            sub.set_zap_domain(crate::access::ZAP_DOMAIN)?;
-        }
+        // With --allow-input or --auth-file, every new connection is put to the ZAP handler.
+        crate::access::guard(&sub, config, crate::access::Door::Input)?;
         Ok(sub)
     };
     let wanted = derived_port(config, config.input_port, 1, "input", "--input-port")?;

@@ -51,6 +51,14 @@ pub enum Error {
         /// What the system said.
         reason: String,
     },
+    /// The auth file could not be read or is wrong.
+    #[error("auth file {path}: {reason}")]
+    AuthFile {
+        /// The file.
+        path: String,
+        /// What is wrong, naming the table and field.
+        reason: String,
+    },
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] io::Error),

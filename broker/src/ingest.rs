@@ -17,6 +17,7 @@ use thingsbus_protocol::snapshot::SnapshotHeader;
 use thingsbus_protocol::transport::{self, Event};
 use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
 
+use crate::auth::{AuthCell, AuthView, Who};
 use crate::reason::Reason;
 
 use crate::access::{AllowList, RateLimiter};
@@ -107,6 +108,14 @@ pub(crate) struct Ingest {
     datagrams: Post<Datagram>,
     remote: Mailbox<Vec<u8>>,
     cluster: Option<ClusterLink>,
+    /// With `--auth-file`: the rights in force, and the key name of the ZMQ message at hand.
+    auth: Option<AuthView>,
+    key: String,
+}
+
+/// With an auth file, whether `who` may publish `ns` (without one, everyone may).
+fn permitted(auth: &mut Option<AuthView>, who: Who<'_>, ns: &str) -> bool {
+    auth.as_mut().is_none_or(|a| a.get().may_publish(who, ns))
 }
 
 /// The sockets ingest owns.
@@ -195,7 +204,15 @@ impl Ingest {
             datagrams: links.datagrams,
             remote: links.remote,
             cluster,
+            auth: None,
+            key: String::new(),
         }
+    }
+
+    /// Checks every update against the rights of an auth file.
+    pub(crate) fn with_auth(mut self, auth: Option<Arc<AuthCell>>) -> Self {
+        self.auth = auth.map(AuthView::new);
+        self
     }
 
     pub(crate) fn run(mut self) {
@@ -385,8 +402,26 @@ impl Ingest {
                     continue;
                 }
             }
+            if self.auth.is_some() {
+                // The ZAP handler named the key of the connection (empty: none).
+                self.key.clear();
+                self.key.push_str(msg.gets("User-Id").unwrap_or_default());
+            }
             let taken = match decode_json_input(&msg, &self.limits) {
-                Ok(update) => self.accept(&update, now),
+                Ok(update) => {
+                    let who = if self.key.is_empty() {
+                        Who::Anonymous
+                    } else {
+                        Who::Key(&self.key)
+                    };
+                    if permitted(&mut self.auth, who, update.ns.as_str()) {
+                        self.accept(&update, now)
+                    } else {
+                        self.stats
+                            .refuse_by(who.label(), Reason::NotPermitted.as_str());
+                        Err(Reason::NotPermitted)
+                    }
+                }
                 Err(reason) => Err(reason.into()),
             };
             if let Err(reason) = taken {
@@ -476,6 +511,11 @@ impl Ingest {
             }
             let datagram = &buf[..len];
             let taken = match decode_msgpack_input(datagram, &self.limits) {
+                Ok(update) if !permitted(&mut self.auth, Who::Anonymous, update.ns.as_str()) => {
+                    self.stats
+                        .refuse_by(Who::Anonymous.label(), Reason::NotPermitted.as_str());
+                    Err(Reason::NotPermitted)
+                }
                 Ok(update) => self.accept(&update, now),
                 // A map of another type: maybe a board serving commands, or answering one
                 // (only those are decoded a second time, as commands).

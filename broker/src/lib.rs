@@ -21,6 +21,7 @@
 //! `thingsbus.broker`. See `README.md` and `ARCHITECTURE.md` at the repository root.
 
 mod access;
+mod auth;
 #[cfg_attr(not(feature = "cluster"), path = "cluster/off.rs")]
 mod cluster;
 mod commands;
@@ -42,6 +43,7 @@ mod stats;
 mod udp_drops;
 
 pub use access::Cidr;
+pub use auth::AuthCell;
 pub use config::{ClusterAuth, ClusterConfig, Config};
 pub use endpoints::Endpoints;
 pub use error::Error;

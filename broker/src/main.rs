@@ -210,6 +210,27 @@ struct Args {
     )]
     allow_input: Vec<thingsbus_broker::Cidr>,
 
+    /// Source address ranges that may serve prefixes (receive the commands sent to them) without
+    /// a key, comma-separated. Whoever serves a prefix answers "open the door": the default is
+    /// this machine only. A board on the LAN needs its range here (or, with --auth-file, a board
+    /// secret or key that may serve the prefix).
+    #[arg(
+        long,
+        env = "THINGSBUS_ALLOW_SERVE",
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    allow_serve: Vec<thingsbus_broker::Cidr>,
+
+    /// Who may do what: a TOML file giving each client key (CURVE) and board (signed
+    /// datagrams) its rights to read, publish, serve and command namespaces, and what peers
+    /// without either may do (its [anonymous] table; without one they may do nothing). Read
+    /// again on SIGHUP; a file with a mistake keeps the rights in force and says why. See the
+    /// README's "Keys and rights".
+    #[arg(long, env = "THINGSBUS_AUTH_FILE", value_name = "PATH")]
+    auth_file: Option<std::path::PathBuf>,
+
     /// Updates per second one source address may publish (bursts up to as many); the excess is
     /// dropped and counted as rate_limited.
     #[arg(long, env = "THINGSBUS_RATE_LIMIT", value_name = "PER_SECOND", value_parser = positive_rate)]
@@ -328,6 +349,8 @@ fn config(args: &Args) -> Config {
         }),
         http_thing_metrics: args.http_thing_metrics,
         allow_command: args.allow_command.clone(),
+        allow_serve: args.allow_serve.clone(),
+        auth_file: args.auth_file.clone(),
         rate_limit: args.rate_limit,
         // Supervision tests make a debug build's thread fail (release builds ignore it).
         fault: std::env::var("THINGSBUS_FAULT").ok(),
@@ -335,14 +358,40 @@ fn config(args: &Args) -> Config {
     }
 }
 
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP meanwhile, reads the auth file again.
+async fn shutdown_signal(broker: &Broker) -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok("SIGTERM"),
+            _ = int.recv() => return Ok("SIGINT"),
+            _ = hup.recv() => match broker.reload_auth() {
+                Ok(()) => tracing::info!("SIGHUP: auth file read again"),
+                Err(e) => tracing::error!("SIGHUP: {e}; the rights in force stay"),
+            },
+        }
+    }
+}
+
+/// One warning at start when the broker listens beyond this machine and lets anyone in.
+fn warn_if_open(args: &Args) {
+    let beyond_loopback = !args.bind.to_canonical().is_loopback();
+    if !beyond_loopback || args.auth_file.is_some() {
+        return;
+    }
+    let input = if args.allow_input.is_empty() {
+        "anyone who reaches the input port can publish or overwrite any thing"
+    } else {
+        "the addresses in --allow-input can publish or overwrite any thing"
+    };
+    tracing::warn!(
+        bind = %args.bind,
+        "no --auth-file: {input}, and anyone can read the directory, as with 0.2.x \
+         (see the README's \"Keys and rights\")"
+    );
 }
 
 /// Returns once the broker is stopping.
@@ -376,6 +425,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         live_window_s = args.live_window,
         "thingsbus broker running"
     );
+    warn_if_open(&args);
     if args.allow_input.is_empty() {
         tracing::info!(
             "input open to every address that reaches it, as in 0.2.x (--allow-input restricts it)"
@@ -388,7 +438,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Until a signal, or until the broker stops by itself (a thread of it ended).
     let signal = runtime.block_on(async {
         tokio::select! {
-            signal = shutdown_signal() => signal.map(Some),
+            signal = shutdown_signal(&broker) => signal.map(Some),
             () = stopped(&broker) => Ok(None),
         }
     })?;

@@ -106,7 +106,9 @@ impl fmt::Display for Reason {
             Reason::FutureTs => f.write_str("ts further in the future than --max-clock-skew"),
             Reason::TooManyThings => f.write_str("a new thing beyond --max-things"),
             Reason::TooManyBytes => f.write_str("the values held would exceed --max-bytes"),
-            Reason::NotPermitted => f.write_str("namespace outside the sender's rights in --auth-file"),
+            Reason::NotPermitted => {
+                f.write_str("namespace outside the sender's rights in --auth-file")
+            }
         }
     }
 }

@@ -11,6 +11,8 @@ use std::thread::JoinHandle;
 use thingsbus_protocol::transport::{self, Event};
 use thingsbus_protocol::{Caps, Directory, Timestamp};
 
+use crate::access::Door;
+use crate::auth::AuthCell;
 use crate::commands::CommandRouter;
 use crate::config::Config;
 use crate::endpoints::{bind_zmq, derived_port, input_sockets, set_keepalive, Endpoints};
@@ -37,6 +39,7 @@ pub struct Broker {
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    auth: Option<Arc<AuthCell>>,
 }
 
 /// Stops a broker from another thread (for example a signal handler).
@@ -71,19 +74,20 @@ impl Bound {
         publisher.set_sndhwm(config.subscriber_hwm)?;
         publisher.set_linger(100)?;
         set_keepalive(&publisher)?;
+        crate::access::guard(&publisher, config, Door::Directory)?;
         let directory_port = bind_zmq(&publisher, "directory output", config.bind, config.port)?;
         let (sub, udp, input_port) = input_sockets(ctx, config)?;
         let (snapshots, snapshot_port) = bind_router(
             ctx,
             config,
-            SnapshotServer::configure,
+            (SnapshotServer::configure, Door::Snapshot),
             (config.snapshot_port, 2),
             ("snapshot endpoint", "--snapshot-port"),
         )?;
         let (commands, command_port) = bind_router(
             ctx,
             config,
-            CommandRouter::configure,
+            (CommandRouter::configure, Door::Command),
             (config.command_port, 3),
             ("command endpoint", "--command-port"),
         )?;
@@ -111,13 +115,14 @@ impl Bound {
 fn bind_router(
     ctx: &zmq::Context,
     config: &Config,
-    configure: fn(&zmq::Socket) -> zmq::Result<()>,
+    (configure, door): (fn(&zmq::Socket) -> zmq::Result<()>, Door),
     (given, offset): (Option<u16>, u16),
     (what, flag): (&'static str, &'static str),
 ) -> Result<(zmq::Socket, u16), Error> {
     let router = ctx.socket(zmq::ROUTER)?;
     router.set_ipv6(config.bind.is_ipv6())?;
     configure(&router)?;
+    crate::access::guard(&router, config, door)?;
     let port = derived_port(config, given, offset, what, flag)?;
     let port = bind_zmq(&router, what, config.bind, port)?;
     Ok((router, port))
@@ -214,9 +219,10 @@ impl Drop for Threads {
     }
 }
 
-/// With `--allow-input`, the ZAP handler's socket: it must listen before the input binds.
+/// With `--allow-input` or `--auth-file`, the ZAP handler's socket: it must listen before the
+/// guarded sockets bind.
 fn zap_socket(ctx: &zmq::Context, config: &Config) -> Result<Option<zmq::Socket>, Error> {
-    if config.allow_input.is_empty() {
+    if !crate::access::any_guarded(config) {
         return Ok(None);
     }
     let rep = ctx.socket(zmq::REP)?;
@@ -268,6 +274,12 @@ impl Broker {
     /// [`Error::AddressInUse`] when a port is taken, [`Error::FeatureMissing`] when the
     /// configuration asks for what this build left out, other variants when the system refuses.
     pub fn start(config: Config) -> Result<Broker, Error> {
+        let auth = config
+            .auth_file
+            .as_deref()
+            .map(AuthCell::open)
+            .transpose()?
+            .map(Arc::new);
         let ctx = zmq::Context::new();
         let zap = zap_socket(&ctx, &config)?;
         let Bound {
@@ -302,16 +314,18 @@ impl Broker {
             udp: udp.try_clone()?,
             datagrams,
             allow_command: crate::access::AllowList::new(config.allow_command.clone()),
-            allow_serve: crate::access::AllowList::new(config.allow_input.clone()),
+            allow_serve: crate::access::AllowList::new(config.allow_serve.clone()),
             stats: stats.clone(),
             stop: stop.clone(),
             relay: relay_link,
+            auth: auth.clone(),
         };
         threads.spawn("thingsbus-commands", move || commands.run())?;
         if let Some(socket) = zap {
             let handler = crate::access::ZapHandler {
                 socket,
                 allow: crate::access::AllowList::new(config.allow_input.clone()),
+                auth: auth.clone(),
                 stats: stats.clone(),
                 stop: stop.clone(),
             };
@@ -379,6 +393,7 @@ impl Broker {
             journal,
             cluster,
         );
+        let ingest = ingest.with_auth(auth.clone());
         threads.spawn("thingsbus-ingest", move || {
             ingest.run();
             // Sockets are closed by now; the context can end.
@@ -401,7 +416,21 @@ impl Broker {
             stats,
             stop,
             threads: threads.running(),
+            auth,
         })
+    }
+
+    /// Reads the `--auth-file` again (the binary does on SIGHUP). Connections already in keep
+    /// going, and every message from now on is checked against the new rights.
+    ///
+    /// # Errors
+    /// [`Error::AuthFile`] when the file cannot be read or is wrong: the rights in force stay.
+    /// Without an auth file there is nothing to read and nothing happens.
+    pub fn reload_auth(&self) -> Result<(), Error> {
+        match &self.auth {
+            Some(cell) => cell.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Where the broker listens, with the ports it actually got.

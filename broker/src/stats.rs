@@ -168,8 +168,18 @@ counters! {
         udp_inode: AtomicU64,
         /// Whether every part of the broker is alive and well.
         pub health: crate::health::Health,
+        /// With `--auth-file`: refusals by the sender's name (a key, a board or `anonymous`)
+        /// and reason.
+        refused_by_key: std::sync::Mutex<RefusedByKey>,
     }
 }
+
+/// Refusals by sender and reason; names come from the auth file, at most [`MAX_NAMES`].
+type RefusedByKey =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, u64>>;
+
+/// Senders counted by name at most; beyond it they count as `(other)`.
+const MAX_NAMES: usize = 4096;
 
 counters! {
     /// Counters of the command endpoint.
@@ -195,6 +205,10 @@ counters! {
         /// Commands refused because the caller's address is not allowed.
         not_allowed: Counter, "commands.not_allowed",
             "thingsbus_commands_total{outcome=\"not_allowed\"}";
+        /// `serve` requests refused because another owner (another host, or another key) holds
+        /// the prefix until it lapses.
+        takeover_refused: Counter, "commands.takeover_refused",
+            "thingsbus_command_takeovers_refused_total";
         /// Replies that came after their command was answered (deadline passed), dropped.
         late_replies: Counter, "commands.late_replies", "thingsbus_command_late_replies_total";
         /// Command registrations held now.
@@ -279,6 +293,32 @@ impl Stats {
         if let Some(c) = self.rejected.get(reason.into().index()) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one refusal of what `who` (a name from the auth file, or `anonymous`) sent or
+    /// asked, for `reason` (a [`Reason`] label, or `connect_refused`).
+    pub(crate) fn refuse_by(&self, who: &str, reason: &'static str) {
+        let Ok(mut by) = self.refused_by_key.lock() else {
+            return;
+        };
+        let who = if by.len() >= MAX_NAMES && !by.contains_key(who) {
+            "(other)"
+        } else {
+            who
+        };
+        *by.entry(who.to_owned())
+            .or_default()
+            .entry(reason)
+            .or_insert(0) += 1;
+    }
+
+    /// Refusals counted by [`Stats::refuse_by`] for `who` and `reason`.
+    pub fn refused_by(&self, who: &str, reason: &str) -> u64 {
+        self.refused_by_key
+            .lock()
+            .ok()
+            .and_then(|by| by.get(who).and_then(|r| r.get(reason)).copied())
+            .unwrap_or(0)
     }
 
     /// Input messages dropped for `reason`.
@@ -376,6 +416,11 @@ impl Stats {
         if let Some(Value::Object(commands)) = data.get_mut("commands") {
             commands.insert("served".into(), served.into());
         }
+        if let Ok(by) = self.refused_by_key.lock() {
+            if !by.is_empty() {
+                data.insert("refused_by_key".into(), json!(*by));
+            }
+        }
         Value::Object(data)
     }
 
@@ -407,6 +452,29 @@ impl Stats {
             "Input messages dropped, by reason.",
             rejected.iter().map(|(l, n)| (l.as_str(), *n)),
         );
+        let by_key: Vec<(String, u64)> = self
+            .refused_by_key
+            .lock()
+            .map(|by| {
+                by.iter()
+                    .flat_map(|(who, reasons)| {
+                        reasons.iter().map(move |(reason, n)| {
+                            let who = who.replace('\\', "\\\\").replace('"', "\\\"");
+                            (format!("{{key=\"{who}\",reason=\"{reason}\"}}"), *n)
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !by_key.is_empty() {
+            write_family(
+                out,
+                "thingsbus_refused_by_key_total",
+                Kind::Counter,
+                "With --auth-file: messages and connections refused, by sender (key, board or anonymous) and reason.",
+                by_key.iter().map(|(l, n)| (l.as_str(), *n)),
+            );
+        }
         for (name, first, samples) in families {
             let help = FAMILY_HELP
                 .iter()

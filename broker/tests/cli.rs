@@ -661,3 +661,92 @@ fn a_broker_thread_that_dies_ends_the_process_with_exit_code_1_and_one_line() {
         "{stderr}"
     );
 }
+
+/// Sends `ns` through `input`, then a probe, and says whether `ns` reached `sub` before the
+/// probe did (one connection's messages are handled in order).
+fn passes(input: &zmq::Socket, sub: &zmq::Socket, ns: &str, probe: &str) -> bool {
+    passes_within(input, sub, (ns, probe), DEADLINE)
+        .unwrap_or_else(|| panic!("the probe {probe} never came back"))
+}
+
+fn passes_within(
+    input: &zmq::Socket,
+    sub: &zmq::Socket,
+    (ns, probe): (&str, &str),
+    wait: Duration,
+) -> Option<bool> {
+    input
+        .send(json!([ns, null, 1, null]).to_string().as_bytes(), 0)
+        .expect("send");
+    input
+        .send(json!([probe, null, 1, null]).to_string().as_bytes(), 0)
+        .expect("send");
+    let end = Instant::now() + wait;
+    while Instant::now() < end {
+        if sub.poll(zmq::POLLIN, 20).expect("poll") == 0 {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&sub.recv_bytes(0).expect("recv")).expect("json");
+        if v["ns"] == ns {
+            return Some(true);
+        }
+        if v["ns"] == probe {
+            return Some(false);
+        }
+    }
+    None
+}
+
+#[test]
+fn sighup_reads_the_auth_file_again_and_one_with_a_mistake_keeps_the_rights() {
+    let dir = std::env::temp_dir().join(format!("thingsbus-cli-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("auth.toml");
+    let rights = |publish: &str| {
+        let text = format!("[anonymous]\nread = true\npublish = [\"{publish}\", \"probe\"]\n");
+        std::fs::write(&path, text).expect("write the auth file");
+    };
+    rights("a");
+    let broker = Proc::start(&["--auth-file", path.to_str().expect("utf-8 path")]);
+    let sub = subscriber(&broker.directory);
+    let input = ctx().socket(zmq::PUB).expect("pub");
+    input.connect(&broker.input).expect("connect");
+    eventually(DEADLINE, "the input and the subscriber connected", || {
+        passes_within(&input, &sub, ("a.warmup", "probe.p0"), Duration::from_millis(100))
+    });
+    // Late copies of the warm-up are harmless: each check below waits for its own probe.
+    assert!(!passes(&input, &sub, "b.x", "probe.p1"), "b is not given");
+
+    std::fs::write(&path, "[anonymous\n").expect("write");
+    broker.process.signal("HUP");
+    let line = broker.process.wait_stderr("the rights in force stay");
+    assert!(line.contains("auth.toml"), "the error names the file: {line}");
+    assert!(passes(&input, &sub, "a.y", "probe.p2"), "the old rights stay");
+
+    rights("b");
+    broker.process.signal("HUP");
+    broker.process.wait_stderr("auth file read again");
+    assert!(passes(&input, &sub, "b.x", "probe.p3"), "b is given now");
+    assert!(!passes(&input, &sub, "a.z", "probe.p4"), "a is not any more");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn listening_beyond_loopback_without_an_auth_file_says_so_once() {
+    let warning = "no --auth-file";
+    for (bind, warned) in [("0.0.0.0", true), ("127.0.0.1", false)] {
+        let mut process = Process::build(
+            Command::new(BIN)
+                .args(["--bind", bind, "--port", "0", "--input-port", "0"])
+                .env_remove("RUST_LOG"),
+        )
+        .name("the broker")
+        .stdout(Stream::Discard)
+        .start();
+        process.wait_stderr("thingsbus broker running");
+        process.signal("TERM");
+        process.wait(DEADLINE).expect("the broker stops on SIGTERM");
+        let said = process.stderr().matches(warning).count();
+        assert_eq!(said, usize::from(warned), "--bind {bind}: {}", process.stderr());
+    }
+}

@@ -10,11 +10,20 @@
 //! - more than [`MAX_IN_FLIGHT`] commands in flight (or [`MAX_PER_CALLER`] from one caller)
 //!   get `busy`;
 //! - only the server a command went to may answer it, and only once: whichever of the reply,
-//!   the deadline or the lapse takes the command out of the table first answers it.
+//!   the deadline or the lapse takes the command out of the table first answers it;
+//! - the broker's ids for commands in flight are unguessable, so that a forged `command_reply`
+//!   datagram cannot answer one;
+//! - a live registration is replaced only by its owner: the same key, or without keys the same
+//!   host (another host's `serve` of that prefix is refused until it lapses);
+//! - with an auth file, a key serves and commands what its rights cover, from anywhere; a peer
+//!   without a key also needs its address in `--allow-serve` / `--allow-command`, and never from
+//!   beyond loopback over UDP (a source address is no proof there).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -22,6 +31,7 @@ use thingsbus_protocol::command::{self, error_reply, errors, BadCommand, Command
 use thingsbus_protocol::Namespace;
 
 use crate::access::AllowList;
+use crate::auth::{Auth, Rights, Who};
 
 /// Commands in flight through the broker at once; more get `busy`.
 pub(crate) const MAX_IN_FLIGHT: usize = 10_000;
@@ -90,6 +100,35 @@ pub(crate) enum Count {
     NotAllowed,
     LateReply,
     FromBrokers,
+    /// A `serve` of a prefix another owner holds, refused.
+    TakeoverRefused,
+}
+
+/// Who sent a message to the command endpoint: its address when known, and the name of its
+/// key when it connected with one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Caller<'a> {
+    pub(crate) addr: Option<IpAddr>,
+    pub(crate) key: Option<&'a str>,
+}
+
+/// Who holds a registration: only the same owner may replace it while it is live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    Key(Arc<str>),
+    Host(IpAddr),
+    /// Neither key nor address (not over TCP or UDP).
+    Unknown,
+}
+
+impl Owner {
+    fn of(caller: Caller<'_>) -> Owner {
+        match (caller.key, caller.addr) {
+            (Some(k), _) => Owner::Key(k.into()),
+            (None, Some(a)) => Owner::Host(a.to_canonical()),
+            (None, None) => Owner::Unknown,
+        }
+    }
 }
 
 /// What the command thread does for a decision.
@@ -108,6 +147,9 @@ pub(crate) enum Action {
     Count(Count),
     /// A `serve` from an address not allowed to serve was refused (worth a rate-limited log).
     ServeRefused(Peer),
+    /// A message outside the rights of its sender (named as in the auth file, or
+    /// `anonymous`) was refused.
+    NotPermitted(String),
     /// The registrations changed: gauges, the list of served prefixes and the cluster's
     /// announcement need a new look.
     RoutesChanged,
@@ -123,6 +165,7 @@ struct Registration {
     order: u64,
     /// The address it came from, when known (counted per host).
     host: Option<IpAddr>,
+    owner: Owner,
 }
 
 struct InFlight {
@@ -172,12 +215,19 @@ pub(crate) struct RoutingTable {
     in_flight: HashMap<u64, InFlight>,
     per_caller: HashMap<Peer, usize>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Counts commands; the broker's ids are this count through a keyed hash.
     next_id: u64,
+    ids: std::collections::hash_map::RandomState,
     next_order: u64,
     next_lapse: Instant,
     /// The local prefixes as last announced to the cluster.
     announced: Vec<(String, f64)>,
+    /// The auth file in force, when there is one.
+    auth: Option<Arc<Auth>>,
 }
+
+/// Largest broker id: ids stay exact in every JSON reader (53 bits).
+const MAX_BROKER_ID: u64 = (1 << 53) - 1;
 
 impl RoutingTable {
     /// An empty table: commands from addresses in `allow_command`, registrations from those in
@@ -193,9 +243,71 @@ impl RoutingTable {
             per_caller: HashMap::new(),
             deadlines: BinaryHeap::new(),
             next_id: 1,
+            ids: std::collections::hash_map::RandomState::new(),
             next_order: 0,
             next_lapse: now + Duration::from_secs(1),
             announced: Vec::new(),
+            auth: None,
+        }
+    }
+
+    /// Puts the rights of an auth file in force (`None`: no auth file).
+    pub(crate) fn set_auth(&mut self, auth: Option<Arc<Auth>>) {
+        self.auth = auth;
+    }
+
+    /// The rights of `caller` when an auth file is in force (`Err` when there is none); `None`
+    /// inside when the caller has no rights at all.
+    fn rights_of(&self, caller: Caller<'_>) -> Result<Option<&Rights>, ()> {
+        let auth = self.auth.as_deref().ok_or(())?;
+        Ok(auth.rights(caller.key.map_or(Who::Anonymous, Who::Key)))
+    }
+
+    /// Whether `caller` may do what `right` names for `ns`: a key by its rights alone; a peer
+    /// without a key by its address in `allowed` (an unknown address passes unless
+    /// `need_addr`), and with an auth file also by the anonymous rights, and never over UDP from
+    /// beyond loopback.
+    fn permits(
+        &self,
+        caller: Caller<'_>,
+        peer: &Peer,
+        (allowed, need_addr): (&AllowList, bool),
+        right: fn(&Rights) -> &crate::auth::Patterns,
+        ns: &Namespace,
+    ) -> bool {
+        let by_rights = |r: Option<&Rights>| r.is_some_and(|r| right(r).covers(ns.as_str()));
+        let by_addr = match caller.addr {
+            Some(a) => allowed.allows(a),
+            None => !need_addr,
+        };
+        match (caller.key, self.rights_of(caller)) {
+            (Some(_), Ok(rights)) => by_rights(rights),
+            // A key without an auth file: CURVE alone lets every key in, so addresses decide.
+            (_, Err(())) => by_addr,
+            (None, Ok(rights)) => {
+                let udp_from_afar =
+                    matches!(peer, Peer::Udp(a) if !a.ip().to_canonical().is_loopback());
+                !udp_from_afar && by_addr && by_rights(rights)
+            }
+        }
+    }
+
+    /// Counts a refusal by its sender's name when an auth file is in force.
+    fn not_permitted(&self, caller: Caller<'_>, out: &mut Vec<Action>) {
+        if self.auth.is_some() {
+            let label = caller.key.unwrap_or(crate::auth::ANONYMOUS);
+            out.push(Action::NotPermitted(label.to_owned()));
+        }
+    }
+
+    /// A broker id no command in flight has, and no one can guess.
+    fn fresh_id(&mut self) -> u64 {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1);
+            let id = self.ids.hash_one(self.next_id) & MAX_BROKER_ID;
+            if id != 0 && !self.in_flight.contains_key(&id) {
+                return id;
+            }
         }
     }
 
@@ -210,7 +322,7 @@ impl RoutingTable {
         next_deadline.map_or(self.next_lapse, |d| d.min(self.next_lapse))
     }
 
-    /// A message from `peer` (at `addr`, when known).
+    /// A message from `peer` (at `addr`, when known), without a key.
     pub(crate) fn handle(
         &mut self,
         now: Now,
@@ -219,8 +331,20 @@ impl RoutingTable {
         m: CommandMessage,
         out: &mut Vec<Action>,
     ) {
+        self.handle_from(now, peer, Caller { addr, key: None }, m, out);
+    }
+
+    /// A message from `peer`, sent by `caller`.
+    pub(crate) fn handle_from(
+        &mut self,
+        now: Now,
+        peer: Peer,
+        caller: Caller<'_>,
+        m: CommandMessage,
+        out: &mut Vec<Action>,
+    ) {
         match m {
-            CommandMessage::Serve { ns, ttl } => self.serve(now, peer, addr, ns, ttl, out),
+            CommandMessage::Serve { ns, ttl } => self.serve(now, peer, caller, ns, ttl, out),
             CommandMessage::Command {
                 id,
                 ns,
@@ -235,7 +359,7 @@ impl RoutingTable {
                     timeout,
                     deadline,
                 };
-                self.command(now, peer, addr, request, out);
+                self.command(now, peer, caller, request, out);
             }
             CommandMessage::Reply { id, result } => self.reply(&peer, &id, result, out),
             CommandMessage::Serving { .. } => out.push(Action::Count(Count::BadRequest)),
@@ -274,12 +398,13 @@ impl RoutingTable {
         &mut self,
         now: Now,
         peer: Peer,
-        addr: Option<IpAddr>,
+        caller: Caller<'_>,
         prefixes: Vec<Namespace>,
         ttl: Option<f64>,
         out: &mut Vec<Action>,
     ) {
-        if addr.is_some_and(|a| !self.allow_serve.allows(a)) {
+        let addr = caller.addr;
+        if caller.key.is_none() && addr.is_some_and(|a| !self.allow_serve.allows(a)) {
             out.push(Action::Count(Count::NotAllowed));
             out.push(Action::ServeRefused(peer));
             return;
@@ -288,11 +413,31 @@ impl RoutingTable {
         let expires = now.at + Duration::from_secs_f64(ttl);
         let mut accepted = Vec::new();
         let total: usize = self.per_peer.values().sum();
+        let owner = Owner::of(caller);
         for prefix in prefixes {
+            if !self.permits(
+                caller,
+                &peer,
+                (&self.allow_serve, false),
+                |r| &r.serve,
+                &prefix,
+            ) {
+                out.push(Action::Count(Count::NotAllowed));
+                self.not_permitted(caller, out);
+                continue;
+            }
             let regs = self.registrations.entry(prefix.clone()).or_default();
             if let Some(r) = regs.iter_mut().find(|r| r.peer == peer) {
                 r.expires = expires;
                 accepted.push(prefix);
+                continue;
+            }
+            // A live registration of another owner stays until it lapses: a second host (or
+            // key) cannot take over what the first serves.
+            if regs.iter().any(|r| {
+                r.expires > now.at && !matches!(r.peer, Peer::Broker(_)) && r.owner != owner
+            }) {
+                out.push(Action::Count(Count::TakeoverRefused));
                 continue;
             }
             let held = self.per_peer.get(&peer).copied().unwrap_or(0);
@@ -310,6 +455,7 @@ impl RoutingTable {
                 since: now.wall,
                 order: self.next_order,
                 host: addr,
+                owner: owner.clone(),
             });
             *self.per_peer.entry(peer.clone()).or_insert(0) += 1;
             if let Some(a) = addr {
@@ -362,6 +508,7 @@ impl RoutingTable {
                 since,
                 order: self.next_order,
                 host: None,
+                owner: Owner::Unknown,
             });
             remote += 1;
         }
@@ -393,10 +540,25 @@ impl RoutingTable {
         &mut self,
         now: Now,
         caller: Peer,
-        addr: Option<IpAddr>,
+        from: Caller<'_>,
         r: Request,
         out: &mut Vec<Action>,
     ) {
+        let from_broker = matches!(caller, Peer::Relay(_));
+        // Checked before `refuse` borrows `out`; another broker checked its own caller.
+        let permitted = from_broker
+            || self.permits(
+                from,
+                &caller,
+                (&self.allow_command, true),
+                |r| &r.command,
+                &r.ns,
+            );
+        let anonymous_and_afar =
+            from.key.is_none() && !from.addr.is_some_and(|a| self.allow_command.allows(a));
+        if !permitted {
+            self.not_permitted(from, out);
+        }
         let mut refuse = |error: &str, detail: String, count: Count| {
             out.push(Action::Count(count));
             out.push(Action::Send {
@@ -404,14 +566,17 @@ impl RoutingTable {
                 message: error_reply(r.id.clone(), error, Some(detail)),
             });
         };
-        // Another broker checked its own caller; brokers of one cluster trust each other.
-        let from_broker = matches!(caller, Peer::Relay(_));
-        if !from_broker && !addr.is_some_and(|a| self.allow_command.allows(a)) {
-            return refuse(
-                errors::NOT_ALLOWED,
-                "this address may not send commands (see the broker's --allow-command)".into(),
-                Count::NotAllowed,
-            );
+        // Brokers of one cluster trust each other.
+        if !permitted {
+            let why = if anonymous_and_afar {
+                "this address may not send commands (see the broker's --allow-command)".into()
+            } else {
+                format!(
+                    "not allowed to command {} (see the broker's --auth-file)",
+                    r.ns
+                )
+            };
+            return refuse(errors::NOT_ALLOWED, why, Count::NotAllowed);
         }
         let Some((prefix, server)) = self.route(now.at, &r.ns, from_broker) else {
             return refuse(
@@ -435,8 +600,7 @@ impl RoutingTable {
             (None, _) => command::DEFAULT_TIMEOUT,
         };
         let timeout = Duration::from_secs_f64(timeout);
-        let broker_id = self.next_id;
-        self.next_id += 1;
+        let broker_id = self.fresh_id();
         let message = CommandMessage::Command {
             id: Value::from(broker_id),
             ns: r.ns,
@@ -1363,5 +1527,192 @@ mod tests {
         let g = r.t.gauges();
         assert_eq!((g.local, g.remote), (4, 1));
         assert_eq!(g.served, ["a", "b", "c", "remote"]);
+    }
+
+    fn served(out: &[Action]) -> Vec<String> {
+        out.iter()
+            .find_map(|a| match a {
+                Action::Send {
+                    message: CommandMessage::Serving { ns, .. },
+                    ..
+                } => Some(ns.iter().map(|n| n.as_str().to_owned()).collect()),
+                _ => None,
+            })
+            .expect("a serving reply")
+    }
+
+    fn serve_from(
+        r: &mut Rig,
+        at: f64,
+        peer: Peer,
+        caller: Caller<'_>,
+        prefix: &str,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        let m = CommandMessage::Serve {
+            ns: vec![ns(prefix)],
+            ttl: Some(10.0),
+        };
+        r.t.handle_from(r.now(at), peer, caller, m, &mut out);
+        served(&out)
+    }
+
+    fn host(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_live_registration_is_replaced_only_by_its_owner() {
+        let mut r = Rig::with(AllowList::default());
+        let first = Caller {
+            addr: host("10.0.0.1"),
+            key: None,
+        };
+        let other = Caller {
+            addr: host("10.0.0.2"),
+            key: None,
+        };
+        assert_eq!(serve_from(&mut r, 0.0, zmq("a"), first, "door"), ["door"]);
+        assert!(
+            serve_from(&mut r, 1.0, zmq("b"), other, "door").is_empty(),
+            "another host"
+        );
+        assert!(
+            serve_from(&mut r, 1.0, zmq("b"), other, "door.front").len() == 1,
+            "another prefix is free"
+        );
+        assert_eq!(
+            serve_from(&mut r, 2.0, zmq("c"), first, "door"),
+            ["door"],
+            "the same host, a new connection"
+        );
+        // By key: the same key from anywhere; another key or no key is refused.
+        let mut r = Rig::with(AllowList::default());
+        let pi = Caller {
+            addr: host("10.0.0.1"),
+            key: Some("pi"),
+        };
+        let pi_moved = Caller {
+            addr: host("10.0.0.9"),
+            key: Some("pi"),
+        };
+        let ops = Caller {
+            addr: host("10.0.0.1"),
+            key: Some("ops"),
+        };
+        assert_eq!(serve_from(&mut r, 0.0, zmq("a"), pi, "door").len(), 1);
+        assert!(serve_from(&mut r, 0.0, zmq("b"), ops, "door").is_empty());
+        assert!(
+            serve_from(&mut r, 0.0, zmq("c"), first, "door").is_empty(),
+            "no key, same host"
+        );
+        assert_eq!(serve_from(&mut r, 0.0, zmq("d"), pi_moved, "door").len(), 1);
+        // Once the owner's registrations lapse, anyone allowed may serve it.
+        let mut out = Vec::new();
+        r.t.tick(r.now(11.0).at, &mut out);
+        assert_eq!(serve_from(&mut r, 11.0, zmq("e"), ops, "door").len(), 1);
+    }
+
+    #[test]
+    fn with_an_auth_file_rights_decide_and_udp_from_afar_is_never_enough() {
+        let auth = crate::auth::Auth::parse(&format!(
+            "[anonymous]\nserve = [\"garden\"]\ncommand = [\"garden\"]\n\
+             [keys.pi]\npublic = \"{}\"\nserve = [\"kitchen\"]\ncommand = [\"*\"]\n",
+            zmq::z85_encode(&[7; 32]).unwrap()
+        ))
+        .unwrap();
+        let mut r = Rig::with(AllowList::default());
+        r.t.set_auth(Some(Arc::new(auth)));
+        let anon = Caller {
+            addr: LOCAL,
+            key: None,
+        };
+        let pi = Caller {
+            addr: host("192.168.1.5"),
+            key: Some("pi"),
+        };
+        assert_eq!(
+            serve_from(&mut r, 0.0, zmq("a"), anon, "garden.pump").len(),
+            1
+        );
+        assert!(serve_from(&mut r, 0.0, zmq("a"), anon, "kitchen").is_empty());
+        assert!(r.t.auth.is_some());
+        assert_eq!(
+            serve_from(&mut r, 0.0, zmq("p"), pi, "kitchen.door").len(),
+            1
+        );
+        assert!(serve_from(&mut r, 0.0, zmq("p"), pi, "garden.hose").is_empty());
+        // A board over UDP: on loopback the anonymous rights decide; from afar nothing unsigned.
+        let near: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let far: SocketAddr = "192.168.1.9:4000".parse().unwrap();
+        let via = |a: SocketAddr| Caller {
+            addr: Some(a.ip()),
+            key: None,
+        };
+        assert_eq!(
+            serve_from(&mut r, 0.0, Peer::Udp(near), via(near), "garden.valve").len(),
+            1
+        );
+        assert!(serve_from(&mut r, 0.0, Peer::Udp(far), via(far), "garden.light").is_empty());
+        // Commands: the key's rights from any address; anonymous by its rights and address.
+        let mut out = Vec::new();
+        r.t.handle_from(
+            r.now(1.0),
+            zmq("c"),
+            pi,
+            command_to("c-1", "kitchen.door", None),
+            &mut out,
+        );
+        assert_eq!(delivered(&out).0, zmq("p"));
+        let mut out = Vec::new();
+        r.t.handle_from(
+            r.now(1.0),
+            zmq("c"),
+            anon,
+            command_to("c-2", "kitchen.door", None),
+            &mut out,
+        );
+        assert!(
+            out.contains(&Action::NotPermitted("anonymous".into())),
+            "{out:?}"
+        );
+        assert!(out.contains(&Action::Count(Count::NotAllowed)));
+        let mut out = Vec::new();
+        r.t.handle_from(
+            r.now(1.0),
+            Peer::Udp(far),
+            via(far),
+            command_to("c-3", "garden.pump", None),
+            &mut out,
+        );
+        assert!(
+            out.contains(&Action::Count(Count::NotAllowed)),
+            "udp from afar: {out:?}"
+        );
+    }
+
+    #[test]
+    fn broker_ids_are_not_a_counter() {
+        let mut r = Rig::new();
+        r.serve(0.0, "s", &["x"], 60.0);
+        let ids: Vec<u64> = (0..100)
+            .map(|i| {
+                let out = r.handle(
+                    0.0,
+                    zmq("c"),
+                    LOCAL,
+                    command_to(&format!("c-{i}"), "x", None),
+                );
+                delivered(&out).1
+            })
+            .collect();
+        assert!(ids.iter().all(|id| *id > 0 && *id <= MAX_BROKER_ID));
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 100);
+        // Consecutive ids do not follow from each other.
+        assert!(
+            ids.windows(2).filter(|w| w[1] == w[0] + 1).count() < 3,
+            "{ids:?}"
+        );
     }
 }

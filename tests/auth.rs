@@ -1,0 +1,245 @@
+//! `--auth-file`: what peers without a key may do, reloads, and who may take over a served
+//! prefix. (Keys need CURVE; their tests are with the CURVE ones.)
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use thingsbus_broker::Reason;
+use thingsbus_protocol::command::{self, CommandMessage};
+use thingsbus_protocol::Namespace;
+use thingsbus_tests::*;
+
+/// A directory of its own for this test's files, removed first.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("thingsbus-auth-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn auth_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("auth.toml");
+    std::fs::write(&path, text).expect("write the auth file");
+    path
+}
+
+fn with_auth(path: PathBuf) -> impl FnOnce(&mut Config) {
+    move |c: &mut Config| {
+        c.stats_interval = Duration::ZERO;
+        c.auth_file = Some(path);
+    }
+}
+
+fn not_permitted(broker: &Broker) -> u64 {
+    broker
+        .stats()
+        .rejected_by_reason()
+        .find(|(r, _)| *r == Reason::NotPermitted)
+        .map_or(0, |(_, n)| n)
+}
+
+#[test]
+fn anonymous_peers_publish_only_the_namespaces_the_file_gives_them() {
+    let dir = scratch("publish");
+    let path = auth_file(
+        &dir,
+        "[anonymous]\nread = true\npublish = [\"garden\", \"test.probe\"]\n",
+    );
+    let broker = spawn_broker(with_auth(path));
+    let sub = Subscriber::connect(&broker);
+    let zmq = ZmqInput::connect(&broker);
+    let udp = UdpInput::new(&broker);
+    sync(&sub, &zmq);
+    sync(&sub, &udp);
+
+    zmq.send_json(&json!(["kitchen.door", null, "open", null]));
+    sub.assert_no_update_before_probe("kitchen.door", &zmq);
+    udp.send_msgpack(&json!(["kitchen.light", null, true, null]));
+    sub.assert_no_update_before_probe("kitchen.light", &udp);
+    assert_eq!(not_permitted(&broker), 2, "both counted as not_permitted");
+    assert_eq!(broker.stats().refused_by("anonymous", "not_permitted"), 2);
+
+    zmq.send_json(&json!(["garden.rain", null, true, null]));
+    assert_eq!(sub.update_for("garden.rain")["data"], true);
+    udp.send_msgpack(&json!(["garden.temp.soil", null, 12.5, null]));
+    assert_eq!(sub.update_for("garden.temp.soil")["data"], 12.5);
+    assert_eq!(not_permitted(&broker), 2, "what the file gives passes");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn without_an_anonymous_table_a_peer_without_a_key_is_refused_at_connect() {
+    let dir = scratch("nobody");
+    let path = auth_file(&dir, "# nobody without a key\n");
+    let broker = spawn_broker(with_auth(path));
+    let _sub = Subscriber::connect(&broker);
+    let zmq = ZmqInput::connect(&broker);
+    zmq.send_json(&json!(["x", null, 1, null]));
+    // The subscriber and the input are each turned away by the ZAP handler (libzmq retries).
+    eventually(DEADLINE, "both connections refused", || {
+        (broker.stats().refused_by("anonymous", "connect_refused") >= 2).then_some(())
+    });
+    assert_eq!(
+        broker
+            .stats()
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_reload_changes_the_rights_and_a_file_with_a_mistake_keeps_them() {
+    let dir = scratch("reload");
+    // Anonymous peers may publish but not read: the subscriber is refused.
+    let path = auth_file(&dir, "[anonymous]\npublish = [\"*\"]\n");
+    let broker = spawn_broker(with_auth(path.clone()));
+    let sub = Subscriber::connect(&broker);
+    let zmq = ZmqInput::connect(&broker);
+    eventually(DEADLINE, "the subscriber refused", || {
+        (broker.stats().refused_by("anonymous", "connect_refused") >= 1).then_some(())
+    });
+    zmq.send_json(&json!(["before.reload", null, 1, null]));
+    assert!(
+        sub.recv_json(Duration::from_millis(300)).is_none(),
+        "a refused subscriber receives nothing"
+    );
+
+    std::fs::write(&path, "[anonymous\nread = true\n").expect("write");
+    let e = broker.reload_auth().expect_err("a file with a mistake");
+    assert!(e.to_string().contains("auth.toml"), "{e}");
+    // The old rights stay: a new subscriber is refused too. (libzmq does not retry a
+    // connection refused at the handshake: a refused peer comes back when it is restarted.)
+    let refused = broker.stats().refused_by("anonymous", "connect_refused");
+    let _second = Subscriber::connect(&broker);
+    eventually(DEADLINE, "a new subscriber refused", || {
+        (broker.stats().refused_by("anonymous", "connect_refused") > refused).then_some(())
+    });
+
+    std::fs::write(&path, "[anonymous]\nread = true\npublish = [\"*\"]\n").expect("write");
+    broker.reload_auth().expect("reload");
+    let third = Subscriber::connect(&broker);
+    sync(&third, &zmq);
+    drop(sub);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A DEALER on the command port, connected from the source address `src`.
+fn dealer_from(src: &str, broker: &Broker) -> zmq::Socket {
+    let s = ctx().socket(zmq::DEALER).expect("dealer");
+    s.set_linger(0).expect("linger");
+    let dst = broker
+        .endpoints()
+        .command
+        .trim_start_matches("tcp://")
+        .to_owned();
+    s.connect(&format!("tcp://{src}:0;{dst}"))
+        .expect("connect from a source address");
+    s
+}
+
+fn send(s: &zmq::Socket, m: &CommandMessage) {
+    s.send(m.to_json(), 0).expect("send");
+}
+
+fn recv(s: &zmq::Socket) -> Option<CommandMessage> {
+    (s.poll(zmq::POLLIN, 5_000).expect("poll") > 0)
+        .then(|| command::decode_json(&s.recv_bytes(0).expect("recv")).expect("a command message"))
+}
+
+fn serve(s: &zmq::Socket, prefix: &str) -> Vec<Namespace> {
+    let ns = vec![Namespace::new(prefix).expect("ns")];
+    send(
+        s,
+        &CommandMessage::Serve {
+            ns,
+            ttl: Some(30.0),
+        },
+    );
+    match recv(s) {
+        Some(CommandMessage::Serving { ns, .. }) => ns,
+        other => panic!("expected serving, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_second_host_cannot_take_over_a_prefix_while_it_is_served() {
+    let broker = spawn_broker(|c| c.stats_interval = Duration::ZERO);
+    let first = dealer_from("127.0.0.1", &broker);
+    assert_eq!(serve(&first, "door").len(), 1, "the first host serves door");
+    // Another host (127.0.0.2 is another address) asks for the same prefix: refused.
+    let intruder = dealer_from("127.0.0.2", &broker);
+    assert!(serve(&intruder, "door").is_empty(), "the takeover refused");
+    assert_eq!(
+        broker
+            .stats()
+            .commands
+            .takeover_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // A command to the door still reaches the first host.
+    let caller = dealer_from("127.0.0.1", &broker);
+    send(
+        &caller,
+        &CommandMessage::Command {
+            id: json!("open-1"),
+            ns: Namespace::new("door.front").expect("ns"),
+            data: json!("open"),
+            timeout: Some(5.0),
+            deadline: None,
+        },
+    );
+    match recv(&first) {
+        Some(CommandMessage::Command { ns, id, .. }) => {
+            assert_eq!(ns.as_str(), "door.front");
+            // The broker's own id: not a small counter anyone could guess.
+            let id = id.as_u64().expect("a number");
+            assert!(id > 1 << 20 && id < 1 << 53, "id {id}");
+        }
+        other => panic!("expected the command at the first host, got {other:?}"),
+    }
+    assert_eq!(
+        intruder.poll(zmq::POLLIN, 200).expect("poll"),
+        0,
+        "nothing at the intruder"
+    );
+    // The same host may serve it again from a new connection (an adaptor restarting).
+    let restarted = dealer_from("127.0.0.1", &broker);
+    assert_eq!(serve(&restarted, "door").len(), 1);
+}
+
+#[test]
+fn over_udp_a_board_without_a_key_serves_only_what_the_anonymous_rights_give() {
+    // (From beyond loopback it may serve nothing unsigned: addresses beyond loopback cannot be
+    // used on this machine, so that rule is a unit test of the routing table.)
+    let dir = scratch("udp-serve");
+    let path = auth_file(
+        &dir,
+        "[anonymous]\nread = true\npublish = [\"*\"]\nserve = [\"garden\"]\n",
+    );
+    let broker = spawn_broker(with_auth(path));
+    let board = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    board
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let ask = |prefix: &str| -> Value {
+        let m = CommandMessage::Serve {
+            ns: vec![Namespace::new(prefix).expect("ns")],
+            ttl: Some(30.0),
+        };
+        board
+            .send_to(&m.to_msgpack(), broker.endpoints().udp)
+            .expect("send");
+        let mut buf = [0u8; 1500];
+        let (n, _) = board.recv_from(&mut buf).expect("a serving reply");
+        rmp_serde::from_slice(&buf[..n]).expect("msgpack")
+    };
+    assert_eq!(ask("garden.pump")["ns"], json!(["garden.pump"]));
+    assert_eq!(ask("kitchen.door")["ns"], json!([]), "outside its rights");
+    assert_eq!(broker.stats().refused_by("anonymous", "not_permitted"), 1);
+    std::fs::remove_dir_all(&dir).ok();
+}
