@@ -7,6 +7,7 @@
 
 mod cluster;
 mod commands;
+mod limits;
 mod load;
 mod report;
 mod scenarios;
@@ -64,6 +65,9 @@ enum Scenario {
     Commands,
     /// Brokers sharing a NATS JetStream bucket (`--cluster`), beside NATS alone.
     Cluster,
+    /// What the bounds cost: CPU per update refused at `--max-things` beside one accepted, and
+    /// ingest with the journal on a disk another writer keeps busy.
+    Limits,
     /// Every scenario above, in that order.
     All,
     /// Our broker as a server process of the bench (started by the bench itself): endpoints as
@@ -126,7 +130,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
             .note("python 0.2.1 skipped: not installed (scripts/python-peers.sh)");
     }
     let started = std::time::Instant::now();
-    let steps: [(Scenario, Step); 8] = [
+    let steps: [(Scenario, Step); 9] = [
         (Scenario::Ingest, Bench::ingest),
         (Scenario::Fanout, Bench::fanout),
         (Scenario::Latency, Bench::latency),
@@ -135,6 +139,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
         (Scenario::Memory, Bench::memory),
         (Scenario::Commands, Bench::commands),
         (Scenario::Cluster, Bench::cluster),
+        (Scenario::Limits, Bench::limits),
     ];
     for (scenario, step) in steps {
         if args.scenario == Scenario::All || args.scenario == scenario {

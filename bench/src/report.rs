@@ -147,6 +147,9 @@ pub(crate) fn fmt_value(v: f64, unit: &str) -> String {
         "ms" => format!("{v:.2} ms"),
         "MiB" => format!("{v:.1} MiB"),
         "B" => format!("{v:.0} B"),
+        "µs" => format!("{v:.2} µs"),
+        "updates" => format!("{v:.0} updates"),
+        "%" => format!("{v:.3} %"),
         _ => format!("{v:.3} {unit}"),
     }
 }

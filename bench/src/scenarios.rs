@@ -55,7 +55,7 @@ impl Bench {
 
     /// Connects `subs` subscribers and a generator, waits until probes reach every subscriber,
     /// sends at `rate` for the step's duration, and measures.
-    fn step(
+    pub(crate) fn step(
         &self,
         server: &Server,
         transport: Transport,
@@ -283,7 +283,13 @@ impl Bench {
     }
 
     /// Sends `n` distinct things and waits until a subscriber has seen them all.
-    fn fill(&self, server: &Server, n: u64, rate: f64, prefix: &str) -> anyhow::Result<()> {
+    pub(crate) fn fill(
+        &self,
+        server: &Server,
+        n: u64,
+        rate: f64,
+        prefix: &str,
+    ) -> anyhow::Result<()> {
         let sub = subscriber(&self.zmq, &server.directory, prefix, false);
         let mut g = Generator::new(&self.zmq, Transport::Zmq, &server.input, server.udp, prefix);
         let deadline = Instant::now() + Duration::from_secs(15);

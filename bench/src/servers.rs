@@ -53,6 +53,10 @@ pub(crate) struct Options {
     pub(crate) cluster: Option<ClusterOptions>,
     /// Ours and the floor: run on these CPUs only (`taskset -c`).
     pub(crate) cpus: Option<&'static str>,
+    /// Ours only: `--max-things`.
+    pub(crate) max_things: Option<u64>,
+    /// Ours only: `--state-file`.
+    pub(crate) state_file: Option<PathBuf>,
 }
 
 /// `--cluster` settings of a bench broker.
@@ -83,6 +87,12 @@ pub(crate) struct Serve {
     pub(crate) snapshot_interval: f64,
     #[command(flatten)]
     pub(crate) cluster: ClusterOptions,
+    /// Most things held (our broker only).
+    #[arg(long)]
+    pub(crate) max_things: Option<u64>,
+    /// Keep the directory in this journal (our broker only).
+    #[arg(long)]
+    pub(crate) state_file: Option<PathBuf>,
 }
 
 impl Serve {
@@ -94,6 +104,12 @@ impl Serve {
             "--snapshot-interval".to_owned(),
             self.snapshot_interval.to_string(),
         ];
+        if let Some(n) = self.max_things {
+            args.extend(["--max-things".to_owned(), n.to_string()]);
+        }
+        if let Some(p) = &self.state_file {
+            args.extend(["--state-file".to_owned(), p.display().to_string()]);
+        }
         let c = &self.cluster;
         if !c.urls.is_empty() {
             args.extend([
@@ -118,6 +134,8 @@ impl Default for Options {
             snapshot_interval_s: 3600.0,
             cluster: None,
             cpus: None,
+            max_things: None,
+            state_file: None,
         }
     }
 }
@@ -148,6 +166,8 @@ impl Server {
                     hwm: opts.subscriber_hwm,
                     snapshot_interval: opts.snapshot_interval_s,
                     cluster: opts.cluster.clone().unwrap_or_default(),
+                    max_things: opts.max_things,
+                    state_file: opts.state_file.clone(),
                 };
                 let mode = if kind == Kind::Ours {
                     "serve-broker"
@@ -207,6 +227,20 @@ impl Server {
         }
     }
 
+    /// Our broker's counters now: `accepted`, `too_many_things`, `journal_synced_seq`,
+    /// `things` (asked on the server's stdin).
+    pub(crate) fn stats(&mut self) -> anyhow::Result<Value> {
+        if self.kind != Kind::Ours {
+            bail!("only our broker answers stats");
+        }
+        self.process.write_line("stats")?;
+        let line = self
+            .process
+            .line(Duration::from_secs(10))
+            .context("serve-broker did not answer stats")?;
+        serde_json::from_str(&line).with_context(|| format!("serve-broker said {line:?}"))
+    }
+
     /// CPU seconds the server process has used so far (user + system).
     pub(crate) fn cpu_seconds(&self) -> f64 {
         self.process.cpu_seconds().unwrap_or(0.0)
@@ -260,6 +294,12 @@ pub(crate) fn serve_broker(args: &Serve) -> anyhow::Result<()> {
     });
     let config = thingsbus_broker::Config {
         cluster,
+        max_things: args
+            .max_things
+            .map_or(thingsbus_broker::Config::default().max_things, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
+        state_file: args.state_file.clone(),
         subscriber_hwm: args.hwm,
         input_hwm: 100_000,
         snapshot_interval: Duration::from_secs_f64(args.snapshot_interval),
@@ -273,7 +313,23 @@ pub(crate) fn serve_broker(args: &Serve) -> anyhow::Result<()> {
         json!({"directory": e.directory, "input": e.input, "udp": e.udp.to_string(), "snapshot": e.snapshot, "command": e.command})
     );
     std::io::stdout().flush()?;
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    // Serves until stdin closes; a `stats` line asks for the counters the bench reads.
+    for line in std::io::stdin().lines() {
+        if line?.trim() == "stats" {
+            let s = broker.stats();
+            let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            println!(
+                "{}",
+                json!({
+                    "accepted": n(&s.accepted),
+                    "too_many_things": s.rejected(thingsbus_broker::Reason::TooManyThings),
+                    "journal_synced_seq": n(&s.journal_synced_seq),
+                    "things": n(&s.things),
+                })
+            );
+            std::io::stdout().flush()?;
+        }
+    }
     Ok(())
 }
 
@@ -350,7 +406,11 @@ mod tests {
             hwm: 2000,
             snapshot_interval: 0.5,
             cluster: ClusterOptions::default(),
+            max_things: Some(7),
+            state_file: Some(PathBuf::from("/tmp/x.journal")),
         };
+        assert_eq!(round_trip(&alone).max_things, Some(7));
+        assert_eq!(round_trip(&alone).state_file, alone.state_file);
         assert_eq!(round_trip(&alone).cluster.urls, Vec::<String>::new());
         assert_eq!(round_trip(&alone).hwm, 2000);
         assert_eq!(round_trip(&alone).snapshot_interval, 0.5);

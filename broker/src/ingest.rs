@@ -558,27 +558,40 @@ impl Ingest {
     }
 
     fn reject_zmq(&mut self, reason: impl Into<Reason>, msg: &mut zmq::Message) {
-        let len = msg.len();
-        let head = msg[..len.min(48)].to_vec();
-        let peer = msg.gets("Peer-Address").map(str::to_owned);
-        self.reject(reason, Source::Zmq(peer.as_deref()), len, &head);
+        let reason = reason.into();
+        self.stats.reject(reason);
+        // A flood of refusals costs a count each: the message is only read for the log line.
+        if self.log_allowed() {
+            let len = msg.len();
+            let head = msg[..len.min(48)].to_vec();
+            let peer = msg.gets("Peer-Address").map(str::to_owned);
+            Self::log_reject(reason, Source::Zmq(peer.as_deref()), len, &head);
+        }
     }
 
     fn reject(&mut self, reason: impl Into<Reason>, source: Source<'_>, len: usize, head: &[u8]) {
         let reason = reason.into();
         self.stats.reject(reason);
-        let allowed = self.bad_input_log.allow(Instant::now(), |suppressed| {
-            tracing::warn!(suppressed, "more bad input was dropped without a log line");
-        });
-        if allowed {
-            tracing::warn!(
-                reason = reason.as_str(),
-                from = %source,
-                bytes = len,
-                head = %head.escape_ascii(),
-                "dropped bad input: {reason}"
-            );
+        if self.log_allowed() {
+            Self::log_reject(reason, source, len, head);
         }
+    }
+
+    /// Whether a refusal may be logged now (at a bounded rate).
+    fn log_allowed(&mut self) -> bool {
+        self.bad_input_log.allow(Instant::now(), |suppressed| {
+            tracing::warn!(suppressed, "more bad input was dropped without a log line");
+        })
+    }
+
+    fn log_reject(reason: Reason, source: Source<'_>, len: usize, head: &[u8]) {
+        tracing::warn!(
+            reason = reason.as_str(),
+            from = %source,
+            bytes = len,
+            head = %head.escape_ascii(),
+            "dropped bad input: {reason}"
+        );
     }
 
     fn flush(&mut self) -> Result<(), ()> {

@@ -712,7 +712,12 @@ fn sighup_reads_the_auth_file_again_and_one_with_a_mistake_keeps_the_rights() {
     let input = ctx().socket(zmq::PUB).expect("pub");
     input.connect(&broker.input).expect("connect");
     eventually(DEADLINE, "the input and the subscriber connected", || {
-        passes_within(&input, &sub, ("a.warmup", "probe.p0"), Duration::from_millis(100))
+        passes_within(
+            &input,
+            &sub,
+            ("a.warmup", "probe.p0"),
+            Duration::from_millis(100),
+        )
     });
     // Late copies of the warm-up are harmless: each check below waits for its own probe.
     assert!(!passes(&input, &sub, "b.x", "probe.p1"), "b is not given");
@@ -720,14 +725,23 @@ fn sighup_reads_the_auth_file_again_and_one_with_a_mistake_keeps_the_rights() {
     std::fs::write(&path, "[anonymous\n").expect("write");
     broker.process.signal("HUP");
     let line = broker.process.wait_stderr("the rights in force stay");
-    assert!(line.contains("auth.toml"), "the error names the file: {line}");
-    assert!(passes(&input, &sub, "a.y", "probe.p2"), "the old rights stay");
+    assert!(
+        line.contains("auth.toml"),
+        "the error names the file: {line}"
+    );
+    assert!(
+        passes(&input, &sub, "a.y", "probe.p2"),
+        "the old rights stay"
+    );
 
     rights("b");
     broker.process.signal("HUP");
     broker.process.wait_stderr("auth file read again");
     assert!(passes(&input, &sub, "b.x", "probe.p3"), "b is given now");
-    assert!(!passes(&input, &sub, "a.z", "probe.p4"), "a is not any more");
+    assert!(
+        !passes(&input, &sub, "a.z", "probe.p4"),
+        "a is not any more"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -747,6 +761,11 @@ fn listening_beyond_loopback_without_an_auth_file_says_so_once() {
         process.signal("TERM");
         process.wait(DEADLINE).expect("the broker stops on SIGTERM");
         let said = process.stderr().matches(warning).count();
-        assert_eq!(said, usize::from(warned), "--bind {bind}: {}", process.stderr());
+        assert_eq!(
+            said,
+            usize::from(warned),
+            "--bind {bind}: {}",
+            process.stderr()
+        );
     }
 }
