@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use thingsbus_broker::{ClusterAuth, ClusterConfig};
+use thingsbus_broker::{ClusterAuth, ClusterConfig, ClusterTls};
+use thingsbus_tests::certs::Authority;
 use thingsbus_tests::nats::{Nats, NatsCluster};
 use thingsbus_tests::py::PyPeer;
 use thingsbus_tests::*;
@@ -783,4 +784,115 @@ fn a_current_nats_release_works_as_well_as_debians() {
             .ok()
     });
     assert_eq!(reply["by"], json!("led-on-b"));
+}
+
+/// A NATS server whose only listener is TLS with `verify: true`: clients need a certificate
+/// signed by `ca`.
+fn nats_tls(ca: &Authority) -> Nats {
+    let server = ca.server("nats");
+    let conf = format!(
+        "jetstream {{ store_dir: \"STORE\" }}\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        server.cert.display(),
+        server.key.display(),
+        ca.ca_file().display()
+    );
+    Nats::configured("tls", free_ports(1)[0], &conf)
+}
+
+fn over_tls(nats: &Nats, node: &'static str, tls: ClusterTls) -> impl FnOnce(&mut Config) {
+    let url = nats.url();
+    move |c: &mut Config| {
+        on_cluster_with(vec![url], node, 1, ClusterAuth::None)(c);
+        if let Some(cluster) = &mut c.cluster {
+            cluster.tls = tls;
+        }
+    }
+}
+
+#[test]
+fn nats_over_tls_with_a_client_certificate_links_and_a_wrong_ca_does_not() {
+    require_peers!(peers::NATS_SERVER);
+    let ca = Authority::new("nats");
+    let other = Authority::new("other");
+    let nats = nats_tls(&ca);
+    let good = |name: &str| {
+        let client = ca.client(name);
+        ClusterTls {
+            ca_file: Some(ca.ca_file().to_owned()),
+            cert: Some(client.cert),
+            key: Some(client.key),
+        }
+    };
+    // Brokers that fail to link wait out their load time-out: started beside the rest.
+    let refused = [
+        (
+            "a CA that did not sign the server",
+            ClusterTls {
+                ca_file: Some(other.ca_file().to_owned()),
+                ..good("w1")
+            },
+        ),
+        (
+            "no client certificate",
+            ClusterTls {
+                ca_file: Some(ca.ca_file().to_owned()),
+                ..ClusterTls::default()
+            },
+        ),
+        ("a client certificate from another CA", {
+            let stranger = other.client("w3");
+            ClusterTls {
+                cert: Some(stranger.cert),
+                key: Some(stranger.key),
+                ..good("w3")
+            }
+        }),
+    ]
+    .map(|(what, tls)| {
+        let tweak = over_tls(&nats, "w", tls);
+        (what, std::thread::spawn(move || spawn_broker(tweak)))
+    });
+    let a = spawn_broker(over_tls(&nats, "a", good("a")));
+    let b = spawn_broker(over_tls(&nats, "b", good("b")));
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    ZmqInput::connect(&a).send_until(
+        DEADLINE,
+        "A's update at B, over TLS",
+        &json!(["tls.t", null, 1, null]),
+        || on_b.get("tls.t"),
+    );
+    for (what, broker) in refused {
+        let broker = broker.join().expect(what);
+        // Not linked, and still serving its own clients.
+        let on = client_for(&broker).connect_blocking().expect("client");
+        ZmqInput::connect(&broker).send_until(
+            DEADLINE,
+            &format!("{what}: the unlinked broker serves locally"),
+            &json!(["tls.local", null, 2, null]),
+            || on.get("tls.local"),
+        );
+        assert_eq!(
+            broker.stats().cluster.connected.load(Ordering::Relaxed),
+            0,
+            "{what}"
+        );
+        assert_eq!(
+            broker.stats().cluster.writes.load(Ordering::Relaxed),
+            0,
+            "{what}"
+        );
+    }
+    assert!(on_b.get("tls.local").is_none());
+}
+
+#[test]
+fn unreadable_tls_files_stop_the_start_with_the_flag_named() {
+    let missing = std::env::temp_dir().join("thingsbus-no-such-ca.pem");
+    let mut config = Config::ephemeral();
+    on_cluster_with(vec!["nats://127.0.0.1:1".into()], "x", 1, ClusterAuth::None)(&mut config);
+    if let Some(c) = &mut config.cluster {
+        c.tls.ca_file = Some(missing);
+    }
+    let e = Broker::start(config).map(|_| ()).expect_err("refused");
+    assert!(e.to_string().contains("--cluster-ca-file"), "{e}");
 }

@@ -154,6 +154,21 @@ pub struct ClusterConfig {
     /// The JetStream domain of the servers holding the bucket, when the broker reaches them
     /// through a leaf node (a site's own NATS server linked to the centre).
     pub domain: Option<String>,
+    /// TLS to the NATS servers (`--cluster-ca-file`, `--cluster-cert`, `--cluster-key`).
+    pub tls: ClusterTls,
+}
+
+/// TLS to the NATS servers: PEM files. With none of them, TLS is used only when a server asks
+/// for it (or the URL says `tls://`), checked against the system's authorities.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterTls {
+    /// The certificate authorities that signed the NATS servers' certificates; TLS is then
+    /// required.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// This broker's certificate, for servers that verify clients (`verify: true`).
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl ClusterConfig {
@@ -169,6 +184,7 @@ impl ClusterConfig {
             flush: Duration::from_millis(50),
             auth: ClusterAuth::None,
             domain: None,
+            tls: ClusterTls::default(),
         }
     }
 }

@@ -35,7 +35,7 @@ use thingsbus_protocol::codec::{decode_published, Published};
 use thingsbus_protocol::namespace::is_within_str;
 use thingsbus_protocol::{Directory, Entry, Timestamp, UpdateRef};
 
-use crate::config::{ClusterAuth, ClusterConfig};
+use crate::config::{ClusterAuth, ClusterConfig, ClusterTls};
 use crate::mailbox::Post;
 use crate::stats::{self, BROKER_NS};
 
@@ -259,10 +259,63 @@ fn read_secret(auth: &ClusterAuth) -> std::io::Result<Secret> {
     })
 }
 
-fn connect_options(secret: &Secret, node: &str) -> async_nats::ConnectOptions {
-    let o = async_nats::ConnectOptions::new()
+/// Checks at start that each TLS file can be read and holds PEM, so that a wrong path stops the
+/// start with a clear error instead of a retry loop.
+fn check_tls(tls: &ClusterTls) -> std::io::Result<()> {
+    if tls.cert.is_some() != tls.key.is_some() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--cluster-cert and --cluster-key go together: give both or neither",
+        ));
+    }
+    for (what, path) in [
+        ("--cluster-ca-file", &tls.ca_file),
+        ("--cluster-cert", &tls.cert),
+        ("--cluster-key", &tls.key),
+    ] {
+        let Some(path) = path else { continue };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+        })?;
+        if !text.contains("-----BEGIN ") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{what} {}: not a PEM file (no -----BEGIN line)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What to add to a failed connection's log line when TLS is the cause.
+fn tls_hint(e: &async_nats::ConnectError) -> &'static str {
+    let text = e.to_string();
+    if e.kind() == async_nats::ConnectErrorKind::Tls
+        || text.contains("certificate")
+        || text.contains("alert")
+    {
+        "TLS failed: --cluster-ca-file must name the CA that signed the NATS server's \
+         certificate (made out to the host in the URL), and a server with `verify: true` needs \
+         --cluster-cert and --cluster-key signed by a CA it trusts"
+    } else {
+        ""
+    }
+}
+
+fn connect_options(secret: &Secret, config: &ClusterConfig) -> async_nats::ConnectOptions {
+    let node = &config.node_name;
+    let mut o = async_nats::ConnectOptions::new()
         .name(format!("thingsbus-broker {node}"))
         .connection_timeout(Duration::from_secs(2));
+    if let Some(ca) = &config.tls.ca_file {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
     match secret {
         Secret::None => o,
         Secret::Token(t) => o.token(t.clone()),
@@ -329,6 +382,7 @@ fn start(
     relay: Option<relay::RelayEnds>,
 ) -> std::io::Result<(ClusterLink, Vec<Vec<u8>>, std::thread::JoinHandle<()>)> {
     let secret = read_secret(&config.auth)?;
+    check_tls(&config.tls)?;
     let next_write = NextWrite::new();
     let addrs = server_addrs(&config.urls)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -451,7 +505,7 @@ async fn start_relay(
     stop: Arc<AtomicBool>,
 ) {
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let client = connect_options(&secret, &config.node_name)
+    let client = connect_options(&secret, &config)
         .retry_on_initial_connect()
         .event_callback(move |e| {
             let tx = events_tx.clone();
@@ -683,13 +737,14 @@ impl Bucket {
     )> {
         let config = &self.config;
         let client = loop {
-            match connect_options(&self.secret, &config.node_name)
+            match connect_options(&self.secret, config)
                 .connect(self.addrs.clone())
                 .await
             {
                 Ok(c) => break c,
                 Err(e) => {
-                    tracing::warn!(error = %e, urls = %config.urls.join(","), "cannot connect to NATS; serving locally, retrying in a second");
+                    let hint = tls_hint(&e);
+                    tracing::warn!(error = %e, hint, urls = %config.urls.join(","), "cannot connect to NATS; serving locally, retrying in a second");
                     if self.pause(Duration::from_secs(1)).await {
                         return None;
                     }
@@ -891,5 +946,52 @@ impl<'a> Health<'a> {
             let pending = self.stats.cluster.pending.load(Ordering::Relaxed);
             tracing::info!(pending, "cluster link back");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_files_are_checked_at_start_with_the_flag_named() {
+        let dir =
+            std::env::temp_dir().join(format!("thingsbus-cluster-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pem = dir.join("ok.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").expect("write");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "hello\n").expect("write");
+        let err = |tls: ClusterTls| check_tls(&tls).expect_err("refused").to_string();
+        assert!(check_tls(&ClusterTls::default()).is_ok());
+        assert!(check_tls(&ClusterTls {
+            ca_file: Some(pem.clone()),
+            cert: Some(pem.clone()),
+            key: Some(pem.clone()),
+        })
+        .is_ok());
+        let e = err(ClusterTls {
+            ca_file: Some(dir.join("missing.pem")),
+            ..ClusterTls::default()
+        });
+        assert!(
+            e.contains("--cluster-ca-file") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let e = err(ClusterTls {
+            cert: Some(pem.clone()),
+            key: Some(junk),
+            ..ClusterTls::default()
+        });
+        assert!(
+            e.contains("--cluster-key") && e.contains("not a PEM file"),
+            "{e}"
+        );
+        let e = err(ClusterTls {
+            cert: Some(pem),
+            ..ClusterTls::default()
+        });
+        assert!(e.contains("go together"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
