@@ -896,3 +896,53 @@ fn unreadable_tls_files_stop_the_start_with_the_flag_named() {
     let e = Broker::start(config).map(|_| ()).expect_err("refused");
     assert!(e.to_string().contains("--cluster-ca-file"), "{e}");
 }
+
+#[test]
+fn a_broker_with_an_accept_list_believes_only_those_brokers_routes() {
+    require_peers!(peers::NATS_SERVER);
+    use thingsbus_client::CommandError;
+    let nats = Nats::start(None, None);
+    let a = spawn_broker(clustered(&nats, "a"));
+    let c = spawn_broker(clustered(&nats, "c"));
+    let on_nats = clustered(&nats, "b");
+    let b = spawn_broker(move |cfg: &mut Config| {
+        on_nats(cfg);
+        if let Some(cluster) = &mut cfg.cluster {
+            cluster.accept_nodes = Some(vec!["a".into()]);
+        }
+    });
+    let t = Duration::from_secs(5);
+    let _led = echo(&a, "shop", "led", "led-on-a");
+    let _lab = echo(&c, "lab", "x", "lab-on-c");
+    // A believes everyone: C's route is real.
+    let on_a = client_for(&a).connect_blocking().expect("client");
+    eventually(DEADLINE, "A to learn C's route", || {
+        on_a.command_blocking("lab.x", &json!(1), t).ok()
+    });
+    // B believes A...
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    let reply = eventually(DEADLINE, "B to learn A's route", || {
+        on_b.command_blocking("shop.led", &json!(1), t).ok()
+    });
+    assert_eq!(reply["by"], json!("led-on-a"));
+    // ...and ignores C's announcements, counting them.
+    eventually(DEADLINE, "B to ignore an announcement of C", || {
+        (b.stats()
+            .cluster
+            .announcements_ignored
+            .load(Ordering::Relaxed)
+            >= 1)
+            .then_some(())
+    });
+    match on_b.command_blocking("lab.x", &json!(1), t) {
+        Err(CommandError::NoRoute(_)) => {}
+        other => panic!("B used a route of C, which it does not accept: {other:?}"),
+    }
+    assert_eq!(
+        a.stats()
+            .cluster
+            .announcements_ignored
+            .load(Ordering::Relaxed),
+        0
+    );
+}

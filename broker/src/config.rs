@@ -156,6 +156,9 @@ pub struct ClusterConfig {
     pub domain: Option<String>,
     /// TLS to the NATS servers (`--cluster-ca-file`, `--cluster-cert`, `--cluster-key`).
     pub tls: ClusterTls,
+    /// The other brokers whose route announcements are believed (`--cluster-accept-nodes`);
+    /// `None`: every broker on the NATS servers.
+    pub accept_nodes: Option<Vec<String>>,
 }
 
 /// TLS to the NATS servers: PEM files. With none of them, TLS is used only when a server asks
@@ -185,6 +188,7 @@ impl ClusterConfig {
             auth: ClusterAuth::None,
             domain: None,
             tls: ClusterTls::default(),
+            accept_nodes: None,
         }
     }
 }

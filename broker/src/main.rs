@@ -208,6 +208,17 @@ struct Args {
     )]
     cluster_key: Option<std::path::PathBuf>,
 
+    /// With --cluster: believe the route announcements (who serves which prefix, for commands)
+    /// of these brokers only, by --node-name, comma-separated; others' are ignored and counted.
+    /// Default: every broker on the NATS servers.
+    #[arg(
+        long,
+        env = "THINGSBUS_CLUSTER_ACCEPT_NODES",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    cluster_accept_nodes: Option<Vec<String>>,
+
     /// Command endpoint port (commands to things), instead of PORT+3.
     #[arg(long, env = "THINGSBUS_COMMAND_PORT")]
     command_port: Option<u16>,
@@ -354,6 +365,7 @@ fn config(args: &Args) -> Config {
                 cert: args.cluster_cert.clone(),
                 key: args.cluster_key.clone(),
             },
+            accept_nodes: args.cluster_accept_nodes.clone(),
         }),
         http_thing_metrics: args.http_thing_metrics,
         allow_command: args.allow_command.clone(),

@@ -348,17 +348,17 @@ pub(crate) fn join(
     let Some(cc) = &config.cluster else {
         return Ok((dir, None));
     };
-    let (mut link, loaded, thread) = start(
-        cc.clone(),
-        stats.clone(),
-        stop.clone(),
+    let (link, loaded, thread) = start(Start {
+        config: cc.clone(),
+        stats: stats.clone(),
+        stop: stop.clone(),
         incoming,
-        config.forget_after,
-        Duration::from_secs(10),
+        forget_after: config.forget_after,
+        max_clock_skew: config.max_clock_skew,
+        load_timeout: Duration::from_secs(10),
         relay,
-    )?;
+    })?;
     threads.push(thread);
-    link.max_clock_skew = config.max_clock_skew.as_secs_f64();
     let now = Timestamp::now();
     let mut applied = 0;
     for bytes in &loaded {
@@ -369,18 +369,38 @@ pub(crate) fn join(
     Ok((dir, Some(link)))
 }
 
+/// What the cluster thread is started with.
+struct Start {
+    config: ClusterConfig,
+    stats: Arc<crate::Stats>,
+    stop: Arc<AtomicBool>,
+    /// Other brokers' updates, to ingest.
+    incoming: Post<Vec<u8>>,
+    /// `--forget-after`: how long the bucket keeps a value.
+    forget_after: Duration,
+    /// `--max-clock-skew`: for other brokers' values and route announcements alike.
+    max_clock_skew: Duration,
+    /// How long the start waits for the bucket's contents.
+    load_timeout: Duration,
+    relay: Option<relay::RelayEnds>,
+}
+
 /// Starts the cluster thread. Returns the link for ingest, the updates of the whole bucket as it
 /// is now (to load before serving; empty when NATS could not be reached within `load_timeout`),
 /// and the thread.
 fn start(
-    config: ClusterConfig,
-    stats: Arc<crate::Stats>,
-    stop: Arc<AtomicBool>,
-    incoming: Post<Vec<u8>>,
-    forget_after: Duration,
-    load_timeout: Duration,
-    relay: Option<relay::RelayEnds>,
+    start: Start,
 ) -> std::io::Result<(ClusterLink, Vec<Vec<u8>>, std::thread::JoinHandle<()>)> {
+    let Start {
+        config,
+        stats,
+        stop,
+        incoming,
+        forget_after,
+        max_clock_skew,
+        load_timeout,
+        relay,
+    } = start;
     let secret = read_secret(&config.auth)?;
     check_tls(&config.tls)?;
     let next_write = NextWrite::new();
@@ -445,8 +465,7 @@ fn start(
                     config.clone(),
                     secret.clone(),
                     addrs.clone(),
-                    ends,
-                    stop.clone(),
+                    relay_parts(&config, ends, max_clock_skew, &stats, &stop),
                 ))
             });
             let value_head = format!(
@@ -486,13 +505,54 @@ fn start(
         ClusterLink {
             out: out_tx,
             next_write,
-            // Set by `join`, from the broker's configuration.
-            max_clock_skew: f64::INFINITY,
+            max_clock_skew: max_clock_skew.as_secs_f64(),
             queued,
         },
         loaded,
         thread,
     ))
+}
+
+/// NATS connection events waiting for the relay at most; more are dropped and counted (the
+/// relay only needs to see that the connection came back, and a later event says so again).
+const EVENTS_QUEUE: usize = 64;
+
+/// What the relay is started with, but its connection and events.
+struct RelayParts {
+    ends: relay::RelayEnds,
+    policy: relay::RoutePolicy,
+    stats: Arc<crate::Stats>,
+    stop: Arc<AtomicBool>,
+}
+
+fn relay_parts(
+    config: &ClusterConfig,
+    ends: relay::RelayEnds,
+    max_clock_skew: Duration,
+    stats: &Arc<crate::Stats>,
+    stop: &Arc<AtomicBool>,
+) -> RelayParts {
+    RelayParts {
+        ends,
+        policy: relay::RoutePolicy {
+            accept_nodes: config.accept_nodes.clone(),
+            max_clock_skew,
+        },
+        stats: stats.clone(),
+        stop: stop.clone(),
+    }
+}
+
+/// Hands a connection event to the relay without waiting: dropped and counted when the relay
+/// has not taken the earlier ones yet.
+fn pass_event(
+    tx: &tokio::sync::mpsc::Sender<async_nats::Event>,
+    event: async_nats::Event,
+    stats: &crate::Stats,
+) {
+    if tx.try_send(event).is_err() {
+        stats::add(&stats.cluster.events_dropped, 1);
+    }
 }
 
 /// The relay's own connection, beside the bucket's: it lives as long as the broker (the client
@@ -501,17 +561,15 @@ async fn start_relay(
     config: ClusterConfig,
     secret: Secret,
     addrs: Vec<async_nats::ServerAddr>,
-    ends: relay::RelayEnds,
-    stop: Arc<AtomicBool>,
+    parts: RelayParts,
 ) {
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENTS_QUEUE);
+    let event_stats = parts.stats.clone();
     let client = connect_options(&secret, &config)
         .retry_on_initial_connect()
         .event_callback(move |e| {
-            let tx = events_tx.clone();
-            async move {
-                let _ = tx.send(e);
-            }
+            pass_event(&events_tx, e, &event_stats);
+            async {}
         })
         .connect(addrs)
         .await;
@@ -519,11 +577,15 @@ async fn start_relay(
         Ok(client) => {
             relay::run(
                 client,
-                config.bucket,
-                config.node_name,
-                ends,
-                events_rx,
-                stop,
+                relay::Relay {
+                    bucket: config.bucket,
+                    node: config.node_name,
+                    policy: parts.policy,
+                    ends: parts.ends,
+                    events: events_rx,
+                    stats: parts.stats,
+                    stop: parts.stop,
+                },
             )
             .await;
         }
@@ -952,6 +1014,23 @@ impl<'a> Health<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_events_beyond_the_queue_are_dropped_and_counted() {
+        let stats = crate::Stats::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(EVENTS_QUEUE);
+        for _ in 0..EVENTS_QUEUE + 5 {
+            pass_event(&tx, async_nats::Event::Connected, &stats);
+        }
+        assert_eq!(stats.cluster.events_dropped.load(Ordering::Relaxed), 5);
+        let mut taken = 0;
+        while rx.try_recv().is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, EVENTS_QUEUE);
+        pass_event(&tx, async_nats::Event::Connected, &stats);
+        assert_eq!(stats.cluster.events_dropped.load(Ordering::Relaxed), 5);
+    }
 
     #[test]
     fn tls_files_are_checked_at_start_with_the_flag_named() {
