@@ -946,3 +946,51 @@ fn a_broker_with_an_accept_list_believes_only_those_brokers_routes() {
         0
     );
 }
+
+#[test]
+fn a_conflate_thread_that_falls_behind_loses_no_thing_s_newest_value() {
+    require_peers!(peers::NATS_SERVER);
+    let nats = Nats::start(None, None);
+    // A's conflate thread sleeps 5 s on its first batch (debug builds' fault hook): meanwhile
+    // ingest fills its hand-over queue (16 batches) and then keeps the changed things marked in
+    // the directory, the newest values included.
+    let on_nats = clustered(&nats, "a");
+    let a = spawn_broker(move |c: &mut Config| {
+        on_nats(c);
+        c.fault = Some("thingsbus-conflate=stall:5000".into());
+    });
+    let b = spawn_broker(clustered(&nats, "b"));
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    let input = ZmqInput::connect(&a);
+    // Wait until A's input is connected (a probe reaches A's own directory).
+    let on_a = client_for(&a).connect_blocking().expect("client");
+    input.send_until(
+        DEADLINE,
+        "A's input",
+        &json!(["behind.start", null, 0, null]),
+        || on_a.get("behind.start"),
+    );
+    // Rounds of 50 things, a round every few milliseconds, each round a new value for every
+    // thing: more hand-overs than the queue holds while the conflate thread sleeps.
+    let (things, rounds) = (50, 30);
+    for round in 0..rounds {
+        for t in 0..things {
+            input.send_json(&json!([format!("behind.t{t}"), null, round, null]));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let last = rounds - 1;
+    value(&on_a, &format!("behind.t{}", things - 1), json!(last));
+    // It is behind with the newest values in A's directory: ingest still finds it so.
+    let behind = || a.stats().cluster.behind.load(Ordering::Relaxed);
+    let seen = behind();
+    eventually(
+        DEADLINE,
+        "A's conflate thread behind after the last round",
+        || (behind() > seen).then_some(()),
+    );
+    // ...and every thing's newest value reached B.
+    for t in 0..things {
+        value(&on_b, &format!("behind.t{t}"), json!(last));
+    }
+}

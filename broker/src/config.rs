@@ -77,8 +77,9 @@ pub struct Config {
     /// `None` for no limit.
     pub rate_limit: Option<f64>,
     /// For tests of supervision, in debug builds only: `"<thread name>=panic"` makes that
-    /// thread panic as it starts, `=exit` end at once, `=wedge` hang without turning. Release
-    /// builds ignore it.
+    /// thread panic as it starts, `=exit` end at once, `=wedge` hang without turning;
+    /// `"thingsbus-conflate=stall:MS"` makes the cluster's conflate thread sleep MS ms on its
+    /// first batch (so that ingest finds it behind). Release builds ignore it.
     #[doc(hidden)]
     pub fault: Option<String>,
 }

@@ -243,6 +243,9 @@ counters! {
         /// Announced routes refused: a bad prefix, a registration time beyond now plus
         /// `--max-clock-skew`, or beyond the routes one broker may announce.
         routes_refused: Counter, "cluster.routes_refused", "thingsbus_cluster_routes_refused_total";
+        /// Hand-overs ingest put off because the conflate thread was behind (the things stay
+        /// marked in the directory and go with a later one).
+        behind: Counter, "cluster.behind", "thingsbus_cluster_behind_total";
         /// NATS connection events dropped because the relay had not taken the earlier ones.
         events_dropped: Counter, "cluster.events_dropped", "thingsbus_cluster_events_dropped_total";
     }

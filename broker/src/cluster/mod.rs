@@ -106,6 +106,7 @@ impl ClusterLink {
         if self.queued.load(Ordering::Acquire) >= HAND_OVER_QUEUE {
             // The conflate thread is behind (it yields to local service): the marks stay in the
             // directory, conflating there, and go with a later hand-over. Costs ingest nothing.
+            stats::add(&stats.cluster.behind, 1);
             return;
         }
         let (changed, superseded) = dir.take_changed();
@@ -113,6 +114,7 @@ impl ClusterLink {
         self.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(TrySendError::Full(changed)) = self.out.try_send(changed) {
             self.queued.fetch_sub(1, Ordering::AcqRel);
+            stats::add(&stats.cluster.behind, 1);
             // The conflate thread is behind: the things are marked again, to go with the next
             // hand-over (conflating in the directory meanwhile). Nothing queues up here.
             for bytes in changed {
@@ -357,6 +359,7 @@ pub(crate) fn join(
         max_clock_skew: config.max_clock_skew,
         load_timeout: Duration::from_secs(10),
         relay,
+        conflate_stall: conflate_stall(config.fault.as_deref()),
     })?;
     threads.push(thread);
     let now = Timestamp::now();
@@ -383,6 +386,19 @@ struct Start {
     /// How long the start waits for the bucket's contents.
     load_timeout: Duration,
     relay: Option<relay::RelayEnds>,
+    /// Tests only (debug builds): the conflate thread sleeps this long on its first batch, so
+    /// that ingest finds it behind.
+    conflate_stall: Option<Duration>,
+}
+
+/// `thingsbus-conflate=stall:MS` in the test-only fault hook (`Config::fault`), in debug builds.
+fn conflate_stall(fault: Option<&str>) -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let (thread, what) = fault?.split_once('=')?;
+    let ms = what.strip_prefix("stall:")?.parse().ok()?;
+    (thread == "thingsbus-conflate").then(|| Duration::from_millis(ms))
 }
 
 /// Starts the cluster thread. Returns the link for ingest, the updates of the whole bucket as it
@@ -400,6 +416,7 @@ fn start(
         max_clock_skew,
         load_timeout,
         relay,
+        conflate_stall,
     } = start;
     let secret = read_secret(&config.auth)?;
     check_tls(&config.tls)?;
@@ -434,10 +451,14 @@ fn start(
                 std::thread::Builder::new()
                     .name("thingsbus-conflate".into())
                     .spawn(move || {
+                        let mut stall = conflate_stall;
                         while !stop.load(Ordering::Relaxed) {
                             let Ok(batch) = out_rx.recv_timeout(Duration::from_millis(100)) else {
                                 continue;
                             };
+                            if let Some(stall) = stall.take() {
+                                std::thread::sleep(stall);
+                            }
                             conflate_queued.fetch_sub(1, Ordering::AcqRel);
                             let mut p = pending
                                 .lock()
@@ -1014,6 +1035,19 @@ impl<'a> Health<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_conflate_stall_hook_is_read_in_debug_builds_only() {
+        let stall = conflate_stall(Some("thingsbus-conflate=stall:1500"));
+        if cfg!(debug_assertions) {
+            assert_eq!(stall, Some(Duration::from_millis(1500)));
+        } else {
+            assert_eq!(stall, None);
+        }
+        assert_eq!(conflate_stall(Some("thingsbus-ingest=stall:1500")), None);
+        assert_eq!(conflate_stall(Some("thingsbus-conflate=panic")), None);
+        assert_eq!(conflate_stall(None), None);
+    }
 
     #[test]
     fn connection_events_beyond_the_queue_are_dropped_and_counted() {
