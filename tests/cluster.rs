@@ -994,3 +994,87 @@ fn a_conflate_thread_that_falls_behind_loses_no_thing_s_newest_value() {
         value(&on_b, &format!("behind.t{t}"), json!(last));
     }
 }
+
+/// The `authorization` block of docs/nats-permissions.md, as the document has it.
+fn documented_permissions() -> String {
+    let doc = include_str!("../docs/nats-permissions.md");
+    let from = doc
+        .find("<!-- nats-permissions-example")
+        .expect("the example's marker in docs/nats-permissions.md");
+    let block = &doc[from..];
+    let start = block.find("```text\n").expect("the example's block") + "```text\n".len();
+    let end = block[start..].find("```").expect("the end of the block");
+    block[start..start + end].to_owned()
+}
+
+#[test]
+fn the_documented_nats_permissions_are_enough_for_updates_and_commands() {
+    require_peers!(peers::NATS_SERVER);
+    let conf = format!(
+        "jetstream {{ store_dir: \"STORE\" }}\n{}",
+        documented_permissions()
+    );
+    let nats = Nats::configured("perms", free_ports(1)[0], &conf);
+    let as_user = |node: &'static str, password: &str| {
+        let tweak = on_cluster_with(
+            vec![nats.url()],
+            node,
+            1,
+            ClusterAuth::UserPassword(node.into(), password.into()),
+        );
+        move |c: &mut Config| {
+            tweak(c);
+            if let Some(cluster) = &mut c.cluster {
+                // The document is written for the default bucket.
+                cluster.bucket = "thingsbus".into();
+            }
+        }
+    };
+    let a = spawn_broker(as_user("broker-a", "CHANGE-ME-a"));
+    let b = spawn_broker(as_user("broker-b", "CHANGE-ME-b"));
+    for (broker, name) in [(&a, "a"), (&b, "b")] {
+        let end = std::time::Instant::now() + DEADLINE;
+        while broker.stats().cluster.connected.load(Ordering::Relaxed) != 1 {
+            assert!(
+                std::time::Instant::now() < end,
+                "{name} not linked to NATS; the server logged:\n{}",
+                nats.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Updates both ways.
+    let (on_a, on_b) = (
+        client_for(&a).connect_blocking().expect("client"),
+        client_for(&b).connect_blocking().expect("client"),
+    );
+    ZmqInput::connect(&a).send_until(
+        DEADLINE,
+        "A's update at B",
+        &json!(["perm.a", null, 1, null]),
+        || on_b.get("perm.a"),
+    );
+    ZmqInput::connect(&b).send_until(
+        DEADLINE,
+        "B's update at A",
+        &json!(["perm.b", null, 2, null]),
+        || on_a.get("perm.b"),
+    );
+    // Commands both ways.
+    let t = Duration::from_secs(5);
+    let _on_b = echo(&b, "lamp", "b", "served-on-b");
+    let _on_a = echo(&a, "lamp", "a", "served-on-a");
+    let reply = eventually(DEADLINE, "a command from A to B's adaptor", || {
+        on_a.command_blocking("lamp.b", &json!(1), t).ok()
+    });
+    assert_eq!(reply["by"], json!("served-on-b"));
+    let reply = eventually(DEADLINE, "a command from B to A's adaptor", || {
+        on_b.command_blocking("lamp.a", &json!(1), t).ok()
+    });
+    assert_eq!(reply["by"], json!("served-on-a"));
+    let log = nats.log();
+    assert!(
+        !log.contains("Violation"),
+        "nats-server refused something the brokers do:\n{log}"
+    );
+}
