@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use thingsbus_broker::{ClusterAuth, ClusterConfig};
+use thingsbus_broker::{ClusterAuth, ClusterConfig, ClusterTls};
+use thingsbus_tests::certs::Authority;
 use thingsbus_tests::nats::{Nats, NatsCluster};
 use thingsbus_tests::py::PyPeer;
 use thingsbus_tests::*;
@@ -783,4 +784,297 @@ fn a_current_nats_release_works_as_well_as_debians() {
             .ok()
     });
     assert_eq!(reply["by"], json!("led-on-b"));
+}
+
+/// A NATS server whose only listener is TLS with `verify: true`: clients need a certificate
+/// signed by `ca`.
+fn nats_tls(ca: &Authority) -> Nats {
+    let server = ca.server("nats");
+    let conf = format!(
+        "jetstream {{ store_dir: \"STORE\" }}\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        server.cert.display(),
+        server.key.display(),
+        ca.ca_file().display()
+    );
+    Nats::configured("tls", free_ports(1)[0], &conf)
+}
+
+fn over_tls(nats: &Nats, node: &'static str, tls: ClusterTls) -> impl FnOnce(&mut Config) {
+    let url = nats.url();
+    move |c: &mut Config| {
+        on_cluster_with(vec![url], node, 1, ClusterAuth::None)(c);
+        if let Some(cluster) = &mut c.cluster {
+            cluster.tls = tls;
+        }
+    }
+}
+
+#[test]
+fn nats_over_tls_with_a_client_certificate_links_and_a_wrong_ca_does_not() {
+    require_peers!(peers::NATS_SERVER);
+    let ca = Authority::new("nats");
+    let other = Authority::new("other");
+    let nats = nats_tls(&ca);
+    let good = |name: &str| {
+        let client = ca.client(name);
+        ClusterTls {
+            ca_file: Some(ca.ca_file().to_owned()),
+            cert: Some(client.cert),
+            key: Some(client.key),
+        }
+    };
+    // Brokers that fail to link wait out their load time-out: started beside the rest.
+    let refused = [
+        (
+            "a CA that did not sign the server",
+            ClusterTls {
+                ca_file: Some(other.ca_file().to_owned()),
+                ..good("w1")
+            },
+        ),
+        (
+            "no client certificate",
+            ClusterTls {
+                ca_file: Some(ca.ca_file().to_owned()),
+                ..ClusterTls::default()
+            },
+        ),
+        ("a client certificate from another CA", {
+            let stranger = other.client("w3");
+            ClusterTls {
+                cert: Some(stranger.cert),
+                key: Some(stranger.key),
+                ..good("w3")
+            }
+        }),
+    ]
+    .map(|(what, tls)| {
+        let tweak = over_tls(&nats, "w", tls);
+        (what, std::thread::spawn(move || spawn_broker(tweak)))
+    });
+    let a = spawn_broker(over_tls(&nats, "a", good("a")));
+    let b = spawn_broker(over_tls(&nats, "b", good("b")));
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    ZmqInput::connect(&a).send_until(
+        DEADLINE,
+        "A's update at B, over TLS",
+        &json!(["tls.t", null, 1, null]),
+        || on_b.get("tls.t"),
+    );
+    for (what, broker) in refused {
+        let broker = broker.join().expect(what);
+        // Not linked, and still serving its own clients.
+        let on = client_for(&broker).connect_blocking().expect("client");
+        ZmqInput::connect(&broker).send_until(
+            DEADLINE,
+            &format!("{what}: the unlinked broker serves locally"),
+            &json!(["tls.local", null, 2, null]),
+            || on.get("tls.local"),
+        );
+        assert_eq!(
+            broker.stats().cluster.connected.load(Ordering::Relaxed),
+            0,
+            "{what}"
+        );
+        assert_eq!(
+            broker.stats().cluster.writes.load(Ordering::Relaxed),
+            0,
+            "{what}"
+        );
+    }
+    assert!(on_b.get("tls.local").is_none());
+}
+
+#[test]
+fn unreadable_tls_files_stop_the_start_with_the_flag_named() {
+    let missing = std::env::temp_dir().join("thingsbus-no-such-ca.pem");
+    let mut config = Config::ephemeral();
+    on_cluster_with(vec!["nats://127.0.0.1:1".into()], "x", 1, ClusterAuth::None)(&mut config);
+    if let Some(c) = &mut config.cluster {
+        c.tls.ca_file = Some(missing);
+    }
+    let e = Broker::start(config).map(|_| ()).expect_err("refused");
+    assert!(e.to_string().contains("--cluster-ca-file"), "{e}");
+}
+
+#[test]
+fn a_broker_with_an_accept_list_believes_only_those_brokers_routes() {
+    require_peers!(peers::NATS_SERVER);
+    use thingsbus_client::CommandError;
+    let nats = Nats::start(None, None);
+    let a = spawn_broker(clustered(&nats, "a"));
+    let c = spawn_broker(clustered(&nats, "c"));
+    let on_nats = clustered(&nats, "b");
+    let b = spawn_broker(move |cfg: &mut Config| {
+        on_nats(cfg);
+        if let Some(cluster) = &mut cfg.cluster {
+            cluster.accept_nodes = Some(vec!["a".into()]);
+        }
+    });
+    let t = Duration::from_secs(5);
+    let _led = echo(&a, "shop", "led", "led-on-a");
+    let _lab = echo(&c, "lab", "x", "lab-on-c");
+    // A believes everyone: C's route is real.
+    let on_a = client_for(&a).connect_blocking().expect("client");
+    eventually(DEADLINE, "A to learn C's route", || {
+        on_a.command_blocking("lab.x", &json!(1), t).ok()
+    });
+    // B believes A...
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    let reply = eventually(DEADLINE, "B to learn A's route", || {
+        on_b.command_blocking("shop.led", &json!(1), t).ok()
+    });
+    assert_eq!(reply["by"], json!("led-on-a"));
+    // ...and ignores C's announcements, counting them.
+    eventually(DEADLINE, "B to ignore an announcement of C", || {
+        (b.stats()
+            .cluster
+            .announcements_ignored
+            .load(Ordering::Relaxed)
+            >= 1)
+            .then_some(())
+    });
+    match on_b.command_blocking("lab.x", &json!(1), t) {
+        Err(CommandError::NoRoute(_)) => {}
+        other => panic!("B used a route of C, which it does not accept: {other:?}"),
+    }
+    assert_eq!(
+        a.stats()
+            .cluster
+            .announcements_ignored
+            .load(Ordering::Relaxed),
+        0
+    );
+}
+
+#[test]
+fn a_conflate_thread_that_falls_behind_loses_no_thing_s_newest_value() {
+    require_peers!(peers::NATS_SERVER);
+    let nats = Nats::start(None, None);
+    // A's conflate thread sleeps 5 s on its first batch (debug builds' fault hook): meanwhile
+    // ingest fills its hand-over queue (16 batches) and then keeps the changed things marked in
+    // the directory, the newest values included.
+    let on_nats = clustered(&nats, "a");
+    let a = spawn_broker(move |c: &mut Config| {
+        on_nats(c);
+        c.fault = Some("thingsbus-conflate=stall:5000".into());
+    });
+    let b = spawn_broker(clustered(&nats, "b"));
+    let on_b = client_for(&b).connect_blocking().expect("client");
+    let input = ZmqInput::connect(&a);
+    // Wait until A's input is connected (a probe reaches A's own directory).
+    let on_a = client_for(&a).connect_blocking().expect("client");
+    input.send_until(
+        DEADLINE,
+        "A's input",
+        &json!(["behind.start", null, 0, null]),
+        || on_a.get("behind.start"),
+    );
+    // Rounds of 50 things, a round every few milliseconds, each round a new value for every
+    // thing: more hand-overs than the queue holds while the conflate thread sleeps.
+    let (things, rounds) = (50, 30);
+    for round in 0..rounds {
+        for t in 0..things {
+            input.send_json(&json!([format!("behind.t{t}"), null, round, null]));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let last = rounds - 1;
+    value(&on_a, &format!("behind.t{}", things - 1), json!(last));
+    // It is behind with the newest values in A's directory: ingest still finds it so.
+    let behind = || a.stats().cluster.behind.load(Ordering::Relaxed);
+    let seen = behind();
+    eventually(
+        DEADLINE,
+        "A's conflate thread behind after the last round",
+        || (behind() > seen).then_some(()),
+    );
+    // ...and every thing's newest value reached B.
+    for t in 0..things {
+        value(&on_b, &format!("behind.t{t}"), json!(last));
+    }
+}
+
+/// The `authorization` block of docs/nats-permissions.md, as the document has it.
+fn documented_permissions() -> String {
+    let doc = include_str!("../docs/nats-permissions.md");
+    let from = doc
+        .find("<!-- nats-permissions-example")
+        .expect("the example's marker in docs/nats-permissions.md");
+    let block = &doc[from..];
+    let start = block.find("```text\n").expect("the example's block") + "```text\n".len();
+    let end = block[start..].find("```").expect("the end of the block");
+    block[start..start + end].to_owned()
+}
+
+#[test]
+fn the_documented_nats_permissions_are_enough_for_updates_and_commands() {
+    require_peers!(peers::NATS_SERVER);
+    let conf = format!(
+        "jetstream {{ store_dir: \"STORE\" }}\n{}",
+        documented_permissions()
+    );
+    let nats = Nats::configured("perms", free_ports(1)[0], &conf);
+    let as_user = |node: &'static str, password: &str| {
+        let tweak = on_cluster_with(
+            vec![nats.url()],
+            node,
+            1,
+            ClusterAuth::UserPassword(node.into(), password.into()),
+        );
+        move |c: &mut Config| {
+            tweak(c);
+            if let Some(cluster) = &mut c.cluster {
+                // The document is written for the default bucket.
+                cluster.bucket = "thingsbus".into();
+            }
+        }
+    };
+    let a = spawn_broker(as_user("broker-a", "CHANGE-ME-a"));
+    let b = spawn_broker(as_user("broker-b", "CHANGE-ME-b"));
+    for (broker, name) in [(&a, "a"), (&b, "b")] {
+        let end = std::time::Instant::now() + DEADLINE;
+        while broker.stats().cluster.connected.load(Ordering::Relaxed) != 1 {
+            assert!(
+                std::time::Instant::now() < end,
+                "{name} not linked to NATS; the server logged:\n{}",
+                nats.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Updates both ways.
+    let (on_a, on_b) = (
+        client_for(&a).connect_blocking().expect("client"),
+        client_for(&b).connect_blocking().expect("client"),
+    );
+    ZmqInput::connect(&a).send_until(
+        DEADLINE,
+        "A's update at B",
+        &json!(["perm.a", null, 1, null]),
+        || on_b.get("perm.a"),
+    );
+    ZmqInput::connect(&b).send_until(
+        DEADLINE,
+        "B's update at A",
+        &json!(["perm.b", null, 2, null]),
+        || on_a.get("perm.b"),
+    );
+    // Commands both ways.
+    let t = Duration::from_secs(5);
+    let _on_b = echo(&b, "lamp", "b", "served-on-b");
+    let _on_a = echo(&a, "lamp", "a", "served-on-a");
+    let reply = eventually(DEADLINE, "a command from A to B's adaptor", || {
+        on_a.command_blocking("lamp.b", &json!(1), t).ok()
+    });
+    assert_eq!(reply["by"], json!("served-on-b"));
+    let reply = eventually(DEADLINE, "a command from B to A's adaptor", || {
+        on_b.command_blocking("lamp.a", &json!(1), t).ok()
+    });
+    assert_eq!(reply["by"], json!("served-on-a"));
+    let log = nats.log();
+    assert!(
+        !log.contains("Violation"),
+        "nats-server refused something the brokers do:\n{log}"
+    );
 }

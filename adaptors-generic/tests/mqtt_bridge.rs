@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use thingsbus_adaptor::Adaptor;
 use thingsbus_broker::{Broker, Config};
 use thingsbus_client::Client;
+use thingsbus_tests::certs::{Authority, CertFiles};
 use thingsbus_tests::process::Stream;
 use thingsbus_tests::{eventually, peers, require_peers, spawn_broker_on_port_pair, start_on};
 
@@ -20,32 +21,73 @@ struct Mosquitto {
     // Dropped first: the process is killed and reaped before its directory goes.
     process: Proc,
     port: u16,
+    /// The TLS listener, if asked for.
+    tls_port: Option<u16>,
     dir: std::path::PathBuf,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
 }
 
 impl Mosquitto {
     fn start(port: Option<u16>) -> Mosquitto {
-        let port = port.unwrap_or_else(|| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        });
+        Mosquitto::start_with(port, None)
+    }
+
+    /// Beside the plain listener (for the tests' own clients), a TLS listener with the server
+    /// certificate `server` and `require_certificate true`: only clients whose certificate
+    /// `ca_file` signed get in.
+    fn start_tls(server: &CertFiles, ca_file: &std::path::Path) -> Mosquitto {
+        let tls = format!(
+            "listener {{port}} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+             require_certificate true\n",
+            ca_file.display(),
+            server.cert.display(),
+            server.key.display()
+        );
+        Mosquitto::start_with(None, Some(tls))
+    }
+
+    fn start_with(port: Option<u16>, tls: Option<String>) -> Mosquitto {
+        let port = port.unwrap_or_else(free_port);
         let dir =
             std::env::temp_dir().join(format!("thingsbus-mosquitto-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .expect("config");
+        let mut text = format!(
+            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+             listener {port} 127.0.0.1\n"
+        );
+        let tls_port = tls.map(|listener| {
+            let tls_port = free_port();
+            text.push_str(&listener.replace("{port}", &tls_port.to_string()));
+            tls_port
+        });
+        std::fs::write(&conf, text).expect("config");
         let mut process = Proc::build(Command::new("mosquitto").arg("-c").arg(&conf))
             .name("mosquitto (Debian package mosquitto; scripts/test installs it)")
             .stdout(Stream::Discard)
             .start();
-        process
-            .wait_listening(port, DEADLINE)
-            .unwrap_or_else(|e| panic!("{e}"));
-        Mosquitto { process, port, dir }
+        for p in std::iter::once(port).chain(tls_port) {
+            process
+                .wait_listening(p, DEADLINE)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        Mosquitto {
+            process,
+            port,
+            tls_port,
+            dir,
+        }
+    }
+
+    fn tls_url(&self) -> String {
+        format!(
+            "mqtts://127.0.0.1:{}",
+            self.tls_port.expect("a TLS listener")
+        )
     }
 
     fn url(&self) -> String {
@@ -161,14 +203,13 @@ fn quiet(c: &mut Config) {
 }
 
 fn bridge(broker: &Broker, mosquitto: &Mosquitto, extra: &[&str]) -> Proc {
+    bridge_to(broker, &mosquitto.url(), extra)
+}
+
+fn bridge_to(broker: &Broker, mqtt_url: &str, extra: &[&str]) -> Proc {
     Proc::spawn(
         tool("thingsbus-mqtt-bridge")
-            .args([
-                "-u",
-                &broker.endpoints().directory,
-                "--mqtt",
-                &mosquitto.url(),
-            ])
+            .args(["-u", &broker.endpoints().directory, "--mqtt", mqtt_url])
             .args(["--report-interval", "0.3"])
             .args(extra),
     )
@@ -471,4 +512,104 @@ fn set_topics_become_commands_and_results_come_back() {
             break;
         }
     }
+}
+
+/// `--mqtt-ca-file FILE --mqtt-cert FILE --mqtt-key FILE` as arguments.
+fn tls_args(ca_file: &std::path::Path, client: Option<&CertFiles>) -> Vec<String> {
+    let mut args = vec!["--mqtt-ca-file".to_owned(), ca_file.display().to_string()];
+    if let Some(c) = client {
+        args.extend([
+            "--mqtt-cert".to_owned(),
+            c.cert.display().to_string(),
+            "--mqtt-key".to_owned(),
+            c.key.display().to_string(),
+        ]);
+    }
+    args
+}
+
+#[test]
+fn mqtts_with_the_right_ca_and_client_certificate_bridges() {
+    require_peers!(peers::MOSQUITTO);
+    let ca = Authority::new("mqtt");
+    let mosquitto = Mosquitto::start_tls(&ca.server("mosquitto"), ca.ca_file());
+    let broker = spawn_broker_on_port_pair(quiet);
+    let client = ca.client("bridge");
+    let args = tls_args(ca.ca_file(), Some(&client));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _bridge = bridge_to(&broker, &mosquitto.tls_url(), &args);
+    let a = adaptor(&broker);
+    // The watcher is on the plain listener: what it sees came through the TLS one.
+    let w = Watcher::connect(mosquitto.port, "watcher", &["thingsbus/#"]);
+    eventually(DEADLINE, "the thing over mqtts://", || {
+        a.send_to("safe", &json!({"locked": true}), None)
+            .expect("send");
+        w.next(Duration::from_millis(300))
+    });
+    w.until(&[(
+        "thingsbus/shop/safe",
+        &json_is_data(json!({"locked": true})),
+    )]);
+}
+
+#[test]
+fn mqtts_without_a_client_certificate_or_with_another_ca_fails_and_says_why() {
+    require_peers!(peers::MOSQUITTO);
+    let ca = Authority::new("mqtt");
+    let other = Authority::new("other");
+    let mosquitto = Mosquitto::start_tls(&ca.server("mosquitto"), ca.ca_file());
+    let broker = spawn_broker_on_port_pair(quiet);
+    let url = mosquitto.tls_url();
+    let cases: [(&str, Vec<String>, &str); 3] = [
+        (
+            "no client certificate",
+            tls_args(ca.ca_file(), None),
+            "wants a client certificate: give --mqtt-cert and --mqtt-key",
+        ),
+        (
+            "a CA that did not sign the server",
+            tls_args(other.ca_file(), Some(&ca.client("bridge"))),
+            "not signed by an authority this bridge trusts",
+        ),
+        (
+            "a client certificate the server's CA did not sign",
+            tls_args(ca.ca_file(), Some(&other.client("stranger"))),
+            "refused this bridge's certificate",
+        ),
+    ];
+    for (what, args, says) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut b = bridge_to(&broker, &url, &args);
+        let line = b.expect_stderr_line(what, |l| {
+            l.contains("cannot connect to the MQTT broker over TLS")
+        });
+        assert!(line.contains(says), "{what}: {line}");
+        assert!(line.contains("ERROR"), "{what}: {line}");
+        b.signal("TERM");
+        assert!(b.wait(DEADLINE).expect("stops").success(), "{what}");
+        let log = b.wait_stderr("bridge stopped");
+        let last = log
+            .lines()
+            .find(|l| l.contains("bridge stopped"))
+            .expect("final counts");
+        assert_eq!(field(last, "mqtt_connects"), Some(0), "{what}: {last}");
+    }
+}
+
+#[test]
+fn tls_flags_with_a_plain_url_are_refused_at_start() {
+    let ca = Authority::new("plain");
+    let broker = spawn_broker_on_port_pair(quiet);
+    let ca_file = ca.ca_file().display().to_string();
+    let out = common::run(
+        tool("thingsbus-mqtt-bridge")
+            .args(["-u", &broker.endpoints().directory])
+            .args(["--mqtt", "mqtt://127.0.0.1:1", "--mqtt-ca-file", &ca_file]),
+    );
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr.contains("write the URL as mqtts://"),
+        "{}",
+        out.stderr
+    );
 }

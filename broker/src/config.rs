@@ -83,8 +83,9 @@ pub struct Config {
     /// `None` for no limit.
     pub rate_limit: Option<f64>,
     /// For tests of supervision, in debug builds only: `"<thread name>=panic"` makes that
-    /// thread panic as it starts, `=exit` end at once, `=wedge` hang without turning. Release
-    /// builds ignore it.
+    /// thread panic as it starts, `=exit` end at once, `=wedge` hang without turning;
+    /// `"thingsbus-conflate=stall:MS"` makes the cluster's conflate thread sleep MS ms on its
+    /// first batch (so that ingest finds it behind). Release builds ignore it.
     #[doc(hidden)]
     pub fault: Option<String>,
 }
@@ -167,6 +168,24 @@ pub struct ClusterConfig {
     /// The JetStream domain of the servers holding the bucket, when the broker reaches them
     /// through a leaf node (a site's own NATS server linked to the centre).
     pub domain: Option<String>,
+    /// TLS to the NATS servers (`--cluster-ca-file`, `--cluster-cert`, `--cluster-key`).
+    pub tls: ClusterTls,
+    /// The other brokers whose route announcements are believed (`--cluster-accept-nodes`);
+    /// `None`: every broker on the NATS servers.
+    pub accept_nodes: Option<Vec<String>>,
+}
+
+/// TLS to the NATS servers: PEM files. With none of them, TLS is used only when a server asks
+/// for it (or the URL says `tls://`), checked against the system's authorities.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterTls {
+    /// The certificate authorities that signed the NATS servers' certificates; TLS is then
+    /// required.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// This broker's certificate, for servers that verify clients (`verify: true`).
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl ClusterConfig {
@@ -182,6 +201,8 @@ impl ClusterConfig {
             flush: Duration::from_millis(50),
             auth: ClusterAuth::None,
             domain: None,
+            tls: ClusterTls::default(),
+            accept_nodes: None,
         }
     }
 }

@@ -184,6 +184,41 @@ struct Args {
     )]
     cluster_nkey: Option<std::path::PathBuf>,
 
+    /// With --cluster: the certificate authorities (PEM) that signed the NATS servers'
+    /// certificates. TLS is then required.
+    #[arg(long, env = "THINGSBUS_CLUSTER_CA_FILE", value_name = "PEM")]
+    cluster_ca_file: Option<std::path::PathBuf>,
+
+    /// With --cluster: this broker's certificate (PEM), for NATS servers that verify clients
+    /// (`tls { verify: true }`). Needs --cluster-key.
+    #[arg(
+        long,
+        env = "THINGSBUS_CLUSTER_CERT",
+        value_name = "PEM",
+        requires = "cluster_key"
+    )]
+    cluster_cert: Option<std::path::PathBuf>,
+
+    /// With --cluster: the private key (PEM) of --cluster-cert.
+    #[arg(
+        long,
+        env = "THINGSBUS_CLUSTER_KEY",
+        value_name = "PEM",
+        requires = "cluster_cert"
+    )]
+    cluster_key: Option<std::path::PathBuf>,
+
+    /// With --cluster: believe the route announcements (who serves which prefix, for commands)
+    /// of these brokers only, by --node-name, comma-separated; others' are ignored and counted.
+    /// Default: every broker on the NATS servers.
+    #[arg(
+        long,
+        env = "THINGSBUS_CLUSTER_ACCEPT_NODES",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    cluster_accept_nodes: Option<Vec<String>>,
+
     /// Command endpoint port (commands to things), instead of PORT+3.
     #[arg(long, env = "THINGSBUS_COMMAND_PORT")]
     command_port: Option<u16>,
@@ -346,6 +381,12 @@ fn config(args: &Args) -> Config {
             flush: Duration::from_secs_f64(args.cluster_flush),
             auth: cluster_auth(args),
             domain: args.cluster_domain.clone(),
+            tls: thingsbus_broker::ClusterTls {
+                ca_file: args.cluster_ca_file.clone(),
+                cert: args.cluster_cert.clone(),
+                key: args.cluster_key.clone(),
+            },
+            accept_nodes: args.cluster_accept_nodes.clone(),
         }),
         http_thing_metrics: args.http_thing_metrics,
         allow_command: args.allow_command.clone(),

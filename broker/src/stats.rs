@@ -252,6 +252,16 @@ counters! {
         /// Times the whole bucket was loaded again because it was younger than what this broker
         /// had seen (NATS lost its storage).
         reloads: Counter, "cluster.reloads", "thingsbus_cluster_reloads_total";
+        /// Route announcements ignored: from a broker not in `--cluster-accept-nodes`.
+        announcements_ignored: Counter, "cluster.announcements_ignored", "thingsbus_cluster_announcements_ignored_total";
+        /// Announced routes refused: a bad prefix, a registration time beyond now plus
+        /// `--max-clock-skew`, or beyond the routes one broker may announce.
+        routes_refused: Counter, "cluster.routes_refused", "thingsbus_cluster_routes_refused_total";
+        /// Hand-overs ingest put off because the conflate thread was behind (the things stay
+        /// marked in the directory and go with a later one).
+        behind: Counter, "cluster.behind", "thingsbus_cluster_behind_total";
+        /// NATS connection events dropped because the relay had not taken the earlier ones.
+        events_dropped: Counter, "cluster.events_dropped", "thingsbus_cluster_events_dropped_total";
     }
 }
 

@@ -325,6 +325,7 @@ pub fn vector(name: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
         .collect()
 }
+pub mod certs;
 pub mod dns;
 pub mod nats;
 pub mod peers;

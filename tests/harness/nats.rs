@@ -152,6 +152,11 @@ impl Nats {
     pub fn cpu_seconds(&self) -> Option<f64> {
         self.process.cpu_seconds()
     }
+
+    /// What the server logged so far (its stderr).
+    pub fn log(&self) -> String {
+        self.process.stderr()
+    }
 }
 
 impl Drop for Nats {

@@ -8,7 +8,9 @@ use clap::Parser;
 use thingsbus_adaptors_generic::bus::BusArgs;
 use thingsbus_adaptors_generic::flags::positive_secs;
 use thingsbus_adaptors_generic::logging::{self, LogArgs};
-use thingsbus_adaptors_generic::mqtt::{self, inbound::Routes, Import, Login, Options, Topics};
+use thingsbus_adaptors_generic::mqtt::{
+    self, inbound::Routes, tls::TlsFiles, Import, Login, Options, Topics,
+};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -19,6 +21,10 @@ Examples:
   # Also bring Zigbee2MQTT devices onto the bus as things home.z2m.<device>...:
   thingsbus-mqtt-bridge -z example.org --mqtt mqtt://mqtt.lan:1883 \\
       --import 'zigbee2mqtt/#=home.z2m' --username bridge --password-file /etc/thingsbus/mqtt.pw
+
+  # Over TLS, to a Mosquitto with require_certificate true:
+  thingsbus-mqtt-bridge --mqtt mqtts://mqtt.lan:8883 --mqtt-ca-file /etc/thingsbus/mqtt-ca.pem \\
+      --mqtt-cert /etc/thingsbus/bridge.pem --mqtt-key /etc/thingsbus/bridge.key
 
 Topics: <prefix>/<ns with dots as slashes> holds {\"data\": ..., \"ts\": ...}; with --flatten each
 field of object data also has <topic>/<field>; <topic>/availability is online or offline (the
@@ -38,9 +44,34 @@ struct Args {
     #[command(flatten)]
     bus: BusArgs,
 
-    /// The MQTT broker, mqtt://HOST[:PORT] (port 1883 by default).
+    /// The MQTT broker, mqtt://HOST[:PORT] (port 1883 by default), or mqtts://HOST[:PORT] for
+    /// TLS (port 8883 by default).
     #[arg(long, env = "THINGSBUS_MQTT", default_value = "mqtt://127.0.0.1:1883")]
     mqtt: String,
+
+    /// With mqtts://: the certificate authorities (PEM) that signed the MQTT broker's
+    /// certificate. Without it, the system's trusted authorities.
+    #[arg(long, env = "THINGSBUS_MQTT_CA_FILE", value_name = "PEM")]
+    mqtt_ca_file: Option<std::path::PathBuf>,
+
+    /// With mqtts://: this bridge's certificate (PEM), for MQTT brokers that require one
+    /// (Mosquitto's require_certificate). Needs --mqtt-key.
+    #[arg(
+        long,
+        env = "THINGSBUS_MQTT_CERT",
+        value_name = "PEM",
+        requires = "mqtt_key"
+    )]
+    mqtt_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --mqtt-cert.
+    #[arg(
+        long,
+        env = "THINGSBUS_MQTT_KEY",
+        value_name = "PEM",
+        requires = "mqtt_cert"
+    )]
+    mqtt_key: Option<std::path::PathBuf>,
 
     /// MQTT user name.
     #[arg(long, env = "THINGSBUS_MQTT_USERNAME")]
@@ -100,6 +131,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let options = Options {
         login: Login {
             url: args.mqtt,
+            tls: TlsFiles {
+                ca_file: args.mqtt_ca_file,
+                cert: args.mqtt_cert,
+                key: args.mqtt_key,
+            },
             username: args.username,
             password: args.password,
             password_file: args.password_file,

@@ -4,11 +4,13 @@
 //! - [`topics`]: topic names, payloads, discovery configs, import rules (pure);
 //! - [`outbound`]: bus → MQTT, what each thing event publishes (pure);
 //! - [`inbound`]: MQTT → bus, what each MQTT message becomes (pure);
+//! - [`tls`]: `mqtts://`, the TLS configuration and what a failed handshake means;
 //! - [`run`]: the bus side owns the [`outbound::Outbound`] state; the MQTT side is one task
 //!   that polls the connection and carries out [`inbound::Inbound`] decisions.
 
 pub mod inbound;
 pub mod outbound;
+pub mod tls;
 pub mod topics;
 
 pub use topics::*;
@@ -48,8 +50,10 @@ crate::counters! {
 /// Where the MQTT broker is and how to log in.
 #[derive(Debug, Clone)]
 pub struct Login {
-    /// `mqtt://HOST[:PORT]`.
+    /// `mqtt://HOST[:PORT]`, or `mqtts://HOST[:PORT]` for TLS.
     pub url: String,
+    /// With `mqtts://`: the CA file and the bridge's own certificate.
+    pub tls: tls::TlsFiles,
     /// User name.
     pub username: Option<String>,
     /// Password.
@@ -77,15 +81,36 @@ pub struct Options {
     pub report_every: Duration,
 }
 
-/// `mqtt://HOST[:PORT]` (or `tcp://`) as host and port (1883 by default).
+/// Where the MQTT broker listens, from an `--mqtt` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or address.
+    pub host: String,
+    /// Port: 1883 by default, 8883 with TLS.
+    pub port: u16,
+    /// `mqtts://` (or `ssl://`, `tls://`): TLS.
+    pub tls: bool,
+}
+
+/// `mqtt://HOST[:PORT]` (or `tcp://`; port 1883 by default) and `mqtts://HOST[:PORT]` (or
+/// `ssl://`, `tls://`; port 8883 by default).
 ///
 /// # Errors
 /// Another scheme, no host, or a port that is not a number.
-pub fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
+pub fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    let plain = url
         .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .with_context(|| format!("{url:?}: expected mqtt://HOST[:PORT]"))?;
+        .or_else(|| url.strip_prefix("tcp://"));
+    let tls = ["mqtts://", "ssl://", "tls://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme));
+    let (rest, tls, default_port) = match (plain, tls) {
+        (Some(rest), _) => (rest, false, 1883),
+        (None, Some(rest)) => (rest, true, 8883),
+        (None, None) => {
+            anyhow::bail!("{url:?}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)")
+        }
+    };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (
@@ -93,16 +118,25 @@ pub fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
             p.parse::<u16>()
                 .with_context(|| format!("{url:?}: the port must be a number"))?,
         ),
-        _ => (rest, 1883),
+        _ => (rest, default_port),
     };
     if host.is_empty() {
         anyhow::bail!("{url:?}: no host");
     }
-    Ok((host.to_owned(), port))
+    Ok(Endpoint {
+        host: host.to_owned(),
+        port,
+        tls,
+    })
 }
 
 fn mqtt_options(login: &Login) -> anyhow::Result<MqttOptions> {
-    let (host, port) = host_port(&login.url)?;
+    let Endpoint { host, port, tls } = endpoint(&login.url)?;
+    if !tls && login.tls.any() {
+        anyhow::bail!(
+            "--mqtt-ca-file, --mqtt-cert and --mqtt-key are for TLS: write the URL as mqtts://{host}:{port}"
+        );
+    }
     let id = login.client_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("thingsbus-bridge-{}-{}", host.trim(), std::process::id())
@@ -110,6 +144,12 @@ fn mqtt_options(login: &Login) -> anyhow::Result<MqttOptions> {
     let mut opts = MqttOptions::new(id, host, port);
     opts.set_keep_alive(Duration::from_secs(5));
     opts.set_max_packet_size(1 << 20, 1 << 20);
+    if tls {
+        let config = tls::client_config(&login.tls)?;
+        opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+            Arc::new(config),
+        )));
+    }
     let password = match (&login.password, &login.password_file) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(f)) => Some(
@@ -245,9 +285,11 @@ struct MqttSide {
 
 async fn mqtt_side(mut s: MqttSide) {
     let mut connected_once = false;
+    let mut failures = Failures::default();
     loop {
         match s.eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = Failures::default();
                 s.counts.mqtt_connects.inc();
                 tracing::info!("connected to the MQTT broker");
                 for f in s.routes.filters() {
@@ -268,9 +310,38 @@ async fn mqtt_side(mut s: MqttSide) {
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "MQTT connection lost; retrying in a second");
+                failures.report(&e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        }
+    }
+}
+
+/// Connection errors as the user sees them: a TLS failure once as an error with what to do
+/// about it, then again only when it changes or every minute; others as warnings.
+#[derive(Default)]
+struct Failures {
+    last: Option<(String, std::time::Instant)>,
+}
+
+impl Failures {
+    fn report(&mut self, e: &rumqttc::ConnectionError) {
+        let text = e.to_string();
+        let now = std::time::Instant::now();
+        let repeat = self
+            .last
+            .as_ref()
+            .is_some_and(|(t, at)| *t == text && now - *at < Duration::from_secs(60));
+        match tls::hint(e) {
+            Some(_) if repeat => tracing::debug!(error = %text, "MQTT TLS handshake failed again"),
+            Some(hint) => tracing::error!(
+                error = %text,
+                "cannot connect to the MQTT broker over TLS: {hint}; retrying every second"
+            ),
+            None => tracing::warn!(error = %text, "MQTT connection lost; retrying in a second"),
+        }
+        if !repeat {
+            self.last = Some((text, now));
         }
     }
 }
@@ -326,16 +397,47 @@ mod tests {
 
     #[test]
     fn mqtt_urls_name_a_host_and_a_port() {
-        let hp = |u: &str| host_port(u).map_err(|e| e.to_string());
-        assert_eq!(hp("mqtt://h").unwrap(), ("h".to_owned(), 1883));
-        assert_eq!(hp("tcp://h:1884/").unwrap(), ("h".to_owned(), 1884));
-        assert_eq!(hp("mqtt://[::1]:1885").unwrap(), ("::1".to_owned(), 1885));
+        let hp = |u: &str| {
+            endpoint(u)
+                .map(|e| (e.host, e.port, e.tls))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(hp("mqtt://h").unwrap(), ("h".to_owned(), 1883, false));
+        assert_eq!(hp("tcp://h:1884/").unwrap(), ("h".to_owned(), 1884, false));
+        assert_eq!(
+            hp("mqtt://[::1]:1885").unwrap(),
+            ("::1".to_owned(), 1885, false)
+        );
+        assert_eq!(hp("mqtts://h").unwrap(), ("h".to_owned(), 8883, true));
+        assert_eq!(hp("ssl://h:8884").unwrap(), ("h".to_owned(), 8884, true));
+        assert_eq!(
+            hp("mqtts://[::1]:8885").unwrap(),
+            ("::1".to_owned(), 8885, true)
+        );
         assert!(hp("http://h")
             .unwrap_err()
-            .contains("expected mqtt://HOST[:PORT]"));
+            .contains("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"));
         assert!(hp("mqtt://h:x")
             .unwrap_err()
             .contains("the port must be a number"));
         assert!(hp("mqtt://").unwrap_err().contains("no host"));
+        assert!(hp("mqtts://").unwrap_err().contains("no host"));
+    }
+
+    #[test]
+    fn tls_files_with_a_plain_url_are_refused() {
+        let login = Login {
+            url: "mqtt://h".into(),
+            tls: tls::TlsFiles {
+                ca_file: Some("ca.pem".into()),
+                ..tls::TlsFiles::default()
+            },
+            username: None,
+            password: None,
+            password_file: None,
+            client_id: None,
+        };
+        let e = mqtt_options(&login).map(|_| ()).expect_err("refused");
+        assert!(e.to_string().contains("mqtts://h:1883"), "{e}");
     }
 }

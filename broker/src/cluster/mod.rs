@@ -35,7 +35,7 @@ use thingsbus_protocol::codec::{decode_published, Published};
 use thingsbus_protocol::namespace::is_within_str;
 use thingsbus_protocol::{Directory, Entry, Timestamp, UpdateRef};
 
-use crate::config::{ClusterAuth, ClusterConfig};
+use crate::config::{ClusterAuth, ClusterConfig, ClusterTls};
 use crate::mailbox::Post;
 use crate::stats::{self, BROKER_NS};
 
@@ -106,6 +106,7 @@ impl ClusterLink {
         if self.queued.load(Ordering::Acquire) >= HAND_OVER_QUEUE {
             // The conflate thread is behind (it yields to local service): the marks stay in the
             // directory, conflating there, and go with a later hand-over. Costs ingest nothing.
+            stats::add(&stats.cluster.behind, 1);
             return;
         }
         let (changed, superseded) = dir.take_changed();
@@ -113,6 +114,7 @@ impl ClusterLink {
         self.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(TrySendError::Full(changed)) = self.out.try_send(changed) {
             self.queued.fetch_sub(1, Ordering::AcqRel);
+            stats::add(&stats.cluster.behind, 1);
             // The conflate thread is behind: the things are marked again, to go with the next
             // hand-over (conflating in the directory meanwhile). Nothing queues up here.
             for bytes in changed {
@@ -259,10 +261,63 @@ fn read_secret(auth: &ClusterAuth) -> std::io::Result<Secret> {
     })
 }
 
-fn connect_options(secret: &Secret, node: &str) -> async_nats::ConnectOptions {
-    let o = async_nats::ConnectOptions::new()
+/// Checks at start that each TLS file can be read and holds PEM, so that a wrong path stops the
+/// start with a clear error instead of a retry loop.
+fn check_tls(tls: &ClusterTls) -> std::io::Result<()> {
+    if tls.cert.is_some() != tls.key.is_some() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--cluster-cert and --cluster-key go together: give both or neither",
+        ));
+    }
+    for (what, path) in [
+        ("--cluster-ca-file", &tls.ca_file),
+        ("--cluster-cert", &tls.cert),
+        ("--cluster-key", &tls.key),
+    ] {
+        let Some(path) = path else { continue };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+        })?;
+        if !text.contains("-----BEGIN ") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{what} {}: not a PEM file (no -----BEGIN line)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What to add to a failed connection's log line when TLS is the cause.
+fn tls_hint(e: &async_nats::ConnectError) -> &'static str {
+    let text = e.to_string();
+    if e.kind() == async_nats::ConnectErrorKind::Tls
+        || text.contains("certificate")
+        || text.contains("alert")
+    {
+        "TLS failed: --cluster-ca-file must name the CA that signed the NATS server's \
+         certificate (made out to the host in the URL), and a server with `verify: true` needs \
+         --cluster-cert and --cluster-key signed by a CA it trusts"
+    } else {
+        ""
+    }
+}
+
+fn connect_options(secret: &Secret, config: &ClusterConfig) -> async_nats::ConnectOptions {
+    let node = &config.node_name;
+    let mut o = async_nats::ConnectOptions::new()
         .name(format!("thingsbus-broker {node}"))
         .connection_timeout(Duration::from_secs(2));
+    if let Some(ca) = &config.tls.ca_file {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
     match secret {
         Secret::None => o,
         Secret::Token(t) => o.token(t.clone()),
@@ -295,17 +350,18 @@ pub(crate) fn join(
     let Some(cc) = &config.cluster else {
         return Ok((dir, None));
     };
-    let (mut link, loaded, thread) = start(
-        cc.clone(),
-        stats.clone(),
-        stop.clone(),
+    let (link, loaded, thread) = start(Start {
+        config: cc.clone(),
+        stats: stats.clone(),
+        stop: stop.clone(),
         incoming,
-        config.forget_after,
-        Duration::from_secs(10),
+        forget_after: config.forget_after,
+        max_clock_skew: config.max_clock_skew,
+        load_timeout: Duration::from_secs(10),
         relay,
-    )?;
+        conflate_stall: conflate_stall(config.fault.as_deref()),
+    })?;
     threads.push(thread);
-    link.max_clock_skew = config.max_clock_skew.as_secs_f64();
     let now = Timestamp::now();
     let mut applied = 0;
     for bytes in &loaded {
@@ -316,19 +372,54 @@ pub(crate) fn join(
     Ok((dir, Some(link)))
 }
 
+/// What the cluster thread is started with.
+struct Start {
+    config: ClusterConfig,
+    stats: Arc<crate::Stats>,
+    stop: Arc<AtomicBool>,
+    /// Other brokers' updates, to ingest.
+    incoming: Post<Vec<u8>>,
+    /// `--forget-after`: how long the bucket keeps a value.
+    forget_after: Duration,
+    /// `--max-clock-skew`: for other brokers' values and route announcements alike.
+    max_clock_skew: Duration,
+    /// How long the start waits for the bucket's contents.
+    load_timeout: Duration,
+    relay: Option<relay::RelayEnds>,
+    /// Tests only (debug builds): the conflate thread sleeps this long on its first batch, so
+    /// that ingest finds it behind.
+    conflate_stall: Option<Duration>,
+}
+
+/// `thingsbus-conflate=stall:MS` in the test-only fault hook (`Config::fault`), in debug builds.
+fn conflate_stall(fault: Option<&str>) -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let (thread, what) = fault?.split_once('=')?;
+    let ms = what.strip_prefix("stall:")?.parse().ok()?;
+    (thread == "thingsbus-conflate").then(|| Duration::from_millis(ms))
+}
+
 /// Starts the cluster thread. Returns the link for ingest, the updates of the whole bucket as it
 /// is now (to load before serving; empty when NATS could not be reached within `load_timeout`),
 /// and the thread.
 fn start(
-    config: ClusterConfig,
-    stats: Arc<crate::Stats>,
-    stop: Arc<AtomicBool>,
-    incoming: Post<Vec<u8>>,
-    forget_after: Duration,
-    load_timeout: Duration,
-    relay: Option<relay::RelayEnds>,
+    start: Start,
 ) -> std::io::Result<(ClusterLink, Vec<Vec<u8>>, std::thread::JoinHandle<()>)> {
+    let Start {
+        config,
+        stats,
+        stop,
+        incoming,
+        forget_after,
+        max_clock_skew,
+        load_timeout,
+        relay,
+        conflate_stall,
+    } = start;
     let secret = read_secret(&config.auth)?;
+    check_tls(&config.tls)?;
     let next_write = NextWrite::new();
     let addrs = server_addrs(&config.urls)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -360,10 +451,14 @@ fn start(
                 std::thread::Builder::new()
                     .name("thingsbus-conflate".into())
                     .spawn(move || {
+                        let mut stall = conflate_stall;
                         while !stop.load(Ordering::Relaxed) {
                             let Ok(batch) = out_rx.recv_timeout(Duration::from_millis(100)) else {
                                 continue;
                             };
+                            if let Some(stall) = stall.take() {
+                                std::thread::sleep(stall);
+                            }
                             conflate_queued.fetch_sub(1, Ordering::AcqRel);
                             let mut p = pending
                                 .lock()
@@ -391,8 +486,7 @@ fn start(
                     config.clone(),
                     secret.clone(),
                     addrs.clone(),
-                    ends,
-                    stop.clone(),
+                    relay_parts(&config, ends, max_clock_skew, &stats, &stop),
                 ))
             });
             let value_head = format!(
@@ -432,13 +526,54 @@ fn start(
         ClusterLink {
             out: out_tx,
             next_write,
-            // Set by `join`, from the broker's configuration.
-            max_clock_skew: f64::INFINITY,
+            max_clock_skew: max_clock_skew.as_secs_f64(),
             queued,
         },
         loaded,
         thread,
     ))
+}
+
+/// NATS connection events waiting for the relay at most; more are dropped and counted (the
+/// relay only needs to see that the connection came back, and a later event says so again).
+const EVENTS_QUEUE: usize = 64;
+
+/// What the relay is started with, but its connection and events.
+struct RelayParts {
+    ends: relay::RelayEnds,
+    policy: relay::RoutePolicy,
+    stats: Arc<crate::Stats>,
+    stop: Arc<AtomicBool>,
+}
+
+fn relay_parts(
+    config: &ClusterConfig,
+    ends: relay::RelayEnds,
+    max_clock_skew: Duration,
+    stats: &Arc<crate::Stats>,
+    stop: &Arc<AtomicBool>,
+) -> RelayParts {
+    RelayParts {
+        ends,
+        policy: relay::RoutePolicy {
+            accept_nodes: config.accept_nodes.clone(),
+            max_clock_skew,
+        },
+        stats: stats.clone(),
+        stop: stop.clone(),
+    }
+}
+
+/// Hands a connection event to the relay without waiting: dropped and counted when the relay
+/// has not taken the earlier ones yet.
+fn pass_event(
+    tx: &tokio::sync::mpsc::Sender<async_nats::Event>,
+    event: async_nats::Event,
+    stats: &crate::Stats,
+) {
+    if tx.try_send(event).is_err() {
+        stats::add(&stats.cluster.events_dropped, 1);
+    }
 }
 
 /// The relay's own connection, beside the bucket's: it lives as long as the broker (the client
@@ -447,17 +582,15 @@ async fn start_relay(
     config: ClusterConfig,
     secret: Secret,
     addrs: Vec<async_nats::ServerAddr>,
-    ends: relay::RelayEnds,
-    stop: Arc<AtomicBool>,
+    parts: RelayParts,
 ) {
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let client = connect_options(&secret, &config.node_name)
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENTS_QUEUE);
+    let event_stats = parts.stats.clone();
+    let client = connect_options(&secret, &config)
         .retry_on_initial_connect()
         .event_callback(move |e| {
-            let tx = events_tx.clone();
-            async move {
-                let _ = tx.send(e);
-            }
+            pass_event(&events_tx, e, &event_stats);
+            async {}
         })
         .connect(addrs)
         .await;
@@ -465,11 +598,15 @@ async fn start_relay(
         Ok(client) => {
             relay::run(
                 client,
-                config.bucket,
-                config.node_name,
-                ends,
-                events_rx,
-                stop,
+                relay::Relay {
+                    bucket: config.bucket,
+                    node: config.node_name,
+                    policy: parts.policy,
+                    ends: parts.ends,
+                    events: events_rx,
+                    stats: parts.stats,
+                    stop: parts.stop,
+                },
             )
             .await;
         }
@@ -683,13 +820,14 @@ impl Bucket {
     )> {
         let config = &self.config;
         let client = loop {
-            match connect_options(&self.secret, &config.node_name)
+            match connect_options(&self.secret, config)
                 .connect(self.addrs.clone())
                 .await
             {
                 Ok(c) => break c,
                 Err(e) => {
-                    tracing::warn!(error = %e, urls = %config.urls.join(","), "cannot connect to NATS; serving locally, retrying in a second");
+                    let hint = tls_hint(&e);
+                    tracing::warn!(error = %e, hint, urls = %config.urls.join(","), "cannot connect to NATS; serving locally, retrying in a second");
                     if self.pause(Duration::from_secs(1)).await {
                         return None;
                     }
@@ -891,5 +1029,82 @@ impl<'a> Health<'a> {
             let pending = self.stats.cluster.pending.load(Ordering::Relaxed);
             tracing::info!(pending, "cluster link back");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conflate_stall_hook_is_read_in_debug_builds_only() {
+        let stall = conflate_stall(Some("thingsbus-conflate=stall:1500"));
+        if cfg!(debug_assertions) {
+            assert_eq!(stall, Some(Duration::from_millis(1500)));
+        } else {
+            assert_eq!(stall, None);
+        }
+        assert_eq!(conflate_stall(Some("thingsbus-ingest=stall:1500")), None);
+        assert_eq!(conflate_stall(Some("thingsbus-conflate=panic")), None);
+        assert_eq!(conflate_stall(None), None);
+    }
+
+    #[test]
+    fn connection_events_beyond_the_queue_are_dropped_and_counted() {
+        let stats = crate::Stats::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(EVENTS_QUEUE);
+        for _ in 0..EVENTS_QUEUE + 5 {
+            pass_event(&tx, async_nats::Event::Connected, &stats);
+        }
+        assert_eq!(stats.cluster.events_dropped.load(Ordering::Relaxed), 5);
+        let mut taken = 0;
+        while rx.try_recv().is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, EVENTS_QUEUE);
+        pass_event(&tx, async_nats::Event::Connected, &stats);
+        assert_eq!(stats.cluster.events_dropped.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start_with_the_flag_named() {
+        let dir =
+            std::env::temp_dir().join(format!("thingsbus-cluster-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pem = dir.join("ok.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").expect("write");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "hello\n").expect("write");
+        let err = |tls: ClusterTls| check_tls(&tls).expect_err("refused").to_string();
+        assert!(check_tls(&ClusterTls::default()).is_ok());
+        assert!(check_tls(&ClusterTls {
+            ca_file: Some(pem.clone()),
+            cert: Some(pem.clone()),
+            key: Some(pem.clone()),
+        })
+        .is_ok());
+        let e = err(ClusterTls {
+            ca_file: Some(dir.join("missing.pem")),
+            ..ClusterTls::default()
+        });
+        assert!(
+            e.contains("--cluster-ca-file") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let e = err(ClusterTls {
+            cert: Some(pem.clone()),
+            key: Some(junk),
+            ..ClusterTls::default()
+        });
+        assert!(
+            e.contains("--cluster-key") && e.contains("not a PEM file"),
+            "{e}"
+        );
+        let e = err(ClusterTls {
+            cert: Some(pem),
+            ..ClusterTls::default()
+        });
+        assert!(e.contains("go together"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -19,6 +19,7 @@ use thingsbus_protocol::Namespace;
 
 use crate::commands::{FromRelay, RelayLink, ToRelay, ANNOUNCE_EVERY};
 use crate::mailbox::Post;
+use crate::stats;
 
 /// The relay's ends: commands from the command thread, and back to it (waking it up).
 pub(crate) struct RelayEnds {
@@ -45,17 +46,66 @@ pub(crate) fn link(
     ))
 }
 
-/// The routes of an announcement that can be believed at `now` (epoch seconds): a valid prefix
-/// and a registration time that is finite and not beyond `now` plus the default
-/// `--max-clock-skew` (a time from the future would make that broker's route win the recency
-/// rule until then).
-fn trusted_routes(serve: Vec<(String, f64)>, now: f64) -> Vec<(Namespace, f64)> {
-    let latest = now + crate::config::DEFAULT_MAX_CLOCK_SKEW.as_secs_f64();
-    serve
+/// Routes one announcement may carry at most; more are refused (the command thread holds at
+/// most this many per broker too).
+pub(crate) const MAX_ROUTES_PER_NODE: usize = 256;
+
+/// What the relay believes of other brokers' announcements.
+#[derive(Debug, Clone)]
+pub(crate) struct RoutePolicy {
+    /// The brokers whose announcements are accepted (`--cluster-accept-nodes`); `None`: all.
+    pub(crate) accept_nodes: Option<Vec<String>>,
+    /// How far a registration time may be ahead of our clock (`--max-clock-skew`).
+    pub(crate) max_clock_skew: Duration,
+}
+
+/// What becomes of one announcement.
+#[derive(Debug, PartialEq)]
+enum Admit {
+    /// This broker's own, come back.
+    Own,
+    /// From a broker not in the accept list: ignored (and counted).
+    NotAccepted(String),
+    /// The routes that can be believed, and how many were refused.
+    Routes {
+        node: String,
+        served: Vec<(Namespace, f64)>,
+        refused: usize,
+    },
+}
+
+/// Decides what of `a` to believe at `now` (epoch seconds): nothing from this broker itself
+/// or from one outside the accept list; of the rest, at most [`MAX_ROUTES_PER_NODE`] routes
+/// with a valid prefix and a registration time that is finite and not beyond `now` plus the
+/// configured `--max-clock-skew` (a time from the future would make that broker's route win
+/// the recency rule until then). Such a route is refused rather than clamped to `now`: its
+/// broker announces it again every few seconds, and a clock that far off is worth seeing in the
+/// counters.
+fn admit(a: Announcement, own: &str, policy: &RoutePolicy, now: f64) -> Admit {
+    if a.node == own {
+        return Admit::Own;
+    }
+    if policy
+        .accept_nodes
+        .as_ref()
+        .is_some_and(|nodes| !nodes.contains(&a.node))
+    {
+        return Admit::NotAccepted(a.node);
+    }
+    let latest = now + policy.max_clock_skew.as_secs_f64();
+    let offered = a.serve.len();
+    let served: Vec<(Namespace, f64)> = a
+        .serve
         .into_iter()
         .filter(|(_, since)| since.is_finite() && *since <= latest)
         .filter_map(|(p, since)| Namespace::new(&p).ok().map(|p| (p, since)))
-        .collect()
+        .take(MAX_ROUTES_PER_NODE)
+        .collect();
+    Admit::Routes {
+        node: a.node,
+        refused: offered - served.len(),
+        served,
+    }
 }
 
 fn epoch_now() -> f64 {
@@ -84,27 +134,35 @@ fn token(node: &str) -> String {
     }
 }
 
-pub(crate) async fn run(
-    client: async_nats::Client,
-    bucket: String,
-    node: String,
-    ends: RelayEnds,
-    events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
-    stop: Arc<AtomicBool>,
-) {
-    if let Err(e) = serve(&client, &bucket, &node, ends, events, &stop).await {
+/// What the relay works with, besides its connection.
+pub(crate) struct Relay {
+    pub(crate) bucket: String,
+    pub(crate) node: String,
+    pub(crate) policy: RoutePolicy,
+    pub(crate) ends: RelayEnds,
+    /// The connection's events (bounded; see `cluster::start_relay`).
+    pub(crate) events: tokio::sync::mpsc::Receiver<async_nats::Event>,
+    pub(crate) stats: Arc<crate::Stats>,
+    pub(crate) stop: Arc<AtomicBool>,
+}
+
+pub(crate) async fn run(client: async_nats::Client, relay: Relay) {
+    if let Err(e) = serve(&client, relay).await {
         tracing::error!(error = %e, "the cluster's command relay stopped; commands between brokers are off");
     }
 }
 
-async fn serve(
-    client: &async_nats::Client,
-    bucket: &str,
-    node: &str,
-    ends: RelayEnds,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
-    stop: &AtomicBool,
-) -> Result<(), String> {
+async fn serve(client: &async_nats::Client, relay: Relay) -> Result<(), String> {
+    let Relay {
+        bucket,
+        node,
+        policy,
+        ends,
+        mut events,
+        stats,
+        stop,
+    } = relay;
+    let (bucket, node) = (bucket.as_str(), node.as_str());
     let RelayEnds {
         mut from_commands,
         to_commands,
@@ -203,11 +261,17 @@ async fn serve(
                     tracing::debug!("unreadable route announcement");
                     continue;
                 };
-                if a.node == node {
-                    continue;
+                match admit(a, node, &policy, epoch_now()) {
+                    Admit::Own => {}
+                    Admit::NotAccepted(other) => {
+                        stats::add(&stats.cluster.announcements_ignored, 1);
+                        tracing::debug!(node = %other, "route announcement from a broker not in --cluster-accept-nodes, ignored");
+                    }
+                    Admit::Routes { node, served, refused } => {
+                        stats::add(&stats.cluster.routes_refused, refused as u64);
+                        deliver(FromRelay::Routes { node, served });
+                    }
                 }
-                let served = trusted_routes(a.serve, epoch_now());
-                deliver(FromRelay::Routes { node: a.node, served });
             }
             Some(m) = hello.next() => {
                 if m.payload != node.as_bytes() {
@@ -237,23 +301,93 @@ async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::{token, trusted_routes};
+    use super::*;
+
+    const NOW: f64 = 1_764_400_000.0;
+
+    fn policy(accept: Option<&[&str]>) -> RoutePolicy {
+        RoutePolicy {
+            accept_nodes: accept.map(|a| a.iter().map(|&n| n.to_owned()).collect()),
+            max_clock_skew: Duration::from_secs(30),
+        }
+    }
+
+    fn from(node: &str, serve: Vec<(&str, f64)>) -> Announcement {
+        Announcement {
+            node: node.into(),
+            serve: serve.into_iter().map(|(p, t)| (p.to_owned(), t)).collect(),
+        }
+    }
+
+    fn routes(admit: Admit) -> (Vec<String>, usize) {
+        match admit {
+            Admit::Routes {
+                served, refused, ..
+            } => (served.iter().map(|(p, _)| p.to_string()).collect(), refused),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
-    fn routes_from_the_future_or_with_bad_prefixes_are_not_believed() {
-        let now = 1_764_400_000.0;
-        let routes = trusted_routes(
+    fn routes_beyond_the_configured_skew_or_with_bad_prefixes_are_refused() {
+        let a = from(
+            "b",
             vec![
-                ("shop.led".into(), now - 5.0),
-                ("shop.ahead".into(), now + 60.0),
-                ("shop.far".into(), 1e300),
-                ("shop.nan".into(), f64::NAN),
-                ("Bad..prefix".into(), now),
+                ("shop.led", NOW - 5.0),
+                ("shop.ahead", NOW + 29.0),
+                // Within the default skew (300 s), beyond the configured one (30 s).
+                ("shop.later", NOW + 60.0),
+                ("shop.far", 1e300),
+                ("shop.nan", f64::NAN),
+                ("shop.inf", f64::INFINITY),
+                ("Bad..prefix", NOW),
             ],
-            now,
         );
-        let names: Vec<&str> = routes.iter().map(|(p, _)| p.as_str()).collect();
+        let (names, refused) = routes(admit(a, "a", &policy(None), NOW));
         assert_eq!(names, ["shop.led", "shop.ahead"]);
+        assert_eq!(refused, 5);
+    }
+
+    #[test]
+    fn one_broker_announces_a_bounded_number_of_routes() {
+        let many: Vec<(String, f64)> = (0..MAX_ROUTES_PER_NODE + 10)
+            .map(|i| (format!("p.n{i}"), NOW))
+            .collect();
+        let a = Announcement {
+            node: "b".into(),
+            serve: many,
+        };
+        let (names, refused) = routes(admit(a, "a", &policy(None), NOW));
+        assert_eq!(names.len(), MAX_ROUTES_PER_NODE);
+        assert_eq!(refused, 10);
+    }
+
+    #[test]
+    fn only_accepted_brokers_are_believed_and_our_own_is_skipped() {
+        let accept = policy(Some(&["b", "c"]));
+        assert_eq!(
+            admit(from("x", vec![("shop", NOW)]), "a", &accept, NOW),
+            Admit::NotAccepted("x".into())
+        );
+        let (names, _) = routes(admit(from("c", vec![("shop", NOW)]), "a", &accept, NOW));
+        assert_eq!(names, ["shop"]);
+        assert_eq!(
+            admit(from("a", vec![("shop", NOW)]), "a", &accept, NOW),
+            Admit::Own
+        );
+        // Without a list, every other broker is believed.
+        let (names, _) = routes(admit(
+            from("x", vec![("shop", NOW)]),
+            "a",
+            &policy(None),
+            NOW,
+        ));
+        assert_eq!(names, ["shop"]);
+        // An empty list believes no one.
+        assert!(matches!(
+            admit(from("b", vec![("shop", NOW)]), "a", &policy(Some(&[])), NOW),
+            Admit::NotAccepted(_)
+        ));
     }
 
     #[test]
