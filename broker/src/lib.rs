@@ -21,6 +21,9 @@
 //! `thingsbus.broker`. See `README.md` and `ARCHITECTURE.md` at the repository root.
 
 mod access;
+// The verifier of signed board datagrams; the ingest wiring follows (issue #22).
+#[allow(dead_code)]
+mod board_auth;
 #[cfg_attr(not(feature = "cluster"), path = "cluster/off.rs")]
 mod cluster;
 mod commands;
