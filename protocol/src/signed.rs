@@ -337,6 +337,11 @@ pub fn is_signed(datagram: &[u8]) -> bool {
     datagram.first() == Some(&MAGIC)
 }
 
+/// Whether `name` may name a board: `[a-z][a-z0-9_-]{0,63}`, the rule of one namespace part.
+pub fn is_valid_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN && part_is_valid(name.as_bytes())
+}
+
 /// The size of the signed datagram for a name and payload of these lengths.
 pub const fn sealed_len(name_len: usize, payload_len: usize) -> usize {
     OVERHEAD + name_len + payload_len
@@ -421,7 +426,7 @@ pub fn seal(
     payload: &[u8],
     secret: &BoardSecret,
 ) -> Result<(), SealError> {
-    if name.len() > MAX_NAME_LEN || !part_is_valid(name.as_bytes()) {
+    if !is_valid_name(name) {
         return Err(SealError::BadName(name.to_owned()));
     }
     if payload.is_empty() {
