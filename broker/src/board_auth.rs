@@ -123,6 +123,12 @@ impl BoardAuth {
         )?)
     }
 
+    /// Forgets a board's replay state: for a board whose secret changed when the auth file is
+    /// reloaded (a re-flashed board starts again at a low boot), or that left the file.
+    pub(crate) fn forget(&mut self, board: &str) -> bool {
+        self.replays.forget(board)
+    }
+
     /// Boards whose replay state is kept now.
     pub(crate) fn boards(&self) -> usize {
         self.replays.len()
@@ -244,6 +250,24 @@ mod tests {
         assert!(auth
             .verify(&signed("porch", 1, 1, &secret()), from(), boards)
             .is_ok());
+    }
+
+    #[test]
+    fn a_forgotten_board_starts_again_at_any_boot() {
+        let mut auth = BoardAuth::new(16);
+        assert!(auth
+            .verify(&signed("porch", 40, 1, &secret()), from(), boards)
+            .is_ok());
+        let erased = signed("porch", 1, 0, &secret());
+        assert_eq!(
+            auth.verify(&erased, from(), boards).unwrap_err(),
+            Refusal::Replayed(Replay::OldBoot)
+        );
+        assert!(auth.forget("porch"));
+        assert_eq!(
+            auth.verify(&erased, from(), boards).map(|f| f.fresh),
+            Ok(Fresh::First)
+        );
     }
 
     #[test]

@@ -616,6 +616,18 @@ impl ReplayTracker {
         Some((w.boot, counter))
     }
 
+    /// Forgets `name` (for a board whose secret changed: its next datagram is taken on trust,
+    /// whatever boot it carries). Returns whether it was known.
+    pub fn forget(&mut self, name: &str) -> bool {
+        match self.boards.remove(name) {
+            Some(w) => {
+                self.order.remove(&w.tick);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Boards known now.
     pub fn len(&self) -> usize {
         self.boards.len()
@@ -949,6 +961,19 @@ mod tests {
         assert_eq!(t.len(), 3);
         assert_eq!(t.boot("c"), None, "c was the oldest then");
         assert_eq!(t.order.len(), t.boards.len());
+    }
+
+    #[test]
+    fn a_forgotten_board_is_taken_on_trust_again() {
+        let mut t = ReplayTracker::new(8);
+        assert_eq!(t.check("a", 9, 1), Ok(Fresh::First));
+        assert_eq!(t.check("b", 1, 1), Ok(Fresh::First));
+        assert!(t.forget("a"));
+        assert!(!t.forget("a"));
+        assert_eq!((t.len(), t.order.len()), (1, 1));
+        // An erased board, back at boot 1.
+        assert_eq!(t.check("a", 1, 0), Ok(Fresh::First));
+        assert_eq!(t.check("a", 9, 2), Ok(Fresh::NewBoot));
     }
 
     #[test]
