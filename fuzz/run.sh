@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-60}"
-targets=(json_input msgpack_input snapshot_request published)
+targets=(json_input msgpack_input snapshot_request published signed_datagram)
 status=0
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"

@@ -1,13 +1,14 @@
 //! The adaptor handle and its builder.
 
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use thingsbus_protocol::discovery::Discovery;
 use thingsbus_protocol::endpoint::connect_url;
+use thingsbus_protocol::signed::{self, BoardSecret, Direction};
 use thingsbus_protocol::Namespace;
 
 use crate::serve::{HandlerResult, ServeCounters, Server};
@@ -48,9 +49,32 @@ pub struct AdaptorBuilder {
     discovery: Discovery,
     failover_timeout: Duration,
     command_url: Option<String>,
+    signing: Option<(String, BoardSecret)>,
+    signing_boot: Option<u32>,
 }
 
 impl AdaptorBuilder {
+    /// Sign every UDP datagram as the board `name` with its shared `secret` (the auth file's
+    /// `[boards.NAME] secret`), as described in `docs/authenticated-datagrams.md`: a broker with
+    /// an auth file then knows the datagrams are this board's and new. Only for UDP targets;
+    /// one sender per name at a time.
+    ///
+    /// Replay protection numbers each datagram with a boot and a counter. The boot is, unless
+    /// [`AdaptorBuilder::signing_boot`] says otherwise, the time of `connect` in whole seconds
+    /// since 1970, so a restarted sender starts a higher boot (restart it at most once a second).
+    pub fn sign_udp(mut self, name: &str, secret: BoardSecret) -> Self {
+        self.signing = Some((name.to_owned(), secret));
+        self
+    }
+
+    /// With [`AdaptorBuilder::sign_udp`]: the boot number to start with, instead of the time.
+    /// It must be higher than any boot this name used before, or the broker refuses the
+    /// datagrams as replayed.
+    pub fn signing_boot(mut self, boot: u32) -> Self {
+        self.signing_boot = Some(boot);
+        self
+    }
+
     /// The broker's command endpoint for [`Adaptor::serve`], when it is not where the
     /// target says (directory port + 3, i.e. input port + 2).
     pub fn command_url(mut self, url: &str) -> Self {
@@ -171,6 +195,26 @@ impl AdaptorBuilder {
 
     fn start(self, target: Target) -> Result<Adaptor, Error> {
         let ns = Namespace::new(&self.ns)?;
+        let signer = match self.signing {
+            None => None,
+            Some(_) if !matches!(target, Target::Udp(_)) => return Err(Error::SigningNeedsUdp),
+            Some((name, secret)) => {
+                if !signed::is_valid_name(&name) {
+                    return Err(Error::Signing(signed::SealError::BadName(name).to_string()));
+                }
+                let boot = self.signing_boot.unwrap_or_else(|| {
+                    // Whole seconds since 1970 fit in u32 until 2106.
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+                });
+                Some(Signer {
+                    name,
+                    secret,
+                    next: AtomicU64::new(u64::from(boot) << 32),
+                })
+            }
+        };
         let command_url = self.command_url.clone().or_else(|| match &target {
             Target::Zmq(urls) => urls
                 .first()
@@ -234,6 +278,7 @@ impl AdaptorBuilder {
                 ns,
                 documentation_url: self.documentation_url,
                 udp_form: self.udp_form,
+                signer,
                 transport,
                 counters,
                 command_url,
@@ -249,10 +294,39 @@ enum Transport {
     Udp { socket: UdpSocket, to: SocketAddr },
 }
 
+/// Signs UDP datagrams as a board.
+struct Signer {
+    name: String,
+    secret: BoardSecret,
+    /// The next boot (high 32 bits) and counter (low 32 bits): one `fetch_add` numbers a
+    /// datagram, and a counter that runs over moves to the next boot by itself.
+    next: AtomicU64,
+}
+
+impl Signer {
+    fn seal(&self, payload: &[u8]) -> Result<Vec<u8>, Error> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let (boot, counter) = ((n >> 32) as u32, n as u32);
+        signed::seal_to_vec(
+            Direction::ToBroker,
+            &self.name,
+            boot,
+            counter,
+            payload,
+            &self.secret,
+        )
+        .map_err(|e| match e {
+            signed::SealError::TooBig { size } => Error::TooBigForUdp { size },
+            e => Error::Signing(e.to_string()),
+        })
+    }
+}
+
 struct Inner {
     ns: Namespace,
     documentation_url: Option<String>,
     udp_form: UdpForm,
+    signer: Option<Signer>,
     transport: Transport,
     counters: Arc<Counters>,
     command_url: Option<String>,
@@ -319,6 +393,8 @@ impl Adaptor {
             discovery: Discovery::new(),
             failover_timeout: Duration::from_secs(3),
             command_url: None,
+            signing: None,
+            signing_boot: None,
         }
     }
 
@@ -452,6 +528,10 @@ impl Adaptor {
                     }),
                 }
                 .map_err(|e| Error::Encode(e.to_string()))?;
+                let encoded = match &self.inner.signer {
+                    Some(signer) => signer.seal(&encoded)?,
+                    None => encoded,
+                };
                 if encoded.len() > MAX_DATAGRAM {
                     return Err(Error::TooBigForUdp {
                         size: encoded.len(),

@@ -40,6 +40,12 @@ pub enum Error {
         /// The encoded size.
         size: usize,
     },
+    /// [`AdaptorBuilder::sign_udp`](crate::AdaptorBuilder::sign_udp) with a ZMQ target.
+    #[error("signed datagrams are for UDP: give .udp(\"host:7955\") (or .prefer_udp(true) with a zone); over ZMQ use CURVE keys")]
+    SigningNeedsUdp,
+    /// A datagram cannot be signed (an invalid board name, for example).
+    #[error("cannot sign the datagram: {0}")]
+    Signing(String),
     /// `serve` needs the broker's command endpoint, and none is known.
     #[error("no command endpoint known: give .command_url(\"tcp://host:7957\") to the builder")]
     NoCommandEndpoint,

@@ -41,6 +41,19 @@
 //! ([`AdaptorStats::dropped`]): the newest values matter most. The adaptor reconnects by itself
 //! after a broker restart. Over UDP each `send` is one datagram, sent at once; a datagram the
 //! kernel refuses is counted as dropped.
+//!
+//! # Signed datagrams
+//! For a broker with an auth file, [`AdaptorBuilder::sign_udp`] signs every UDP datagram as a
+//! board, with the board's shared secret (HMAC-SHA256 and a replay counter, see
+//! `docs/authenticated-datagrams.md`):
+//!
+//! ```no_run
+//! use thingsbus_adaptor::{Adaptor, BoardSecret};
+//! let secret: BoardSecret = std::env::var("THINGSBUS_BOARD_SECRET").unwrap_or_default().parse()?;
+//! let adaptor = Adaptor::builder("porch").udp("broker:7955").sign_udp("porch", secret).connect_blocking()?;
+//! adaptor.send(&serde_json::json!({"door": "open"}))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod adaptor;
 mod error;
@@ -50,3 +63,4 @@ mod zmq_sender;
 pub use adaptor::{Adaptor, AdaptorBuilder, AdaptorStats, UdpForm};
 pub use error::Error;
 pub use serve::HandlerResult;
+pub use thingsbus_protocol::signed::BoardSecret;

@@ -182,12 +182,73 @@ fn the_led_obeys_commands_and_publishes_its_state() {
 }
 
 #[test]
+fn udp_signed_makes_a_secret_and_signs_with_it() {
+    use thingsbus_protocol::signed::{self, BoardSecret, Direction};
+    let run = |args: &[&str]| {
+        example("udp_signed")
+            .env_remove("THINGSBUS_BOARD_SECRET")
+            .env_remove("THINGSBUS_BOARD_SECRET_FILE")
+            .args(args)
+            .output()
+            .expect("run udp_signed")
+    };
+    let out = run(&["--new-secret"]);
+    assert!(out.status.success());
+    let hex = String::from_utf8(out.stdout).expect("utf-8");
+    let secret = BoardSecret::from_hex(&hex).expect("64 hex digits");
+    let file = std::env::temp_dir().join(format!("udp_signed-{}.secret", std::process::id()));
+    std::fs::write(&file, &hex).expect("write the secret");
+
+    let input = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    input.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let to = input.local_addr().expect("addr").to_string();
+    let path = file.to_string_lossy().into_owned();
+    let args = [
+        "--secret-file",
+        &path,
+        "--boot",
+        "5",
+        &to,
+        "porch",
+        "porch.door",
+        r#"{"open":true}"#,
+    ];
+    let out = run(&args);
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut buf = [0; 2048];
+    let (n, _) = input.recv_from(&mut buf).expect("a datagram");
+    let s = signed::open(&buf[..n], Direction::ToBroker, |name| {
+        (name == "porch").then(|| secret.clone())
+    })
+    .expect("signed with the secret it made");
+    assert_eq!((s.boot, s.counter), (5, 0));
+    let u = thingsbus_protocol::codec::decode_msgpack_input(s.payload, &Default::default())
+        .expect("an update inside");
+    assert_eq!(
+        (u.ns.as_str(), u.data.as_ref()),
+        ("porch.door", r#"{"open":true}"#)
+    );
+
+    // No secret: one line saying where to put it.
+    let out = run(&[&to, "porch", "porch.door", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("THINGSBUS_BOARD_SECRET"), "{err}");
+}
+
+#[test]
 fn every_example_has_help() {
     for name in [
         "send_update",
         "print_all_events",
         "query_thing",
         "udp_msgpack",
+        "udp_signed",
         "led_adaptor",
     ] {
         let out = example(name).arg("--help").output().expect("run --help");

@@ -27,6 +27,51 @@ pub fn msgpack_input(bytes: &[u8]) {
     }
 }
 
+/// A UDP datagram read as a signed one ([`crate::signed`]): never panics; what parses re-seals
+/// to the same bytes (the tag aside) and the same fields; a replay window takes a datagram once.
+/// Then the input as the payload of a datagram signed here: it opens to itself, and goes through
+/// [`msgpack_input`] as the broker would decode it.
+pub fn signed_datagram(bytes: &[u8]) {
+    use crate::signed::{self, BoardSecret, Direction, Malformed, ReplayTracker};
+    let secret = BoardSecret::from_bytes([0x5a; 32]);
+    match signed::parse(bytes) {
+        Ok(s) => {
+            assert!(signed::is_signed(bytes));
+            let again =
+                signed::seal_to_vec(s.direction, s.name, s.boot, s.counter, s.payload, &secret)
+                    .expect("what parses can be sealed");
+            let body = bytes.len() - signed::TAG_LEN;
+            assert_eq!(&again[..body], &bytes[..body]);
+            let mut replays = ReplayTracker::new(2);
+            assert!(replays.check(s.name, s.boot, s.counter).is_ok());
+            assert!(replays.check(s.name, s.boot, s.counter).is_err());
+        }
+        Err(Malformed::NotSigned) => assert!(!signed::is_signed(bytes)),
+        Err(_) => {}
+    }
+    let Some((head, payload)) = bytes.split_first_chunk::<8>() else {
+        return;
+    };
+    let boot = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let counter = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    if let Ok(d) = signed::seal_to_vec(
+        Direction::ToBroker,
+        "board",
+        boot,
+        counter,
+        payload,
+        &secret,
+    ) {
+        let s = signed::open(&d, Direction::ToBroker, |_| Some(secret.clone()))
+            .expect("a datagram signed here opens");
+        assert_eq!(
+            (s.name, s.boot, s.counter, s.payload),
+            ("board", boot, counter, payload)
+        );
+        msgpack_input(s.payload);
+    }
+}
+
 /// A snapshot request frame: never panics; an accepted one has a valid subtree and an `id` that
 /// is JSON text (it is pasted into replies).
 pub fn snapshot_request(bytes: &[u8]) {

@@ -5,6 +5,8 @@
 //!   [`Rejection`] saying why it was dropped; encoding what the broker publishes.
 //! - [`Directory`]: the pure model of the broker's directory.
 //! - [`snapshot`]: snapshots in chunks of bounded size.
+//! - [`signed`]: signed UDP datagrams for boards that cannot do CURVE (HMAC-SHA256, replay
+//!   window).
 //! - `transport` (feature `zmq`): the ZMQ socket set-up every role shares.
 //!
 //! ```
@@ -27,6 +29,7 @@ pub mod endpoint;
 pub mod fuzzing;
 pub mod message;
 pub mod namespace;
+pub mod signed;
 pub mod snapshot;
 #[cfg(feature = "zmq")]
 pub mod transport;

@@ -42,7 +42,7 @@ pub enum NamespaceError {
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Namespace(Arc<str>);
 
-fn part_is_valid(part: &[u8]) -> bool {
+pub(crate) fn part_is_valid(part: &[u8]) -> bool {
     match part.split_first() {
         Some((first, rest)) => {
             first.is_ascii_lowercase()

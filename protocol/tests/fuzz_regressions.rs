@@ -53,3 +53,8 @@ fn snapshot_request() {
 fn published() {
     replay("published", fuzzing::published);
 }
+
+#[test]
+fn signed_datagram() {
+    replay("signed_datagram", fuzzing::signed_datagram);
+}

@@ -101,3 +101,30 @@ fn decoders_survive_mutations_and_noise() {
     // Some mutations stay valid (a changed digit, say): the decoders were really exercised.
     assert!(accepted > 1000, "only {accepted} mutated inputs decoded");
 }
+
+#[test]
+fn signed_datagrams_survive_mutations_and_noise() {
+    let hex = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/signed-esp8266-list-update.hex"
+    ))
+    .expect("vector file");
+    let hex = hex.trim();
+    let seed: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let mut rng = SeededRandom::new(0x5166_ed00);
+    let mut parsed = 0;
+    for i in 0..20_000 {
+        let input = if i % 10 == 0 {
+            (0..rng.up_to(64)).map(|_| rng.up_to(255) as u8).collect()
+        } else {
+            mutate(&mut rng, &seed)
+        };
+        // The fuzz target's checks: no panic, and the properties it asserts.
+        thingsbus_protocol::fuzzing::signed_datagram(&input);
+        parsed += usize::from(thingsbus_protocol::signed::parse(&input).is_ok());
+    }
+    assert!(parsed > 1000, "only {parsed} mutated datagrams parsed");
+}

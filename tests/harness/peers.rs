@@ -87,6 +87,13 @@ pub const PLAYWRIGHT: Peer = Peer {
     },
 };
 
+/// `python3` itself, for scripts that need only its standard library.
+pub const PYTHON3: Peer = Peer {
+    name: "python3",
+    package: "Debian package python3",
+    probe: || on_path("python3"),
+};
+
 /// The original Python thingsbus 0.2.1 with pyzmq, in `target/py02`.
 pub const PYTHON_02: Peer = Peer {
     name: "the Python thingsbus 0.2.1 peers",
