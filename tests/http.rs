@@ -209,7 +209,7 @@ fn a_slow_event_client_holds_nobody_up() {
     let addr = broker.endpoints().http.expect("http");
     let mut stuck = std::net::TcpStream::connect(addr).expect("connect");
     stuck
-        .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .expect("request");
     let fast = sse(&format!("{b}/api/events?prefix=flood"));
     let input = ZmqInput::connect(&broker);
@@ -377,7 +377,7 @@ fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
     let open: Vec<std::net::TcpStream> = (0..256)
         .map(|i| {
             let mut s = std::net::TcpStream::connect(addr).expect("connect");
-            s.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.write_all(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 .expect("request");
             s.set_read_timeout(Some(DEADLINE)).expect("timeout");
             let mut head = [0u8; 12];
@@ -400,4 +400,134 @@ fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
             Err(_) => None,
         }
     });
+}
+
+/// Reads `s` until the server closes it (end of file or a reset); false if it is still open at
+/// the deadline.
+fn closed_by_server(s: &mut std::net::TcpStream, deadline: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let end = Instant::now() + deadline;
+    let mut buf = vec![0u8; 1 << 16];
+    while Instant::now() < end {
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_while_a_reader_keeps_receiving() {
+    let broker = spawn_broker(|c| {
+        with_http(c);
+        c.http_options.write_timeout = Duration::from_secs(2);
+        c.http_options.sse_queue_bytes = 256 * 1024;
+    });
+    let b = base(&broker);
+    eventually(DEADLINE, "readyz", || {
+        (get(&format!("{b}/readyz")).0 == 200).then_some(())
+    });
+    let addr = broker.endpoints().http.expect("http");
+    let mut stuck = std::net::TcpStream::connect(addr).expect("connect");
+    stuck
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("request");
+    let fast = sse(&format!("{b}/api/events?prefix=flood"));
+    let input = ZmqInput::connect(&broker);
+    let sub = Subscriber::connect(&broker);
+    sync(&sub, &input);
+    // About 12 MB: far more than the kernel's buffers and the stuck stream's 256 KiB hold. Sent
+    // 20 events (80 KB) at a time, each lot once the reading client has had the one before: it
+    // never falls behind by more than that, however busy the machine.
+    let pad = "x".repeat(4000);
+    let mut got = 0;
+    for lot in 0..150 {
+        for k in 0..20 {
+            let i = lot * 20 + k;
+            input.send_json(&json!(["flood.t", null, {"i": i, "pad": pad}, null]));
+        }
+        let last = lot * 20 + 19;
+        loop {
+            let v = fast
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("the reading SSE client stalled after {got} events"));
+            assert_eq!(v["data"]["i"], json!(got), "every event, in order");
+            got += 1;
+            if v["data"]["i"] == json!(last) {
+                break;
+            }
+        }
+    }
+    assert_eq!(got, 3000);
+    // The stuck one was let go: its queue was cut at its bound, and its connection closed (at
+    // once, or once its writes made no progress for the write timeout).
+    assert!(
+        closed_by_server(&mut stuck, Duration::from_secs(30)),
+        "the server still holds the connection of a client that never read"
+    );
+    let stats = broker.stats();
+    let counted = stats
+        .http_streams_dropped
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + stats
+            .http_write_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(counted >= 1, "the drop is counted");
+    assert_eq!(get(&format!("{b}/healthz")).0, 200);
+}
+
+#[test]
+fn things_the_directory_forgot_leave_the_http_side_too() {
+    let broker = spawn_broker(|c| {
+        with_http(c);
+        c.live_window = Duration::from_secs(1);
+        c.forget_after = Duration::from_secs(2);
+        // Things are forgotten as snapshots are taken.
+        c.snapshot_interval = Duration::from_secs(1);
+    });
+    let b = base(&broker);
+    // More than the 1,000 things of slack the HTTP side's copy may hold beyond the directory.
+    let input = ZmqInput::connect(&broker);
+    let rows: Vec<Value> = (0..3_000)
+        .map(|i| json!([format!("gone.t{i:04}"), null, i, null]))
+        .collect();
+    publish(&broker, &rows, "gone.t2999");
+    let stats = broker.stats();
+    // (Some of them may have been lost on the way in: a ZMQ sender drops beyond its queue.)
+    eventually(
+        Duration::from_secs(30),
+        "the directory to forget them",
+        || {
+            let forgotten = stats.forgotten.load(std::sync::atomic::Ordering::Relaxed);
+            let held = stats.things.load(std::sync::atomic::Ordering::Relaxed);
+            (forgotten >= 2_000 && held <= 5).then_some(())
+        },
+    );
+    let all = eventually(
+        Duration::from_secs(30),
+        "the HTTP side to forget them",
+        || {
+            input.send_json(&json!(["kept.one", null, 1, null]));
+            let all = get_json(&format!("{b}/api/things"));
+            (all.get("gone.t0000").is_none() && all.get("kept.one").is_some()).then_some(all)
+        },
+    );
+    assert!(
+        all.as_object().expect("object").len() < 10,
+        "only what the directory holds: {all}"
+    );
+    assert!(
+        stats
+            .http_mirror_reloads
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 }

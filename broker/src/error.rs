@@ -51,6 +51,9 @@ pub enum Error {
         /// What the system said.
         reason: String,
     },
+    /// The HTTP side's TLS or token files could not be used.
+    #[error("HTTP endpoint: {0}")]
+    Http(String),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] io::Error),

@@ -42,7 +42,7 @@ mod stats;
 mod udp_drops;
 
 pub use access::Cidr;
-pub use config::{ClusterAuth, ClusterConfig, Config};
+pub use config::{ClusterAuth, ClusterConfig, Config, HttpOptions};
 pub use endpoints::Endpoints;
 pub use error::Error;
 pub use health::Health;
