@@ -140,6 +140,21 @@ pub(crate) fn start(
         Some(path) => Some(Tokens::load(path).map_err(Error::Http)?),
         None => None,
     };
+    if !addr.ip().is_loopback() {
+        match (&tokens, &tls) {
+            (None, _) => tracing::warn!(
+                %addr,
+                "the HTTP endpoint is open beyond this machine without tokens: whoever reaches it \
+                 reads every thing (give --http-token-file, and --http-tls-cert/--http-tls-key)"
+            ),
+            (Some(_), None) => tracing::warn!(
+                %addr,
+                "the HTTP endpoint takes tokens beyond this machine without TLS: they cross the \
+                 network in clear (give --http-tls-cert and --http-tls-key)"
+            ),
+            (Some(_), Some(_)) => {}
+        }
+    }
     let mut names = opts.allowed_hosts.clone();
     names.extend(own_host_names());
     let access = Access {
