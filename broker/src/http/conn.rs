@@ -15,7 +15,7 @@ use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -26,6 +26,10 @@ use crate::stats::Stats;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes under way at once; connections beyond wait in the kernel's backlog.
 const HANDSHAKES: usize = 256;
+/// Connections open at once; more wait in the kernel's backlog. Well below the usual limit of
+/// 1,024 open files, so that HTTP clients cannot take the descriptors the broker's other
+/// sockets need.
+const CONNECTIONS: usize = 512;
 
 /// A socket whose writes fail with `TimedOut` once one has waited for `timeout`: a peer that
 /// stops reading fills its window and then this, instead of holding the connection forever.
@@ -35,15 +39,23 @@ pub(super) struct Timed {
     /// Armed while a write waits.
     stuck: Option<Pin<Box<Sleep>>>,
     stats: Arc<Stats>,
+    /// Its place among [`CONNECTIONS`], given back when it closes.
+    _place: OwnedSemaphorePermit,
 }
 
 impl Timed {
-    fn new(io: TcpStream, timeout: Duration, stats: Arc<Stats>) -> Timed {
+    fn new(
+        io: TcpStream,
+        timeout: Duration,
+        stats: Arc<Stats>,
+        place: OwnedSemaphorePermit,
+    ) -> Timed {
         Timed {
             io,
             timeout,
             stuck: None,
             stats,
+            _place: place,
         }
     }
 
@@ -193,7 +205,11 @@ async fn accept_loop(
     tx: mpsc::Sender<(Io, SocketAddr)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES));
+    let places = Arc::new(Semaphore::new(CONNECTIONS));
     loop {
+        let Ok(place) = places.clone().acquire_owned().await else {
+            return;
+        };
         let (socket, peer) = match tcp.accept().await {
             Ok(a) => a,
             Err(e) => {
@@ -204,7 +220,7 @@ async fn accept_loop(
             }
         };
         let _ = socket.set_nodelay(true);
-        let timed = Timed::new(socket, write_timeout, stats.clone());
+        let timed = Timed::new(socket, write_timeout, stats.clone(), place);
         match &tls {
             None => {
                 if tx.send((Io::Plain(timed), peer)).await.is_err() {

@@ -247,7 +247,11 @@ pub(crate) fn start(
 async fn keep_mirror_bounded(app: App, endpoints: Endpoints) {
     loop {
         tokio::time::sleep(MIRROR_CHECK).await;
-        let held = app.client().len() as u64;
+        // Counting walks the whole mirror: not on this runtime's only worker.
+        let client = app.client();
+        let held = tokio::task::spawn_blocking(move || client.len())
+            .await
+            .unwrap_or(0) as u64;
         let things = app.stats.things.load(Ordering::Relaxed);
         if held <= mirror_bound(things) {
             continue;
