@@ -209,7 +209,7 @@ fn a_slow_event_client_holds_nobody_up() {
     let addr = broker.endpoints().http.expect("http");
     let mut stuck = std::net::TcpStream::connect(addr).expect("connect");
     stuck
-        .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .expect("request");
     let fast = sse(&format!("{b}/api/events?prefix=flood"));
     let input = ZmqInput::connect(&broker);
@@ -377,7 +377,7 @@ fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
     let open: Vec<std::net::TcpStream> = (0..256)
         .map(|i| {
             let mut s = std::net::TcpStream::connect(addr).expect("connect");
-            s.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.write_all(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 .expect("request");
             s.set_read_timeout(Some(DEADLINE)).expect("timeout");
             let mut head = [0u8; 12];
@@ -399,5 +399,600 @@ fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
             Ok(r) => (r.status() == 200).then_some(()),
             Err(_) => None,
         }
+    });
+}
+
+/// Reads `s` until the server closes it (end of file or a reset); false if it is still open at
+/// the deadline.
+fn closed_by_server(s: &mut std::net::TcpStream, deadline: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let end = Instant::now() + deadline;
+    let mut buf = vec![0u8; 1 << 16];
+    while Instant::now() < end {
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_while_a_reader_keeps_receiving() {
+    let broker = spawn_broker(|c| {
+        with_http(c);
+        c.http_options.write_timeout = Duration::from_secs(2);
+        c.http_options.sse_queue_bytes = 256 * 1024;
+    });
+    let b = base(&broker);
+    eventually(DEADLINE, "readyz", || {
+        (get(&format!("{b}/readyz")).0 == 200).then_some(())
+    });
+    let addr = broker.endpoints().http.expect("http");
+    let mut stuck = std::net::TcpStream::connect(addr).expect("connect");
+    stuck
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("request");
+    let fast = sse(&format!("{b}/api/events?prefix=flood"));
+    let input = ZmqInput::connect(&broker);
+    let sub = Subscriber::connect(&broker);
+    sync(&sub, &input);
+    // About 12 MB: far more than the kernel's buffers and the stuck stream's 256 KiB hold. Sent
+    // 20 events (80 KB) at a time, each lot once the reading client has had the one before: it
+    // never falls behind by more than that, however busy the machine.
+    let pad = "x".repeat(4000);
+    let mut got = 0;
+    for lot in 0..150 {
+        for k in 0..20 {
+            let i = lot * 20 + k;
+            input.send_json(&json!(["flood.t", null, {"i": i, "pad": pad}, null]));
+        }
+        let last = lot * 20 + 19;
+        loop {
+            let v = fast
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("the reading SSE client stalled after {got} events"));
+            assert_eq!(v["data"]["i"], json!(got), "every event, in order");
+            got += 1;
+            if v["data"]["i"] == json!(last) {
+                break;
+            }
+        }
+    }
+    assert_eq!(got, 3000);
+    // The stuck one was let go: its queue was cut at its bound, and its connection closed (at
+    // once, or once its writes made no progress for the write timeout).
+    assert!(
+        closed_by_server(&mut stuck, Duration::from_secs(30)),
+        "the server still holds the connection of a client that never read"
+    );
+    let stats = broker.stats();
+    let counted = stats
+        .http_streams_dropped
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + stats
+            .http_write_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(counted >= 1, "the drop is counted");
+    assert_eq!(get(&format!("{b}/healthz")).0, 200);
+}
+
+#[test]
+fn things_the_directory_forgot_leave_the_http_side_too() {
+    let broker = spawn_broker(|c| {
+        with_http(c);
+        c.live_window = Duration::from_secs(1);
+        c.forget_after = Duration::from_secs(2);
+        // Things are forgotten as snapshots are taken.
+        c.snapshot_interval = Duration::from_secs(1);
+    });
+    let b = base(&broker);
+    // More than the 1,000 things of slack the HTTP side's copy may hold beyond the directory.
+    let input = ZmqInput::connect(&broker);
+    // One timestamp for all: the directory forgets them in one pass, so the HTTP side's fresh
+    // copy is not taken halfway (it would then keep up to its 1,000 of slack).
+    let ts = now();
+    let rows: Vec<Value> = (0..3_000)
+        .map(|i| json!([format!("gone.t{i:04}"), ts, i, null]))
+        .collect();
+    publish(&broker, &rows, "gone.t2999");
+    let stats = broker.stats();
+    // (Some of them may have been lost on the way in: a ZMQ sender drops beyond its queue.)
+    eventually(
+        Duration::from_secs(30),
+        "the directory to forget them",
+        || {
+            let forgotten = stats.forgotten.load(std::sync::atomic::Ordering::Relaxed);
+            let held = stats.things.load(std::sync::atomic::Ordering::Relaxed);
+            (forgotten >= 2_000 && held <= 5).then_some(())
+        },
+    );
+    let all = eventually(
+        Duration::from_secs(30),
+        "the HTTP side to forget them",
+        || {
+            input.send_json(&json!(["kept.one", null, 1, null]));
+            let all = get_json(&format!("{b}/api/things"));
+            (all.get("gone.t0000").is_none() && all.get("kept.one").is_some()).then_some(all)
+        },
+    );
+    assert!(
+        all.as_object().expect("object").len() < 10,
+        "only what the directory holds: {all}"
+    );
+    assert!(
+        stats
+            .http_mirror_reloads
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+// ---- Issue #22: TLS, tokens, Host names, the page's policy, commands ----
+
+const READ_TOKEN: &str = "read-0123456789abcdef0123456789";
+const COMMAND_TOKEN: &str = "command-0123456789abcdef012345";
+
+/// A directory of its own for one test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("thingsbus-http-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, made now: its PEM files in `dir`, and
+/// its DER for the clients to trust.
+fn certificate(dir: &std::path::Path) -> (PathBuf, PathBuf, Vec<u8>) {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).expect("write cert");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key");
+    (cert, key, made.cert.der().to_vec())
+}
+
+fn token_file(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("tokens");
+    std::fs::write(
+        &path,
+        format!("# who may look, who may switch\n{READ_TOKEN} read\n{COMMAND_TOKEN} command\n"),
+    )
+    .expect("write tokens");
+    path
+}
+
+/// An HTTP client that trusts `der` and does not follow redirects.
+fn https_agent(der: &[u8]) -> ureq::Agent {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+        .expect("a root");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    ureq::AgentBuilder::new()
+        .tls_config(std::sync::Arc::new(config))
+        .redirects(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+}
+
+/// Status, body and the `WWW-Authenticate` and `Set-Cookie` headers of a request.
+struct Answer {
+    code: u16,
+    body: String,
+    challenge: Option<String>,
+    cookie: Option<String>,
+    csp: Option<String>,
+}
+
+fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
+    let r = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    Answer {
+        code: r.status(),
+        challenge: r.header("www-authenticate").map(str::to_owned),
+        cookie: r.header("set-cookie").map(str::to_owned),
+        csp: r.header("content-security-policy").map(str::to_owned),
+        body: r.into_string().unwrap_or_default(),
+    }
+}
+
+fn secure_broker(name: &str) -> (Broker, Vec<u8>) {
+    let dir = scratch(name);
+    let (cert, key, der) = certificate(&dir);
+    let tokens = token_file(&dir);
+    let broker = spawn_broker(move |c| {
+        with_http(c);
+        c.http_options.tls_cert = Some(cert);
+        c.http_options.tls_key = Some(key);
+        c.http_options.token_file = Some(tokens);
+    });
+    (broker, der)
+}
+
+#[test]
+fn https_with_a_token_works_and_without_one_is_refused() {
+    let (broker, der) = secure_broker("tokens");
+    let b = format!("https://{}", broker.endpoints().http.expect("http"));
+    let agent = https_agent(&der);
+    // Health needs no token.
+    let a = answer(agent.get(&format!("{b}/healthz")).call());
+    assert_eq!((a.code, a.body.as_str()), (200, "ok\n"));
+    eventually(DEADLINE, "readyz", || {
+        (answer(agent.get(&format!("{b}/readyz")).call()).code == 200).then_some(())
+    });
+    publish_over(&broker, &agent, &b);
+    // Everything else does.
+    for path in [
+        "/",
+        "/api/things",
+        "/api/events",
+        "/metrics",
+        "/app.js",
+        "/api/session",
+    ] {
+        let a = answer(agent.get(&format!("{b}{path}")).call());
+        assert_eq!(a.code, 401, "{path}: {}", a.body);
+        assert_eq!(
+            a.challenge.as_deref(),
+            Some("Bearer realm=\"thingsbus\""),
+            "{path}"
+        );
+    }
+    let a = answer(
+        agent
+            .get(&format!("{b}/api/things"))
+            .set("Authorization", "Bearer not-a-token-of-this-broker")
+            .call(),
+    );
+    assert_eq!(a.code, 401);
+    assert!(a.challenge.unwrap_or_default().contains("invalid_token"));
+    for token in [READ_TOKEN, COMMAND_TOKEN] {
+        let a = answer(
+            agent
+                .get(&format!("{b}/api/things/secure.door"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .call(),
+        );
+        assert_eq!(a.code, 200, "{}", a.body);
+        let v: Value = serde_json::from_str(&a.body).expect("JSON");
+        assert_eq!(v["data"], json!({"open": true}));
+    }
+    // The page's way in: a form posts the token, which comes back as a cookie.
+    let login = answer(
+        agent
+            .post(&format!("{b}/login"))
+            .send_form(&[("token", READ_TOKEN)]),
+    );
+    assert_eq!(login.code, 303, "{}", login.body);
+    let cookie = login.cookie.expect("a cookie");
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Secure"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().expect("name=value").to_owned();
+    let a = answer(agent.get(&format!("{b}/")).set("Cookie", &pair).call());
+    assert_eq!(a.code, 200);
+    assert!(a.csp.unwrap_or_default().contains("script-src 'self'"));
+    let wrong = answer(
+        agent
+            .post(&format!("{b}/login"))
+            .send_form(&[("token", "wrong-0123456789abcdef")]),
+    );
+    assert_eq!(wrong.code, 401);
+    assert!(wrong.cookie.is_none());
+    // Plain HTTP on the HTTPS port gets nothing.
+    let plain = ureq::get(&format!(
+        "http://{}/healthz",
+        broker.endpoints().http.expect("http")
+    ))
+    .timeout(Duration::from_secs(10))
+    .call();
+    assert!(plain.is_err(), "{plain:?}");
+}
+
+/// Publishes `secure.door` and waits until the HTTPS side shows it.
+fn publish_over(broker: &Broker, agent: &ureq::Agent, b: &str) {
+    let input = ZmqInput::connect(broker);
+    eventually(DEADLINE, "the update to reach the HTTPS side", || {
+        input.send_json(&json!(["secure.door", null, {"open": true}, null]));
+        std::thread::sleep(Duration::from_millis(50));
+        let a = answer(
+            agent
+                .get(&format!("{b}/api/things/secure.door"))
+                .set("Authorization", &format!("Bearer {READ_TOKEN}"))
+                .call(),
+        );
+        (a.code == 200).then_some(())
+    });
+}
+
+/// A raw request with this `Host`: the status code.
+fn status_with_host(addr: SocketAddr, path: &str, host: &str) -> u16 {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut s, &mut head).expect("response head");
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .expect("a status code")
+}
+
+#[test]
+fn requests_for_unknown_host_names_are_refused() {
+    let broker = spawn_broker(|c| {
+        with_http(c);
+        c.http_options.allowed_hosts = vec!["broker.home".into(), "*.example.org".into()];
+    });
+    let addr = broker.endpoints().http.expect("http");
+    let port = addr.port();
+    // A rebound name: the browser believes it talks to evil.example.
+    assert_eq!(status_with_host(addr, "/api/things", "evil.example"), 421);
+    assert_eq!(
+        status_with_host(addr, "/", &format!("evil.example:{port}")),
+        421
+    );
+    assert_eq!(
+        status_with_host(addr, "/", "10.9.9.9"),
+        421,
+        "not an address it listens on"
+    );
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "broker.home".into(),
+        "lab.example.org:8080".into(),
+    ] {
+        assert_eq!(status_with_host(addr, "/api/things", &host), 200, "{host}");
+    }
+    // Probes reach health by any name.
+    assert_eq!(status_with_host(addr, "/healthz", "evil.example"), 200);
+}
+
+/// A lamp served with the adaptor library: `{"on": bool}` switches it, and it publishes its
+/// new state.
+fn lamp(broker: &Broker) -> thingsbus_adaptor::Adaptor {
+    let a = thingsbus_adaptor::Adaptor::builder("web.lamp")
+        .url(&broker.endpoints().input)
+        .command_url(&broker.endpoints().command)
+        .connect_blocking()
+        .expect("adaptor");
+    let me = a.clone();
+    a.serve("", move |_, data, _| {
+        let me = me.clone();
+        async move {
+            let on = data
+                .get("on")
+                .and_then(Value::as_bool)
+                .ok_or_else(|| "say {\"on\": true} or false".to_owned())?;
+            let state = json!({"on": on, "level": 3});
+            me.send(&state).map_err(|e| e.to_string())?;
+            Ok(state)
+        }
+    })
+    .expect("serve");
+    eventually(DEADLINE, "the lamp to be served", || {
+        a.is_serving().then_some(())
+    });
+    a
+}
+
+/// Posts a command; status and JSON answer.
+fn post_command(
+    agent: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
+    let mut req = agent.post(url).set("Content-Type", content_type);
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let a = answer(req.send_string(body));
+    (
+        a.code,
+        serde_json::from_str(&a.body).unwrap_or(Value::String(a.body)),
+    )
+}
+
+#[test]
+fn the_command_endpoint_switches_a_served_thing_from_this_machine() {
+    let broker = spawn_broker(with_http);
+    let b = base(&broker);
+    let lamp = lamp(&broker);
+    eventually(DEADLINE, "the lamp's first state", || {
+        lamp.send(&json!({"on": true, "level": 3})).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        (get(&format!("{b}/api/things/web.lamp")).0 == 200).then_some(())
+    });
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(20))
+        .build();
+    let url = format!("{b}/api/things/web.lamp/command");
+    let (code, reply) = post_command(&agent, &url, None, "application/json", r#"{"on": false}"#);
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(
+        reply,
+        json!({"ok": true, "data": {"on": false, "level": 3}})
+    );
+    eventually(DEADLINE, "the lamp's new state", || {
+        (get_json(&format!("{b}/api/things/web.lamp"))["data"]["on"] == json!(false)).then_some(())
+    });
+    // The thing's own refusal, nobody serving, and what the endpoint itself refuses.
+    let (code, reply) = post_command(&agent, &url, None, "application/json", r#"{"off": 1}"#);
+    assert_eq!(
+        (code, reply["error"].clone()),
+        (422, json!("say {\"on\": true} or false"))
+    );
+    let (code, reply) = post_command(
+        &agent,
+        &format!("{b}/api/things/nobody.home/command"),
+        None,
+        "application/json",
+        "{}",
+    );
+    assert_eq!((code, reply["error"].clone()), (404, json!("no_route")));
+    let (code, _) = post_command(&agent, &url, None, "text/plain", r#"{"on": true}"#);
+    assert_eq!(
+        code, 415,
+        "a form or text/plain post (cross-site without asking) is refused"
+    );
+    let (code, _) = post_command(&agent, &url, None, "application/json", "{on");
+    assert_eq!(code, 400);
+    let session = get_json(&format!("{b}/api/session"));
+    assert_eq!(session["command"], json!(true), "{session}");
+}
+
+#[test]
+fn the_command_endpoint_needs_a_command_token_or_an_allowed_address() {
+    // No token file, and this machine is not among --allow-command.
+    let broker = spawn_broker(|c| {
+        with_http(c);
+        c.allow_command = vec!["10.0.0.0/8".parse().expect("range")];
+    });
+    let b = base(&broker);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(20))
+        .build();
+    let (code, reply) = post_command(
+        &agent,
+        &format!("{b}/api/things/web.lamp/command"),
+        None,
+        "application/json",
+        r#"{"on": false}"#,
+    );
+    assert_eq!((code, reply["error"].clone()), (403, json!("not_allowed")));
+    assert_eq!(
+        get_json(&format!("{b}/api/session"))["command"],
+        json!(false)
+    );
+
+    // Tokens: only a command token switches.
+    let (broker, der) = secure_broker("command");
+    let b = format!("https://{}", broker.endpoints().http.expect("http"));
+    let agent = https_agent(&der);
+    let lamp = lamp(&broker);
+    let url = format!("{b}/api/things/web.lamp/command");
+    let body = r#"{"on": false}"#;
+    let (code, _) = post_command(&agent, &url, None, "application/json", body);
+    assert_eq!(code, 401);
+    let (code, reply) = post_command(&agent, &url, Some(READ_TOKEN), "application/json", body);
+    assert_eq!(
+        (code, reply["error"].clone()),
+        (403, json!("not_allowed")),
+        "{reply}"
+    );
+    let (code, reply) = post_command(&agent, &url, Some(COMMAND_TOKEN), "application/json", body);
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["data"]["on"], json!(false));
+    drop(lamp);
+}
+
+#[test]
+fn the_page_over_https_with_a_token_switches_a_lamp_and_shows_no_script_links() {
+    require_peers!(peers::CHROMIUM, peers::PLAYWRIGHT);
+    let (broker, der) = secure_broker("page");
+    let addr = broker.endpoints().http.expect("http");
+    let b = format!("https://{addr}");
+    let agent = https_agent(&der);
+    let lamp = lamp(&broker);
+    let input = ZmqInput::connect(&broker);
+    let things = |ns: &str| {
+        answer(
+            agent
+                .get(&format!("{b}/api/things/{ns}"))
+                .set("Authorization", &format!("Bearer {READ_TOKEN}"))
+                .call(),
+        )
+        .code
+            == 200
+    };
+    eventually(DEADLINE, "the things at the HTTPS side", || {
+        lamp.send(&json!({"on": true, "level": 3})).expect("send");
+        input.send_json(&json!([
+            "web.evil",
+            null,
+            1,
+            "javascript:alert(document.domain)"
+        ]));
+        input.send_json(&json!(["web.good", null, 2, "https://wiki/Good"]));
+        std::thread::sleep(Duration::from_millis(50));
+        (things("web.lamp") && things("web.evil") && things("web.good")).then_some(())
+    });
+    eventually(DEADLINE, "the lamp among the served prefixes", || {
+        let a = answer(
+            agent
+                .get(&format!("{b}/api/session"))
+                .set("Authorization", &format!("Bearer {COMMAND_TOKEN}"))
+                .call(),
+        );
+        a.body.contains("web.lamp").then_some(())
+    });
+    let mut node = Command::new("node")
+        .arg(web_dir().join("secure.mjs"))
+        .arg(format!("{b}/"))
+        .arg(COMMAND_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let out = BufReader::new(node.stdout.take().expect("stdout"));
+    let lines: Vec<String> = out.lines().map_while(Result::ok).collect();
+    let status = node.wait().expect("node exits");
+    let text = lines.join("\n");
+    assert!(status.success(), "{text}");
+    for want in [
+        "first 401",
+        "ready",
+        "docs web.evil links=0 javascript:alert(document.domain)",
+        "docs web.good links=1 https://wiki/Good",
+        "button on: on",
+        "switched on: off",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "the browser did not say {want:?}:\n{text}"
+        );
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("csp ") || l.starts_with("pageerror ")),
+        "{text}"
+    );
+    eventually(DEADLINE, "the lamp off", || {
+        let a = answer(
+            agent
+                .get(&format!("{b}/api/things/web.lamp"))
+                .set("Authorization", &format!("Bearer {READ_TOKEN}"))
+                .call(),
+        );
+        a.body.contains("\"on\":false").then_some(())
     });
 }

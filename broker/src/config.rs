@@ -65,6 +65,8 @@ pub struct Config {
     pub http: Option<std::net::SocketAddr>,
     /// With `http`: also one Prometheus series per thing (its last update time).
     pub http_thing_metrics: bool,
+    /// With `http`: TLS, tokens, allowed Host names and the limits of event streams.
+    pub http_options: HttpOptions,
     /// Share the directory with other brokers through NATS JetStream; `None` for a broker on
     /// its own (no NATS code runs). Needs the `cluster` cargo feature (on by default).
     pub cluster: Option<ClusterConfig>,
@@ -117,6 +119,7 @@ impl Default for Config {
             fault: None,
             http: None,
             http_thing_metrics: false,
+            http_options: HttpOptions::default(),
             cluster: None,
             command_port: None,
             allow_command: loopback(),
@@ -145,6 +148,41 @@ impl Config {
             command_port: Some(0),
 
             ..Config::default()
+        }
+    }
+}
+
+/// The HTTP side's protections and limits (`--http-tls-cert` and friends). The default serves
+/// plain HTTP without tokens, as before.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// A PEM file with the server's certificate chain: with `tls_key`, the HTTP side speaks
+    /// HTTPS only.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// A PEM file with the certificate's private key.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// A file of bearer tokens, one `TOKEN read` or `TOKEN command` a line: with it, every path
+    /// but `/healthz` and `/readyz` needs a token.
+    pub token_file: Option<std::path::PathBuf>,
+    /// Host names (or `*` for any) a request's `Host` may name besides `localhost` and the
+    /// addresses the server listens on; others are refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Bytes of events that may wait for one event-stream client before it is dropped.
+    pub sse_queue_bytes: usize,
+    /// A connection whose writes make no progress for this long is closed (a client that
+    /// does not read).
+    pub write_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            tls_cert: None,
+            tls_key: None,
+            token_file: None,
+            allowed_hosts: Vec::new(),
+            sse_queue_bytes: 1 << 20,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -59,6 +59,9 @@ pub enum Error {
         /// What is wrong, naming the table and field.
         reason: String,
     },
+    /// The HTTP side's TLS or token files could not be used.
+    #[error("HTTP endpoint: {0}")]
+    Http(String),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] io::Error),

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::config::Config;
 use crate::endpoints::Endpoints;
 use crate::error::Error;
 use crate::stats::Stats;
@@ -16,7 +17,7 @@ pub(crate) fn start(
     _: &Endpoints,
     _: Arc<Stats>,
     _: Arc<AtomicBool>,
-    _: bool,
+    _: &Config,
 ) -> Result<(JoinHandle<()>, SocketAddr), Error> {
     Err(Error::FeatureMissing {
         flag: "--http",

@@ -47,7 +47,7 @@ mod udp_drops;
 
 pub use access::Cidr;
 pub use auth::AuthCell;
-pub use config::{ClusterAuth, ClusterConfig, ClusterTls, Config};
+pub use config::{ClusterAuth, ClusterConfig, ClusterTls, Config, HttpOptions};
 pub use endpoints::Endpoints;
 pub use error::Error;
 pub use health::Health;

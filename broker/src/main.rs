@@ -93,8 +93,8 @@ struct Args {
     fsync_interval: f64,
 
     /// Serve metrics (/metrics), health (/healthz, /readyz), the directory as JSON (/api/things),
-    /// live events (/api/events, Server-Sent Events) and a web page (/) on this address, e.g.
-    /// 127.0.0.1:8080. Read-only. Off unless given.
+    /// live events (/api/events, Server-Sent Events), a web page (/) and commands to things
+    /// (POST /api/things/NS/command) on this address, e.g. 127.0.0.1:8080. Off unless given.
     #[arg(long, env = "THINGSBUS_HTTP", value_name = "ADDR:PORT")]
     http: Option<std::net::SocketAddr>,
 
@@ -102,6 +102,54 @@ struct Args {
     /// make many series).
     #[arg(long, env = "THINGSBUS_HTTP_THING_METRICS")]
     http_thing_metrics: bool,
+
+    /// With --http: serve HTTPS only, with the certificate chain in this PEM file (give
+    /// --http-tls-key too).
+    #[arg(
+        long,
+        env = "THINGSBUS_HTTP_TLS_CERT",
+        value_name = "PATH",
+        requires = "http_tls_key"
+    )]
+    http_tls_cert: Option<std::path::PathBuf>,
+
+    /// With --http-tls-cert: the certificate's private key, a PEM file.
+    #[arg(
+        long,
+        env = "THINGSBUS_HTTP_TLS_KEY",
+        value_name = "PATH",
+        requires = "http_tls_cert"
+    )]
+    http_tls_key: Option<std::path::PathBuf>,
+
+    /// With --http: every path but /healthz and /readyz needs a token from this file, one
+    /// `TOKEN read` or `TOKEN command` a line (`#` comments), sent as `Authorization: Bearer
+    /// TOKEN` (the page asks for it once and keeps it in a cookie). Only `command` tokens may
+    /// send commands.
+    #[arg(long, env = "THINGSBUS_HTTP_TOKEN_FILE", value_name = "PATH")]
+    http_token_file: Option<std::path::PathBuf>,
+
+    /// With --http: more names that requests may carry in their Host header, comma-separated
+    /// (`*.example.org` for the names below it, `*` for any). Always allowed: localhost, this
+    /// machine's name, and the addresses the server listens on. Others get 421 (against DNS
+    /// rebinding).
+    #[arg(
+        long,
+        env = "THINGSBUS_HTTP_ALLOWED_HOSTS",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    http_allowed_hosts: Vec<String>,
+
+    /// With --http: a client whose writes make no progress for this many seconds (it does not
+    /// read) is disconnected.
+    #[arg(long, env = "THINGSBUS_HTTP_WRITE_TIMEOUT", default_value_t = 30.0, value_parser = positive_secs)]
+    http_write_timeout: f64,
+
+    /// With --http: bytes of events that may wait for one event-stream client; one further
+    /// behind is dropped (its browser reconnects).
+    #[arg(long, env = "THINGSBUS_HTTP_SSE_QUEUE_BYTES", default_value_t = 1 << 20)]
+    http_sse_queue_bytes: u64,
 
     /// Share one directory with the other brokers on these NATS servers (JetStream key-value),
     /// comma-separated, e.g. nats://10.0.0.5:4222,nats://10.0.0.6:4222. Off unless given.
@@ -389,6 +437,14 @@ fn config(args: &Args) -> Config {
             accept_nodes: args.cluster_accept_nodes.clone(),
         }),
         http_thing_metrics: args.http_thing_metrics,
+        http_options: thingsbus_broker::HttpOptions {
+            tls_cert: args.http_tls_cert.clone(),
+            tls_key: args.http_tls_key.clone(),
+            token_file: args.http_token_file.clone(),
+            allowed_hosts: args.http_allowed_hosts.clone(),
+            sse_queue_bytes: usize::try_from(args.http_sse_queue_bytes).unwrap_or(usize::MAX),
+            write_timeout: Duration::from_secs_f64(args.http_write_timeout),
+        },
         allow_command: args.allow_command.clone(),
         allow_serve: args.allow_serve.clone(),
         auth_file: args.auth_file.clone(),

@@ -401,13 +401,8 @@ impl Broker {
         })?;
 
         if let Some(addr) = config.http {
-            let (thread, bound) = crate::http::start(
-                addr,
-                &endpoints,
-                stats.clone(),
-                stop.clone(),
-                config.http_thing_metrics,
-            )?;
+            let (thread, bound) =
+                crate::http::start(addr, &endpoints, stats.clone(), stop.clone(), &config)?;
             threads.handles.push(thread);
             endpoints.http = Some(bound);
         }

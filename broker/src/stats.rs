@@ -156,6 +156,15 @@ counters! {
         /// With `--state-file`: true while the file misses what the broker accepted (a write
         /// failed, or batches were dropped), until a compaction rewrites it; `/healthz` says why.
         journal_failing: Flag, "journal.failing", "thingsbus_journal_failing";
+        /// With `--http`: connections closed because a write made no progress for the write
+        /// timeout (a client that does not read).
+        http_write_timeouts: Counter, "http_write_timeouts", "thingsbus_http_write_timeouts_total";
+        /// With `--http`: event streams dropped because more events waited for them than their
+        /// queue holds (in bytes or in events).
+        http_streams_dropped: Counter, "http_streams_dropped", "thingsbus_http_streams_dropped_total";
+        /// With `--http`: times the HTTP side's copy of the directory was loaded afresh because it
+        /// held too many things the directory had forgotten.
+        http_mirror_reloads: Counter, "http_mirror_reloads", "thingsbus_http_mirror_reloads_total";
     }
     also {
         /// Input messages dropped, indexed like [`Reason::all`].

@@ -5,6 +5,14 @@ import { chromium } from "playwright-core";
 import readline from "node:readline";
 
 const url = process.argv[2];
+
+async function until(check, ms) {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error("timed out");
+    await new Promise(r => setTimeout(r, 100));
+  }
+}
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -14,11 +22,9 @@ try {
   const page = await browser.newPage();
   page.on("pageerror", e => console.log("pageerror " + e.message));
   await page.goto(url);
-  await page.waitForFunction(
-    () => /\d+ things · live/.test(document.getElementById("status").textContent),
-    null,
-    { timeout: 60000 },
-  );
+  // Polled from here: waitForFunction evaluates a string in the page, which its
+  // Content-Security-Policy forbids.
+  await until(async () => /\d+ things · live/.test(await page.textContent("#status")), 60000);
   const rows = await page.evaluate(() => document.querySelectorAll("#things tr").length);
   console.log(`ready ${rows}`);
   const lines = readline.createInterface({ input: process.stdin });
