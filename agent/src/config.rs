@@ -136,6 +136,7 @@ pub enum Action {
 
 /// What a rule is.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a handful per file, built once
 pub enum RuleKind {
     /// `when` / `for` / `then` / `else`.
     Condition {

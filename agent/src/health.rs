@@ -61,6 +61,8 @@ struct State {
     rules: BTreeMap<String, RuleHealth>,
     last_errors: VecDeque<String>,
     reloads: u64,
+    reload_failures: u64,
+    last_reload_error: Option<String>,
 }
 
 /// Shared by every task of a running agent.
@@ -143,9 +145,13 @@ impl Health {
         });
     }
 
-    /// The configuration was reloaded this many times.
-    pub fn set_reloads(&self, n: u64) {
-        self.with(|s| s.reloads = n);
+    /// The configuration was reloaded `ok` times and refused `failed` times (the last error).
+    pub fn set_reloads(&self, ok: u64, failed: u64, last_error: Option<&str>) {
+        self.with(|s| {
+            s.reloads = ok;
+            s.reload_failures = failed;
+            s.last_reload_error = last_error.map(str::to_owned);
+        });
     }
 
     /// The thing's value; clears the "changed" mark.

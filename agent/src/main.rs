@@ -107,7 +107,8 @@ fn run(file: PathBuf) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut agent = Agent::start(config).await?;
         tracing::info!(file = %file.display(), "agent running");
-        let mut reloads = 0;
+        let (mut reloads, mut failures) = (0, 0);
+        let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
                 _ = hup.recv() => match Config::load(&file) {
@@ -115,10 +116,13 @@ fn run(file: PathBuf) -> anyhow::Result<()> {
                         agent.stop();
                         agent = Agent::start(new).await?;
                         reloads += 1;
-                        agent.health().set_reloads(reloads);
+                        agent.health().set_reloads(reloads, failures, last_error.as_deref());
                         tracing::info!(file = %file.display(), "reloaded");
                     }
                     Err(e) => {
+                        failures += 1;
+                        last_error = Some(e.to_string());
+                        agent.health().set_reloads(reloads, failures, last_error.as_deref());
                         tracing::error!("{}: not reloaded, the running configuration stays:\n{e}", file.display());
                     }
                 },

@@ -52,9 +52,11 @@ impl Template {
                         match chars.next() {
                             Some('}') => break,
                             Some(c) => name.push(c),
-                            None => return Err(format!(
+                            None => {
+                                return Err(format!(
                                 "{s:?}: `{{` is not closed; write {{field}}, or {{{{ for a brace"
-                            )),
+                            ))
+                            }
                         }
                     }
                     let ok = name
