@@ -420,3 +420,63 @@ fn sighup_reloads_and_a_bad_file_keeps_the_running_one() {
     });
     assert!(h["polls"].get("first").is_none(), "{h}");
 }
+
+#[test]
+fn a_rule_calls_a_webhook() {
+    let broker = spawn_broker(quiet);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = got.clone();
+    rt.spawn(async move {
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().expect("lock").push(body);
+                    "ok"
+                }
+            }),
+        );
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = scratch("webhook");
+    let file = dir.join("agent.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}base = \"kitchen\"\n\n[[rule]]\nname = \"door\"\nwhen = \"kitchen.door\"\n\
+             then = {{ webhook = \"http://{addr}/hook\", data = {{ door = \"open\" }} }}\n",
+            broker_line(&broker)
+        ),
+    )
+    .expect("write");
+    let _agent = start_agent(&file);
+    let c = client(&broker);
+    eventually(DEADLINE, "the agent's health thing", || {
+        value(&c, "kitchen.agent")
+    });
+    let door = Adaptor::builder("kitchen.door")
+        .url(&broker.endpoints().input)
+        .connect_blocking()
+        .expect("adaptor");
+    eventually(DEADLINE, "the webhook called", || {
+        if value(&c, "kitchen.door").is_none() {
+            door.send(&json!(true)).expect("send");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        got.lock().expect("lock").first().cloned()
+    });
+    assert_eq!(
+        got.lock().expect("lock").clone(),
+        vec![json!({"door": "open"})]
+    );
+    let h = eventually(DEADLINE, "the webhook's status in health", || {
+        value(&c, "kitchen.agent").filter(|h| h["rules"]["door"]["last_outcome"] == 200)
+    });
+    assert_eq!(h["rules"]["door"]["fired"], 1);
+}
