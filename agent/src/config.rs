@@ -87,6 +87,8 @@ pub enum ServeAction {
         /// What is written.
         write: Template,
     },
+    /// POSTs the command's data (JSON) to a URL; the reply's body is the command's reply.
+    Http(String),
 }
 
 /// One `[[serve]]`.
@@ -265,6 +267,7 @@ struct RawServe {
     command: Option<S<Vec<String>>>,
     file: Option<String>,
     write: Option<S<String>>,
+    http: Option<String>,
     timeout: Option<S<String>>,
     concurrency: Option<S<i64>>,
 }
@@ -631,8 +634,19 @@ impl Config {
                 Some(n) => usize::try_from(*n.get_ref()).unwrap_or(1),
                 None => 4,
             };
-            let action = match (&s.command, &s.file) {
-                (Some(argv), None) => {
+            let action = match (&s.command, &s.file, &s.http) {
+                (None, None, Some(url)) => {
+                    if url.starts_with("http://") || url.starts_with("https://") {
+                        Some(ServeAction::Http(url.clone()))
+                    } else {
+                        c.error(
+                            line,
+                            format!("http: {url:?} is not an http:// or https:// URL"),
+                        );
+                        None
+                    }
+                }
+                (Some(argv), None, None) => {
                     let l = c.line(argv);
                     if s.write.is_some() {
                         c.error(
@@ -658,7 +672,7 @@ impl Config {
                         (parts.len() == argv.len()).then_some(ServeAction::Command(parts))
                     }
                 }
-                (None, Some(f)) => match &s.write {
+                (None, Some(f), None) => match &s.write {
                     Some(w) => match Template::parse(w.get_ref()) {
                         Ok(write) => Some(ServeAction::File {
                             path: PathBuf::from(f),
@@ -676,7 +690,7 @@ impl Config {
                     }
                 },
                 _ => {
-                    c.error(line, "serve: give exactly one action: `command` (argv template) or `file` (with `write`)");
+                    c.error(line, "serve: give exactly one action: `command` (argv template), `file` (with `write`) or `http` (a URL to POST the data to)");
                     None
                 }
             };

@@ -1,5 +1,6 @@
 //! Served things: a command to `<base>.<ns>` (or below) runs a program whose arguments are
-//! filled from the command's data, or writes a file; the outcome is the command's reply.
+//! filled from the command's data, writes a file, or POSTs the data to a URL; the outcome is
+//! the command's reply.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,24 @@ pub async fn act(action: &ServeAction, data: &Value, timeout: Duration) -> Resul
                 .map_err(|_| format!("writing {} took longer than {timeout:?}", path.display()))?
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             Ok(json!({"written": text}))
+        }
+        ServeAction::Http(url) => {
+            let url = url.clone();
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || {
+                let reply = ureq::AgentBuilder::new()
+                    .timeout(timeout)
+                    .build()
+                    .post(&url)
+                    .send_json(&data)
+                    .map_err(|e| format!("POST {url}: {e}"))?;
+                let body = reply
+                    .into_string()
+                    .map_err(|e| format!("POST {url}: reading the reply: {e}"))?;
+                Ok(parse_output(&body))
+            })
+            .await
+            .map_err(|e| format!("the HTTP call stopped: {e}"))?
         }
     }
 }

@@ -199,6 +199,20 @@ fn polls_http_with_a_jq_pick() {
 #[test]
 fn serves_commands_with_templates_and_refuses_injection() {
     let broker = spawn_broker(quiet);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    rt.spawn(async move {
+        let app = axum::Router::new().route(
+            "/act",
+            axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+                axum::Json(json!({"did": body}))
+            }),
+        );
+        let _ = axum::serve(listener, app).await;
+    });
     let dir = scratch("serve");
     let gpio = dir.join("gpio17-value");
     let file = dir.join("agent.toml");
@@ -209,7 +223,8 @@ fn serves_commands_with_templates_and_refuses_injection() {
              [[serve]]\nns = \"echo\"\ncommand = [\"printf\", \"%s\", \"{{text}}\"]\ntimeout = \"5s\"\n\n\
              [[serve]]\nns = \"slow\"\ncommand = [\"sleep\", \"{{secs}}\"]\ntimeout = \"300ms\"\n\n\
              [[serve]]\nns = \"fail\"\ncommand = [\"sh\", \"-c\", \"echo no such device >&2; exit 4\"]\n\n\
-             [[serve]]\nns = \"led\"\nfile = \"{}\"\nwrite = \"{{on}}\"\n",
+             [[serve]]\nns = \"led\"\nfile = \"{}\"\nwrite = \"{{on}}\"\n\n\
+             [[serve]]\nns = \"web\"\nhttp = \"http://{addr}/act\"\n",
             broker_line(&broker),
             gpio.display()
         ),
@@ -263,6 +278,11 @@ fn serves_commands_with_templates_and_refuses_injection() {
         json!({"written": "1"})
     );
     assert_eq!(std::fs::read_to_string(&gpio).expect("read"), "1");
+    assert_eq!(
+        c.command_blocking("kitchen.web", &json!({"level": 3}), T)
+            .expect("reply"),
+        json!({"did": {"level": 3}})
+    );
     let health = eventually(DEADLINE, "serve counts in health", || {
         value(&c, "kitchen.agent").filter(|h| h["serves"]["echo"]["failed"] == 5)
     });
