@@ -243,3 +243,69 @@ fn over_udp_a_board_without_a_key_serves_only_what_the_anonymous_rights_give() {
     assert_eq!(broker.stats().refused_by("anonymous", "not_permitted"), 1);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_board_that_signs_publishes_what_its_table_gives_and_nothing_is_replayed() {
+    use thingsbus_protocol::signed::{seal_to_vec, BoardSecret, Direction};
+    let dir = scratch("boards");
+    let secret = [0x42u8; 32];
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    // Anonymous peers may read but publish nothing: only the signed board gets in over UDP.
+    let path = auth_file(
+        &dir,
+        &format!(
+            "[anonymous]\nread = true\npublish = [\"test.probe\"]\n\
+             [boards.garden-esp]\nsecret = \"{hex}\"\npublish = [\"garden\"]\n"
+        ),
+    );
+    let broker = spawn_broker(with_auth(path));
+    let sub = Subscriber::connect(&broker);
+    let udp = UdpInput::new(&broker);
+    sync(&sub, &udp);
+    let key = BoardSecret::from_bytes(secret);
+    let signed = |name: &str, counter: u32, ns: &str, key: &BoardSecret| {
+        let payload = rmp_serde::to_vec(&json!([ns, null, counter, null])).expect("msgpack");
+        seal_to_vec(Direction::ToBroker, name, 7, counter, &payload, key).expect("seal")
+    };
+    let stats = broker.stats();
+
+    udp.send(&signed("garden-esp", 1, "garden.rain", &key));
+    assert_eq!(
+        sub.update_for("garden.rain")["data"],
+        1,
+        "signed, in its rights"
+    );
+    let first = signed("garden-esp", 2, "garden.rain", &key);
+    udp.send(&first);
+    assert_eq!(sub.update_for("garden.rain")["data"], 2);
+    udp.send(&first);
+    sub.assert_no_update_before_probe("garden.rain", &udp);
+    assert_eq!(
+        stats.refused_by("garden-esp", "replayed"),
+        1,
+        "the replay refused"
+    );
+
+    udp.send(&signed("garden-esp", 3, "kitchen.door", &key));
+    sub.assert_no_update_before_probe("kitchen.door", &udp);
+    assert_eq!(stats.refused_by("garden-esp", "not_permitted"), 1);
+
+    let wrong = BoardSecret::from_bytes([0x43; 32]);
+    udp.send(&signed("garden-esp", 4, "garden.rain", &wrong));
+    sub.assert_no_update_before_probe("garden.rain", &udp);
+    assert_eq!(stats.refused_by("garden-esp", "bad_mac"), 1);
+    udp.send(&signed("stranger", 1, "garden.rain", &key));
+    sub.assert_no_update_before_probe("garden.rain", &udp);
+    assert_eq!(stats.refused_by("(unknown board)", "unknown_board"), 1);
+
+    // The same update unsigned: anonymous peers may not publish garden.
+    udp.send_msgpack(&json!(["garden.rain", null, 99, null]));
+    sub.assert_no_update_before_probe("garden.rain", &udp);
+    assert_eq!(stats.refused_by("anonymous", "not_permitted"), 1);
+    let bad = stats
+        .rejected_by_reason()
+        .find(|(r, _)| r.as_str() == "bad_signature")
+        .map_or(0, |(_, n)| n);
+    assert_eq!(bad, 3, "replayed, bad MAC and unknown board");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -28,6 +28,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 use thingsbus_protocol::namespace::{is_within_str, Namespace};
+use thingsbus_protocol::signed::BoardSecret;
 
 use crate::error::Error;
 
@@ -78,17 +79,6 @@ pub(crate) struct Rights {
     pub(crate) command: Patterns,
 }
 
-/// A board's shared secret for signed datagrams.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct BoardSecret(pub(crate) [u8; 32]);
-
-impl std::fmt::Debug for BoardSecret {
-    // Never print a secret.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BoardSecret(..)")
-    }
-}
-
 /// A board: its secret and its rights.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Board {
@@ -104,7 +94,6 @@ pub(crate) enum Who<'a> {
     /// A CURVE client key, by its name in the file.
     Key(&'a str),
     /// A board that signed its datagram, by its name in the file.
-    #[allow(dead_code)]
     Board(&'a str),
 }
 
@@ -255,7 +244,7 @@ impl Auth {
             boards.insert(
                 name,
                 Board {
-                    secret: BoardSecret(secret),
+                    secret: BoardSecret::from_bytes(secret),
                     rights,
                 },
             );
@@ -297,8 +286,6 @@ impl Auth {
     }
 
     /// A board, by name.
-    // Used by the signed datagrams' verifier, which is not wired into ingest yet.
-    #[allow(dead_code)]
     pub(crate) fn board(&self, name: &str) -> Option<&Board> {
         self.boards.get(name)
     }
@@ -443,7 +430,7 @@ publish = ["garden"]
         assert!(!ops.read, "a right left out is not given");
         assert!(ops.command.covers("kitchen.door.lock") && !ops.command.covers("kitchen"));
         assert!(a.may_publish(Who::Board("garden-esp"), "garden.rain"));
-        assert_eq!(a.board("garden-esp").unwrap().secret.0, [0xab; 32]);
+        assert!(a.board("garden-esp").unwrap().secret == BoardSecret::from_bytes([0xab; 32]));
         assert!(!a.may_publish(Who::Key("nobody"), "kitchen"));
         assert!(a.key_name(&[0u8; 32]).is_none() && a.key_name(b"short").is_none());
     }

@@ -18,6 +18,7 @@ use thingsbus_protocol::transport::{self, Event};
 use thingsbus_protocol::{Directory, Limits, NamespaceRef, Rejection, Timestamp, UpdateRef};
 
 use crate::auth::{AuthCell, AuthView, Who};
+use crate::board_auth::BoardAuth;
 use crate::reason::Reason;
 
 use crate::access::{AllowList, RateLimiter};
@@ -111,6 +112,8 @@ pub(crate) struct Ingest {
     /// With `--auth-file`: the rights in force, and the key name of the ZMQ message at hand.
     auth: Option<AuthView>,
     key: String,
+    /// With `--auth-file`: the replay state of boards that sign their datagrams.
+    board_auth: BoardAuth,
 }
 
 /// With an auth file, whether `who` may publish `ns` (without one, everyone may).
@@ -206,6 +209,7 @@ impl Ingest {
             cluster,
             auth: None,
             key: String::new(),
+            board_auth: BoardAuth::new(4096),
         }
     }
 
@@ -509,11 +513,45 @@ impl Ingest {
                 self.reject(Rejection::TooLarge, Source::Udp(from), len, &[]);
                 continue;
             }
-            let datagram = &buf[..len];
+            let mut datagram = &buf[..len];
+            let mut who = Who::Anonymous;
+            // With an auth file, a signed datagram is checked and unwrapped; without one it is
+            // not MessagePack, and dropped as 0.2.x brokers drop it.
+            let mut refused = None;
+            if let Some(view) = self
+                .auth
+                .as_mut()
+                .filter(|_| BoardAuth::is_signed(datagram))
+            {
+                let auth = view.get();
+                let lookup = |name: &str| auth.board(name).map(|b| b.secret.clone());
+                match self.board_auth.verify(datagram, from, lookup) {
+                    Ok(signed) => {
+                        datagram = signed.payload;
+                        who = Who::Board(signed.board);
+                    }
+                    Err(refusal) => {
+                        // Counted by board when the file knows the name (a name made up by a
+                        // sender must not grow the counts).
+                        let name = thingsbus_protocol::signed::parse(datagram)
+                            .ok()
+                            .map(|s| s.name)
+                            .filter(|n| auth.board(n).is_some())
+                            .unwrap_or("(unknown board)");
+                        refused = Some((name.to_owned(), refusal.as_str()));
+                    }
+                }
+            }
+            if let Some((name, why)) = refused {
+                self.stats.refuse_by(&name, why);
+                let head = &buf[..len.min(48)];
+                self.reject(Reason::BadSignature, Source::Udp(from), len, head);
+                continue;
+            }
             let taken = match decode_msgpack_input(datagram, &self.limits) {
-                Ok(update) if !permitted(&mut self.auth, Who::Anonymous, update.ns.as_str()) => {
+                Ok(update) if !permitted(&mut self.auth, who, update.ns.as_str()) => {
                     self.stats
-                        .refuse_by(Who::Anonymous.label(), Reason::NotPermitted.as_str());
+                        .refuse_by(who.label(), Reason::NotPermitted.as_str());
                     Err(Reason::NotPermitted)
                 }
                 Ok(update) => self.accept(&update, now),
@@ -527,7 +565,7 @@ impl Ingest {
                 Err(reason) => Err(reason.into()),
             };
             if let Err(reason) = taken {
-                let head = &datagram[..len.min(48)];
+                let head = &datagram[..datagram.len().min(48)];
                 self.reject(reason, Source::Udp(from), len, head);
             }
         }

@@ -28,6 +28,9 @@ pub enum Reason {
     TooManyBytes,
     /// The sender's key (or an anonymous sender) may not publish this namespace (`--auth-file`).
     NotPermitted,
+    /// A signed datagram whose envelope, board, tag or freshness did not check out
+    /// (`refused_by_key` says which).
+    BadSignature,
 }
 
 impl Reason {
@@ -39,6 +42,7 @@ impl Reason {
         Reason::TooManyThings,
         Reason::TooManyBytes,
         Reason::NotPermitted,
+        Reason::BadSignature,
     ];
 
     /// A short `snake_case` label, used for counters and logs.
@@ -51,6 +55,7 @@ impl Reason {
             Reason::TooManyThings => "too_many_things",
             Reason::TooManyBytes => "too_many_bytes",
             Reason::NotPermitted => "not_permitted",
+            Reason::BadSignature => "bad_signature",
         }
     }
 
@@ -86,6 +91,7 @@ impl Reason {
             Reason::TooManyThings => 3,
             Reason::TooManyBytes => 4,
             Reason::NotPermitted => 5,
+            Reason::BadSignature => 6,
         };
         Rejection::ALL.len() + policy
     }
@@ -109,6 +115,9 @@ impl fmt::Display for Reason {
             Reason::NotPermitted => {
                 f.write_str("namespace outside the sender's rights in --auth-file")
             }
+            Reason::BadSignature => f.write_str(
+                "signed datagram refused (malformed, unknown board, bad MAC or replayed)",
+            ),
         }
     }
 }
