@@ -170,7 +170,7 @@ pub(crate) fn input_sockets(
     config: &Config,
 ) -> Result<(zmq::Socket, UdpSocket, u16), Error> {
     let make_sub = || -> Result<zmq::Socket, Error> {
-        let sub = ctx.socket(zmq::SUB)?;
+        let mut sub = ctx.socket(zmq::SUB)?;
         sub.set_ipv6(config.bind.is_ipv6())?;
         sub.set_maxmsgsize(i64::try_from(config.max_message_bytes).unwrap_or(i64::MAX))?;
         sub.set_rcvhwm(config.input_hwm)?;
@@ -180,6 +180,10 @@ pub(crate) fn input_sockets(
         if !config.allow_input.is_empty() {
             // Every new input connection is put to the ZAP handler (NULL mechanism).
             sub.set_zap_domain(crate::access::ZAP_DOMAIN)?;
+            // And refused when the ZAP handler does not answer: a dead handler must not let
+            // everyone in (libzmq's default admits a peer when no handler is bound).
+            thingsbus_protocol::transport::set_zap_enforce_domain(&mut sub, true)
+                .map_err(|f| f.source)?;
         }
         Ok(sub)
     };
