@@ -141,3 +141,50 @@ fn our_curve_client_talks_to_a_pyzmq_server_and_a_wrong_key_gets_nothing_through
     assert_eq!(our_client_to_a_pyzmq_server(false), "from rust");
     assert_eq!(our_client_to_a_pyzmq_server(true), "nothing");
 }
+
+#[test]
+fn a_client_mirrors_a_curve_broker_and_with_a_wrong_server_key_gets_nothing() {
+    use serde_json::json;
+    use thingsbus_client::Client;
+    // A CURVE PUB plays the broker's directory output.
+    let server = KeyPair::generate().expect("keys");
+    let publisher = ctx().socket(zmq::PUB).expect("socket");
+    transport::curve_server(&publisher, &server).expect("curve server");
+    publisher.bind("tcp://127.0.0.1:*").expect("bind");
+    let url = publisher
+        .get_last_endpoint()
+        .expect("endpoint")
+        .expect("utf-8");
+    let client = |key: PublicKey| {
+        Client::builder()
+            .url(&url)
+            .instant_snapshot(false)
+            .curve(ClientKeys::new(key, None).expect("keys"))
+            .connect_blocking()
+            .expect("client")
+    };
+    let wrong = client(KeyPair::generate().expect("keys").public);
+    let right = client(server.public);
+    let update = json!({"type": "thing_update", "ns": "shop.door", "data": {"open": true},
+                        "ts": 1_700_000_000.0, "documentation_url": null, "seq": 1});
+    // The positive control: the client with the right key gets it while both listen.
+    eventually(DEADLINE, "the CURVE client to mirror shop.door", || {
+        publisher
+            .send(update.to_string().as_bytes(), 0)
+            .expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        right.get("shop.door").map(|_| ())
+    });
+    for _ in 0..50 {
+        publisher
+            .send(update.to_string().as_bytes(), 0)
+            .expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(wrong.get("shop.door").is_none());
+    let thing = right.get("shop.door").expect("kept");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&thing.data).expect("json"),
+        json!({"open": true})
+    );
+}
