@@ -188,3 +188,53 @@ fn a_client_mirrors_a_curve_broker_and_with_a_wrong_server_key_gets_nothing() {
         json!({"open": true})
     );
 }
+
+#[test]
+fn an_adaptor_publishes_to_a_curve_input_and_with_a_wrong_server_key_gets_nothing_through() {
+    use serde_json::json;
+    use thingsbus_adaptor::Adaptor;
+    // A CURVE SUB plays the broker's input.
+    let server = KeyPair::generate().expect("keys");
+    let input = ctx().socket(zmq::SUB).expect("socket");
+    transport::curve_server(&input, &server).expect("curve server");
+    input.set_subscribe(b"").expect("subscribe");
+    input.bind("tcp://127.0.0.1:*").expect("bind");
+    let url = input.get_last_endpoint().expect("endpoint").expect("utf-8");
+    let adaptor = |ns: &str, key: PublicKey| {
+        Adaptor::builder(ns)
+            .url(&url)
+            .curve(ClientKeys::new(key, None).expect("keys"))
+            .connect_blocking()
+            .expect("adaptor")
+    };
+    let wrong = adaptor("wrong", KeyPair::generate().expect("keys").public);
+    let right = adaptor("right", server.public);
+    // The positive control: the right key's update arrives while the wrong one's never does.
+    let mut seen = Vec::new();
+    eventually(DEADLINE, "the CURVE adaptor's update to arrive", || {
+        wrong.send(&json!(1)).expect("send");
+        right.send(&json!(2)).expect("send");
+        while let Ok(frames) = input.recv_multipart(zmq::DONTWAIT) {
+            seen.push(String::from_utf8_lossy(&frames.concat()).into_owned());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        seen.iter().any(|m| m.contains("right")).then_some(())
+    });
+    for _ in 0..50 {
+        wrong.send(&json!(1)).expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    while let Ok(frames) = input.recv_multipart(zmq::DONTWAIT) {
+        seen.push(String::from_utf8_lossy(&frames.concat()).into_owned());
+    }
+    assert!(!seen.iter().any(|m| m.contains("wrong")), "{seen:?}");
+    // UDP cannot carry CURVE: refused, not sent in the clear.
+    let Err(e) = Adaptor::builder("x")
+        .udp("127.0.0.1:9")
+        .curve(ClientKeys::new(server.public, None).expect("keys"))
+        .connect_blocking()
+    else {
+        panic!("an adaptor with keys over UDP was made");
+    };
+    assert!(e.to_string().contains("UDP cannot carry CURVE"), "{e}");
+}

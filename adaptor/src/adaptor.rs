@@ -48,9 +48,18 @@ pub struct AdaptorBuilder {
     discovery: Discovery,
     failover_timeout: Duration,
     command_url: Option<String>,
+    curve: Option<thingsbus_protocol::transport::ClientKeys>,
 }
 
 impl AdaptorBuilder {
+    /// Talk CURVE to the broker (its public key and this adaptor's key pair: from a key file,
+    /// or a new one with `ClientKeys::new(server, None)`) on the input and command sockets.
+    /// Without it, plain ZMQ as in 0.2.x. UDP cannot do CURVE: with it, the adaptor refuses UDP.
+    pub fn curve(mut self, keys: thingsbus_protocol::transport::ClientKeys) -> Self {
+        self.curve = Some(keys);
+        self
+    }
+
     /// The broker's command endpoint for [`Adaptor::serve`], when it is not where the
     /// target says (directory port + 3, i.e. input port + 2).
     pub fn command_url(mut self, url: &str) -> Self {
@@ -180,6 +189,13 @@ impl AdaptorBuilder {
             }
             Target::Zone(_) => None,
         });
+        if let (Some(_), Target::Udp(addr)) = (&self.curve, &target) {
+            return Err(Error::Udp {
+                addr: addr.clone(),
+                reason: "UDP cannot carry CURVE: give the broker's ZMQ input (.url) with keys"
+                    .into(),
+            });
+        }
         let counters = Arc::new(Counters::default());
         let transport = match target {
             Target::Zmq(urls) => {
@@ -198,6 +214,7 @@ impl AdaptorBuilder {
                     self.failover_timeout,
                     self.queue_capacity,
                     counters.clone(),
+                    self.curve.as_ref(),
                 )?)
             }
             Target::Udp(addr) => {
@@ -237,6 +254,7 @@ impl AdaptorBuilder {
                 transport,
                 counters,
                 command_url,
+                curve: self.curve,
                 server: std::sync::Mutex::new(None),
                 serve_counters: Arc::new(ServeCounters::default()),
             }),
@@ -256,6 +274,7 @@ struct Inner {
     transport: Transport,
     counters: Arc<Counters>,
     command_url: Option<String>,
+    curve: Option<thingsbus_protocol::transport::ClientKeys>,
     server: std::sync::Mutex<Option<Server>>,
     serve_counters: Arc<ServeCounters>,
 }
@@ -319,6 +338,7 @@ impl Adaptor {
             discovery: Discovery::new(),
             failover_timeout: Duration::from_secs(3),
             command_url: None,
+            curve: None,
         }
     }
 
@@ -352,7 +372,11 @@ impl Adaptor {
                 .command_url
                 .clone()
                 .ok_or(Error::NoCommandEndpoint)?;
-            *server = Some(Server::start(url, self.inner.serve_counters.clone())?);
+            *server = Some(Server::start(
+                url,
+                self.inner.serve_counters.clone(),
+                self.inner.curve.as_ref(),
+            )?);
         }
         if let Some(s) = server.as_ref() {
             s.add(prefix, handler);
