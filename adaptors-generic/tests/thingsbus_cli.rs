@@ -632,3 +632,32 @@ fn keygen_writes_the_secret_for_the_owner_only_and_replaces_it_only_with_force()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn key_flags_are_checked_before_anything_is_sent() {
+    let sent = |args: &[&str]| {
+        run(tool("thingsbus")
+            .args(["-u", &dead_url()])
+            .args(args)
+            .args(["send", "curve.bad", "true"]))
+    };
+    let out = sent(&["--server-key", "tooshort"]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stderr.contains("40 characters"), "{}", out.stderr);
+    let file = std::env::temp_dir().join(format!("thingsbus-keyflag-{}", std::process::id()));
+    thingsbus_protocol::keys::SecretKey::from_bytes([7; 32])
+        .write_file(&file, true)
+        .expect("key file");
+    let out = sent(&["--key-file", file.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stderr.contains("--server-key"), "{}", out.stderr);
+    let key = "%nSc0".repeat(8);
+    let out = sent(&["--server-key", &key, "--key-file", "/nonexistent/k"]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("reading the key file /nonexistent/k"),
+        "{}",
+        out.stderr
+    );
+}
