@@ -5,7 +5,8 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# libzmq is built from source by the zmq crate: cmake and a C++ compiler are in the rust image.
+# libzmq and libsodium are built from source (vendor/zmq-sys) and linked statically: make and a
+# C/C++ compiler are in the rust image, and the runtime image needs no library of theirs.
 ARG FEATURES=""
 COPY . .
 RUN cargo build --release --locked -p thingsbus-broker --features "$FEATURES" \

@@ -51,9 +51,18 @@ pub struct AdaptorBuilder {
     command_url: Option<String>,
     signing: Option<(String, BoardSecret)>,
     signing_boot: Option<u32>,
+    curve: Option<thingsbus_protocol::transport::ClientKeys>,
 }
 
 impl AdaptorBuilder {
+    /// Talk CURVE to the broker (its public key and this adaptor's key pair: from a key file,
+    /// or a new one with `ClientKeys::new(server, None)`) on the input and command sockets.
+    /// Without it, plain ZMQ as in 0.2.x. UDP cannot do CURVE: with it, the adaptor refuses UDP.
+    pub fn curve(mut self, keys: thingsbus_protocol::transport::ClientKeys) -> Self {
+        self.curve = Some(keys);
+        self
+    }
+
     /// Sign every UDP datagram as the board `name` with its shared `secret` (the auth file's
     /// `[boards.NAME] secret`), as described in `docs/authenticated-datagrams.md`: a broker with
     /// an auth file then knows the datagrams are this board's and new. Only for UDP targets;
@@ -224,6 +233,13 @@ impl AdaptorBuilder {
             }
             Target::Zone(_) => None,
         });
+        if let (Some(_), Target::Udp(addr)) = (&self.curve, &target) {
+            return Err(Error::Udp {
+                addr: addr.clone(),
+                reason: "UDP cannot carry CURVE: give the broker's ZMQ input (.url) with keys"
+                    .into(),
+            });
+        }
         let counters = Arc::new(Counters::default());
         let transport = match target {
             Target::Zmq(urls) => {
@@ -242,6 +258,7 @@ impl AdaptorBuilder {
                     self.failover_timeout,
                     self.queue_capacity,
                     counters.clone(),
+                    self.curve.as_ref(),
                 )?)
             }
             Target::Udp(addr) => {
@@ -282,6 +299,7 @@ impl AdaptorBuilder {
                 transport,
                 counters,
                 command_url,
+                curve: self.curve,
                 server: std::sync::Mutex::new(None),
                 serve_counters: Arc::new(ServeCounters::default()),
             }),
@@ -330,6 +348,7 @@ struct Inner {
     transport: Transport,
     counters: Arc<Counters>,
     command_url: Option<String>,
+    curve: Option<thingsbus_protocol::transport::ClientKeys>,
     server: std::sync::Mutex<Option<Server>>,
     serve_counters: Arc<ServeCounters>,
 }
@@ -395,6 +414,7 @@ impl Adaptor {
             command_url: None,
             signing: None,
             signing_boot: None,
+            curve: None,
         }
     }
 
@@ -428,7 +448,11 @@ impl Adaptor {
                 .command_url
                 .clone()
                 .ok_or(Error::NoCommandEndpoint)?;
-            *server = Some(Server::start(url, self.inner.serve_counters.clone())?);
+            *server = Some(Server::start(
+                url,
+                self.inner.serve_counters.clone(),
+                self.inner.curve.as_ref(),
+            )?);
         }
         if let Some(s) = server.as_ref() {
             s.add(prefix, handler);

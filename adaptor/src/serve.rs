@@ -59,9 +59,16 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) fn start(url: String, counters: Arc<ServeCounters>) -> Result<Server, Error> {
+    pub(crate) fn start(
+        url: String,
+        counters: Arc<ServeCounters>,
+        curve: Option<&transport::ClientKeys>,
+    ) -> Result<Server, Error> {
         let ctx = zmq::Context::new();
         let socket = transport::connecting_socket(&ctx, zmq::DEALER, None)?;
+        if let Some(keys) = curve {
+            transport::curve_client(&socket, keys)?;
+        }
         // Watched before connecting, so that the first connection is seen too.
         let monitor = transport::monitor(&ctx, &socket, "serve", &[Event::Connected])?;
         transport::connect(&socket, "command endpoint", &url)?;

@@ -55,6 +55,7 @@ impl ZmqSender {
         failover_timeout: Duration,
         capacity: usize,
         counters: Arc<Counters>,
+        curve: Option<&transport::ClientKeys>,
     ) -> Result<Self, Error> {
         let url = urls.first().cloned().ok_or(Error::NoTarget)?;
         let ctx = zmq::Context::new();
@@ -76,6 +77,9 @@ impl ZmqSender {
         socket
             .set_reconnect_ivl_max(5_000)
             .map_err(transport::doing("setting the reconnect interval"))?;
+        if let Some(keys) = curve {
+            transport::curve_client(&socket, keys)?;
+        }
         transport::connect(&socket, "broker input", &url)?;
         let (wake, wake_rx) = UnixDatagram::pair().map_err(Error::Thread)?;
         wake.set_nonblocking(true).map_err(Error::Thread)?;

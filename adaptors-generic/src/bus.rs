@@ -7,6 +7,8 @@ use std::time::Duration;
 use thingsbus_adaptor::{Adaptor, AdaptorBuilder};
 use thingsbus_client::{Client, ClientBuilder};
 use thingsbus_protocol::endpoint::{connect_url, port_plus};
+use thingsbus_protocol::keys::{KeyPair, PublicKey};
+use thingsbus_protocol::transport::{self, ClientKeys};
 
 /// The directory URL used when neither `--zone` nor `--url` is given: a broker on this machine.
 pub const LOCAL_DIRECTORY_URL: &str = "tcp://127.0.0.1:7954";
@@ -59,6 +61,27 @@ pub struct BusArgs {
     /// DNS server to ask for the SRV record instead of the system's, as IP:PORT.
     #[arg(long, global = true, env = "THINGSBUS_NAMESERVER")]
     pub nameserver: Option<SocketAddr>,
+
+    /// The broker's CURVE public key (40 Z85 characters): every connection to the broker is
+    /// then encrypted and the broker authenticated. Without --key-file, a new key pair is made
+    /// for this run (a broker that checks client keys will not know it).
+    #[arg(long, global = true, env = "THINGSBUS_SERVER_KEY", value_name = "Z85", value_parser = server_key)]
+    pub server_key: Option<PublicKey>,
+
+    /// File with this client's CURVE secret key (as `thingsbus keygen --secret-file` writes
+    /// it); needs --server-key.
+    #[arg(long, global = true, env = "THINGSBUS_KEY_FILE", value_name = "PATH", requires = "server_key", value_parser = key_file)]
+    pub key_file: Option<KeyPair>,
+}
+
+fn server_key(text: &str) -> Result<PublicKey, String> {
+    transport::require_curve().map_err(|e| e.to_string())?;
+    PublicKey::from_z85(text.trim()).map_err(|e| e.to_string())
+}
+
+fn key_file(path: &str) -> Result<KeyPair, String> {
+    transport::require_curve().map_err(|e| e.to_string())?;
+    KeyPair::read_file(std::path::Path::new(path)).map_err(|e| e.to_string())
 }
 
 impl BusArgs {
@@ -75,9 +98,26 @@ impl BusArgs {
         }
     }
 
+    /// The CURVE keys given (`--server-key`, `--key-file`), with a new key pair of this client's
+    /// when no key file was given.
+    ///
+    /// # Panics
+    /// Never in practice: making a key pair fails only without CURVE, which parsing
+    /// `--server-key` already refused.
+    pub fn curve(&self) -> Option<ClientKeys> {
+        let server = self.server_key?;
+        Some(
+            ClientKeys::new(server, self.key_file.clone())
+                .expect("CURVE is there: --server-key was accepted"),
+        )
+    }
+
     /// A client builder for the bus (its discovery bounded by `timeout`).
     pub fn client(&self, timeout: Duration) -> ClientBuilder {
         let mut b = Client::builder().discovery_timeout(timeout);
+        if let Some(keys) = self.curve() {
+            b = b.curve(keys);
+        }
         if let Some(ns) = self.nameserver {
             b = b.nameserver(ns);
         }
@@ -107,6 +147,9 @@ impl BusArgs {
         timeout: Duration,
     ) -> anyhow::Result<AdaptorBuilder> {
         let mut b = Adaptor::builder(ns).discovery_timeout(timeout);
+        if let Some(keys) = self.curve() {
+            b = b.curve(keys);
+        }
         if let Some(n) = self.nameserver {
             b = b.nameserver(n);
         }

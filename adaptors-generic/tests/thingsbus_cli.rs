@@ -569,3 +569,95 @@ fn call_prints_the_reply_and_exit_codes_tell_outcomes_apart() {
     assert_eq!(out.code(), 5, "{out:?}");
     assert!(out.stderr.contains("not allowed"), "{}", out.stderr);
 }
+
+/// The key after `label ` on its line of `out`.
+fn key_line<'a>(out: &'a str, label: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {label} line in {out:?}"))
+}
+
+#[test]
+fn keygen_prints_a_pair_whose_public_key_is_the_secrets() {
+    use thingsbus_protocol::keys::{KeyPair, PublicKey, SecretKey};
+    let out = run(tool("thingsbus").arg("keygen"));
+    let text = ok(&out);
+    let public: PublicKey = key_line(text, "public").parse().expect("a Z85 public key");
+    let secret = SecretKey::from_z85(key_line(text, "secret")).expect("a Z85 secret key");
+    assert_eq!(
+        KeyPair::from_secret(secret).expect("derives").public,
+        public
+    );
+    // A second run makes another pair.
+    let again = run(tool("thingsbus").arg("keygen"));
+    assert_ne!(key_line(ok(&again), "public"), public.to_string());
+}
+
+#[test]
+fn keygen_writes_the_secret_for_the_owner_only_and_replaces_it_only_with_force() {
+    use std::os::unix::fs::PermissionsExt;
+    use thingsbus_protocol::keys::KeyPair;
+    let dir = std::env::temp_dir().join(format!("thingsbus-keygen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("client.key");
+    let _ = std::fs::remove_file(&path);
+    let path_s = path.to_str().expect("utf-8");
+    let out = run(tool("thingsbus").args(["keygen", "--secret-file", path_s]));
+    let text = ok(&out);
+    assert!(!text.contains("secret"), "{text}");
+    let public = key_line(text, "public").to_owned();
+    let mode = std::fs::metadata(&path)
+        .expect("written")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let pair = KeyPair::read_file(&path).expect("a key file");
+    assert_eq!(pair.public.to_string(), public);
+
+    let refused = run(tool("thingsbus").args(["keygen", "--secret-file", path_s]));
+    assert_eq!(refused.code(), 2, "{refused:?}");
+    assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
+    assert_eq!(KeyPair::read_file(&path).expect("kept"), pair);
+
+    let forced = run(tool("thingsbus").args(["keygen", "--force", "--secret-file", path_s]));
+    let new_public = key_line(ok(&forced), "public").to_owned();
+    assert_ne!(new_public, public);
+    assert_eq!(
+        KeyPair::read_file(&path)
+            .expect("replaced")
+            .public
+            .to_string(),
+        new_public
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn key_flags_are_checked_before_anything_is_sent() {
+    let sent = |args: &[&str]| {
+        run(tool("thingsbus")
+            .args(["-u", &dead_url()])
+            .args(args)
+            .args(["send", "curve.bad", "true"]))
+    };
+    let out = sent(&["--server-key", "tooshort"]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stderr.contains("40 characters"), "{}", out.stderr);
+    let file = std::env::temp_dir().join(format!("thingsbus-keyflag-{}", std::process::id()));
+    thingsbus_protocol::keys::SecretKey::from_bytes([7; 32])
+        .write_file(&file, true)
+        .expect("key file");
+    let out = sent(&["--key-file", file.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stderr.contains("--server-key"), "{}", out.stderr);
+    let key = "%nSc0".repeat(8);
+    let out = sent(&["--server-key", &key, "--key-file", "/nonexistent/k"]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("reading the key file /nonexistent/k"),
+        "{}",
+        out.stderr
+    );
+}

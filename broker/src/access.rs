@@ -251,9 +251,13 @@ pub(crate) fn guarded(config: &Config, door: Door) -> bool {
 ///
 /// # Errors
 /// What libzmq says when the option cannot be set.
-pub(crate) fn guard(socket: &zmq::Socket, config: &Config, door: Door) -> zmq::Result<()> {
+pub(crate) fn guard(socket: &mut zmq::Socket, config: &Config, door: Door) -> zmq::Result<()> {
     if guarded(config, door) {
         socket.set_zap_domain(door.domain())?;
+        // Refused when the ZAP handler does not answer: a dead handler must not let everyone
+        // in (libzmq's default admits a peer when no handler is bound to inproc://zeromq.zap.01).
+        thingsbus_protocol::transport::set_zap_enforce_domain(socket, true)
+            .map_err(|f| f.source)?;
     }
     Ok(())
 }

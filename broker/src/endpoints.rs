@@ -170,7 +170,7 @@ pub(crate) fn input_sockets(
     config: &Config,
 ) -> Result<(zmq::Socket, UdpSocket, u16), Error> {
     let make_sub = || -> Result<zmq::Socket, Error> {
-        let sub = ctx.socket(zmq::SUB)?;
+        let mut sub = ctx.socket(zmq::SUB)?;
         sub.set_ipv6(config.bind.is_ipv6())?;
         sub.set_maxmsgsize(i64::try_from(config.max_message_bytes).unwrap_or(i64::MAX))?;
         sub.set_rcvhwm(config.input_hwm)?;
@@ -178,7 +178,7 @@ pub(crate) fn input_sockets(
         sub.set_subscribe(b"")?;
         set_keepalive(&sub)?;
         // With --allow-input or --auth-file, every new connection is put to the ZAP handler.
-        crate::access::guard(&sub, config, crate::access::Door::Input)?;
+        crate::access::guard(&mut sub, config, crate::access::Door::Input)?;
         Ok(sub)
     };
     let wanted = derived_port(config, config.input_port, 1, "input", "--input-port")?;

@@ -69,12 +69,12 @@ struct Bound {
 
 impl Bound {
     fn bind(ctx: &zmq::Context, config: &Config) -> Result<Bound, Error> {
-        let publisher = ctx.socket(zmq::PUB)?;
+        let mut publisher = ctx.socket(zmq::PUB)?;
         publisher.set_ipv6(config.bind.is_ipv6())?;
         publisher.set_sndhwm(config.subscriber_hwm)?;
         publisher.set_linger(100)?;
         set_keepalive(&publisher)?;
-        crate::access::guard(&publisher, config, Door::Directory)?;
+        crate::access::guard(&mut publisher, config, Door::Directory)?;
         let directory_port = bind_zmq(&publisher, "directory output", config.bind, config.port)?;
         let (sub, udp, input_port) = input_sockets(ctx, config)?;
         let (snapshots, snapshot_port) = bind_router(
@@ -119,10 +119,10 @@ fn bind_router(
     (given, offset): (Option<u16>, u16),
     (what, flag): (&'static str, &'static str),
 ) -> Result<(zmq::Socket, u16), Error> {
-    let router = ctx.socket(zmq::ROUTER)?;
+    let mut router = ctx.socket(zmq::ROUTER)?;
     router.set_ipv6(config.bind.is_ipv6())?;
     configure(&router)?;
-    crate::access::guard(&router, config, door)?;
+    crate::access::guard(&mut router, config, door)?;
     let port = derived_port(config, given, offset, what, flag)?;
     let port = bind_zmq(&router, what, config.bind, port)?;
     Ok((router, port))

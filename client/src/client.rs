@@ -73,6 +73,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Talk CURVE to the broker (its public key, and this client's key pair: from a key file, or
+    /// a new one with [`ClientKeys::new`]`(server, None)`) on every socket: directory,
+    /// snapshots, commands. Without it, plain ZMQ as in 0.2.x.
+    ///
+    /// [`ClientKeys::new`]: thingsbus_protocol::transport::ClientKeys::new
+    pub fn curve(mut self, keys: thingsbus_protocol::transport::ClientKeys) -> Self {
+        self.options.curve = Some(keys);
+        self
+    }
+
     /// Ask the broker for the whole directory on connect and after a gap (default on). Off, the
     /// client waits for the periodic snapshot, as 0.2.x clients do.
     pub fn instant_snapshot(mut self, yes: bool) -> Self {
@@ -202,6 +212,7 @@ struct Inner {
     stop: Arc<AtomicBool>,
     thread: Worker,
     command_url: Option<String>,
+    curve: Option<thingsbus_protocol::transport::ClientKeys>,
     commander: Mutex<Option<Arc<Commander>>>,
 }
 
@@ -252,6 +263,7 @@ impl Client {
             subscribers: std::sync::atomic::AtomicUsize::new(subscribers),
         });
         let stop = Arc::new(AtomicBool::new(false));
+        let curve = options.curve.clone();
         let driver = Driver::new(targets, options, shared.clone(), stop.clone())?;
         let thread = std::thread::Builder::new()
             .name("thingsbus-client".into())
@@ -263,6 +275,7 @@ impl Client {
                 stop,
                 thread: Worker::new(thread),
                 command_url,
+                curve,
                 commander: Mutex::new(None),
             }),
         })
@@ -369,7 +382,8 @@ impl Client {
             return Ok(c.clone());
         }
         let c = Arc::new(
-            Commander::start(&url).map_err(|e| CommandError::Transport(format!("{url}: {e}")))?,
+            Commander::start(&url, self.inner.curve.as_ref())
+                .map_err(|e| CommandError::Transport(format!("{url}: {e}")))?,
         );
         *slot = Some(c.clone());
         Ok(c)

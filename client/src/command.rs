@@ -85,9 +85,15 @@ pub(crate) struct Commander {
 }
 
 impl Commander {
-    pub(crate) fn start(url: &str) -> Result<Commander, Error> {
+    pub(crate) fn start(
+        url: &str,
+        curve: Option<&transport::ClientKeys>,
+    ) -> Result<Commander, Error> {
         let ctx = zmq::Context::new();
         let socket = transport::connecting_socket(&ctx, zmq::DEALER, Some(100_000))?;
+        if let Some(keys) = curve {
+            transport::curve_client(&socket, keys)?;
+        }
         transport::connect(&socket, "command endpoint", url)?;
         let (wake, wake_rx) = UnixDatagram::pair().map_err(Error::Start)?;
         wake.set_nonblocking(true).map_err(Error::Start)?;

@@ -36,13 +36,15 @@ pub(crate) struct Endpoint {
     pub(crate) snapshot: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct DriverOptions {
     pub(crate) instant: bool,
     pub(crate) snapshot_timeout: Duration,
     pub(crate) failover_timeout: Duration,
     /// Ask for the things past the live window too.
     pub(crate) stale: bool,
+    /// CURVE keys for every socket to the broker.
+    pub(crate) curve: Option<transport::ClientKeys>,
 }
 
 impl Default for DriverOptions {
@@ -52,6 +54,7 @@ impl Default for DriverOptions {
             snapshot_timeout: Duration::from_secs(2),
             failover_timeout: Duration::from_secs(3),
             stale: false,
+            curve: None,
         }
     }
 }
@@ -82,6 +85,9 @@ impl Driver {
     ) -> Result<Self, Error> {
         let ctx = zmq::Context::new();
         let sub = transport::connecting_socket(&ctx, zmq::SUB, Some(100_000))?;
+        if let Some(keys) = &options.curve {
+            transport::curve_client(&sub, keys)?;
+        }
         sub.set_subscribe(b"")
             .map_err(transport::doing("subscribing"))?;
         let monitor = transport::monitor(
@@ -99,11 +105,11 @@ impl Driver {
             dealer: None,
             targets,
             current: 0,
+            requests: Requests::new(options.instant, options.snapshot_timeout),
             options,
             shared,
             stop,
             link: Link::new(Instant::now()),
-            requests: Requests::new(options.instant, options.snapshot_timeout),
             seq: SeqTracker::default(),
             writer,
         };
@@ -125,6 +131,9 @@ impl Driver {
             d.set_ipv6(true)?;
             d.set_linger(0)?;
             d.set_rcvhwm(0)?;
+            if let Some(keys) = &self.options.curve {
+                transport::curve_client(&d, keys).map_err(|f| f.source)?;
+            }
             d.connect(&url)?;
             Ok(d)
         });

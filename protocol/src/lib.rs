@@ -27,6 +27,8 @@ pub mod discovery;
 pub mod endpoint;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "zmq")]
+pub mod keys;
 pub mod message;
 pub mod namespace;
 pub mod signed;

@@ -8,6 +8,8 @@
 use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use crate::keys::{KeyError, KeyPair, PublicKey};
+
 /// A libzmq call that failed, and what was being done.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}")]
@@ -64,6 +66,110 @@ pub fn connect(socket: &zmq::Socket, what: &str, url: &str) -> Result<(), ZmqFai
     socket
         .connect(url)
         .map_err(doing(format!("connecting to the {what} {url}")))
+}
+
+/// This build's libzmq has no CURVE, so a security flag cannot be honoured.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this build's libzmq has no CURVE support, so keys cannot be used; build thingsbus from its \
+     workspace (its vendor/zmq-sys builds libzmq with libsodium) instead of running without encryption"
+)]
+pub struct CurveUnavailable;
+
+/// Checks that libzmq has CURVE. Every place that takes a key calls it first: a build without
+/// CURVE refuses the security flags instead of running unprotected.
+///
+/// # Errors
+/// [`CurveUnavailable`].
+pub fn require_curve() -> Result<(), CurveUnavailable> {
+    if zmq::has("curve") == Some(true) {
+        Ok(())
+    } else {
+        Err(CurveUnavailable)
+    }
+}
+
+/// Turns `ZMQ_ZAP_ENFORCE_DOMAIN` on or off for a socket that has a ZAP domain: with it on, a
+/// peer is refused when no ZAP handler answers (a dead handler refuses everyone instead of
+/// admitting everyone). Set it before `bind`.
+///
+/// # Errors
+/// A [`ZmqFailure`].
+pub fn set_zap_enforce_domain(socket: &mut zmq::Socket, enforce: bool) -> Result<(), ZmqFailure> {
+    thingsbus_zmq_extra::set_zap_enforce_domain(socket, enforce)
+        .map_err(doing("setting ZMQ_ZAP_ENFORCE_DOMAIN"))
+}
+
+/// Makes `socket` a CURVE server with `keys` (set it before `bind`): peers must know
+/// `keys.public` and speak CURVE; everything on its connections is encrypted.
+///
+/// # Errors
+/// A [`ZmqFailure`] (a libzmq without CURVE: call [`require_curve`] first for a clearer one).
+pub fn curve_server(socket: &zmq::Socket, keys: &KeyPair) -> Result<(), ZmqFailure> {
+    socket
+        .set_curve_server(true)
+        .map_err(doing("making the socket a CURVE server"))?;
+    socket
+        .set_curve_secretkey(keys.secret.as_bytes())
+        .map_err(doing("setting the CURVE secret key"))
+}
+
+/// What a client needs to talk CURVE to a broker: the broker's public key and a key pair of its
+/// own (the one its key file holds, or a new one for this run).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientKeys {
+    /// The broker's public key.
+    pub server: PublicKey,
+    /// The client's own key pair.
+    pub own: KeyPair,
+}
+
+impl ClientKeys {
+    /// Keys for talking to the broker whose public key is `server`, as `own`; with `own` None a
+    /// new (ephemeral) key pair, which a broker that checks keys will not know.
+    ///
+    /// # Errors
+    /// [`KeyError::Zmq`] from a libzmq without CURVE.
+    pub fn new(server: PublicKey, own: Option<KeyPair>) -> Result<Self, KeyError> {
+        let own = match own {
+            Some(own) => own,
+            None => KeyPair::generate()?,
+        };
+        Ok(ClientKeys { server, own })
+    }
+
+    /// From what a user gives: the broker's public key in Z85 and, if any, the path of a file
+    /// with the client's secret key. Checks [`require_curve`] first.
+    ///
+    /// # Errors
+    /// A message naming what was wrong: no CURVE in this build, a bad key, an unreadable file.
+    pub fn from_user(server_z85: &str, key_file: Option<&std::path::Path>) -> Result<Self, String> {
+        require_curve().map_err(|e| e.to_string())?;
+        let server = PublicKey::from_z85(server_z85.trim())
+            .map_err(|e| format!("the server key {server_z85:?}: {e}"))?;
+        let own = key_file
+            .map(KeyPair::read_file)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        ClientKeys::new(server, own).map_err(|e| e.to_string())
+    }
+}
+
+/// Makes `socket` a CURVE client of the server whose public key is `keys.server`, as
+/// `keys.own` (set it before `connect`).
+///
+/// # Errors
+/// A [`ZmqFailure`] (a libzmq without CURVE: call [`require_curve`] first for a clearer one).
+pub fn curve_client(socket: &zmq::Socket, keys: &ClientKeys) -> Result<(), ZmqFailure> {
+    socket
+        .set_curve_serverkey(keys.server.as_bytes())
+        .map_err(doing("setting the CURVE server key"))?;
+    socket
+        .set_curve_publickey(keys.own.public.as_bytes())
+        .map_err(doing("setting the CURVE public key"))?;
+    socket
+        .set_curve_secretkey(keys.own.secret.as_bytes())
+        .map_err(doing("setting the CURVE secret key"))
 }
 
 /// What a socket monitor reports that the roles act on.
@@ -191,6 +297,106 @@ mod tests {
         wait(&accepted, Event::Accepted);
         drop(client);
         wait(&accepted, Event::Disconnected);
+    }
+
+    #[test]
+    fn this_build_has_curve() {
+        require_curve().expect("the workspace's zmq-sys builds libzmq with CURVE");
+    }
+
+    /// What became of a client's messages to a CURVE server.
+    #[derive(Debug, PartialEq)]
+    enum Outcome {
+        Delivered(Vec<u8>),
+        /// The server's monitor reported a failed handshake, and nothing arrived.
+        Refused,
+    }
+
+    /// A CURVE server ROUTER with `server_keys`; a DEALER made a client by `curve_client` with
+    /// `client` (or a plain one with None) sends `hello`.
+    fn client_to_server(server_keys: &KeyPair, client: Option<&ClientKeys>) -> Outcome {
+        let ctx = zmq::Context::new();
+        let server = ctx.socket(zmq::ROUTER).expect("socket");
+        server.set_linger(0).expect("linger");
+        curve_server(&server, server_keys).expect("curve server");
+        let failed = zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw();
+        server
+            .monitor("inproc://curve-monitor", failed.into())
+            .expect("monitor");
+        let monitor = ctx.socket(zmq::PAIR).expect("socket");
+        monitor.connect("inproc://curve-monitor").expect("connect");
+        server.bind("tcp://127.0.0.1:*").expect("bind");
+        let url = server
+            .get_last_endpoint()
+            .expect("endpoint")
+            .expect("utf-8");
+        let dealer = connecting_socket(&ctx, zmq::DEALER, Some(10)).expect("socket");
+        if let Some(keys) = client {
+            curve_client(&dealer, keys).expect("curve client");
+        }
+        connect(&dealer, "test server", &url).expect("connect");
+        let _ = dealer.send("hello", zmq::DONTWAIT);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut until = deadline;
+        let mut refused = false;
+        while std::time::Instant::now() < until {
+            if server.poll(zmq::POLLIN, 50).expect("poll") > 0 {
+                let frames = server.recv_multipart(0).expect("recv");
+                return Outcome::Delivered(frames.last().cloned().unwrap_or_default());
+            }
+            while monitor.recv_multipart(zmq::DONTWAIT).is_ok() {
+                refused = true;
+                until = until.min(std::time::Instant::now() + std::time::Duration::from_secs(1));
+            }
+        }
+        assert!(refused, "neither delivered nor refused within 30 s");
+        Outcome::Refused
+    }
+
+    #[test]
+    fn a_curve_client_that_knows_the_servers_key_gets_through() {
+        let server = KeyPair::generate().expect("keys");
+        let own = KeyPair::generate().expect("keys");
+        let keys = ClientKeys::new(server.public, Some(own)).expect("keys");
+        assert_eq!(
+            client_to_server(&server, Some(&keys)),
+            Outcome::Delivered(b"hello".to_vec())
+        );
+        // An ephemeral key pair does as well (no ZAP handler checks keys here).
+        let keys = ClientKeys::new(server.public, None).expect("keys");
+        assert_eq!(
+            client_to_server(&server, Some(&keys)),
+            Outcome::Delivered(b"hello".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_wrong_server_key_or_no_curve_gets_nothing_through() {
+        let server = KeyPair::generate().expect("keys");
+        let other = KeyPair::generate().expect("keys");
+        let wrong = ClientKeys::new(other.public, None).expect("keys");
+        assert_eq!(client_to_server(&server, Some(&wrong)), Outcome::Refused);
+        assert_eq!(client_to_server(&server, None), Outcome::Refused);
+    }
+
+    #[test]
+    fn user_given_keys_are_checked() {
+        let server = KeyPair::generate().expect("keys");
+        let keys = ClientKeys::from_user(&format!(" {}\n", server.public), None).expect("keys");
+        assert_eq!(keys.server, server.public);
+        let e = ClientKeys::from_user("short", None).expect_err("refused");
+        assert!(
+            e.contains("the server key \"short\"") && e.contains("40 characters"),
+            "{e}"
+        );
+        let e = ClientKeys::from_user(
+            &server.public.to_string(),
+            Some(std::path::Path::new("/nonexistent/k")),
+        )
+        .expect_err("refused");
+        assert!(e.contains("reading the key file /nonexistent/k"), "{e}");
     }
 
     #[test]

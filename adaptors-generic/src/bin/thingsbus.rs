@@ -23,6 +23,7 @@ Examples:
   thingsbus send shop.door '{\"open\": true}'
   thingsbus srv example.org                 check the SRV record and the broker it names
   thingsbus call demo.led '{\"on\": true}'  a command to a thing; prints the thing's reply
+  thingsbus keygen --secret-file broker.key a CURVE key pair: the secret in the file, public printed
 
 Exit codes: 0 done, 1 not found or not delivered (get, send, srv) or refused by the thing (call),
 2 bad usage or the bus could not be reached, 3 no_route (nobody serves it), 4 timeout or gone,
@@ -111,6 +112,17 @@ enum Command {
         ns: String,
         /// The command as JSON, e.g. '{"on": true}'.
         data: String,
+    },
+    /// A new CURVE key pair, in Z85: for a broker (--curve-secret-file) or a client
+    /// (--key-file). Prints "public KEY" and "secret KEY"; with --secret-file, writes the secret
+    /// key there (mode 0600, one line) and prints only the public key.
+    Keygen {
+        /// Write the secret key to this new file instead of printing it.
+        #[arg(long, value_name = "PATH")]
+        secret_file: Option<std::path::PathBuf>,
+        /// Replace the --secret-file if it exists.
+        #[arg(long, requires = "secret_file")]
+        force: bool,
     },
     /// A doctor for discovery: the SRV records of ZONE in RFC 2782 order, the broker a client
     /// would pick, and whether its ports answer. Exit 1 if that broker does not answer.
@@ -203,6 +215,10 @@ async fn run(args: Args) -> Outcome {
             .await
         }
         Command::Call { ref ns, ref data } => call(&args.bus, timeout, ns, data).await,
+        Command::Keygen {
+            ref secret_file,
+            force,
+        } => keygen(secret_file.as_deref(), force),
         Command::Srv { ref zone, json } => {
             let zone = zone
                 .clone()
@@ -215,6 +231,24 @@ async fn run(args: Args) -> Outcome {
             srv(&args.bus, timeout, &zone, json).await
         }
     }
+}
+
+fn keygen(secret_file: Option<&std::path::Path>, force: bool) -> Outcome {
+    thingsbus_protocol::transport::require_curve().map_err(anyhow::Error::from)?;
+    let pair = thingsbus_protocol::keys::KeyPair::generate().map_err(anyhow::Error::from)?;
+    match secret_file {
+        Some(path) => {
+            pair.secret
+                .write_file(path, force)
+                .map_err(anyhow::Error::from)?;
+            println!("public {}", pair.public);
+        }
+        None => {
+            println!("public {}", pair.public);
+            println!("secret {}", pair.secret.to_z85());
+        }
+    }
+    Ok(())
 }
 
 fn valid_ns(ns: &str) -> Result<Namespace, Failure> {

@@ -1,0 +1,240 @@
+//! CURVE against an independent implementation: pyzmq (its wheels include CURVE), from the
+//! Python peers' environment. Keys written by one are read by the other, and our socket helpers
+//! talk CURVE with pyzmq both ways; a wrong server key gets nothing through.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use thingsbus_protocol::keys::{KeyPair, PublicKey, SecretKey};
+use thingsbus_protocol::transport::{self, ClientKeys};
+use thingsbus_tests::py::python;
+use thingsbus_tests::*;
+
+/// Runs a Python snippet with `args` (sys.argv[1:]) and returns its stdout lines.
+fn py(code: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn keys_written_by_pyzmq_and_by_us_agree() {
+    require_peers!(peers::PYTHON_02);
+    let lines = py(
+        "import zmq\n\
+         assert zmq.has('curve')\n\
+         pub, sec = zmq.curve_keypair()\n\
+         print(pub.decode()); print(sec.decode())\n\
+         import sys; print(zmq.curve_public(sys.argv[1].encode()).decode())",
+        &[&KeyPair::generate().expect("keys").secret.to_z85()],
+    );
+    // pyzmq's pair, read by us.
+    let public: PublicKey = lines[0].parse().expect("pyzmq's public key");
+    let secret = SecretKey::from_z85(&lines[1]).expect("pyzmq's secret key");
+    assert_eq!(
+        KeyPair::from_secret(secret).expect("derives").public,
+        public
+    );
+    // Ours, read by pyzmq: run again with a known pair.
+    let ours = KeyPair::generate().expect("keys");
+    let lines = py(
+        "import zmq, sys\nprint(zmq.curve_public(sys.argv[1].encode()).decode())",
+        &[&ours.secret.to_z85()],
+    );
+    assert_eq!(lines[0], ours.public.to_string());
+}
+
+#[test]
+fn our_curve_server_publishes_to_a_pyzmq_client() {
+    require_peers!(peers::PYTHON_02);
+    let server = KeyPair::generate().expect("keys");
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).expect("socket");
+    publisher.set_linger(0).expect("linger");
+    transport::curve_server(&publisher, &server).expect("curve server");
+    publisher.bind("tcp://127.0.0.1:*").expect("bind");
+    let url = publisher
+        .get_last_endpoint()
+        .expect("endpoint")
+        .expect("utf-8");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let sender = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            let _ = publisher.send("secret hello", 0);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    let lines = py(
+        "import zmq, sys\n\
+         s = zmq.Context().socket(zmq.SUB)\n\
+         s.curve_serverkey = sys.argv[2].encode()\n\
+         s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()\n\
+         s.setsockopt(zmq.SUBSCRIBE, b''); s.rcvtimeo = 30000\n\
+         s.connect(sys.argv[1]); print(s.recv().decode())",
+        &[&url, &server.public.to_string()],
+    );
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("sender");
+    assert_eq!(lines, ["secret hello"]);
+}
+
+/// A pyzmq CURVE server (PULL) with its own keys prints its public key and port, then the first
+/// message it receives, or "nothing" when none came (within 30 s with the right key, 5 s with a
+/// wrong one: the right-key run is the positive control). Our PUSH client is a CURVE client
+/// with pyzmq's key, or with `wrong_key` another one.
+fn our_client_to_a_pyzmq_server(wrong_key: bool) -> String {
+    let mut child = Command::new(python())
+        .arg("-c")
+        .arg(
+            "import zmq, sys\n\
+             pub, sec = zmq.curve_keypair()\n\
+             s = zmq.Context().socket(zmq.PULL)\n\
+             s.curve_server = True; s.curve_secretkey = sec\n\
+             port = s.bind_to_random_port('tcp://127.0.0.1')\n\
+             print(pub.decode(), port, flush=True)\n\
+             s.rcvtimeo = int(sys.argv[1])\n\
+             try: print(s.recv().decode(), flush=True)\n\
+             except zmq.Again: print('nothing', flush=True)",
+        )
+        .arg(if wrong_key { "5000" } else { "30000" })
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("utf-8");
+    let (key, port) = first.split_once(' ').expect("key and port");
+    let server_key: PublicKey = if wrong_key {
+        KeyPair::generate().expect("keys").public
+    } else {
+        key.parse().expect("pyzmq's public key")
+    };
+    let keys = ClientKeys::new(server_key, None).expect("keys");
+    let ctx = zmq::Context::new();
+    let push = transport::connecting_socket(&ctx, zmq::PUSH, Some(10)).expect("socket");
+    transport::curve_client(&push, &keys).expect("curve client");
+    transport::connect(&push, "pyzmq server", &format!("tcp://127.0.0.1:{port}")).expect("connect");
+    let _ = push.send("from rust", zmq::DONTWAIT);
+    let got = lines.next().expect("a line").expect("utf-8");
+    let _ = child.wait();
+    got
+}
+
+#[test]
+fn our_curve_client_talks_to_a_pyzmq_server_and_a_wrong_key_gets_nothing_through() {
+    require_peers!(peers::PYTHON_02);
+    // The positive control: the right key delivers.
+    assert_eq!(our_client_to_a_pyzmq_server(false), "from rust");
+    assert_eq!(our_client_to_a_pyzmq_server(true), "nothing");
+}
+
+#[test]
+fn a_client_mirrors_a_curve_broker_and_with_a_wrong_server_key_gets_nothing() {
+    use serde_json::json;
+    use thingsbus_client::Client;
+    // A CURVE PUB plays the broker's directory output.
+    let server = KeyPair::generate().expect("keys");
+    let publisher = ctx().socket(zmq::PUB).expect("socket");
+    transport::curve_server(&publisher, &server).expect("curve server");
+    publisher.bind("tcp://127.0.0.1:*").expect("bind");
+    let url = publisher
+        .get_last_endpoint()
+        .expect("endpoint")
+        .expect("utf-8");
+    let client = |key: PublicKey| {
+        Client::builder()
+            .url(&url)
+            .instant_snapshot(false)
+            .curve(ClientKeys::new(key, None).expect("keys"))
+            .connect_blocking()
+            .expect("client")
+    };
+    let wrong = client(KeyPair::generate().expect("keys").public);
+    let right = client(server.public);
+    let update = json!({"type": "thing_update", "ns": "shop.door", "data": {"open": true},
+                        "ts": 1_700_000_000.0, "documentation_url": null, "seq": 1});
+    // The positive control: the client with the right key gets it while both listen.
+    eventually(DEADLINE, "the CURVE client to mirror shop.door", || {
+        publisher
+            .send(update.to_string().as_bytes(), 0)
+            .expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        right.get("shop.door").map(|_| ())
+    });
+    for _ in 0..50 {
+        publisher
+            .send(update.to_string().as_bytes(), 0)
+            .expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(wrong.get("shop.door").is_none());
+    let thing = right.get("shop.door").expect("kept");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&thing.data).expect("json"),
+        json!({"open": true})
+    );
+}
+
+#[test]
+fn an_adaptor_publishes_to_a_curve_input_and_with_a_wrong_server_key_gets_nothing_through() {
+    use serde_json::json;
+    use thingsbus_adaptor::Adaptor;
+    // A CURVE SUB plays the broker's input.
+    let server = KeyPair::generate().expect("keys");
+    let input = ctx().socket(zmq::SUB).expect("socket");
+    transport::curve_server(&input, &server).expect("curve server");
+    input.set_subscribe(b"").expect("subscribe");
+    input.bind("tcp://127.0.0.1:*").expect("bind");
+    let url = input.get_last_endpoint().expect("endpoint").expect("utf-8");
+    let adaptor = |ns: &str, key: PublicKey| {
+        Adaptor::builder(ns)
+            .url(&url)
+            .curve(ClientKeys::new(key, None).expect("keys"))
+            .connect_blocking()
+            .expect("adaptor")
+    };
+    let wrong = adaptor("wrong", KeyPair::generate().expect("keys").public);
+    let right = adaptor("right", server.public);
+    // The positive control: the right key's update arrives while the wrong one's never does.
+    let mut seen = Vec::new();
+    eventually(DEADLINE, "the CURVE adaptor's update to arrive", || {
+        wrong.send(&json!(1)).expect("send");
+        right.send(&json!(2)).expect("send");
+        while let Ok(frames) = input.recv_multipart(zmq::DONTWAIT) {
+            seen.push(String::from_utf8_lossy(&frames.concat()).into_owned());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        seen.iter().any(|m| m.contains("right")).then_some(())
+    });
+    for _ in 0..50 {
+        wrong.send(&json!(1)).expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    while let Ok(frames) = input.recv_multipart(zmq::DONTWAIT) {
+        seen.push(String::from_utf8_lossy(&frames.concat()).into_owned());
+    }
+    assert!(!seen.iter().any(|m| m.contains("wrong")), "{seen:?}");
+    // UDP cannot carry CURVE: refused, not sent in the clear.
+    let Err(e) = Adaptor::builder("x")
+        .udp("127.0.0.1:9")
+        .curve(ClientKeys::new(server.public, None).expect("keys"))
+        .connect_blocking()
+    else {
+        panic!("an adaptor with keys over UDP was made");
+    };
+    assert!(e.to_string().contains("UDP cannot carry CURVE"), "{e}");
+}
