@@ -247,11 +247,15 @@ pub(crate) fn guarded(config: &Config, door: Door) -> bool {
     config.auth_file.is_some() || (door == Door::Input && !config.allow_input.is_empty())
 }
 
-/// Puts `socket`'s new connections to the ZAP handler when `door` is [`guarded`].
+/// Makes `socket` a CURVE server when the broker has a key pair, and puts its new connections
+/// to the ZAP handler when `door` is [`guarded`]. Set before `bind`.
 ///
 /// # Errors
-/// What libzmq says when the option cannot be set.
+/// What libzmq says when an option cannot be set.
 pub(crate) fn guard(socket: &mut zmq::Socket, config: &Config, door: Door) -> zmq::Result<()> {
+    if let Some(keys) = &config.curve {
+        thingsbus_protocol::transport::curve_server(socket, keys).map_err(|f| f.source)?;
+    }
     if guarded(config, door) {
         socket.set_zap_domain(door.domain())?;
         // Refused when the ZAP handler does not answer: a dead handler must not let everyone
@@ -275,6 +279,8 @@ pub(crate) struct ZapRequest<'a> {
     pub(crate) mechanism: &'a [u8],
     /// The first credentials frame: the client's public key (32 bytes) under CURVE.
     pub(crate) credentials: Option<&'a [u8]>,
+    /// The credentials are the key of the broker's own HTTP side (made for this run).
+    pub(crate) internal: bool,
 }
 
 /// The ZAP handler's answer.
@@ -312,20 +318,32 @@ pub(crate) fn decide(
             by_address: true,
         };
     }
+    if req.internal && req.mechanism == b"CURVE" {
+        // The broker's own HTTP side: it reads, and its commands were checked by its tokens.
+        return ZapAnswer::Admit(crate::auth::INTERNAL.to_owned());
+    }
     let Some(auth) = auth else {
         return ZapAnswer::Admit(String::new());
     };
-    let who = match req.mechanism {
-        b"NULL" => Who::Anonymous,
+    // Under CURVE every peer has a key: one not in the file counts as anonymous (it knows the
+    // broker's public key, nothing more), and is refused under its own label.
+    let (who, label) = match req.mechanism {
+        b"NULL" => (Who::Anonymous, crate::auth::ANONYMOUS),
         b"CURVE" => match req.credentials.and_then(|k| auth.key_name(k)) {
-            Some(name) => Who::Key(name),
-            None => return refuse("(unknown key)", "key not in the auth file"),
+            Some(name) => (Who::Key(name), name),
+            None => (Who::Anonymous, "(unknown key)"),
         },
         _ => return refuse("?", "mechanism not used by thingsbus"),
     };
-    let label = who.label();
     let Some(rights) = auth.rights(who) else {
-        return refuse(label, "no rights in the auth file");
+        return refuse(
+            label,
+            if req.mechanism == b"CURVE" && who == Who::Anonymous {
+                "key not in the auth file, and no [anonymous] rights"
+            } else {
+                "no rights in the auth file"
+            },
+        );
     };
     let may = match door {
         Door::Directory | Door::Snapshot => rights.read,
@@ -356,6 +374,8 @@ pub(crate) struct ZapHandler {
     pub(crate) auth: Option<Arc<AuthCell>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) stop: Arc<AtomicBool>,
+    /// The public key of the broker's own HTTP side, when it connects with CURVE.
+    pub(crate) internal: Option<[u8; 32]>,
 }
 
 impl ZapHandler {
@@ -386,6 +406,7 @@ impl ZapHandler {
                 addr: address.parse().ok(),
                 mechanism: frame(5).unwrap_or_default(),
                 credentials: frame(6),
+                internal: self.internal.is_some_and(|k| frame(6) == Some(&k[..])),
             };
             let answer = decide(request, &self.allow, auth.as_mut().map(|a| a.get()));
             let (code, reason, user): (&[u8], &[u8], Vec<u8>) = match &answer {
@@ -525,6 +546,7 @@ mod tests {
             addr: Some(ip("10.0.0.7")),
             mechanism,
             credentials: key,
+            internal: false,
         }
     }
 
@@ -583,14 +605,32 @@ mod tests {
         assert_eq!(pi(Door::Input), ZapAnswer::Admit("pi".into()));
         assert_eq!(pi(Door::Command), ZapAnswer::Admit("pi".into()));
         assert!(refused(pi(Door::Directory)), "pi may not read");
-        let stranger = decide(ask(Door::Directory, b"CURVE", Some(&[1; 32])), &open, a);
-        assert!(matches!(stranger, ZapAnswer::Refuse { ref who, .. } if who == "(unknown key)"));
+        // A key not in the file has the anonymous rights, and is refused under its own label.
+        let stranger = |d| decide(ask(d, b"CURVE", Some(&[1; 32])), &open, a);
+        assert_eq!(stranger(Door::Directory), ZapAnswer::Admit(String::new()));
+        assert!(
+            matches!(stranger(Door::Input), ZapAnswer::Refuse { ref who, .. } if who == "(unknown key)")
+        );
+        let nobody = Auth::parse("").unwrap();
+        assert!(matches!(
+            decide(ask(Door::Directory, b"CURVE", Some(&[1; 32])), &open, Some(&nobody)),
+            ZapAnswer::Refuse { ref who, why, .. } if who == "(unknown key)" && why.contains("not in the auth file")
+        ));
+        // The broker's own HTTP side reads whatever the file says, but only under CURVE.
+        let internal = |m| ZapRequest {
+            internal: true,
+            ..ask(Door::Directory, m, Some(&[2; 32]))
+        };
+        assert_eq!(
+            decide(internal(b"CURVE"), &open, Some(&nobody)),
+            ZapAnswer::Admit(crate::auth::INTERNAL.into())
+        );
+        assert!(refused(decide(internal(b"NULL"), &open, Some(&nobody))));
         assert!(refused(decide(
             ask(Door::Directory, b"PLAIN", None),
             &open,
             a
         )));
-        let nobody = Auth::parse("").unwrap();
         assert!(refused(decide(
             ask(Door::Directory, b"NULL", None),
             &open,

@@ -40,6 +40,11 @@ pub(crate) struct Patterns {
 }
 
 impl Patterns {
+    const NONE: Patterns = Patterns {
+        all: false,
+        prefixes: Vec::new(),
+    };
+
     fn parse(list: &[String], what: &str) -> Result<Patterns, String> {
         let mut p = Patterns::default();
         for s in list {
@@ -109,6 +114,21 @@ impl Who<'_> {
 
 /// The label of peers without a key in counts and logs.
 pub(crate) const ANONYMOUS: &str = "anonymous";
+
+/// The key name of the broker's own HTTP side (a key made for each run): it reads everything
+/// and may command everything, because the HTTP side checks its own tokens and addresses
+/// first. No name in an auth file can take it (names there cannot start with `(`).
+pub(crate) const INTERNAL: &str = "(http side)";
+
+static INTERNAL_RIGHTS: Rights = Rights {
+    read: true,
+    publish: Patterns::NONE,
+    serve: Patterns::NONE,
+    command: Patterns {
+        all: true,
+        prefixes: Vec::new(),
+    },
+};
 
 /// An auth file, checked and ready to answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -225,6 +245,11 @@ impl Auth {
         let mut by_public = HashMap::new();
         for (name, k) in file.keys {
             let whose = format!("keys.{name}");
+            if name.starts_with('(') {
+                return Err(format!(
+                    "{whose}: a key's name cannot start with '(' (the broker's own names do)"
+                ));
+            }
             let public = z85_key(&k.public).map_err(|e| format!("{whose}.public: {e}"))?;
             keys.insert(
                 name.clone(),
@@ -274,6 +299,7 @@ impl Auth {
     pub(crate) fn rights(&self, who: Who<'_>) -> Option<&Rights> {
         match who {
             Who::Anonymous => self.anonymous.as_ref(),
+            Who::Key(INTERNAL) => Some(&INTERNAL_RIGHTS),
             Who::Key(name) => self.keys.get(name),
             Who::Board(name) => self.boards.get(name).map(|b| &b.rights),
         }

@@ -81,6 +81,10 @@ pub struct Config {
     /// Who may do what, by key, board and for peers without either (`--auth-file`, TOML; see
     /// the README). `None`: everyone may do everything the address lists allow, as in 0.2.x.
     pub auth_file: Option<std::path::PathBuf>,
+    /// The broker's CURVE key pair (`--curve-secret-file`): with it every ZMQ endpoint speaks
+    /// CURVE only, so peers need the public key and everything on the wire is encrypted; `None`
+    /// for plain ZMQ as in 0.2.x. Starting fails on a libzmq without CURVE.
+    pub curve: Option<thingsbus_protocol::keys::KeyPair>,
     /// Updates per second one source address may publish (bursts up to the same number);
     /// `None` for no limit.
     pub rate_limit: Option<f64>,
@@ -125,6 +129,7 @@ impl Default for Config {
             allow_command: loopback(),
             allow_serve: loopback(),
             auth_file: None,
+            curve: None,
         }
     }
 }

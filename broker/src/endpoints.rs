@@ -31,6 +31,9 @@ pub struct Endpoints {
     pub command_port: u16,
     /// The HTTP side's address, when it runs.
     pub http: Option<SocketAddr>,
+    /// The broker's CURVE public key when every ZMQ endpoint speaks CURVE
+    /// (`--curve-secret-file`); clients need it to connect.
+    pub server_key: Option<thingsbus_protocol::keys::PublicKey>,
 }
 
 impl Endpoints {
@@ -61,6 +64,7 @@ impl Endpoints {
             command: format!("tcp://{host}:{command_port}"),
             command_port,
             http: None,
+            server_key: config.curve.as_ref().map(|k| k.public),
         }
     }
 }

@@ -59,6 +59,9 @@ pub enum Error {
         /// What is wrong, naming the table and field.
         reason: String,
     },
+    /// `curve` is set but this build's libzmq has no CURVE.
+    #[error("{0}")]
+    Curve(#[from] thingsbus_protocol::transport::CurveUnavailable),
     /// The HTTP side's TLS or token files could not be used.
     #[error("HTTP endpoint: {0}")]
     Http(String),

@@ -18,6 +18,7 @@ pub(crate) fn start(
     _: Arc<Stats>,
     _: Arc<AtomicBool>,
     _: &Config,
+    _: Option<thingsbus_protocol::transport::ClientKeys>,
 ) -> Result<(JoinHandle<()>, SocketAddr), Error> {
     Err(Error::FeatureMissing {
         flag: "--http",

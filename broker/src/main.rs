@@ -314,6 +314,14 @@ struct Args {
     #[arg(long, env = "THINGSBUS_AUTH_FILE", value_name = "PATH")]
     auth_file: Option<std::path::PathBuf>,
 
+    /// Speak CURVE on every ZMQ endpoint with the secret key in this file (40 Z85 characters,
+    /// as `thingsbus keygen --secret-file PATH` writes it; its public key is derived and logged
+    /// at start). Every client, adaptor and CLI then needs that public key (`--server-key`), and
+    /// everything on the wire is encrypted; 0.2.x peers cannot connect. Keys are checked
+    /// against --auth-file when given (a key not in it has the [anonymous] rights).
+    #[arg(long, env = "THINGSBUS_CURVE_SECRET_FILE", value_name = "PATH")]
+    curve_secret_file: Option<std::path::PathBuf>,
+
     /// Updates per second one source address may publish (bursts up to as many); the excess is
     /// dropped and counted as rate_limited.
     #[arg(long, env = "THINGSBUS_RATE_LIMIT", value_name = "PER_SECOND", value_parser = positive_rate)]
@@ -455,12 +463,34 @@ fn config(args: &Args) -> Config {
     }
 }
 
+/// The signals the broker handles, caught from before it starts: a SIGTERM right after the
+/// broker says it runs stops it cleanly instead of killing it mid-way.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime `signals` are then awaited on).
+    fn install(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in = runtime.enter();
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+}
+
 /// Waits for SIGTERM or SIGINT; on SIGHUP meanwhile, reads the auth file again.
-async fn shutdown_signal(broker: &Broker) -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+async fn shutdown_signal(broker: &Broker, signals: Signals) -> anyhow::Result<&'static str> {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok("SIGTERM"),
@@ -471,6 +501,23 @@ async fn shutdown_signal(broker: &Broker) -> anyhow::Result<&'static str> {
             },
         }
     }
+}
+
+/// The broker's key pair from `--curve-secret-file`, checked before anything is bound.
+fn curve_keys(args: &Args) -> anyhow::Result<Option<thingsbus_protocol::keys::KeyPair>> {
+    let Some(path) = &args.curve_secret_file else {
+        return Ok(None);
+    };
+    thingsbus_protocol::transport::require_curve()
+        .context("--curve-secret-file cannot be honoured")?;
+    let keys = thingsbus_protocol::keys::KeyPair::read_file(path).with_context(|| {
+        format!(
+            "--curve-secret-file {}: make one with `thingsbus keygen --secret-file {}`",
+            path.display(),
+            path.display()
+        )
+    })?;
+    Ok(Some(keys))
 }
 
 /// One warning at start when the broker listens beyond this machine and lets anyone in.
@@ -503,7 +550,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the signal runtime")?;
-    let config = config(&args);
+    let signals = Signals::install(&runtime)?;
+    let mut config = config(&args);
+    config.curve = curve_keys(&args)?;
     let broker = Broker::start(config.clone())?;
     let at = broker.endpoints();
     let host = match config.bind {
@@ -517,6 +566,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         snapshot = %format!("tcp://{host}:{}", at.snapshot_port),
         command = %format!("tcp://{host}:{}", at.command_port),
         http = %at.http.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/")),
+        curve = %at.server_key.as_ref().map_or_else(|| "off".to_owned(), |k| format!("on, server key {}", k)),
 
         snapshot_interval_s = args.snapshot_interval,
         live_window_s = args.live_window,
@@ -535,7 +585,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Until a signal, or until the broker stops by itself (a thread of it ended).
     let signal = runtime.block_on(async {
         tokio::select! {
-            signal = shutdown_signal(&broker) => signal.map(Some),
+            signal = shutdown_signal(&broker, signals) => signal.map(Some),
             () = stopped(&broker) => Ok(None),
         }
     })?;

@@ -274,6 +274,10 @@ impl Broker {
     /// [`Error::AddressInUse`] when a port is taken, [`Error::FeatureMissing`] when the
     /// configuration asks for what this build left out, other variants when the system refuses.
     pub fn start(config: Config) -> Result<Broker, Error> {
+        if config.curve.is_some() {
+            // Never run unprotected because this build cannot protect.
+            thingsbus_protocol::transport::require_curve()?;
+        }
         let auth = config
             .auth_file
             .as_deref()
@@ -321,6 +325,15 @@ impl Broker {
             auth: auth.clone(),
         };
         threads.spawn("thingsbus-commands", move || commands.run())?;
+        // The HTTP side reads through the broker's own endpoints: under CURVE with a key pair
+        // made for this run, which the ZAP handler lets in whatever the auth file says.
+        let http_keys = match (&config.curve, config.http) {
+            (Some(own), Some(_)) => Some(
+                transport::ClientKeys::new(own.public, None)
+                    .map_err(|e| Error::Http(format!("making the HTTP side's CURVE key: {e}")))?,
+            ),
+            _ => None,
+        };
         if let Some(socket) = zap {
             let handler = crate::access::ZapHandler {
                 socket,
@@ -328,6 +341,7 @@ impl Broker {
                 auth: auth.clone(),
                 stats: stats.clone(),
                 stop: stop.clone(),
+                internal: http_keys.as_ref().map(|k| *k.own.public.as_bytes()),
             };
             threads.spawn("thingsbus-zap", move || handler.run())?;
         }
@@ -401,8 +415,14 @@ impl Broker {
         })?;
 
         if let Some(addr) = config.http {
-            let (thread, bound) =
-                crate::http::start(addr, &endpoints, stats.clone(), stop.clone(), &config)?;
+            let (thread, bound) = crate::http::start(
+                addr,
+                &endpoints,
+                stats.clone(),
+                stop.clone(),
+                &config,
+                http_keys,
+            )?;
             threads.handles.push(thread);
             endpoints.http = Some(bound);
         }

@@ -38,6 +38,7 @@ use crate::error::Error;
 use crate::stats::{self, Stats};
 use conn::Peer;
 use guard::{Hosts, Role, Tokens};
+use thingsbus_protocol::transport::ClientKeys;
 
 const PAGE: &str = include_str!("../web/index.html");
 const SCRIPT: &str = include_str!("../web/app.js");
@@ -90,15 +91,21 @@ impl App {
     }
 }
 
-/// A connection to the broker's own outputs, asking for stale things too.
-async fn mirror(endpoints: &Endpoints) -> Result<Client, thingsbus_client::Error> {
-    Client::builder()
+/// A connection to the broker's own outputs, asking for stale things too; under CURVE with
+/// `keys` (a key pair made for this run, which the ZAP handler knows).
+async fn mirror(
+    endpoints: &Endpoints,
+    keys: Option<&ClientKeys>,
+) -> Result<Client, thingsbus_client::Error> {
+    let mut builder = Client::builder()
         .url(&endpoints.directory)
         .snapshot_url(&endpoints.snapshot)
         .command_url(&endpoints.command)
-        .include_stale(true)
-        .connect()
-        .await
+        .include_stale(true);
+    if let Some(keys) = keys {
+        builder = builder.curve(keys.clone());
+    }
+    builder.connect().await
 }
 
 /// Most things the HTTP side's mirror may hold while the directory holds `things`: the mirror
@@ -125,6 +132,7 @@ pub(crate) fn start(
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     config: &Config,
+    keys: Option<ClientKeys>,
 ) -> Result<(JoinHandle<()>, SocketAddr), Error> {
     let opts = &config.http_options;
     let tls = match (&opts.tls_cert, &opts.tls_key) {
@@ -182,7 +190,7 @@ pub(crate) fn start(
         .enable_all()
         .build()?;
     let client = runtime
-        .block_on(mirror(endpoints))
+        .block_on(mirror(endpoints, keys.as_ref()))
         .map_err(|e| Error::Bind {
             what: "HTTP endpoint's mirror",
             endpoint: endpoints.directory.clone(),
@@ -216,7 +224,7 @@ pub(crate) fn start(
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 };
-                tokio::spawn(keep_mirror_bounded(app.clone(), endpoints));
+                tokio::spawn(keep_mirror_bounded(app.clone(), endpoints, keys));
                 let server = axum::serve(
                     listener,
                     router(app).into_make_service_with_connect_info::<Peer>(),
@@ -244,7 +252,7 @@ pub(crate) fn start(
 /// The mirror holds every thing it ever saw (stale ones too), while the directory forgets things
 /// after `--forget-after`: when the mirror holds more than [`mirror_bound`] of what the directory
 /// holds, a fresh mirror is filled from the broker and takes its place.
-async fn keep_mirror_bounded(app: App, endpoints: Endpoints) {
+async fn keep_mirror_bounded(app: App, endpoints: Endpoints, keys: Option<ClientKeys>) {
     loop {
         tokio::time::sleep(MIRROR_CHECK).await;
         // Counting walks the whole mirror: not on this runtime's only worker.
@@ -261,7 +269,7 @@ async fn keep_mirror_bounded(app: App, endpoints: Endpoints) {
             things,
             "the HTTP side's copy holds things the directory forgot: loading it afresh"
         );
-        let fresh = match mirror(&endpoints).await {
+        let fresh = match mirror(&endpoints, keys.as_ref()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "the HTTP side could not load the directory afresh");
