@@ -238,3 +238,217 @@ fn an_adaptor_publishes_to_a_curve_input_and_with_a_wrong_server_key_gets_nothin
     };
     assert!(e.to_string().contains("UDP cannot carry CURVE"), "{e}");
 }
+
+// ---- A broker with --curve-secret-file, against pyzmq and our own peers ----
+
+/// A directory of its own for this test's files, removed first.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("thingsbus-curve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A broker speaking CURVE as `keys`, with the auth file `auth` (TOML) and, if asked, HTTP.
+fn curve_broker(keys: &KeyPair, dir: &std::path::Path, auth: &str, http: bool) -> Broker {
+    let path = dir.join("auth.toml");
+    std::fs::write(&path, auth).expect("write the auth file");
+    let keys = keys.clone();
+    spawn_broker(move |c| {
+        c.stats_interval = std::time::Duration::ZERO;
+        c.curve = Some(keys);
+        c.auth_file = Some(path);
+        if http {
+            c.http = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
+    })
+}
+
+/// pyzmq publishers into `input` until stdin closes (or 30 s): `right` (the kitchen key and the
+/// broker's key) publishes kitchen.temp and garage.door; `wrong` (the kitchen key, another
+/// server key) kitchen.wrong; `stranger` (a key of its own, the broker's key) kitchen.stranger.
+const PY_PUBLISHERS: &str = r#"
+import json, sys, threading, time, zmq
+url, server, wrong_server, pub, sec = sys.argv[1:6]
+ctx = zmq.Context()
+def publisher(server_key, public, secret):
+    s = ctx.socket(zmq.PUB)
+    s.curve_serverkey = server_key.encode()
+    s.curve_publickey = public.encode()
+    s.curve_secretkey = secret.encode()
+    s.connect(url)
+    return s
+right = publisher(server, pub, sec)
+wrong = publisher(wrong_server, pub, sec)
+spub, ssec = zmq.curve_keypair()
+stranger = publisher(server, spub.decode(), ssec.decode())
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+print("ready", flush=True)
+i = 0
+end = time.time() + 30
+while not done.is_set() and time.time() < end:
+    i += 1
+    right.send_string(json.dumps(["kitchen.temp", None, i, None]))
+    right.send_string(json.dumps(["garage.door", None, i, None]))
+    wrong.send_string(json.dumps(["kitchen.wrong", None, i, None]))
+    stranger.send_string(json.dumps(["kitchen.stranger", None, i, None]))
+    time.sleep(0.02)
+"#;
+
+/// A pyzmq subscriber to `url` with the server key and a key of its own: prints the first
+/// directory message naming `ns` (or "nothing" after 20 s).
+const PY_SUBSCRIBER: &str = r#"
+import sys, zmq
+url, server, ns = sys.argv[1:4]
+s = zmq.Context().socket(zmq.SUB)
+pub, sec = zmq.curve_keypair()
+s.curve_serverkey = server.encode()
+s.curve_publickey = pub
+s.curve_secretkey = sec
+s.setsockopt(zmq.SUBSCRIBE, b"")
+s.connect(url)
+poller = zmq.Poller(); poller.register(s, zmq.POLLIN)
+import time
+end = time.time() + 20
+while time.time() < end:
+    if poller.poll(200):
+        m = s.recv()
+        if ns.encode() in m:
+            print(m.decode()); sys.exit(0)
+print("nothing")
+"#;
+
+#[test]
+fn a_curve_broker_lets_pyzmq_keys_do_what_the_auth_file_says_and_counts_the_rest() {
+    require_peers!(peers::PYTHON_02);
+    let dir = scratch("pyzmq");
+    let server = KeyPair::generate().expect("keys");
+    let kitchen = KeyPair::generate().expect("keys");
+    let broker = curve_broker(
+        &server,
+        &dir,
+        &format!(
+            "[anonymous]\nread = true\n\
+             [keys.kitchen]\npublic = \"{}\"\npublish = [\"kitchen\"]\n",
+            kitchen.public
+        ),
+        false,
+    );
+    let at = broker.endpoints().clone();
+    assert_eq!(at.server_key, Some(server.public));
+    let mut publishers = Command::new(python())
+        .arg("-c")
+        .arg(PY_PUBLISHERS)
+        .args([
+            at.input.as_str(),
+            &server.public.to_string(),
+            &KeyPair::generate().expect("keys").public.to_string(),
+            &kitchen.public.to_string(),
+            &kitchen.secret.to_z85(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    // Our client reads with a key the file does not know: the anonymous rights (read).
+    let client = thingsbus_client::Client::builder()
+        .url(&at.directory)
+        .snapshot_url(&at.snapshot)
+        .curve(ClientKeys::new(server.public, None).expect("keys"))
+        .connect_blocking()
+        .expect("client");
+    let stats = broker.stats().clone();
+    let temp = |c: &thingsbus_client::Client| {
+        c.get("kitchen.temp")
+            .and_then(|t| t.data.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    eventually(
+        std::time::Duration::from_secs(30),
+        "kitchen.temp from the kitchen key, garage.door refused, the stranger refused",
+        || {
+            (temp(&client) > 0
+                && stats.refused_by("kitchen", "not_permitted") >= 1
+                && stats.refused_by("(unknown key)", "connect_refused") >= 1)
+                .then_some(())
+        },
+    );
+    // The positive control keeps arriving while the others never do.
+    let seen = temp(&client);
+    eventually(DEADLINE, "50 more kitchen.temp updates", || {
+        (temp(&client) >= seen + 50).then_some(())
+    });
+    for refused in ["garage.door", "kitchen.wrong", "kitchen.stranger"] {
+        assert!(client.get(refused).is_none(), "{refused} got through");
+    }
+    assert!(stats.refused_by("kitchen", "not_permitted") >= 50);
+    // pyzmq reads the directory as well, with a key of its own.
+    let lines = py(
+        PY_SUBSCRIBER,
+        &[&at.directory, &server.public.to_string(), "kitchen.temp"],
+    );
+    assert!(lines[0].contains("kitchen.temp"), "{lines:?}");
+    drop(publishers.stdin.take());
+    publishers.wait().expect("python ends");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn without_anonymous_rights_a_curve_broker_admits_only_its_keys_and_the_http_side_still_reads() {
+    use serde_json::json;
+    let dir = scratch("http");
+    let server = KeyPair::generate().expect("keys");
+    let kitchen = KeyPair::generate().expect("keys");
+    let broker = curve_broker(
+        &server,
+        &dir,
+        &format!(
+            "[keys.kitchen]\npublic = \"{}\"\nread = true\npublish = [\"kitchen\"]\n",
+            kitchen.public
+        ),
+        true,
+    );
+    let at = broker.endpoints().clone();
+    let adaptor = thingsbus_adaptor::Adaptor::builder("kitchen.temp")
+        .url(&at.input)
+        .curve(ClientKeys::new(server.public, Some(kitchen.clone())).expect("keys"))
+        .connect_blocking()
+        .expect("adaptor");
+    let stranger = thingsbus_client::Client::builder()
+        .url(&at.directory)
+        .snapshot_url(&at.snapshot)
+        .curve(ClientKeys::new(server.public, None).expect("keys"))
+        .connect_blocking()
+        .expect("client");
+    let url = format!(
+        "http://{}/api/things/kitchen.temp",
+        at.http.expect("http runs")
+    );
+    // The page's side reads everything although the file gives peers without a key nothing.
+    let body = eventually(DEADLINE, "kitchen.temp on the HTTP side", || {
+        adaptor.send(&json!(21.5)).expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let r = ureq::get(&url).call().ok()?;
+        r.into_string().ok()
+    });
+    let thing: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(thing["data"], json!(21.5), "{body}");
+    // A key the file does not know is refused at connect, and counted.
+    let stats = broker.stats().clone();
+    eventually(DEADLINE, "the stranger refused", || {
+        (stats.refused_by("(unknown key)", "connect_refused") >= 1).then_some(())
+    });
+    assert!(stranger.get("kitchen.temp").is_none());
+    // The kitchen key itself reads.
+    let own = thingsbus_client::Client::builder()
+        .url(&at.directory)
+        .snapshot_url(&at.snapshot)
+        .curve(ClientKeys::new(server.public, Some(kitchen)).expect("keys"))
+        .connect_blocking()
+        .expect("client");
+    eventually(DEADLINE, "the kitchen key to read kitchen.temp", || {
+        own.get("kitchen.temp").map(|_| ())
+    });
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -769,3 +769,49 @@ fn listening_beyond_loopback_without_an_auth_file_says_so_once() {
         );
     }
 }
+
+#[test]
+fn curve_secret_file_gives_the_server_key_at_start_and_a_missing_one_says_how_to_make_it() {
+    let dir = std::env::temp_dir().join(format!("thingsbus-cli-curve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let missing = dir.join("missing.key");
+    let out = Command::new(BIN)
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "-q",
+            "--curve-secret-file",
+        ])
+        .arg(&missing)
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, "thingsbus keygen --secret-file");
+
+    let keys = thingsbus_protocol::keys::KeyPair::generate().expect("keys");
+    let path = dir.join("broker.key");
+    std::fs::write(&path, format!("{}\n", keys.secret.to_z85())).expect("write");
+    let mut process = Process::build(
+        Command::new(BIN)
+            .args(["--bind", "127.0.0.1", "--port", "0", "--input-port", "0"])
+            .arg("--curve-secret-file")
+            .arg(&path)
+            .env_remove("RUST_LOG"),
+    )
+    .name("the broker")
+    .stdout(Stream::Discard)
+    .start();
+    process.wait_stderr("thingsbus broker running");
+    assert!(
+        process
+            .stderr()
+            .contains(&format!("curve=on, server key {}", keys.public)),
+        "{}",
+        process.stderr()
+    );
+    process.signal("TERM");
+    process.wait(DEADLINE).expect("the broker stops on SIGTERM");
+    std::fs::remove_dir_all(&dir).ok();
+}
