@@ -9,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use thingsbus_protocol::transport::{curve_client, ClientKeys};
+
 /// The bench's clock: nanoseconds since the first call, comparable across threads.
 pub(crate) fn now_ns() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -155,10 +157,14 @@ impl Generator {
         zmq_url: &str,
         udp: SocketAddr,
         prefix: &str,
+        keys: Option<&ClientKeys>,
     ) -> Self {
         let out = match transport {
             Transport::Zmq => {
                 let s = ctx.socket(zmq::PUB).expect("PUB socket");
+                if let Some(k) = keys {
+                    curve_client(&s, k).expect("CURVE keys");
+                }
                 s.set_sndhwm(0).expect("unlimited hwm");
                 s.set_linger(2000).expect("linger");
                 s.connect(zmq_url).expect("connect");
@@ -265,8 +271,12 @@ pub(crate) fn subscriber(
     url: &str,
     prefix: &str,
     latency: bool,
+    keys: Option<&ClientKeys>,
 ) -> SubscriberHandle {
     let s = ctx.socket(zmq::SUB).expect("SUB");
+    if let Some(k) = keys {
+        curve_client(&s, k).expect("CURVE keys");
+    }
     s.set_subscribe(b"").expect("subscribe");
     s.set_rcvhwm(0).expect("unlimited hwm");
     s.set_rcvbuf(8 << 20).expect("rcvbuf");

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod commands;
+mod curve;
 mod limits;
 mod load;
 mod report;
@@ -68,6 +69,9 @@ enum Scenario {
     /// What the bounds cost: CPU per update refused at `--max-things` beside one accepted, and
     /// ingest with the journal on a disk another writer keeps busy.
     Limits,
+    /// What CURVE costs: ingest and fan-out with CURVE on every endpoint beside the same broker
+    /// without it, and a late join with CURVE.
+    Curve,
     /// Every scenario above, in that order.
     All,
     /// Our broker as a server process of the bench (started by the bench itself): endpoints as
@@ -130,7 +134,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
             .note("python 0.2.1 skipped: not installed (scripts/python-peers.sh)");
     }
     let started = std::time::Instant::now();
-    let steps: [(Scenario, Step); 9] = [
+    let steps: [(Scenario, Step); 10] = [
         (Scenario::Ingest, Bench::ingest),
         (Scenario::Fanout, Bench::fanout),
         (Scenario::Latency, Bench::latency),
@@ -140,6 +144,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
         (Scenario::Commands, Bench::commands),
         (Scenario::Cluster, Bench::cluster),
         (Scenario::Limits, Bench::limits),
+        (Scenario::Curve, Bench::curve),
     ];
     for (scenario, step) in steps {
         if args.scenario == Scenario::All || args.scenario == scenario {

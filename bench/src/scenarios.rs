@@ -79,9 +79,9 @@ impl Bench {
     ) -> anyhow::Result<Step> {
         let server = output;
         let handles: Vec<_> = (0..subs)
-            .map(|i| subscriber(&self.zmq, &output.directory, "bench", latency && i == 0))
+            .map(|i| subscriber(&self.zmq, &output.directory, "bench", latency && i == 0, output.keys.as_ref()))
             .collect();
-        let mut generator = Generator::new(&self.zmq, transport, &input.input, input.udp, "bench");
+        let mut generator = Generator::new(&self.zmq, transport, &input.input, input.udp, "bench", input.keys.as_ref());
         let deadline = Instant::now() + Duration::from_secs(15);
         while handles.iter().any(|h| h.synced() == 0) {
             if Instant::now() > deadline {
@@ -217,7 +217,7 @@ impl Bench {
         }
         // The generator's own ceiling: unthrottled into the floor's input.
         let floor = Server::start(Kind::Floor, Options::default())?;
-        let mut g = Generator::new(&self.zmq, Transport::Zmq, &floor.input, floor.udp, "bench");
+        let mut g = Generator::new(&self.zmq, Transport::Zmq, &floor.input, floor.udp, "bench", None);
         std::thread::sleep(Duration::from_millis(200));
         let (sent, took) = g.run(f64::INFINITY, self.secs(), u64::MAX, 1000);
         self.report.note(format!(
@@ -290,8 +290,8 @@ impl Bench {
         rate: f64,
         prefix: &str,
     ) -> anyhow::Result<()> {
-        let sub = subscriber(&self.zmq, &server.directory, prefix, false);
-        let mut g = Generator::new(&self.zmq, Transport::Zmq, &server.input, server.udp, prefix);
+        let sub = subscriber(&self.zmq, &server.directory, prefix, false, server.keys.as_ref());
+        let mut g = Generator::new(&self.zmq, Transport::Zmq, &server.input, server.udp, prefix, server.keys.as_ref());
         let deadline = Instant::now() + Duration::from_secs(15);
         while sub.synced() == 0 {
             if Instant::now() > deadline {
@@ -312,7 +312,7 @@ impl Bench {
         Ok(())
     }
 
-    fn fill_rate(kind: Kind) -> f64 {
+    pub(crate) fn fill_rate(kind: Kind) -> f64 {
         match kind {
             Kind::Python => 8_000.0,
             _ => 150_000.0,
@@ -481,13 +481,14 @@ impl Bench {
         stuck.set_rcvhwm(1)?;
         stuck.set_rcvbuf(4096)?;
         stuck.connect(&server.directory)?;
-        let reader = subscriber(&self.zmq, &server.directory, "stuck", false);
+        let reader = subscriber(&self.zmq, &server.directory, "stuck", false, None);
         let mut g = Generator::new(
             &self.zmq,
             Transport::Zmq,
             &server.input,
             server.udp,
             "stuck",
+            None,
         );
         while reader.synced() == 0 {
             g.probe();
@@ -592,6 +593,17 @@ pub(crate) fn join_time_under(
     prefix: &str,
     n: u64,
 ) -> anyhow::Result<Duration> {
+    join_time_with(directory, snapshot, prefix, n, None)
+}
+
+/// [`join_time_under`], the client speaking CURVE with `keys` when given.
+pub(crate) fn join_time_with(
+    directory: &str,
+    snapshot: Option<&str>,
+    prefix: &str,
+    n: u64,
+    keys: Option<thingsbus_protocol::transport::ClientKeys>,
+) -> anyhow::Result<Duration> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -601,6 +613,10 @@ pub(crate) fn join_time_under(
         let builder = match snapshot {
             Some(url) => builder.snapshot_url(url),
             None => builder.instant_snapshot(false),
+        };
+        let builder = match keys {
+            Some(keys) => builder.curve(keys),
+            None => builder,
         };
         let client = builder.connect().await?;
         if !client.wait_filled(Duration::from_secs(60)).await {

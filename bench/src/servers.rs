@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
+use thingsbus_protocol::transport::ClientKeys;
 use thingsbus_tests::process::{on_cpus, Process, Stream};
 
 /// Which system.
@@ -57,6 +58,8 @@ pub(crate) struct Options {
     pub(crate) max_things: Option<u64>,
     /// Ours only: `--state-file`.
     pub(crate) state_file: Option<PathBuf>,
+    /// Ours only: CURVE on every endpoint with this key pair (`--curve-secret-file`).
+    pub(crate) curve: Option<thingsbus_protocol::keys::KeyPair>,
 }
 
 /// `--cluster` settings of a bench broker.
@@ -93,6 +96,9 @@ pub(crate) struct Serve {
     /// Keep the directory in this journal (our broker only).
     #[arg(long)]
     pub(crate) state_file: Option<PathBuf>,
+    /// Speak CURVE with this secret key, in Z85 (our broker only; a bench's throwaway key).
+    #[arg(long)]
+    pub(crate) curve_secret: Option<String>,
 }
 
 impl Serve {
@@ -109,6 +115,9 @@ impl Serve {
         }
         if let Some(p) = &self.state_file {
             args.extend(["--state-file".to_owned(), p.display().to_string()]);
+        }
+        if let Some(k) = &self.curve_secret {
+            args.extend(["--curve-secret".to_owned(), k.clone()]);
         }
         let c = &self.cluster;
         if !c.urls.is_empty() {
@@ -136,6 +145,7 @@ impl Default for Options {
             cpus: None,
             max_things: None,
             state_file: None,
+            curve: None,
         }
     }
 }
@@ -151,6 +161,8 @@ pub(crate) struct Server {
     pub(crate) snapshot: Option<String>,
     /// The command endpoint (ours only).
     pub(crate) command: Option<String>,
+    /// What clients need when the server speaks CURVE.
+    pub(crate) keys: Option<ClientKeys>,
 }
 
 /// How long a server of ours may take to say where it serves: with a cluster, it loads the whole
@@ -168,6 +180,7 @@ impl Server {
                     cluster: opts.cluster.clone().unwrap_or_default(),
                     max_things: opts.max_things,
                     state_file: opts.state_file.clone(),
+                    curve_secret: opts.curve.as_ref().map(|k| k.secret.to_z85()),
                 };
                 let mode = if kind == Kind::Ours {
                     "serve-broker"
@@ -195,6 +208,10 @@ impl Server {
                     snapshot: v["snapshot"].as_str().map(str::to_owned),
                     command: v["command"].as_str().map(str::to_owned),
                     process,
+                    keys: match &opts.curve {
+                        Some(k) => Some(ClientKeys::new(k.public, None)?),
+                        None => None,
+                    },
                 })
             }
             Kind::Nats => bail!("NATS is started by the cluster scenario itself"),
@@ -222,6 +239,7 @@ impl Server {
                     udp: format!("127.0.0.1:{iport}").parse()?,
                     snapshot: None,
                     command: None,
+                    keys: None,
                 })
             }
         }
@@ -304,6 +322,14 @@ pub(crate) fn serve_broker(args: &Serve) -> anyhow::Result<()> {
         input_hwm: 100_000,
         snapshot_interval: Duration::from_secs_f64(args.snapshot_interval),
         live_window: Duration::from_secs(3600),
+        curve: args
+            .curve_secret
+            .as_deref()
+            .map(|k| {
+                thingsbus_protocol::keys::SecretKey::from_z85(k)
+                    .and_then(thingsbus_protocol::keys::KeyPair::from_secret)
+            })
+            .transpose()?,
         ..thingsbus_broker::Config::ephemeral()
     };
     let broker = thingsbus_broker::Broker::start(config)?;
@@ -408,8 +434,10 @@ mod tests {
             cluster: ClusterOptions::default(),
             max_things: Some(7),
             state_file: Some(PathBuf::from("/tmp/x.journal")),
+            curve_secret: Some("JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6".into()),
         };
         assert_eq!(round_trip(&alone).max_things, Some(7));
+        assert_eq!(round_trip(&alone).curve_secret, alone.curve_secret);
         assert_eq!(round_trip(&alone).state_file, alone.state_file);
         assert_eq!(round_trip(&alone).cluster.urls, Vec::<String>::new());
         assert_eq!(round_trip(&alone).hwm, 2000);
