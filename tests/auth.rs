@@ -309,3 +309,113 @@ fn a_board_that_signs_publishes_what_its_table_gives_and_nothing_is_replayed() {
     assert_eq!(bad, 3, "replayed, bad MAC and unknown board");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_signing_board_serves_by_its_name_gets_signed_commands_and_only_its_signed_reply_counts() {
+    use thingsbus_protocol::signed::{open, seal_to_vec, BoardSecret, Direction};
+    let dir = scratch("board-commands");
+    let secret = [0x17u8; 32];
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let path = auth_file(
+        &dir,
+        &format!(
+            "[anonymous]\nread = true\ncommand = [\"porch\"]\n\
+             [boards.porch-esp]\nsecret = \"{hex}\"\nserve = [\"porch\"]\n"
+        ),
+    );
+    // No address may serve unsigned: the signature alone lets the board in.
+    let broker = spawn_broker(move |c| {
+        with_auth(path)(c);
+        c.allow_serve = Vec::new();
+    });
+    let key = BoardSecret::from_bytes(secret);
+    let board = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    board
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let to_broker = broker.endpoints().udp;
+    let mut counter = 0;
+    let mut signed = |m: &CommandMessage| {
+        counter += 1;
+        seal_to_vec(
+            Direction::ToBroker,
+            "porch-esp",
+            3,
+            counter,
+            &m.to_msgpack(),
+            &key,
+        )
+        .expect("seal")
+    };
+    // What the broker sends the board: signed for it, or refused here.
+    let receive = || -> (Vec<u8>, CommandMessage) {
+        let mut buf = [0u8; 1500];
+        let (n, _) = board
+            .recv_from(&mut buf)
+            .expect("a datagram from the broker");
+        let sealed = open(&buf[..n], Direction::ToBoard, |name| {
+            (name == "porch-esp").then(|| BoardSecret::from_bytes(secret))
+        })
+        .expect("signed for the board with its secret");
+        assert_eq!(sealed.boot, 3, "with the board's current boot");
+        let v: Value = rmp_serde::from_slice(sealed.payload).expect("msgpack");
+        (
+            buf[..n].to_vec(),
+            command::from_value(v).expect("a command message"),
+        )
+    };
+    let serve = CommandMessage::Serve {
+        ns: vec![Namespace::new("porch.light").expect("ns")],
+        ttl: Some(30.0),
+    };
+    // Unsigned from the same socket: refused (no address may serve, no anonymous serve right).
+    board.send_to(&serve.to_msgpack(), to_broker).expect("send");
+    let mut buf = [0u8; 1500];
+    let (n, _) = board.recv_from(&mut buf).expect("a serving reply");
+    let v: Value = rmp_serde::from_slice(&buf[..n]).expect("msgpack");
+    assert_eq!(v["ns"], json!([]), "unsigned serve refused: {v}");
+    // Signed: served, and the broker's answer is signed.
+    board.send_to(&signed(&serve), to_broker).expect("send");
+    match receive().1 {
+        CommandMessage::Serving { ns, .. } => assert_eq!(ns[0].as_str(), "porch.light"),
+        other => panic!("expected serving, got {other:?}"),
+    }
+    // A caller's command reaches the board signed; a forged unsigned reply from the board's own
+    // address does not answer it, the board's signed one does.
+    let caller = dealer_from("127.0.0.1", &broker);
+    send(
+        &caller,
+        &CommandMessage::Command {
+            id: json!("c-1"),
+            ns: Namespace::new("porch.light").expect("ns"),
+            data: json!({"on": true}),
+            timeout: Some(5.0),
+            deadline: None,
+        },
+    );
+    let (sealed, command) = receive();
+    let CommandMessage::Command { id, data, .. } = command else {
+        panic!("expected the command, got {command:?}");
+    };
+    assert_eq!(data, json!({"on": true}));
+    let reply = |data: Value| CommandMessage::Reply {
+        id: id.clone(),
+        result: Ok(data),
+    };
+    board
+        .send_to(&reply(json!("forged")).to_msgpack(), to_broker)
+        .expect("send");
+    board
+        .send_to(&signed(&reply(json!("done"))), to_broker)
+        .expect("send");
+    match recv(&caller) {
+        Some(CommandMessage::Reply { result, .. }) => assert_eq!(result, Ok(json!("done"))),
+        other => panic!("expected the board's reply, got {other:?}"),
+    }
+    // A command recorded on the way is no datagram the broker takes back.
+    board.send_to(&sealed, to_broker).expect("send");
+    eventually(DEADLINE, "the reflected command refused", || {
+        (broker.stats().refused_by("porch-esp", "malformed") == 1).then_some(())
+    });
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -273,7 +273,14 @@ impl Bench {
         let a = Server::start(Kind::Ours, clustered(&urls, "a", 50.0, 3))?;
         let b = Server::start(Kind::Ours, clustered(&urls, "b", 50.0, 3))?;
         let sub = subscriber(&self.zmq, &b.directory, "absorb", false, b.keys.as_ref());
-        let mut g = Generator::new(&self.zmq, Transport::Zmq, &a.input, a.udp, "absorb", a.keys.as_ref());
+        let mut g = Generator::new(
+            &self.zmq,
+            Transport::Zmq,
+            &a.input,
+            a.udp,
+            "absorb",
+            a.keys.as_ref(),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         while sub.synced() == 0 {
             if Instant::now() > deadline {

@@ -78,7 +78,14 @@ impl Bench {
                 ..Options::default()
             },
         )?;
-        let mut g = Generator::new(&self.zmq, Transport::Zmq, &room.input, room.udp, "room", None);
+        let mut g = Generator::new(
+            &self.zmq,
+            Transport::Zmq,
+            &room.input,
+            room.udp,
+            "room",
+            None,
+        );
         let before = drained(&mut room, |_| true)?;
         let connected = Instant::now() + Duration::from_secs(10);
         while counter(&room.stats()?, "accepted") <= counter(&before, "accepted") {
@@ -107,7 +114,14 @@ impl Bench {
         )?;
         self.fill(&full, cap, 150_000.0, "held")?;
         let held = drained(&mut full, |_| true)?;
-        let mut g = Generator::new(&self.zmq, Transport::Zmq, &full.input, full.udp, "new", None);
+        let mut g = Generator::new(
+            &self.zmq,
+            Transport::Zmq,
+            &full.input,
+            full.udp,
+            "new",
+            None,
+        );
         // The generator's connection is up once its first new name is refused.
         let connected = Instant::now() + Duration::from_secs(10);
         let mut n = 0;

@@ -79,9 +79,24 @@ impl Bench {
     ) -> anyhow::Result<Step> {
         let server = output;
         let handles: Vec<_> = (0..subs)
-            .map(|i| subscriber(&self.zmq, &output.directory, "bench", latency && i == 0, output.keys.as_ref()))
+            .map(|i| {
+                subscriber(
+                    &self.zmq,
+                    &output.directory,
+                    "bench",
+                    latency && i == 0,
+                    output.keys.as_ref(),
+                )
+            })
             .collect();
-        let mut generator = Generator::new(&self.zmq, transport, &input.input, input.udp, "bench", input.keys.as_ref());
+        let mut generator = Generator::new(
+            &self.zmq,
+            transport,
+            &input.input,
+            input.udp,
+            "bench",
+            input.keys.as_ref(),
+        );
         let deadline = Instant::now() + Duration::from_secs(15);
         while handles.iter().any(|h| h.synced() == 0) {
             if Instant::now() > deadline {
@@ -217,7 +232,14 @@ impl Bench {
         }
         // The generator's own ceiling: unthrottled into the floor's input.
         let floor = Server::start(Kind::Floor, Options::default())?;
-        let mut g = Generator::new(&self.zmq, Transport::Zmq, &floor.input, floor.udp, "bench", None);
+        let mut g = Generator::new(
+            &self.zmq,
+            Transport::Zmq,
+            &floor.input,
+            floor.udp,
+            "bench",
+            None,
+        );
         std::thread::sleep(Duration::from_millis(200));
         let (sent, took) = g.run(f64::INFINITY, self.secs(), u64::MAX, 1000);
         self.report.note(format!(
@@ -290,8 +312,21 @@ impl Bench {
         rate: f64,
         prefix: &str,
     ) -> anyhow::Result<()> {
-        let sub = subscriber(&self.zmq, &server.directory, prefix, false, server.keys.as_ref());
-        let mut g = Generator::new(&self.zmq, Transport::Zmq, &server.input, server.udp, prefix, server.keys.as_ref());
+        let sub = subscriber(
+            &self.zmq,
+            &server.directory,
+            prefix,
+            false,
+            server.keys.as_ref(),
+        );
+        let mut g = Generator::new(
+            &self.zmq,
+            Transport::Zmq,
+            &server.input,
+            server.udp,
+            prefix,
+            server.keys.as_ref(),
+        );
         let deadline = Instant::now() + Duration::from_secs(15);
         while sub.synced() == 0 {
             if Instant::now() > deadline {

@@ -4,11 +4,13 @@
 //! refused; it also signs the commands the broker sends back to a board. No sockets, no clock:
 //! the ingest loop passes `now`.
 //!
-//! Wiring into ingest follows (a separate change): a UDP datagram for which
-//! [`BoardAuth::is_signed`] holds goes through [`BoardAuth::verify`] before
-//! `decode_msgpack_input`; the payload is then decoded exactly as an unsigned datagram, and the
-//! board name is the identity the auth file's rights are checked against. A refusal is counted
-//! under its [`Refusal::as_str`] label (`unknown_board`, `bad_mac`, `replayed`, `malformed`).
+//! Ingest puts every UDP datagram for which [`BoardAuth::is_signed`] holds through
+//! [`BoardAuth::verify`] before `decode_msgpack_input`; the payload is then decoded exactly as an
+//! unsigned datagram, and the board name is the identity the auth file's rights are checked
+//! against (a signed `serve` or `command_reply` goes to the command thread with it). The command
+//! thread signs what it sends a board with [`BoardAuth::seal_command`]; the two threads share one
+//! `BoardAuth`. A refusal is counted under its [`Refusal::as_str`] label (`unknown_board`,
+//! `bad_mac`, `replayed`, `malformed`).
 
 use std::net::SocketAddr;
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use thingsbus_protocol::command::{self, CommandMessage};
-use thingsbus_protocol::Namespace;
+use thingsbus_protocol::{Namespace, Timestamp};
 
 use crate::access::AllowList;
 use crate::log_limit::LogLimiter;
@@ -89,6 +89,8 @@ pub(crate) const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 pub(crate) struct Datagram {
     pub(crate) from: SocketAddr,
     pub(crate) message: Value,
+    /// The board that signed it (checked by ingest); `None` for an unsigned datagram.
+    pub(crate) board: Option<String>,
 }
 
 pub(crate) struct CommandRouter {
@@ -104,6 +106,9 @@ pub(crate) struct CommandRouter {
     pub(crate) relay: Option<RelayLink>,
     /// With `--auth-file`: the rights in force.
     pub(crate) auth: Option<Arc<crate::auth::AuthCell>>,
+    /// The boards' replay state (ingest checks their datagrams with it): commands to a board
+    /// that signs are signed with its current boot.
+    pub(crate) board_auth: Arc<std::sync::Mutex<crate::board_auth::BoardAuth>>,
 }
 
 /// One message from the command port: its frames (identity first), the sender's address, and
@@ -240,6 +245,7 @@ impl CommandRouter {
         let caller = routing::Caller {
             addr,
             key: (!key.is_empty()).then_some(key.as_str()),
+            board: None,
         };
         let identity = frames.remove(0);
         // A REQ socket puts an empty delimiter first; the last frame is the message.
@@ -258,9 +264,19 @@ impl CommandRouter {
         out: &mut Vec<Action>,
         log: &mut LogLimiter,
     ) {
-        let peer = Peer::Udp(d.from);
+        // A board that signed is known by its name: its commands are signed back, and only
+        // its signed replies answer them.
+        let peer = match &d.board {
+            Some(name) => Peer::Board(d.from, name.as_str().into()),
+            None => Peer::Udp(d.from),
+        };
+        let caller = routing::Caller {
+            addr: Some(d.from.ip()),
+            key: None,
+            board: d.board.as_deref(),
+        };
         match command::from_value(d.message) {
-            Ok(m) => table.handle(Now::current(), peer, Some(d.from.ip()), m, out),
+            Ok(m) => table.handle_from(Now::current(), peer, caller, m, out),
             Err(bad) => Self::bad(&peer, bad, out, log),
         }
     }
@@ -375,6 +391,27 @@ impl CommandRouter {
                 .and_then(|()| self.router.send(m.to_json(), zmq::DONTWAIT))
                 .is_ok(),
             Peer::Udp(addr) => self.udp.send_to(&m.to_msgpack(), addr).is_ok(),
+            Peer::Board(addr, board) => {
+                let Some(auth) = &self.auth else {
+                    return false;
+                };
+                let auth = auth.current();
+                let sealed = self
+                    .board_auth
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .seal_command(board, &m.to_msgpack(), Timestamp::now(), |n| {
+                        auth.board(n).map(|b| b.secret.clone())
+                    });
+                match sealed {
+                    Ok(datagram) => self.udp.send_to(&datagram, addr).is_ok(),
+                    Err(e) => {
+                        // Not sent: the command is answered `gone`.
+                        tracing::warn!(%board, error = %e, "a command to a board could not be signed");
+                        false
+                    }
+                }
+            }
             Peer::Broker(node) => {
                 let CommandMessage::Command {
                     id,

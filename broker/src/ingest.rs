@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thingsbus_protocol::codec::{decode_json_input, decode_msgpack_input, encode_expired};
@@ -113,7 +113,8 @@ pub(crate) struct Ingest {
     auth: Option<AuthView>,
     key: String,
     /// With `--auth-file`: the replay state of boards that sign their datagrams.
-    board_auth: BoardAuth,
+    /// Shared with the command thread, which signs the commands it sends to boards.
+    board_auth: Arc<Mutex<BoardAuth>>,
 }
 
 /// With an auth file, whether `who` may publish `ns` (without one, everyone may).
@@ -148,8 +149,7 @@ pub(crate) struct IngestLinks {
 /// Hands a `serve`, `command` or `command_reply` datagram to the command endpoint; false when
 /// the datagram is none of those.
 fn command_datagram(
-    bytes: &[u8],
-    from: SocketAddr,
+    (bytes, from, who): (&[u8], SocketAddr, Who<'_>),
     datagrams: &Post<Datagram>,
     stats: &Stats,
 ) -> bool {
@@ -159,7 +159,18 @@ fn command_datagram(
     if !thingsbus_protocol::command::is_command_type(&message) {
         return false;
     }
-    if datagrams.try_send(Datagram { from, message }).is_err() {
+    let board = match who {
+        Who::Board(name) => Some(name.to_owned()),
+        Who::Anonymous | Who::Key(_) => None,
+    };
+    if datagrams
+        .try_send(Datagram {
+            from,
+            message,
+            board,
+        })
+        .is_err()
+    {
         stats::add(&stats.commands.busy, 1);
     }
     true
@@ -209,13 +220,18 @@ impl Ingest {
             cluster,
             auth: None,
             key: String::new(),
-            board_auth: BoardAuth::new(4096),
+            board_auth: Arc::new(Mutex::new(BoardAuth::new(4096))),
         }
     }
 
     /// Checks every update against the rights of an auth file.
-    pub(crate) fn with_auth(mut self, auth: Option<Arc<AuthCell>>) -> Self {
+    pub(crate) fn with_auth(
+        mut self,
+        auth: Option<Arc<AuthCell>>,
+        board_auth: Arc<Mutex<BoardAuth>>,
+    ) -> Self {
         self.auth = auth.map(AuthView::new);
+        self.board_auth = board_auth;
         self
     }
 
@@ -525,7 +541,12 @@ impl Ingest {
             {
                 let auth = view.get();
                 let lookup = |name: &str| auth.board(name).map(|b| b.secret.clone());
-                match self.board_auth.verify(datagram, from, lookup) {
+                let verified = self
+                    .board_auth
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .verify(datagram, from, lookup);
+                match verified {
                     Ok(signed) => {
                         datagram = signed.payload;
                         who = Who::Board(signed.board);
@@ -558,7 +579,7 @@ impl Ingest {
                 // A map of another type: maybe a board serving commands, or answering one
                 // (only those are decoded a second time, as commands).
                 Err(Rejection::UnknownType)
-                    if command_datagram(datagram, from, &self.datagrams, &self.stats) =>
+                    if command_datagram((datagram, from, who), &self.datagrams, &self.stats) =>
                 {
                     Ok(())
                 }

@@ -313,6 +313,11 @@ impl Broker {
         let (publish_tx, publish_rx) = mpsc::sync_channel(256);
 
         let (relay_link, relay_ends) = crate::cluster::relay::link(&ctx, &config)?;
+        // Ingest checks the boards' signed datagrams; the command thread signs what it sends
+        // them: one replay state between them.
+        let board_auth = Arc::new(std::sync::Mutex::new(crate::board_auth::BoardAuth::new(
+            4096,
+        )));
         let commands = CommandRouter {
             router: commands,
             udp: udp.try_clone()?,
@@ -323,6 +328,7 @@ impl Broker {
             stop: stop.clone(),
             relay: relay_link,
             auth: auth.clone(),
+            board_auth: board_auth.clone(),
         };
         threads.spawn("thingsbus-commands", move || commands.run())?;
         // The HTTP side reads through the broker's own endpoints: under CURVE with a key pair
@@ -407,7 +413,7 @@ impl Broker {
             journal,
             cluster,
         );
-        let ingest = ingest.with_auth(auth.clone());
+        let ingest = ingest.with_auth(auth.clone(), board_auth);
         threads.spawn("thingsbus-ingest", move || {
             ingest.run();
             // Sockets are closed by now; the context can end.

@@ -59,6 +59,9 @@ pub(crate) enum Peer {
     Zmq(Vec<u8>),
     /// A board on the UDP input.
     Udp(SocketAddr),
+    /// A board on the UDP input that signs its datagrams, by its address and its name in the
+    /// auth file: what is sent to it is signed.
+    Board(SocketAddr, Arc<str>),
     /// Another broker of the cluster, by node name: the prefixes it serves.
     Broker(String),
     /// Another broker's caller, answered on this NATS reply subject.
@@ -110,12 +113,31 @@ pub(crate) enum Count {
 pub(crate) struct Caller<'a> {
     pub(crate) addr: Option<IpAddr>,
     pub(crate) key: Option<&'a str>,
+    /// The board that signed the datagram (its name in the auth file).
+    pub(crate) board: Option<&'a str>,
+}
+
+impl Caller<'_> {
+    /// Who it is for the auth file.
+    fn who(&self) -> Who<'_> {
+        match (self.key, self.board) {
+            (Some(key), _) => Who::Key(key),
+            (None, Some(board)) => Who::Board(board),
+            (None, None) => Who::Anonymous,
+        }
+    }
+
+    /// Its name, when it proved one (a key or a board's signature).
+    fn named(&self) -> Option<&str> {
+        self.key.or(self.board)
+    }
 }
 
 /// Who holds a registration: only the same owner may replace it while it is live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Owner {
     Key(Arc<str>),
+    Board(Arc<str>),
     Host(IpAddr),
     /// Neither key nor address (not over TCP or UDP).
     Unknown,
@@ -123,10 +145,11 @@ enum Owner {
 
 impl Owner {
     fn of(caller: Caller<'_>) -> Owner {
-        match (caller.key, caller.addr) {
-            (Some(k), _) => Owner::Key(k.into()),
-            (None, Some(a)) => Owner::Host(a.to_canonical()),
-            (None, None) => Owner::Unknown,
+        match (caller.key, caller.board, caller.addr) {
+            (Some(k), _, _) => Owner::Key(k.into()),
+            (None, Some(b), _) => Owner::Board(b.into()),
+            (None, None, Some(a)) => Owner::Host(a.to_canonical()),
+            (None, None, None) => Owner::Unknown,
         }
     }
 }
@@ -260,7 +283,7 @@ impl RoutingTable {
     /// inside when the caller has no rights at all.
     fn rights_of(&self, caller: Caller<'_>) -> Result<Option<&Rights>, ()> {
         let auth = self.auth.as_deref().ok_or(())?;
-        Ok(auth.rights(caller.key.map_or(Who::Anonymous, Who::Key)))
+        Ok(auth.rights(caller.who()))
     }
 
     /// Whether `caller` may do what `right` names for `ns`: a key by its rights alone; a peer
@@ -280,7 +303,7 @@ impl RoutingTable {
             Some(a) => allowed.allows(a),
             None => !need_addr,
         };
-        match (caller.key, self.rights_of(caller)) {
+        match (caller.named(), self.rights_of(caller)) {
             (Some(_), Ok(rights)) => by_rights(rights),
             // A key without an auth file: CURVE alone lets every key in, so addresses decide.
             (_, Err(())) => by_addr,
@@ -295,7 +318,7 @@ impl RoutingTable {
     /// Counts a refusal by its sender's name when an auth file is in force.
     fn not_permitted(&self, caller: Caller<'_>, out: &mut Vec<Action>) {
         if self.auth.is_some() {
-            let label = caller.key.unwrap_or(crate::auth::ANONYMOUS);
+            let label = caller.named().unwrap_or(crate::auth::ANONYMOUS);
             out.push(Action::NotPermitted(label.to_owned()));
         }
     }
@@ -331,7 +354,17 @@ impl RoutingTable {
         m: CommandMessage,
         out: &mut Vec<Action>,
     ) {
-        self.handle_from(now, peer, Caller { addr, key: None }, m, out);
+        self.handle_from(
+            now,
+            peer,
+            Caller {
+                addr,
+                key: None,
+                board: None,
+            },
+            m,
+            out,
+        );
     }
 
     /// A message from `peer`, sent by `caller`.
@@ -404,7 +437,7 @@ impl RoutingTable {
         out: &mut Vec<Action>,
     ) {
         let addr = caller.addr;
-        if caller.key.is_none() && addr.is_some_and(|a| !self.allow_serve.allows(a)) {
+        if caller.named().is_none() && addr.is_some_and(|a| !self.allow_serve.allows(a)) {
             out.push(Action::Count(Count::NotAllowed));
             out.push(Action::ServeRefused(peer));
             return;
@@ -555,7 +588,7 @@ impl RoutingTable {
                 &r.ns,
             );
         let anonymous_and_afar =
-            from.key.is_none() && !from.addr.is_some_and(|a| self.allow_command.allows(a));
+            from.named().is_none() && !from.addr.is_some_and(|a| self.allow_command.allows(a));
         if !permitted {
             self.not_permitted(from, out);
         }
@@ -1567,10 +1600,12 @@ mod tests {
         let first = Caller {
             addr: host("10.0.0.1"),
             key: None,
+            board: None,
         };
         let other = Caller {
             addr: host("10.0.0.2"),
             key: None,
+            board: None,
         };
         assert_eq!(serve_from(&mut r, 0.0, zmq("a"), first, "door"), ["door"]);
         assert!(
@@ -1591,14 +1626,17 @@ mod tests {
         let pi = Caller {
             addr: host("10.0.0.1"),
             key: Some("pi"),
+            board: None,
         };
         let pi_moved = Caller {
             addr: host("10.0.0.9"),
             key: Some("pi"),
+            board: None,
         };
         let ops = Caller {
             addr: host("10.0.0.1"),
             key: Some("ops"),
+            board: None,
         };
         assert_eq!(serve_from(&mut r, 0.0, zmq("a"), pi, "door").len(), 1);
         assert!(serve_from(&mut r, 0.0, zmq("b"), ops, "door").is_empty());
@@ -1626,10 +1664,12 @@ mod tests {
         let anon = Caller {
             addr: LOCAL,
             key: None,
+            board: None,
         };
         let pi = Caller {
             addr: host("192.168.1.5"),
             key: Some("pi"),
+            board: None,
         };
         assert_eq!(
             serve_from(&mut r, 0.0, zmq("a"), anon, "garden.pump").len(),
@@ -1648,6 +1688,7 @@ mod tests {
         let via = |a: SocketAddr| Caller {
             addr: Some(a.ip()),
             key: None,
+            board: None,
         };
         assert_eq!(
             serve_from(&mut r, 0.0, Peer::Udp(near), via(near), "garden.valve").len(),
@@ -1688,6 +1729,60 @@ mod tests {
         assert!(
             out.contains(&Action::Count(Count::NotAllowed)),
             "udp from afar: {out:?}"
+        );
+    }
+
+    #[test]
+    fn a_board_that_signs_serves_by_its_name_from_afar_and_owns_its_prefix() {
+        let auth = crate::auth::Auth::parse(&format!(
+            "[boards.porch]\nsecret = \"{}\"\nserve = [\"porch\"]\n\
+             [boards.shed]\nsecret = \"{}\"\nserve = [\"shed\"]\n",
+            "11".repeat(32),
+            "22".repeat(32)
+        ))
+        .unwrap();
+        let mut r = Rig::with(AllowList::default());
+        r.t.set_auth(Some(Arc::new(auth)));
+        let far: SocketAddr = "192.168.1.9:4000".parse().unwrap();
+        let board = |name| Caller {
+            addr: Some(far.ip()),
+            key: None,
+            board: Some(name),
+        };
+        let peer = |name: &str| Peer::Board(far, name.into());
+        assert_eq!(
+            serve_from(&mut r, 0.0, peer("porch"), board("porch"), "porch.light").len(),
+            1,
+            "signed, in its rights, from afar"
+        );
+        assert!(
+            serve_from(&mut r, 0.0, peer("shed"), board("shed"), "porch.light").is_empty(),
+            "outside its rights"
+        );
+        let unsigned = Caller {
+            addr: Some(far.ip()),
+            key: None,
+            board: None,
+        };
+        assert!(
+            serve_from(&mut r, 0.0, Peer::Udp(far), unsigned, "porch.light").is_empty(),
+            "unsigned from the same address"
+        );
+        let mut out = Vec::new();
+        r.t.handle_from(
+            r.now(1.0),
+            zmq("c"),
+            Caller {
+                addr: LOCAL,
+                key: None,
+                board: Some("porch"),
+            },
+            command_to("c-1", "porch.light", None),
+            &mut out,
+        );
+        assert!(
+            out.contains(&Action::NotPermitted("porch".into())),
+            "a board has no command rights: {out:?}"
         );
     }
 
