@@ -661,3 +661,28 @@ fn key_flags_are_checked_before_anything_is_sent() {
         out.stderr
     );
 }
+
+#[test]
+fn against_a_curve_broker_the_key_gets_in_and_without_it_the_error_says_what_to_give() {
+    let keys = thingsbus_protocol::keys::KeyPair::generate().expect("keys");
+    let server = keys.public.to_string();
+    let broker = spawn_broker_on_port_pair(move |c| {
+        quiet(c);
+        c.curve = Some(keys.clone());
+    });
+    ok(&tb(
+        &broker,
+        &["--server-key", &server, "send", "shop.door", "1"],
+    ));
+    wait_accepted(&broker, 1);
+    let out = tb(
+        &broker,
+        &["--server-key", &server, "get", "shop.door", "--json"],
+    );
+    let got: Value = serde_json::from_str(ok(&out)).expect("JSON");
+    assert_eq!(got["data"], json!(1));
+    // Without the key: no answer, and the error names the flag.
+    let out = tb(&broker, &["--timeout", "1", "get", "shop.door"]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--server-key"), "{}", out.stderr);
+}

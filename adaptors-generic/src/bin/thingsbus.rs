@@ -276,7 +276,9 @@ async fn filled(client: &Client, timeout: Duration) -> Result<(), Failure> {
 fn not_filled(client: &Client, timeout: Duration) -> Failure {
     Failure::Unreachable(anyhow::anyhow!(
         "no directory from {} within {:.1}s: is the broker running? (a 0.2.x broker sends its \
-         directory every 15 s: try --timeout 20; `thingsbus srv ZONE` checks a zone)",
+         directory every 15 s: try --timeout 20; a broker with --curve-secret-file needs its \
+         public key in --server-key, and with --auth-file a key it lets read; \
+         `thingsbus srv ZONE` checks a zone)",
         client.url(),
         timeout.as_secs_f64()
     ))
