@@ -74,12 +74,20 @@ pub struct BusArgs {
     pub key_file: Option<KeyPair>,
 }
 
-fn server_key(text: &str) -> Result<PublicKey, String> {
+/// Parses `--server-key`: a build without CURVE refuses it.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn server_key(text: &str) -> Result<PublicKey, String> {
     transport::require_curve().map_err(|e| e.to_string())?;
     PublicKey::from_z85(text.trim()).map_err(|e| e.to_string())
 }
 
-fn key_file(path: &str) -> Result<KeyPair, String> {
+/// Reads `--key-file`: a build without CURVE refuses it.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn key_file(path: &str) -> Result<KeyPair, String> {
     transport::require_curve().map_err(|e| e.to_string())?;
     KeyPair::read_file(std::path::Path::new(path)).map_err(|e| e.to_string())
 }

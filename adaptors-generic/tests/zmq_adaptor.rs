@@ -368,3 +368,40 @@ fn bad_flags_get_one_clear_line_and_help_has_the_camera_example() {
         );
     }
 }
+
+#[test]
+fn with_the_broker_key_it_publishes_to_a_curve_broker() {
+    let keys = thingsbus_protocol::keys::KeyPair::generate().expect("keys");
+    let server = keys.public;
+    let broker = spawn_broker(move |c| {
+        quiet(c);
+        c.curve = Some(keys.clone());
+    });
+    let source = Source::bind("tcp://127.0.0.1:*");
+    let adaptor = Proc::spawn(tool("thingsbus-zmq-adaptor").args([
+        "-u",
+        &broker.endpoints().input,
+        "-s",
+        &source.url,
+        "--ns",
+        "shop.camera",
+        "--server-key",
+        &server.to_string(),
+    ]));
+    let client = thingsbus_client::Client::builder()
+        .url(&broker.endpoints().directory)
+        .snapshot_url(&broker.endpoints().snapshot)
+        .curve(thingsbus_protocol::transport::ClientKeys::new(server, None).expect("keys"))
+        .connect_blocking()
+        .expect("client");
+    let thing = eventually(DEADLINE, "the source's message through CURVE", || {
+        source.send(r#"{"luminance": 31.8}"#);
+        std::thread::sleep(Duration::from_millis(20));
+        client.get("shop.camera")
+    });
+    assert_eq!(
+        serde_json::from_str::<Value>(&thing.data).expect("JSON"),
+        json!({"luminance": 31.8})
+    );
+    stop(adaptor);
+}

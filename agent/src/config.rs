@@ -32,6 +32,33 @@ pub struct BrokerConfig {
     pub command_url: Option<String>,
     /// A DNS server to ask for the SRV record, as IP:PORT.
     pub nameserver: Option<SocketAddr>,
+    /// The broker's CURVE public key (40 Z85 characters), for a broker started with
+    /// `--curve-secret-file`: everything then goes encrypted.
+    pub server_key: Option<String>,
+    /// A file with this agent's CURVE secret key (`thingsbus keygen --secret-file`); with
+    /// `server_key` only. Without it, a new key pair for each run.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl BrokerConfig {
+    /// The CURVE keys the agent's adaptor and client use, when `server_key` is given.
+    ///
+    /// # Errors
+    /// A message naming what is wrong: no CURVE in this build, a bad key, an unreadable file,
+    /// a key file without a server key.
+    pub fn curve(&self) -> Result<Option<thingsbus_protocol::transport::ClientKeys>, String> {
+        match (&self.server_key, &self.key_file) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => {
+                Err("broker.key_file needs broker.server_key (the broker's public key)".into())
+            }
+            (Some(server), file) => {
+                thingsbus_protocol::transport::ClientKeys::from_user(server, file.as_deref())
+                    .map(Some)
+                    .map_err(|e| format!("broker.server_key / broker.key_file: {e}"))
+            }
+        }
+    }
 }
 
 /// What a poll reads.
@@ -515,6 +542,12 @@ impl Config {
             c.errors.push(ConfigError {
                 line: Some(1),
                 message: "broker: give either `zone` or `url`, not both".into(),
+            });
+        }
+        if let Err(message) = broker.curve() {
+            c.errors.push(ConfigError {
+                line: Some(1),
+                message,
             });
         }
         let base_line = c.line(&raw.base);

@@ -73,11 +73,18 @@ impl Agent {
     /// When the bus cannot be reached or a thing cannot be served.
     pub async fn start(config: Config) -> anyhow::Result<Agent> {
         let health = Arc::new(Health::default());
-        let adaptor = adaptor(&config.broker)?
+        let keys = config.broker.curve().map_err(anyhow::Error::msg)?;
+        let mut adaptor = adaptor(&config.broker)?;
+        let mut client = client(&config.broker);
+        if let Some(keys) = keys {
+            adaptor = adaptor.curve(keys.clone());
+            client = client.curve(keys);
+        }
+        let adaptor = adaptor
             .connect()
             .await
             .context("connecting the adaptor to the broker")?;
-        let client = client(&config.broker)
+        let client = client
             .connect()
             .await
             .context("connecting the client to the broker")?;

@@ -500,3 +500,59 @@ fn a_rule_calls_a_webhook() {
     });
     assert_eq!(h["rules"]["door"]["fired"], 1);
 }
+
+#[test]
+fn with_the_broker_key_it_polls_into_a_curve_broker_and_a_bad_key_is_a_config_error() {
+    let keys = thingsbus_protocol::keys::KeyPair::generate().expect("keys");
+    let server = keys.public;
+    let broker = spawn_broker(move |c| {
+        quiet(c);
+        c.curve = Some(keys.clone());
+    });
+    let dir = scratch("curve");
+    let own = dir.join("agent.key");
+    let pair = thingsbus_protocol::keys::KeyPair::generate().expect("keys");
+    std::fs::write(&own, format!("{}\n", pair.secret.to_z85())).expect("write");
+    let line = broker_line(&broker).replace(
+        " }\n",
+        &format!(
+            ", server_key = \"{server}\", key_file = \"{}\" }}\n",
+            own.display()
+        ),
+    );
+    let file = dir.join("agent.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{line}base = \"shed\"\n\n[[poll]]\nns = \"light\"\nevery = \"100ms\"\n\
+             command = [\"echo\", \"3\"]\n"
+        ),
+    )
+    .expect("write");
+    let _agent = start_agent(&file);
+    let c = client_for(&broker)
+        .curve(thingsbus_protocol::transport::ClientKeys::new(server, None).expect("keys"))
+        .connect_blocking()
+        .expect("client");
+    wait_value(&c, "shed.light", &json!(3));
+
+    // A key that is no key: `check` says so.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}base = \"shed\"\n",
+            broker_line(&broker).replace(" }\n", ", server_key = \"not a key\" }\n")
+        ),
+    )
+    .expect("write");
+    let out = Command::new(AGENT)
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .expect("check runs");
+    assert!(!out.status.success());
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("broker.server_key"), "{said}");
+}

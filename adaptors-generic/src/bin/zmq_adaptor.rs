@@ -90,6 +90,16 @@ struct Args {
     #[arg(long, env = "THINGSBUS_NAMESERVER")]
     nameserver: Option<SocketAddr>,
 
+    /// The broker's CURVE public key (40 Z85 characters), for a broker started with
+    /// --curve-secret-file: the updates then go encrypted. Not with --udp.
+    #[arg(long, env = "THINGSBUS_SERVER_KEY", value_name = "Z85", value_parser = thingsbus_adaptors_generic::bus::server_key, conflicts_with = "udp")]
+    server_key: Option<thingsbus_protocol::keys::PublicKey>,
+
+    /// File with this adaptor's CURVE secret key (`thingsbus keygen --secret-file`); needs
+    /// --server-key. Without it, a new key pair for the run.
+    #[arg(long, env = "THINGSBUS_KEY_FILE", value_name = "PATH", requires = "server_key", value_parser = thingsbus_adaptors_generic::bus::key_file)]
+    key_file: Option<thingsbus_protocol::keys::KeyPair>,
+
     /// Seconds between the info lines that count forwarded and skipped messages.
     #[arg(long, default_value_t = 60.0, value_parser = positive_secs)]
     report_interval: f64,
@@ -227,6 +237,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(n) = args.nameserver {
         builder = builder.nameserver(n);
+    }
+    if let Some(server) = args.server_key {
+        builder = builder.curve(
+            thingsbus_protocol::transport::ClientKeys::new(server, args.key_file.clone())
+                .context("making a CURVE key pair")?,
+        );
     }
     builder = match (&args.zone, &args.url) {
         (Some(z), _) => builder.zone(z).prefer_udp(args.udp),
