@@ -6,6 +6,7 @@
 //!   `srv` ([`srv`] holds its doctor).
 //! - `thingsbus-coap-adaptor` brings CoAP nodes onto the bus ([`coap`]: the gateway).
 //! - `thingsbus-mqtt-bridge` bridges the bus and MQTT both ways ([`mqtt`]: the bridge).
+//! - The pyaiot gateways share how nodes become things ([`pyaiot`]).
 //! - Their counts are declared once each with [`counters!`].
 //!
 //! ```no_run
@@ -27,5 +28,6 @@ pub mod listing;
 pub mod logging;
 pub mod mqtt;
 pub mod probe;
+pub mod pyaiot;
 pub mod render;
 pub mod srv;
