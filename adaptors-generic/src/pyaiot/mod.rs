@@ -1,5 +1,5 @@
 //! What pyaiot's three node gateways share: the CoAP adaptor ([`crate::coap`]), the MQTT
-//! bridge's `--pyaiot-nodes` ([`crate::mqtt::pyaiot`]) and the WebSocket adaptor
+//! bridge's `--pyaiot-nodes` ([`crate::mqtt::pyaiot`]) and the WebSocket adaptor ([`crate::ws`])
 //! turn a node's values and names into things the same way, and keep their nodes in the same
 //! table, so a node's things look the same whichever way it joined.
 //!
