@@ -854,10 +854,7 @@ fn pyaiot_mqtt_nodes_are_discovered_report_obey_and_go_offline_on_silence() {
         )
         .expect("the node still obeys");
     assert_eq!(reply, json!(0));
-    assert_eq!(
-        c.get("home.mqtt.mqtt_test_node.led").map(|t| t.value()),
-        Some(json!(0))
-    );
+    holds(&c, "home.mqtt.mqtt_test_node.led", &json!(0));
 
     // Silent past --max-time: offline at once; commands refused; a check brings it back,
     // discovered again.
