@@ -141,7 +141,8 @@ impl Node {
                         let v: Value =
                             serde_json::from_str(t.as_str()).expect("JSON from the adaptor");
                         h.lock().expect("heard").push(v.clone());
-                        if v == json!({"request": "discover"}) {
+                        // As pyaiot's client: the text itself is compared.
+                        if t.as_str() == r#"{"request": "discover"}"# {
                             let _ = ws.send(Message::text(init(&led)));
                         } else if v["endpoint"] == "led" {
                             led = if v["payload"] == "1" { "1" } else { "0" }.to_owned();

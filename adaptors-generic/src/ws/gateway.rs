@@ -43,6 +43,10 @@ crate::counters! {
     }
 }
 
+/// The discover request, byte for byte as pyaiot's gateway writes it (Python's `json.dumps`,
+/// with its spaces): pyaiot's nodes compare the text, not the JSON.
+pub const DISCOVER: &str = r#"{"request": "discover"}"#;
+
 /// The close code for a malformed message (RFC 6455 1003, as pyaiot).
 pub const CLOSE_MALFORMED: u16 = 1003;
 /// The close code for a connection another one with the same name replaced (policy, 1008).
@@ -217,7 +221,7 @@ impl Gateway {
                 self.out.push(Action::Publish(update));
                 self.out.push(Action::Send {
                     conn,
-                    text: json!({"request": "discover"}).to_string(),
+                    text: DISCOVER.to_owned(),
                 });
             }
         }
@@ -455,6 +459,13 @@ mod tests {
             json!({"uid": "ws-000000000011", "address": "127.0.0.1", "online": true, "last_alive": 5.0, "resources": []})
         );
         assert_eq!(sent(&a), [(7, json!({"request": "discover"}))]);
+        assert!(
+            a.contains(&Action::Send {
+                conn: 7,
+                text: r#"{"request": "discover"}"#.into()
+            }),
+            "the text pyaiot's nodes compare with"
+        );
         let a = g.open(8, Some("Board_1"), IP, Instant::now(), 5.0);
         assert_eq!(published(&a)[0].sub, "board_1");
         assert_eq!(published(&a)[0].data["uid"], "Board_1");
