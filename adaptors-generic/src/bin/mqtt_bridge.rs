@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use thingsbus_adaptors_generic::bus::BusArgs;
-use thingsbus_adaptors_generic::flags::positive_secs;
+use thingsbus_adaptors_generic::flags::{namespace, positive_secs};
 use thingsbus_adaptors_generic::logging::{self, LogArgs};
 use thingsbus_adaptors_generic::mqtt::{
     self, inbound::Routes, pyaiot, tls::TlsFiles, Import, Login, Options, PyaiotNodes, Topics,
@@ -123,7 +123,7 @@ struct Args {
     /// gateway/<id>/discover, node/<id>/<resource>, gateway/<id>/<resource>/set); each node
     /// becomes the thing BASE.<node>, each resource BASE.<node>.<resource>, and commands to
     /// them are served.
-    #[arg(long, value_name = "BASE")]
+    #[arg(long, value_name = "BASE", value_parser = namespace)]
     pyaiot_nodes: Option<String>,
 
     /// With --pyaiot-nodes: seconds without a node/check before a node is offline.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use thingsbus_adaptors_generic::bus::BusArgs;
-use thingsbus_adaptors_generic::flags::positive_secs;
+use thingsbus_adaptors_generic::flags::{namespace, positive_secs};
 use thingsbus_adaptors_generic::logging::{self, LogArgs};
 use thingsbus_adaptors_generic::ws::{self, gateway::Config, Options};
 use thingsbus_broker::http_access::{tls_acceptor_for, Tokens};
@@ -50,7 +50,7 @@ struct Args {
     ws_bind: SocketAddr,
 
     /// Base namespace of the nodes.
-    #[arg(long, default_value = "ws")]
+    #[arg(long, default_value = "ws", value_parser = namespace)]
     ns: String,
 
     /// Nodes kept at most, and connections open at most; more wait (connections) or are
