@@ -23,11 +23,15 @@ pub fn positive_secs(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A namespace, checked when the flags are read: `home.ws`.
+/// A base namespace for a gateway's nodes, checked when the flags are read: `home.ws`. Not the
+/// root: the gateway serves every command below its base.
 ///
 /// # Errors
-/// A namespace the protocol refuses, saying which part and why.
+/// An empty namespace, or one the protocol refuses, saying which part and why.
 pub fn namespace(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the nodes need a base namespace of their own, e.g. home.nodes".into());
+    }
     thingsbus_protocol::namespace::validate(s)
         .map(|()| s.to_owned())
         .map_err(|e| e.to_string())
