@@ -399,3 +399,29 @@ fn tokens_and_tls_as_on_the_brokers_http_side() {
     assert_eq!(field(line, "refused"), Some(4), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_node_that_answers_no_ping_is_closed_and_offline_one_that_does_stays() {
+    let broker = spawn_broker(quiet);
+    let (mut p, port) = adaptor(&broker, &["--ping-interval", "0.5"]);
+    let c = client_for(&broker).connect_blocking().expect("client");
+    // Reads (and so answers pings, as any WebSocket library does) but sends nothing after its
+    // first update.
+    let _alive = Node::connect(port, "/node?id=alive");
+    online(&c, "home.ws.alive", true);
+    // Connects, then neither reads nor writes: as a node whose network vanished.
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut mute = open(s, port, "/node?id=mute", None, "ws").expect("handshake");
+    mute.send(Message::text(init("0"))).expect("init");
+    online(&c, "home.ws.mute", true);
+    online(&c, "home.ws.mute", false);
+    assert_eq!(
+        c.get("home.ws.alive").map(|t| t.value()["online"].clone()),
+        Some(json!(true)),
+        "the node that answers pings stays"
+    );
+    p.expect_stderr_line("the silent node counted", |l| {
+        l.contains("ws report") && field(l, "silent") == Some(1)
+    });
+    drop(mute);
+}

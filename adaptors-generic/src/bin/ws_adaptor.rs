@@ -67,6 +67,11 @@ struct Args {
     #[arg(long, default_value_t = 65_536)]
     max_message: usize,
 
+    /// Seconds between pings to each node; a node that answers none (and sends nothing) for
+    /// three of them is closed and offline, so one whose network vanished does not stay online.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
+    ping_interval: f64,
+
     /// The certificate chain (PEM) for wss://; needs --ws-tls-key.
     #[arg(long, value_name = "PEM", requires = "ws_tls_key")]
     ws_tls_cert: Option<PathBuf>,
@@ -136,6 +141,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             max_waiting: 1024,
         },
         max_message: args.max_message,
+        ping_every: Duration::from_secs_f64(args.ping_interval),
         tls,
         tokens,
         report_every: Duration::from_secs_f64(args.report_interval.max(0.1)),

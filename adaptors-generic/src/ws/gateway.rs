@@ -38,6 +38,7 @@ crate::counters! {
         values: "resource values published",
         refused_resources: "values of new resources beyond --max-resources",
         too_slow: "connections closed because they did not read what was sent to them",
+        silent: "connections closed because the node answered no ping for three --ping-interval",
         commands_ok: "commands the node answered with an update",
         commands_failed: "commands to unknown or closed nodes, refused, or timed out",
     }

@@ -35,6 +35,9 @@ pub struct Options {
     pub config: Config,
     /// The longest message read from a node, in bytes.
     pub max_message: usize,
+    /// How often a node is pinged; one silent (not even a pong) for three of these is closed,
+    /// so a node whose network vanished does not stay online.
+    pub ping_every: Duration,
     /// `--ws-tls-cert`/`--ws-tls-key`: TLS (`wss://`).
     pub tls: Option<TlsAcceptor>,
     /// `--ws-token-file`: a node must present one of these tokens.
@@ -48,6 +51,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("config", &self.config)
             .field("max_message", &self.max_message)
+            .field("ping_every", &self.ping_every)
             .field("tls", &self.tls.is_some())
             .field("tokens", &self.tokens.is_some())
             .field("report_every", &self.report_every)
@@ -109,6 +113,7 @@ where
             tls: options.tls,
             tokens: options.tokens,
             max_message: options.max_message,
+            ping_every: options.ping_every,
             counts: counts.clone(),
             events: events_tx,
         }),
@@ -200,6 +205,7 @@ struct Shared {
     tls: Option<TlsAcceptor>,
     tokens: Option<Tokens>,
     max_message: usize,
+    ping_every: Duration,
     counts: Arc<WsCounts>,
     events: mpsc::Sender<Event>,
 }
@@ -330,10 +336,27 @@ where
     if shared.events.send(open).await.is_err() {
         return;
     }
+    let mut ping = tokio::time::interval(shared.ping_every);
+    ping.tick().await;
+    let mut heard = Instant::now();
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if heard.elapsed() > 3 * shared.ping_every {
+                    tracing::debug!(%peer, "node silent (no pong): closing");
+                    shared.counts.silent.inc();
+                    let frame = CloseFrame { code: CloseCode::Away, reason: "silent".into() };
+                    let _ = tokio::time::timeout(WRITE_FOR, ws.close(Some(frame))).await;
+                    break;
+                }
+                let sent = tokio::time::timeout(WRITE_FOR, ws.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+            }
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => {
+                    heard = Instant::now();
                     let e = Event::Text { conn, text: t.as_str().to_owned() };
                     if shared.events.send(e).await.is_err() {
                         break;
@@ -341,13 +364,14 @@ where
                 }
                 // pyaiot reads binary frames as JSON too.
                 Some(Ok(Message::Binary(b))) => {
+                    heard = Instant::now();
                     let text = String::from_utf8_lossy(&b).into_owned();
                     if shared.events.send(Event::Text { conn, text }).await.is_err() {
                         break;
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => break,
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => heard = Instant::now(),
                 Some(Err(WsError::Capacity(e))) => {
                     tracing::debug!(%peer, error = %e, "message too large: closing");
                     let _ = shared.events.send(Event::Oversized).await;
