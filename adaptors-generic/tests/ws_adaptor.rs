@@ -403,7 +403,7 @@ fn tokens_and_tls_as_on_the_brokers_http_side() {
 #[test]
 fn a_node_that_answers_no_ping_is_closed_and_offline_one_that_does_stays() {
     let broker = spawn_broker(quiet);
-    let (mut p, port) = adaptor(&broker, &["--ping-interval", "0.5"]);
+    let (p, port) = adaptor(&broker, &["--ping-interval", "0.5"]);
     let c = client_for(&broker).connect_blocking().expect("client");
     // Reads (and so answers pings, as any WebSocket library does) but sends nothing after its
     // first update.
