@@ -304,6 +304,7 @@ where
         }
     }
     counts.log("bridge stopped");
+    let _ = mqtt.disconnect().await;
     mqtt_task.abort();
     // The MQTT side held the gateway's inbox: with it gone, the gateway logs its counts and
     // stops.
@@ -311,7 +312,6 @@ where
         let _ = mqtt_task.await;
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
-    let _ = mqtt.disconnect().await;
     Ok(())
 }
 
