@@ -23,9 +23,31 @@ pub fn positive_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A base namespace for a gateway's nodes, checked when the flags are read: `home.ws`. Not the
+/// root: the gateway serves every command below its base.
+///
+/// # Errors
+/// An empty namespace, or one the protocol refuses, saying which part and why.
+pub fn namespace(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the nodes need a base namespace of their own, e.g. home.nodes".into());
+    }
+    thingsbus_protocol::namespace::validate(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::positive_secs;
+    use super::{namespace, positive_secs};
+
+    #[test]
+    fn namespaces_are_checked() {
+        assert_eq!(namespace("home.ws"), Ok("home.ws".to_owned()));
+        let e = namespace("Home.ws").expect_err("upper case");
+        assert!(e.contains("\"Home\""), "{e}");
+        assert!(namespace("").is_err());
+    }
 
     #[test]
     fn durations_with_and_without_units() {

@@ -5,7 +5,10 @@
 //! - `thingsbus` looks at and pokes the bus from a shell: `get`, `ls`, `watch`, `send`, `call`,
 //!   `srv` ([`srv`] holds its doctor).
 //! - `thingsbus-coap-adaptor` brings CoAP nodes onto the bus ([`coap`]: the gateway).
-//! - `thingsbus-mqtt-bridge` bridges the bus and MQTT both ways ([`mqtt`]: the bridge).
+//! - `thingsbus-mqtt-bridge` bridges the bus and MQTT both ways ([`mqtt`]: the bridge), and
+//!   speaks pyaiot's MQTT node protocol with `--pyaiot-nodes` ([`mqtt::pyaiot`]).
+//! - `thingsbus-ws-adaptor` brings pyaiot's WebSocket nodes onto the bus ([`ws`]: the gateway).
+//! - The pyaiot gateways share how nodes become things ([`pyaiot`]).
 //! - Their counts are declared once each with [`counters!`].
 //!
 //! ```no_run
@@ -27,5 +30,7 @@ pub mod listing;
 pub mod logging;
 pub mod mqtt;
 pub mod probe;
+pub mod pyaiot;
 pub mod render;
 pub mod srv;
+pub mod ws;

@@ -613,3 +613,281 @@ fn tls_flags_with_a_plain_url_are_refused_at_start() {
         out.stderr
     );
 }
+
+/// An MQTT node that behaves as pyaiot's `utils/mqtt/mqtt-test-node.py`: it subscribes to
+/// `gateway/<id>/discover` and `gateway/<id>/led/set` first, then publishes `node/check` with
+/// `{"id": ...}` (here every 200 ms instead of 30 s); it answers `resources` with the JSON list
+/// of its resources and `values` with each `{"value": ...}`; a set of the LED publishes the
+/// LED's new value. Values carry units as pyaiot's do (`23°C`, `1015hPa`).
+struct TestNode {
+    checking: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// What arrived on the node's topics, in order: (topic, payload).
+    heard: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    client: rumqttc::Client,
+}
+
+impl TestNode {
+    fn start(port: u16, id: &'static str) -> TestNode {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let mut opts = rumqttc::MqttOptions::new(format!("node-{id}"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut connection) = rumqttc::Client::new(opts, 100);
+        for t in [
+            format!("gateway/{id}/discover"),
+            format!("gateway/{id}/led/set"),
+        ] {
+            client
+                .subscribe(t, rumqttc::QoS::AtLeastOnce)
+                .expect("subscribe");
+        }
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (c, h) = (client.clone(), heard.clone());
+        std::thread::spawn(move || {
+            let mut led = "0".to_owned();
+            let publish = |topic: String, payload: String| {
+                let _ = c.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload);
+            };
+            for n in connection.iter() {
+                let p = match n {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => p,
+                    Ok(_) => continue,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                let data = String::from_utf8_lossy(&p.payload).into_owned();
+                h.lock()
+                    .expect("heard")
+                    .push((p.topic.clone(), data.clone()));
+                if p.topic.ends_with("/discover") && data == "resources" {
+                    publish(
+                        format!("node/{id}/resources"),
+                        json!(["name", "os", "led", "temperature", "pressure"]).to_string(),
+                    );
+                } else if p.topic.ends_with("/discover") {
+                    for (r, v) in [
+                        ("name", "MQTT test node"),
+                        ("os", "riot"),
+                        ("led", led.as_str()),
+                        ("temperature", "23°C"),
+                        ("pressure", "1015hPa"),
+                    ] {
+                        publish(format!("node/{id}/{r}"), json!({ "value": v }).to_string());
+                    }
+                } else if p.topic.ends_with("/led/set") {
+                    led = data.clone();
+                    publish(
+                        format!("node/{id}/led"),
+                        json!({ "value": data }).to_string(),
+                    );
+                }
+            }
+        });
+        let checking = Arc::new(AtomicBool::new(true));
+        let (c, on) = (client.clone(), checking.clone());
+        std::thread::spawn(move || loop {
+            if on.load(Ordering::Relaxed)
+                && c.try_publish(
+                    "node/check",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    json!({ "id": id }).to_string(),
+                )
+                .is_err()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        TestNode {
+            checking,
+            heard,
+            client,
+        }
+    }
+
+    /// Stops (or restarts) its node/check messages.
+    fn checking(&self, on: bool) {
+        self.checking
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The payloads that arrived on `topic`.
+    fn heard(&self, topic: &str) -> Vec<String> {
+        self.heard
+            .lock()
+            .expect("heard")
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// Waits until the thing `ns` holds `want`.
+fn holds(c: &Client, ns: &str, want: &Value) {
+    eventually(DEADLINE, &format!("{ns} = {want}"), || {
+        c.get(ns).filter(|t| t.value() == *want)
+    });
+}
+
+#[test]
+fn pyaiot_mqtt_nodes_are_discovered_report_obey_and_go_offline_on_silence() {
+    use thingsbus_client::CommandError;
+    require_peers!(peers::MOSQUITTO);
+    let broker = spawn_broker_on_port_pair(quiet);
+    let mosquitto = Mosquitto::start(None);
+    let mut b = bridge(
+        &broker,
+        &mosquitto,
+        &[
+            "--pyaiot-nodes",
+            "home.mqtt",
+            "--max-time",
+            "3",
+            "--max-payload",
+            "1000",
+        ],
+    );
+    let c = Client::builder()
+        .url(&broker.endpoints().directory)
+        .connect_blocking()
+        .expect("client");
+    // The bridge subscribes once connected; the node keeps checking in until it is heard.
+    let node = TestNode::start(mosquitto.port, "mqtt_test_node");
+    holds(
+        &c,
+        "home.mqtt.mqtt_test_node.temperature",
+        &json!({"value": 23, "unit": "°C"}),
+    );
+    holds(
+        &c,
+        "home.mqtt.mqtt_test_node.pressure",
+        &json!({"value": 1015, "unit": "hPa"}),
+    );
+    holds(
+        &c,
+        "home.mqtt.mqtt_test_node.name",
+        &json!("MQTT test node"),
+    );
+    holds(&c, "home.mqtt.mqtt_test_node.led", &json!(0));
+    let thing = c.get("home.mqtt.mqtt_test_node").expect("the node's thing");
+    let t = thing.value();
+    assert_eq!(t["uid"], "mqtt_test_node");
+    assert_eq!(t["online"], true);
+    assert!(t["last_alive"].is_f64(), "{t}");
+    assert_eq!(
+        t["resources"],
+        json!(["led", "name", "os", "pressure", "temperature"])
+    );
+    assert!(
+        t.get("address").is_none(),
+        "MQTT nodes have no address: {t}"
+    );
+    assert_eq!(
+        node.heard("gateway/mqtt_test_node/discover"),
+        ["resources", "values"],
+        "discovered once, as pyaiot does"
+    );
+
+    // A command: its data as text on gateway/<id>/led/set; the node's next report is the reply.
+    let reply = eventually(DEADLINE, "the command route", || {
+        match c.command_blocking(
+            "home.mqtt.mqtt_test_node.led",
+            &json!("1"),
+            Duration::from_secs(5),
+        ) {
+            Err(CommandError::NoRoute(_)) => None,
+            other => Some(other),
+        }
+    })
+    .expect("the node reported its LED");
+    assert_eq!(reply, json!(1));
+    assert_eq!(node.heard("gateway/mqtt_test_node/led/set"), ["1"]);
+    holds(&c, "home.mqtt.mqtt_test_node.led", &json!(1));
+
+    // A resource the node does not act on: no report, `timeout` by the deadline.
+    match c.command_blocking(
+        "home.mqtt.mqtt_test_node.temperature",
+        &json!(5),
+        Duration::from_secs(2),
+    ) {
+        Err(CommandError::Timeout(_)) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    match c.command_blocking(
+        "home.mqtt.mqtt_test_node.nothing",
+        &json!(1),
+        Duration::from_secs(3),
+    ) {
+        Err(CommandError::Refused { error, .. }) => {
+            assert!(error.contains("no resource"), "{error}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // Malformed messages beside it: counted, and the node goes on as before.
+    let bad = Watcher::connect(mosquitto.port, "bad", &[]);
+    bad.publish("node/check", "not json");
+    bad.publish("node/check", r#"{"id": "a/b"}"#);
+    bad.publish("node/mqtt_test_node/led", r#"{"nope": 1}"#);
+    bad.publish(
+        "node/mqtt_test_node/led",
+        &format!(r#"{{"value": "{}"}}"#, "9".repeat(2000)),
+    );
+    b.expect_stderr_line("the malformed messages counted", |l| {
+        l.contains("pyaiot nodes report") && field(l, "malformed") == Some(4)
+    });
+    let reply = c
+        .command_blocking(
+            "home.mqtt.mqtt_test_node.led",
+            &json!("0"),
+            Duration::from_secs(5),
+        )
+        .expect("the node still obeys");
+    assert_eq!(reply, json!(0));
+    holds(&c, "home.mqtt.mqtt_test_node.led", &json!(0));
+
+    // Silent past --max-time: offline at once; commands refused; a check brings it back,
+    // discovered again.
+    node.checking(false);
+    eventually(DEADLINE, "the node offline", || {
+        c.get("home.mqtt.mqtt_test_node")
+            .filter(|t| t.value()["online"] == false)
+    });
+    match c.command_blocking(
+        "home.mqtt.mqtt_test_node.led",
+        &json!("1"),
+        Duration::from_secs(3),
+    ) {
+        Err(CommandError::Refused { error, .. }) => assert!(error.contains("offline"), "{error}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    node.checking(true);
+    eventually(DEADLINE, "the node back online", || {
+        c.get("home.mqtt.mqtt_test_node")
+            .filter(|t| t.value()["online"] == true)
+    });
+    eventually(DEADLINE, "a second discovery", || {
+        (node.heard("gateway/mqtt_test_node/discover").len() == 4).then_some(())
+    });
+
+    b.signal("TERM");
+    assert!(b.wait(DEADLINE).expect("stops").success());
+    let log = b.wait_stderr("pyaiot nodes stopped");
+    let line = log
+        .lines()
+        .find(|l| l.contains("pyaiot nodes stopped"))
+        .expect("final counts");
+    assert_eq!(field(line, "malformed"), Some(4), "{line}");
+    assert_eq!(field(line, "commands_ok"), Some(2), "{line}");
+    assert!(field(line, "values").is_some_and(|n| n >= 7), "{line}");
+}

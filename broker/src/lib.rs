@@ -53,4 +53,12 @@ pub use error::Error;
 pub use health::Health;
 pub use reason::Reason;
 pub use server::{Broker, Stopper};
+
+/// The HTTP side's bearer tokens and TLS, for the project's other servers to use the same way
+/// (`thingsbus-ws-adaptor`'s `--ws-token-file` and `--ws-tls-cert`): one implementation.
+#[cfg(feature = "http")]
+pub mod http_access {
+    pub use crate::http::conn::tls_acceptor_for;
+    pub use crate::http::guard::{presented, Role, Tokens};
+}
 pub use stats::{ClusterStats, CommandStats, Stats};

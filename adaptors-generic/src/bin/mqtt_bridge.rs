@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use thingsbus_adaptors_generic::bus::BusArgs;
-use thingsbus_adaptors_generic::flags::positive_secs;
+use thingsbus_adaptors_generic::flags::{namespace, positive_secs};
 use thingsbus_adaptors_generic::logging::{self, LogArgs};
 use thingsbus_adaptors_generic::mqtt::{
-    self, inbound::Routes, tls::TlsFiles, Import, Login, Options, Topics,
+    self, inbound::Routes, pyaiot, tls::TlsFiles, Import, Login, Options, PyaiotNodes, Topics,
 };
 
 const EXAMPLES: &str = "\
@@ -25,6 +25,10 @@ Examples:
   # Over TLS, to a Mosquitto with require_certificate true:
   thingsbus-mqtt-bridge --mqtt mqtts://mqtt.lan:8883 --mqtt-ca-file /etc/thingsbus/mqtt-ca.pem \\
       --mqtt-cert /etc/thingsbus/bridge.pem --mqtt-key /etc/thingsbus/bridge.key
+
+  # pyaiot's MQTT nodes (Pycom boards, pyaiot's mqtt-test-node.py) as things home.mqtt.<node>:
+  thingsbus-mqtt-bridge --mqtt mqtt://127.0.0.1:1886 --pyaiot-nodes home.mqtt
+  thingsbus call home.mqtt.mqtt_test_node.led '\"1\"'
 
 Topics: <prefix>/<ns with dots as slashes> holds {\"data\": ..., \"ts\": ...}; with --flatten each
 field of object data also has <topic>/<field>; <topic>/availability is online or offline (the
@@ -115,6 +119,30 @@ struct Args {
     #[arg(long)]
     commands: bool,
 
+    /// Speak pyaiot's MQTT gateway protocol to the nodes on this MQTT broker (node/check,
+    /// gateway/<id>/discover, node/<id>/<resource>, gateway/<id>/<resource>/set); each node
+    /// becomes the thing BASE.<node>, each resource BASE.<node>.<resource>, and commands to
+    /// them are served.
+    #[arg(long, value_name = "BASE", value_parser = namespace)]
+    pyaiot_nodes: Option<String>,
+
+    /// With --pyaiot-nodes: seconds without a node/check before a node is offline.
+    #[arg(long, default_value_t = 120.0, value_parser = positive_secs, requires = "pyaiot_nodes")]
+    max_time: f64,
+
+    /// With --pyaiot-nodes: nodes kept at most; checks from more are ignored and counted.
+    #[arg(long, default_value_t = 1000, requires = "pyaiot_nodes")]
+    max_nodes: usize,
+
+    /// With --pyaiot-nodes: resources kept per node at most.
+    #[arg(long, default_value_t = 64, requires = "pyaiot_nodes")]
+    max_resources: usize,
+
+    /// With --pyaiot-nodes: the longest node message read, in bytes; longer ones are counted
+    /// as malformed.
+    #[arg(long, default_value_t = 65_536, requires = "pyaiot_nodes")]
+    max_payload: usize,
+
     /// How long to wait for DNS and the bus, and for a command's reply, in seconds.
     #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
     timeout: f64,
@@ -153,6 +181,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         homeassistant: args.homeassistant,
         timeout: Duration::from_secs_f64(args.timeout),
         report_every: Duration::from_secs_f64(args.report_interval.max(0.1)),
+        pyaiot: args.pyaiot_nodes.map(|base| PyaiotNodes {
+            base,
+            config: pyaiot::Config {
+                max_nodes: args.max_nodes,
+                max_resources: args.max_resources,
+                max_time: Duration::from_secs_f64(args.max_time),
+                max_payload: args.max_payload,
+                max_waiting: 1024,
+            },
+        }),
     };
     mqtt::run(&args.bus, options, logging::shutdown_signal()).await
 }

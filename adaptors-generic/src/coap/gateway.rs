@@ -112,7 +112,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct Gateway {
     config: Config,
-    nodes: Nodes,
+    nodes: Nodes<IpAddr>,
     /// Our requests in flight, by token; their message ids map to tokens.
     pending: HashMap<Vec<u8>, Pending>,
     mids: HashMap<u16, Vec<u8>>,
@@ -152,7 +152,7 @@ impl Gateway {
     }
 
     /// The nodes.
-    pub fn nodes(&self) -> &Nodes {
+    pub fn nodes(&self) -> &Nodes<IpAddr> {
         &self.nodes
     }
 
@@ -598,7 +598,7 @@ impl Gateway {
             self.counts.malformed.inc();
             return ResponseType::BadRequest;
         };
-        match self.nodes.uid_at(from.ip()).map(str::to_owned) {
+        match self.nodes.uid_at(&from.ip()).map(str::to_owned) {
             Some(uid) => self.value(&uid, resource, value),
             None => self.counts.unknown_node.inc(),
         }

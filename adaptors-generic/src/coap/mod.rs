@@ -3,40 +3,26 @@
 //!
 //! - [`protocol`]: the node protocol's payloads and names (pure);
 //! - [`exchange`]: retransmission of our requests and duplicate detection of theirs (pure);
-//! - [`node`]: the nodes and what their changes publish (pure);
+//! - [`node`]: the nodes and what their changes publish (pure; [`crate::pyaiot::nodes`], shared
+//!   with the other pyaiot gateways);
 //! - [`gateway`]: all of it together, datagram in, actions out (pure);
 //! - [`serve`]: the one task that owns the socket and the gateway and carries the actions out.
 
 pub mod exchange;
 pub mod gateway;
-pub mod node;
 pub mod protocol;
 
+pub use crate::pyaiot::nodes as node;
 pub use protocol::*;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::Value;
 use thingsbus_adaptor::Adaptor;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
 
 use gateway::{Action, Config, Gateway};
-
-/// A command for the gateway task, from the adaptor's serve handler.
-struct Command {
-    rel: String,
-    data: Value,
-    deadline: SystemTime,
-    reply: oneshot::Sender<Result<Value, String>>,
-}
-
-fn epoch(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// Runs the gateway on `socket`, publishing through `adaptor` (whose namespace is the nodes'
 /// base) and serving commands below it, until `shutdown` resolves; logs the counts every
@@ -54,30 +40,7 @@ pub async fn serve<S>(
 where
     S: Future<Output = std::io::Result<&'static str>>,
 {
-    let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
-    let base = adaptor.namespace().as_str().to_owned();
-    adaptor.serve("", move |ns, data, deadline| {
-        let tx = commands_tx.clone();
-        let rel = ns
-            .as_str()
-            .strip_prefix(&base)
-            .map(|r| r.trim_start_matches('.'))
-            .unwrap_or_default()
-            .to_owned();
-        async move {
-            let (reply, answer) = oneshot::channel();
-            let stopped = || "the CoAP gateway stopped".to_owned();
-            tx.send(Command {
-                rel,
-                data,
-                deadline,
-                reply,
-            })
-            .await
-            .map_err(|_| stopped())?;
-            answer.await.map_err(|_| stopped())?
-        }
-    })?;
+    let mut commands = crate::pyaiot::commands::accept(&adaptor, "CoAP gateway")?;
     let mut gateway = Gateway::new(config, std::process::id());
     let mut replies = std::collections::HashMap::new();
     let mut next_id = 0u64;
@@ -94,7 +57,7 @@ where
                 break;
             }
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => gateway.datagram(&buf[..n], from, Instant::now(), epoch(SystemTime::now())),
+                Ok((n, from)) => gateway.datagram(&buf[..n], from, Instant::now(), crate::pyaiot::epoch(SystemTime::now())),
                 Err(e) => {
                     tracing::debug!(error = %e, "CoAP receive error");
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -103,14 +66,10 @@ where
             },
             Some(c) = commands.recv() => {
                 next_id += 1;
-                replies.insert(next_id, c.reply);
-                // Answered a little before the caller's deadline, so the reply is still wanted.
-                let left = c.deadline
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
-                    .saturating_sub(Duration::from_millis(100));
                 let now = Instant::now();
-                gateway.command(next_id, &c.rel, c.data, now + left, now)
+                let deadline = c.deadline_at(now);
+                replies.insert(next_id, c.reply);
+                gateway.command(next_id, &c.rel, c.data, deadline, now)
             }
             () = sleep_until(wake) => gateway.tick(Instant::now()),
             _ = sweep.tick() => gateway.sweep(Instant::now()),

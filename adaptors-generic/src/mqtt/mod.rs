@@ -5,11 +5,13 @@
 //! - [`outbound`]: bus → MQTT, what each thing event publishes (pure);
 //! - [`inbound`]: MQTT → bus, what each MQTT message becomes (pure);
 //! - [`tls`]: `mqtts://`, the TLS configuration and what a failed handshake means;
+//! - [`pyaiot`]: `--pyaiot-nodes`, pyaiot's MQTT gateway protocol (pure, and its task);
 //! - [`run`]: the bus side owns the [`outbound::Outbound`] state; the MQTT side is one task
 //!   that polls the connection and carries out [`inbound::Inbound`] decisions.
 
 pub mod inbound;
 pub mod outbound;
+pub mod pyaiot;
 pub mod tls;
 pub mod topics;
 
@@ -24,7 +26,7 @@ use anyhow::Context as _;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use thingsbus_adaptor::Adaptor;
 use thingsbus_client::{Client, EventKind, SubscribeOptions};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use crate::bus::BusArgs;
 use inbound::{Inbound, Routes};
@@ -44,6 +46,7 @@ crate::counters! {
         skipped_send: "imports the adaptor refused",
         mqtt_connects: "connections to the MQTT broker",
         commands: "set messages turned into commands",
+        pyaiot_dropped: "node messages dropped: the --pyaiot-nodes gateway fell behind",
     }
 }
 
@@ -79,6 +82,17 @@ pub struct Options {
     pub timeout: Duration,
     /// Between the counts lines.
     pub report_every: Duration,
+    /// `--pyaiot-nodes`: pyaiot's MQTT nodes below a base namespace.
+    pub pyaiot: Option<PyaiotNodes>,
+}
+
+/// `--pyaiot-nodes BASE` and its limits.
+#[derive(Debug, Clone)]
+pub struct PyaiotNodes {
+    /// The nodes' base namespace (served for commands).
+    pub base: String,
+    /// The gateway's limits.
+    pub config: pyaiot::Config,
 }
 
 /// Where the MQTT broker listens, from an `--mqtt` URL.
@@ -200,6 +214,29 @@ where
                 .with_context(|| format!("cannot publish to the bus at {}", bus.describe()))?,
         )
     };
+    let nodes = match &options.pyaiot {
+        None => None,
+        Some(p) => {
+            let adaptor = bus
+                .adaptor(&p.base, false, timeout)?
+                .connect()
+                .await
+                .with_context(|| format!("cannot publish to the bus at {}", bus.describe()))?;
+            let commands = crate::pyaiot::commands::accept(&adaptor, "pyaiot MQTT gateway")?;
+            let (tx, rx) = mpsc::channel(1024);
+            tracing::info!(base = %p.base, "pyaiot MQTT nodes: node/check, node/<id>/<resource>");
+            let task = tokio::spawn(pyaiot::serve(
+                pyaiot::Gateway::new(p.config.clone()),
+                adaptor,
+                mqtt.clone(),
+                rx,
+                commands,
+                options.report_every,
+            ));
+            Some((tx, task))
+        }
+    };
+    let (pyaiot_inbox, pyaiot_task) = nodes.unzip();
     tracing::info!(bus = %bus.describe(), mqtt = %options.login.url, imports = options.routes.imports.len(), "bridging");
 
     let counts = Arc::new(BridgeCounts::default());
@@ -213,6 +250,7 @@ where
         counts: counts.clone(),
         resync: resync.clone(),
         timeout,
+        pyaiot: pyaiot_inbox,
     }));
 
     let mut outbound = Outbound::new(
@@ -268,6 +306,12 @@ where
     counts.log("bridge stopped");
     let _ = mqtt.disconnect().await;
     mqtt_task.abort();
+    // The MQTT side held the gateway's inbox: with it gone, the gateway logs its counts and
+    // stops.
+    if let Some(task) = pyaiot_task {
+        let _ = mqtt_task.await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     Ok(())
 }
 
@@ -281,6 +325,8 @@ struct MqttSide {
     counts: Arc<BridgeCounts>,
     resync: Arc<Notify>,
     timeout: Duration,
+    /// `--pyaiot-nodes`: where node messages go.
+    pyaiot: Option<mpsc::Sender<(String, Vec<u8>)>>,
 }
 
 async fn mqtt_side(mut s: MqttSide) {
@@ -297,12 +343,28 @@ async fn mqtt_side(mut s: MqttSide) {
                         tracing::warn!(filter = %f, error = %e, "cannot subscribe");
                     }
                 }
+                if s.pyaiot.is_some() {
+                    for f in pyaiot::FILTERS {
+                        if let Err(e) = s.mqtt.try_subscribe(f, QoS::AtLeastOnce) {
+                            tracing::warn!(filter = %f, error = %e, "cannot subscribe");
+                        }
+                    }
+                }
                 if connected_once {
                     s.resync.notify_one();
                 }
                 connected_once = true;
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Some(inbox) = &s.pyaiot {
+                    if p.topic.starts_with("node/")
+                        && inbox
+                            .try_send((p.topic.clone(), p.payload.to_vec()))
+                            .is_err()
+                    {
+                        s.counts.pyaiot_dropped.inc();
+                    }
+                }
                 let inbound = s
                     .routes
                     .route(&p.topic, &p.payload, |ns| s.client.exists(ns));

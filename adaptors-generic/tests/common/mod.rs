@@ -17,6 +17,7 @@ pub fn tool(name: &str) -> Command {
         "thingsbus-zmq-adaptor" => env!("CARGO_BIN_EXE_thingsbus-zmq-adaptor"),
         "thingsbus-mqtt-bridge" => env!("CARGO_BIN_EXE_thingsbus-mqtt-bridge"),
         "thingsbus-coap-adaptor" => env!("CARGO_BIN_EXE_thingsbus-coap-adaptor"),
+        "thingsbus-ws-adaptor" => env!("CARGO_BIN_EXE_thingsbus-ws-adaptor"),
         other => panic!("no tool {other}"),
     };
     let mut c = Command::new(path);

@@ -282,22 +282,35 @@ pub(super) fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<TlsAcceptor, String> {
+    tls_acceptor_for(cert, key, "--http")
+}
+
+/// Reads a certificate chain and its key (PEM), given with `<flags>-tls-cert` and
+/// `<flags>-tls-key` (which the errors name), into a TLS acceptor (ring provider).
+///
+/// # Errors
+/// A file that cannot be read, holds no PEM certificate or key, or a key that does not fit.
+pub fn tls_acceptor_for(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    flags: &str,
+) -> Result<TlsAcceptor, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls;
 
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect)
-        .map_err(|e| format!("--http-tls-cert {}: {e}", cert.display()))?;
+        .map_err(|e| format!("{flags}-tls-cert {}: {e}", cert.display()))?;
     if chain.is_empty() {
         return Err(format!(
-            "--http-tls-cert {}: no PEM certificate in it (it should hold -----BEGIN CERTIFICATE-----)",
+            "{flags}-tls-cert {}: no PEM certificate in it (it should hold -----BEGIN CERTIFICATE-----)",
             cert.display()
         ));
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         format!(
-            "--http-tls-key {}: no PEM private key read: {e}",
+            "{flags}-tls-key {}: no PEM private key read: {e}",
             key.display()
         )
     })?;
@@ -308,7 +321,7 @@ pub(super) fn tls_acceptor(
     .map_err(|e| format!("TLS set-up: {e}"))?
     .with_no_client_auth()
     .with_single_cert(chain, key)
-    .map_err(|e| format!("--http-tls-cert and --http-tls-key do not fit together: {e}"))?;
+    .map_err(|e| format!("{flags}-tls-cert and {flags}-tls-key do not fit together: {e}"))?;
     let mut config = config;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))

@@ -18,7 +18,7 @@ const MAX_TOKEN: usize = 512;
 
 /// What a request may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Role {
+pub enum Role {
     /// Read everything: the page, JSON, events, metrics.
     Read,
     /// Read, and send commands to things.
@@ -28,7 +28,7 @@ pub(super) enum Role {
 /// The tokens of a token file, kept as SHA-256 digests: a request's token is compared with each
 /// of them in constant time, so neither its content nor which one matched shows in the timing.
 #[derive(Debug)]
-pub(super) struct Tokens {
+pub struct Tokens {
     entries: Vec<([u8; 32], Role)>,
 }
 
@@ -46,13 +46,24 @@ fn token_char(c: char) -> bool {
 impl Tokens {
     /// Reads a token file.
     pub(super) fn load(path: &std::path::Path) -> Result<Tokens, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--http-token-file {}: {e}", path.display()))?;
-        Tokens::parse(&text).map_err(|e| format!("--http-token-file {}: {e}", path.display()))
+        Tokens::load_for(path, "--http-token-file")
+    }
+
+    /// Reads a token file given with `flag`, which the errors name.
+    ///
+    /// # Errors
+    /// The file cannot be read, or a line is not `TOKEN read` / `TOKEN command`.
+    pub fn load_for(path: &std::path::Path, flag: &str) -> Result<Tokens, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+        Tokens::parse(&text).map_err(|e| format!("{flag} {}: {e}", path.display()))
     }
 
     /// Parses `TOKEN read` / `TOKEN command` lines; `#` starts a comment, blank lines are skipped.
-    pub(super) fn parse(text: &str) -> Result<Tokens, String> {
+    ///
+    /// # Errors
+    /// A line that is not `TOKEN read` / `TOKEN command`, a short token, or no token at all.
+    pub fn parse(text: &str) -> Result<Tokens, String> {
         let mut entries = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let n = i + 1;
@@ -103,7 +114,7 @@ impl Tokens {
     }
 
     /// The role of `presented`, if it is one of the tokens.
-    pub(super) fn check(&self, presented: &str) -> Option<Role> {
+    pub fn check(&self, presented: &str) -> Option<Role> {
         let d = sha256(presented);
         let mut any = Choice::from(0);
         let mut command = Choice::from(0);
@@ -123,7 +134,7 @@ impl Tokens {
 }
 
 /// The token of a request: `Authorization: Bearer TOKEN`, else the cookie [`COOKIE`].
-pub(super) fn presented<'a>(
+pub fn presented<'a>(
     authorization: Option<&'a str>,
     cookies: impl Iterator<Item = &'a str>,
 ) -> Option<&'a str> {

@@ -10,8 +10,8 @@
 //! (or the cookie `POST /login` sets for the page); with `--http-tls-cert`, HTTPS only
 //! (`conn.rs`). Every response carries a Content-Security-Policy that allows no inline script.
 
-mod conn;
-mod guard;
+pub(crate) mod conn;
+pub(crate) mod guard;
 mod json;
 mod sse;
 

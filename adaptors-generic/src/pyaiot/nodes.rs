@@ -1,13 +1,35 @@
-//! The nodes the gateway knows, as plain state: who is alive, at which address, with which
-//! resources, and what each change publishes. Pure: times come in as arguments.
+//! The nodes a gateway knows, as plain state: who is alive, at which address, with which
+//! resources, and what each change publishes. Pure: times come in as arguments. The CoAP
+//! adaptor, the MQTT bridge's `--pyaiot-nodes` and the WebSocket adaptor keep their nodes here,
+//! so a node's thing looks the same whichever gateway it came through.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use super::protocol::{node_part, resource_part};
+use super::value::{node_part, resource_part};
+
+/// Where a gateway reaches a node: an IP address (CoAP), a connection, or nothing beyond its
+/// uid (MQTT).
+pub trait Address: Clone + PartialEq + std::fmt::Debug {
+    /// The address as the node's thing shows it (`"address"`), if it shows one.
+    fn shown(&self) -> Option<String>;
+}
+
+impl Address for IpAddr {
+    fn shown(&self) -> Option<String> {
+        Some(self.to_canonical().to_string())
+    }
+}
+
+/// MQTT nodes: reached through the MQTT broker by their uid alone.
+impl Address for () {
+    fn shown(&self) -> Option<String> {
+        None
+    }
+}
 
 /// A thing update to publish, below the gateway's base namespace.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,13 +42,14 @@ pub struct Update {
 
 /// One node.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub struct Node<A> {
     /// Its uid, as it says in its alives.
     pub uid: String,
     /// The uid as a namespace part.
     pub part: String,
-    /// Where it is reached (at the node port, never at a message's source port).
-    pub ip: IpAddr,
+    /// Where it is reached (CoAP: its IP address, at the node port, never at a message's
+    /// source port).
+    pub addr: A,
     /// Its last alive, seconds since 1970.
     pub last_alive: f64,
     /// Its last alive, for `--max-time`.
@@ -37,19 +60,22 @@ pub struct Node {
     pub resources: BTreeMap<String, String>,
 }
 
-impl Node {
-    /// The node's own thing.
+impl<A: Address> Node<A> {
+    /// The node's own thing: `uid`, `address` (where the gateway shows one), `online`,
+    /// `last_alive` and `resources`.
     pub fn update(&self) -> Update {
         let resources: Vec<&String> = self.resources.keys().collect();
+        let mut data = Map::new();
+        data.insert("uid".into(), json!(self.uid));
+        if let Some(a) = self.addr.shown() {
+            data.insert("address".into(), json!(a));
+        }
+        data.insert("online".into(), json!(self.online));
+        data.insert("last_alive".into(), json!(self.last_alive));
+        data.insert("resources".into(), json!(resources));
         Update {
             sub: self.part.clone(),
-            data: json!({
-                "uid": self.uid,
-                "address": self.ip.to_canonical().to_string(),
-                "online": self.online,
-                "last_alive": self.last_alive,
-                "resources": resources,
-            }),
+            data: Value::Object(data),
         }
     }
 }
@@ -73,15 +99,15 @@ pub enum Alive {
 
 /// Every node, by uid, within the limits of the flags.
 #[derive(Debug)]
-pub struct Nodes {
-    nodes: HashMap<String, Node>,
+pub struct Nodes<A> {
+    nodes: HashMap<String, Node<A>>,
     max_nodes: usize,
     max_resources: usize,
 }
 
-impl Nodes {
+impl<A: Address> Nodes<A> {
     /// No nodes yet; at most `max_nodes`, each with at most `max_resources`.
-    pub fn new(max_nodes: usize, max_resources: usize) -> Nodes {
+    pub fn new(max_nodes: usize, max_resources: usize) -> Nodes<A> {
         Nodes {
             nodes: HashMap::new(),
             max_nodes,
@@ -90,7 +116,7 @@ impl Nodes {
     }
 
     /// A node by uid.
-    pub fn get(&self, uid: &str) -> Option<&Node> {
+    pub fn get(&self, uid: &str) -> Option<&Node<A>> {
         self.nodes.get(uid)
     }
 
@@ -99,9 +125,9 @@ impl Nodes {
         self.max_resources
     }
 
-    /// An alive (`reset` after a reboot: its resources are forgotten) from `ip`, at `now`
+    /// An alive (`reset` after a reboot: its resources are forgotten) from `addr`, at `now`
     /// (`wall`: the same instant in seconds since 1970).
-    pub fn alive(&mut self, uid: &str, reset: bool, ip: IpAddr, now: Instant, wall: f64) -> Alive {
+    pub fn alive(&mut self, uid: &str, reset: bool, addr: A, now: Instant, wall: f64) -> Alive {
         let known = self.nodes.contains_key(uid);
         let mut evicted = None;
         if !known && self.nodes.len() >= self.max_nodes {
@@ -122,14 +148,14 @@ impl Nodes {
         let node = self.nodes.entry(uid.to_owned()).or_insert_with(|| Node {
             part: node_part(uid),
             uid: uid.to_owned(),
-            ip,
+            addr: addr.clone(),
             last_alive: wall,
             last_alive_at: now,
             online: false,
             resources: BTreeMap::new(),
         });
         let was_online = node.online;
-        node.ip = ip;
+        node.addr = addr;
         node.last_alive = wall;
         node.last_alive_at = now;
         node.online = true;
@@ -143,11 +169,11 @@ impl Nodes {
         }
     }
 
-    /// The uid of the node at `ip` (its POSTs may come from any source port).
-    pub fn uid_at(&self, ip: IpAddr) -> Option<&str> {
+    /// The uid of the node at `addr` (CoAP: its POSTs may come from any source port).
+    pub fn uid_at(&self, addr: &A) -> Option<&str> {
         self.nodes
             .values()
-            .find(|n| n.ip == ip)
+            .find(|n| n.addr == *addr)
             .map(|n| n.uid.as_str())
     }
 
@@ -191,8 +217,19 @@ impl Nodes {
         out
     }
 
-    /// The node address and resource name a command to `<node part>.<resource part>` goes to.
-    pub fn target(&self, node_part: &str, resource_part: &str) -> Option<(IpAddr, String)> {
+    /// Marks one node offline at once (its connection closed): its updated thing, if it was
+    /// online.
+    pub fn offline(&mut self, uid: &str) -> Option<Update> {
+        let n = self.nodes.get_mut(uid)?;
+        if !n.online {
+            return None;
+        }
+        n.online = false;
+        Some(n.update())
+    }
+
+    /// The node and the resource name a command to `<node part>.<resource part>` goes to.
+    pub fn find(&self, node_part: &str, resource_part: &str) -> Option<(&Node<A>, &str)> {
         self.nodes
             .values()
             .find(|n| n.part == node_part)
@@ -200,8 +237,14 @@ impl Nodes {
                 n.resources
                     .iter()
                     .find(|(_, p)| *p == resource_part)
-                    .map(|(name, _)| (n.ip, name.clone()))
+                    .map(|(name, _)| (n, name.as_str()))
             })
+    }
+
+    /// The node address and resource name a command to `<node part>.<resource part>` goes to.
+    pub fn target(&self, node_part: &str, resource_part: &str) -> Option<(A, String)> {
+        self.find(node_part, resource_part)
+            .map(|(n, name)| (n.addr.clone(), name.to_owned()))
     }
 }
 
@@ -224,7 +267,7 @@ mod tests {
     #[test]
     fn a_new_node_is_published_and_discovered_a_known_one_only_published() {
         let t0 = Instant::now();
-        let mut n = Nodes::new(10, 10);
+        let mut n = Nodes::<IpAddr>::new(10, 10);
         let (u, discover) = accepted(n.alive("1234", false, IP, t0, 100.0));
         assert!(discover);
         assert_eq!(u.sub, "n1234");
@@ -235,14 +278,14 @@ mod tests {
         let (u, discover) = accepted(n.alive("1234", false, OTHER, t0, 130.0));
         assert!(!discover, "known and online");
         assert_eq!(u.data["address"], "10.0.0.6", "the newest address wins");
-        assert_eq!(n.uid_at(OTHER), Some("1234"));
-        assert_eq!(n.uid_at(IP), None);
+        assert_eq!(n.uid_at(&OTHER), Some("1234"));
+        assert_eq!(n.uid_at(&IP), None);
     }
 
     #[test]
     fn a_reset_forgets_the_resources_and_discovers_again() {
         let t0 = Instant::now();
-        let mut n = Nodes::new(10, 10);
+        let mut n = Nodes::<IpAddr>::new(10, 10);
         n.alive("a", false, IP, t0, 1.0);
         n.value("a", "temp", json!(1));
         let (u, discover) = accepted(n.alive("a", true, IP, t0, 2.0));
@@ -253,7 +296,7 @@ mod tests {
     #[test]
     fn nodes_beyond_the_limit_are_refused_known_ones_still_heard() {
         let t0 = Instant::now();
-        let mut n = Nodes::new(1, 10);
+        let mut n = Nodes::<IpAddr>::new(1, 10);
         accepted(n.alive("a", false, IP, t0, 1.0));
         assert_eq!(n.alive("b", false, OTHER, t0, 1.0), Alive::Refused);
         accepted(n.alive("a", false, IP, t0, 2.0));
@@ -263,7 +306,7 @@ mod tests {
     fn a_full_table_forgets_the_node_offline_longest_for_a_new_one() {
         let t0 = Instant::now();
         let max = Duration::from_secs(120);
-        let mut n = Nodes::new(3, 10);
+        let mut n = Nodes::<IpAddr>::new(3, 10);
         for (uid, at) in [("a", 0), ("b", 10), ("c", 20)] {
             accepted(n.alive(uid, false, IP, t0 + Duration::from_secs(at), 1.0));
         }
@@ -286,7 +329,7 @@ mod tests {
     #[test]
     fn a_new_resource_republishes_the_node_then_its_value() {
         let t0 = Instant::now();
-        let mut n = Nodes::new(10, 1);
+        let mut n = Nodes::<IpAddr>::new(10, 1);
         assert!(n.value("nobody", "temp", json!(1)).is_empty());
         n.alive("a", false, IP, t0, 1.0);
         let u = n.value("a", "Temp/C", json!(21));
@@ -318,7 +361,7 @@ mod tests {
     fn silent_nodes_go_offline_once_and_an_alive_brings_them_back_with_discovery() {
         let t0 = Instant::now();
         let max = Duration::from_secs(120);
-        let mut n = Nodes::new(10, 10);
+        let mut n = Nodes::<IpAddr>::new(10, 10);
         n.alive("a", false, IP, t0, 1.0);
         assert!(n.sweep(t0 + max, max).is_empty(), "not past --max-time yet");
         let off = n.sweep(t0 + max + Duration::from_millis(1), max);
@@ -328,5 +371,33 @@ mod tests {
         assert!(!n.get("a").is_some_and(|x| x.online));
         let (_, discover) = accepted(n.alive("a", false, IP, t0 + 2 * max, 9.0));
         assert!(discover, "back from offline");
+    }
+
+    #[test]
+    fn a_node_without_an_address_shows_none() {
+        let mut n = Nodes::<()>::new(10, 10);
+        let (u, discover) = accepted(n.alive("mqtt_test_node", false, (), Instant::now(), 5.0));
+        assert!(discover);
+        assert_eq!(u.sub, "mqtt_test_node");
+        assert_eq!(
+            u.data,
+            json!({"uid": "mqtt_test_node", "online": true, "last_alive": 5.0, "resources": []})
+        );
+        n.value("mqtt_test_node", "led", json!("0"));
+        let (node, name) = n.find("mqtt_test_node", "led").expect("found");
+        assert_eq!((node.uid.as_str(), name), ("mqtt_test_node", "led"));
+    }
+
+    #[test]
+    fn a_closed_node_goes_offline_at_once_and_once() {
+        let t0 = Instant::now();
+        let mut n = Nodes::<IpAddr>::new(10, 10);
+        assert!(n.offline("a").is_none(), "unknown");
+        n.alive("a", false, IP, t0, 1.0);
+        let u = n.offline("a").expect("was online");
+        assert_eq!(u.data["online"], false);
+        assert!(n.offline("a").is_none(), "already offline");
+        let (_, discover) = accepted(n.alive("a", false, IP, t0, 2.0));
+        assert!(discover, "back: discovered again");
     }
 }
