@@ -121,6 +121,7 @@ def test_directory_and_thing_api(broker):
     a.send({"v": 2}, ns="bench.meter")
     a.stop()
     a.join(DEADLINE)
+    a.send({"v": 3}, ns="bench.meter")  # after stop: dropped without an error, as 0.2.x
     eventually(lambda: c.directory.get_thing("lab.bench.meter").get_data(), "lab.bench.meter")
     eventually(lambda: c.directory.get_thing("lab.bench.scope").get_data(), "lab.bench.scope")
     bench = c.directory.get_thing("lab.bench")

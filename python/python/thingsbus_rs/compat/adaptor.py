@@ -71,4 +71,7 @@ class Adaptor(threading.Thread):
         if self.verbose:
             print("%s sending message..." % self)
             pprint.pprint({"ns": sub_ns, "data": data, "ts": ts})
-        self._native.send_to(sub_ns, data, float(ts))
+        try:
+            self._native.send_to(sub_ns, data, float(ts))
+        except _native.ClosedError:
+            pass  # after stop(), as in 0.2.x: the update is not sent

@@ -35,5 +35,11 @@ class ServiceFinder(object):
     @classmethod
     def _get_broker_url(cls, domain, port_offset):
         brokers = _native.find_brokers(domain, nameserver=cls.RESOLVER.nameserver())
+        if not brokers:
+            raise _native.ThingsbusError("no SRV record _thingsbus._tcp.%s" % domain)
         first = brokers[0]
-        return "tcp://%s:%d" % (first["host"], first["port"] + port_offset)
+        host = first["host"]
+        # As dnspython wrote the SRV target: absolute, with its final dot.
+        if not host.endswith("."):
+            host += "."
+        return "tcp://%s:%d" % (host, first["port"] + port_offset)
