@@ -14,6 +14,8 @@ A script written for thingsbus 0.2.x changes one import line: ``from thingsbus i
 becomes ``from thingsbus_rs.compat import client`` (see ``thingsbus_rs.compat``).
 """
 
+from typing import Any
+
 from ._native import (
     Adaptor,
     BadRequest,
@@ -37,7 +39,7 @@ from ._native import (
 )
 
 
-async def command_async(client, ns, data=None, timeout=5.0):
+async def command_async(client: Client, ns: str, data: Any = None, timeout: float = 5.0) -> Any:
     """`client.command(ns, data, timeout)` for asyncio code: runs in the loop's default executor,
     so the event loop goes on while the command is out."""
     import asyncio
