@@ -1,7 +1,6 @@
 """thingsbus_rs.Client and thingsbus_rs.Adaptor against a real broker process."""
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -128,6 +127,27 @@ def test_subscribe_snapshots(fast_snapshots):
         assert live_only.try_next() is None
         a.send_to("fan", "on")
         assert live_only.next(timeout=DEADLINE).data == "on"
+
+
+def test_a_slow_subscriber_counts_what_it_missed(broker):
+    client = thingsbus_rs.Client(url=broker.directory)
+    assert client.wait_filled(DEADLINE)
+    slow = client.subscribe("burst", tree=True, capacity=1)
+    with thingsbus_rs.Adaptor("burst", url=broker.input) as a:
+        for i in range(50):
+            a.send_to("n", i)
+        eventually(lambda: (client.get("burst.n") or (0, None))[1] == 49, "the last update")
+    kept = []
+
+    def all_accounted():
+        event = slow.try_next()
+        while event is not None:
+            kept.append(event.data)
+            event = slow.try_next()
+        return len(kept) + slow.missed == 50
+
+    eventually(all_accounted, "every update kept or counted as missed")
+    assert slow.missed > 0 and kept == sorted(kept)
 
 
 def test_subscription_ends_when_the_client_closes(broker):

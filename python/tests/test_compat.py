@@ -1,11 +1,9 @@
 """thingsbus_rs.compat: 0.2.x scripts run with one import line changed."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 

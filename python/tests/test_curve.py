@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 import thingsbus_rs
-from conftest import DEADLINE, eventually
+from conftest import eventually
 
 
 def curve_server(kind):

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -62,7 +61,7 @@ def test_compat_service_finder_and_zone(broker, dns, py02):
         a.send({"light": True})
         thing = c.directory.get_thing("porch")
         assert eventually(lambda: thing.get_data(), "porch through compat by zone")[1] == {"light": True}
-        assert c.broker_url.startswith("tcp://")
+        assert c.broker_url == ours["broker_url"]
         a.stop()
         c.stop()
     finally:

@@ -178,7 +178,8 @@ class Client(threading.Thread):
     def broker_url(self):
         if self._broker_url is not None:
             return self._broker_url
-        return self._native.url
+        # As 0.2.x: asked of DNS on each use (the client itself follows its own SRV lookup).
+        return service_discovery.ServiceFinder.broker_url(self.zone)
 
     def stop(self):
         self.ok = False
