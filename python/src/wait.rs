@@ -69,7 +69,8 @@ where
     F: FnMut(Duration) -> Option<T> + Send,
     T: Send,
 {
-    let deadline = timeout.map(|t| Instant::now() + seconds(t));
+    // A deadline past what the clock can hold is no deadline.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(seconds(t)));
     loop {
         let slice = match deadline {
             Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
@@ -85,11 +86,13 @@ where
     }
 }
 
-/// Seconds from Python as a duration; negative and NaN are zero, huge ones a century.
+/// Seconds from Python as a duration: negative and NaN are zero, anything beyond a century (infinity
+/// included) is a century, so that adding to it never overflows.
 pub(crate) fn seconds(s: f64) -> Duration {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
     if s.is_nan() || s <= 0.0 {
         Duration::ZERO
     } else {
-        Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(100 * 365 * 86_400))
+        Duration::try_from_secs_f64(s).map_or(CENTURY, |d| d.min(CENTURY))
     }
 }

@@ -86,6 +86,19 @@ def test_late_joiner_wait_filled_children_walk_iteration(broker):
 def test_wait_filled_times_out_without_a_broker():
     client = thingsbus_rs.Client(url="tcp://127.0.0.1:9", instant_snapshot=True)
     assert client.wait_filled(0.2) is False
+    # Odd timeouts: negative and NaN are none at all; huge ones and infinity are "very long".
+    assert client.wait_filled(-1) is False
+    assert client.wait_filled(float("nan")) is False
+    sub = client.subscribe("a")
+    assert sub.next(timeout=-5) is None
+    done = []
+    t = threading.Thread(target=lambda: done.append(sub.next(timeout=1e300)))
+    t.start()
+    sub.close()
+    t.join(DEADLINE)
+    assert done == [None]
+    with pytest.raises(thingsbus_rs.NoAnswer):
+        client.command("a.b", 1, timeout=float("-inf"))
     client.close()
     with pytest.raises(thingsbus_rs.ClosedError):
         client.get("a")
