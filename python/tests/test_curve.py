@@ -86,3 +86,35 @@ def test_bad_keys_are_named():
                              server_key=zmq.curve_keypair()[0].decode(), key_file="/nonexistent")
     with pytest.raises(thingsbus_rs.ThingsbusError, match="UDP"):
         thingsbus_rs.Adaptor("a", udp="127.0.0.1:9", server_key=zmq.curve_keypair()[0].decode())
+
+
+def test_adaptor_and_client_with_keys_through_our_curve_broker(tmp_path):
+    """Our broker with --curve-secret-file and an auth file: the adaptor's key file gives it
+    its rights, a client with a key of its own reads as anonymous."""
+    from conftest import Broker
+
+    public, secret = zmq.curve_keypair()
+    (tmp_path / "broker.key").write_text(secret.decode() + "\n")
+    own_public, own_secret = zmq.curve_keypair()
+    (tmp_path / "shed.key").write_text(own_secret.decode() + "\n")
+    (tmp_path / "auth.toml").write_text(
+        '[anonymous]\nread = true\n[keys.shed]\npublic = "%s"\npublish = ["shed"]\n'
+        % own_public.decode()
+    )
+    broker = Broker(
+        "--curve-secret-file", str(tmp_path / "broker.key"),
+        "--auth-file", str(tmp_path / "auth.toml"),
+    )
+    try:
+        server = public.decode()
+        with thingsbus_rs.Adaptor("shed.light", url=broker.input, server_key=server,
+                                  key_file=str(tmp_path / "shed.key")) as adaptor, \
+                thingsbus_rs.Client(url=broker.directory, server_key=server) as client:
+            def arrived():
+                adaptor.send({"on": True})
+                time.sleep(0.02)
+                return client.get("shed.light")
+            age, data = eventually(arrived, "shed.light through CURVE")
+            assert data == {"on": True}
+    finally:
+        broker.stop()
