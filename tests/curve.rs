@@ -452,3 +452,100 @@ fn without_anonymous_rights_a_curve_broker_admits_only_its_keys_and_the_http_sid
     });
     std::fs::remove_dir_all(&dir).ok();
 }
+
+// ---- The broker's key from DNS: a TXT record `curve=<key>` beside the SRV record ----
+
+/// A zone whose SRV record names `broker`, with these TXT strings on the SRV name.
+fn zone_with_txt(broker: &Broker, txt: &[&str]) -> dns::DnsServer {
+    dns::DnsServer::start_with_txt(
+        "example.org",
+        &[dns::SrvRecord {
+            name: "_thingsbus._tcp.example.org".into(),
+            priority: 0,
+            weight: 0,
+            port: broker.endpoints().directory_port,
+            target: "broker.example.org.".into(),
+        }],
+        &[("broker.example.org", std::net::Ipv4Addr::LOCALHOST)],
+        &[("_thingsbus._tcp.example.org", txt)],
+    )
+}
+
+#[test]
+fn a_zone_that_publishes_the_broker_key_is_all_a_client_and_an_adaptor_need() {
+    use serde_json::json;
+    use thingsbus_adaptor::Adaptor;
+    use thingsbus_client::Client;
+    let server = KeyPair::generate().expect("keys");
+    let keys = server.clone();
+    let broker = spawn_broker_on_port_pair(move |c| {
+        c.stats_interval = std::time::Duration::ZERO;
+        c.snapshot_interval = std::time::Duration::from_millis(200);
+        c.curve = Some(keys.clone());
+    });
+    let txt = format!("curve={}", server.public);
+    let dns = zone_with_txt(&broker, &["v=spf1 -all", &txt]);
+    let adaptor = Adaptor::builder("kitchen")
+        .zone("example.org")
+        .nameserver(dns.addr())
+        .connect_blocking()
+        .expect("adaptor through the zone");
+    let client = Client::builder()
+        .zone("example.org")
+        .nameserver(dns.addr())
+        .connect_blocking()
+        .expect("client through the zone");
+    eventually(
+        DEADLINE,
+        "kitchen through a CURVE broker found by zone",
+        || {
+            adaptor.send(&json!({"t": 21})).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            client
+                .get("kitchen")
+                .filter(|t| t.value() == json!({"t": 21}))
+                .map(|_| ())
+        },
+    );
+    // The controls: the same zone without the TXT record reaches nothing (the broker speaks
+    // only CURVE), and a key given by hand wins over DNS, so a wrong one reads nothing either.
+    let plain_dns = dns_for(&broker);
+    let plain = Client::builder()
+        .zone("example.org")
+        .nameserver(plain_dns.addr())
+        .connect_blocking()
+        .expect("client");
+    let wrong = Client::builder()
+        .zone("example.org")
+        .nameserver(dns.addr())
+        .curve(ClientKeys::new(KeyPair::generate().expect("keys").public, None).expect("keys"))
+        .connect_blocking()
+        .expect("client");
+    let short = std::time::Duration::from_secs(2);
+    assert!(
+        !plain.wait_filled_blocking(short),
+        "a plain client read a CURVE broker"
+    );
+    assert!(
+        !wrong.wait_filled_blocking(short),
+        "a wrong key read the broker"
+    );
+    // A TXT record that holds no key is an error naming it, not a silent plain connection.
+    let bad_dns = zone_with_txt(&broker, &["curve=not-a-key"]);
+    let Err(e) = Client::builder()
+        .zone("example.org")
+        .nameserver(bad_dns.addr())
+        .connect_blocking()
+    else {
+        panic!("a client took a zone whose key is not a key");
+    };
+    assert!(e.to_string().contains("40 Z85 characters"), "{e}");
+    let Err(e) = Adaptor::builder("x")
+        .zone("example.org")
+        .nameserver(bad_dns.addr())
+        .connect_blocking()
+    else {
+        panic!("an adaptor took a zone whose key is not a key");
+    };
+    assert!(e.to_string().contains("curve=not-a-key"), "{e}");
+}

@@ -52,9 +52,19 @@ pub struct AdaptorBuilder {
     signing: Option<(String, BoardSecret)>,
     signing_boot: Option<u32>,
     curve: Option<thingsbus_protocol::transport::ClientKeys>,
+    key_pair: Option<thingsbus_protocol::keys::KeyPair>,
 }
 
 impl AdaptorBuilder {
+    /// This adaptor's own CURVE key pair (a key file's), used with the broker's key when a zone
+    /// publishes it (a TXT record `curve=<key>` beside the SRV record). Without it, such a zone
+    /// is reached with a new key pair, which a broker that checks keys treats as anonymous. Keys
+    /// given with [`AdaptorBuilder::curve`] win over the zone's.
+    pub fn key_pair(mut self, keys: thingsbus_protocol::keys::KeyPair) -> Self {
+        self.key_pair = Some(keys);
+        self
+    }
+
     /// Talk CURVE to the broker (its public key and this adaptor's key pair: from a key file,
     /// or a new one with `ClientKeys::new(server, None)`) on the input and command sockets.
     /// Without it, plain ZMQ as in 0.2.x. UDP cannot do CURVE: with it, the adaptor refuses UDP.
@@ -168,6 +178,18 @@ impl AdaptorBuilder {
                     self.command_url = Some(first.command_url());
                 }
                 tracing::info!(%zone, broker = %first, others = brokers.len() - 1, "found brokers through SRV");
+                if !self.prefer_udp {
+                    let given = self.curve.is_some();
+                    self.curve = thingsbus_protocol::transport::keys_for_zone(
+                        self.curve.take(),
+                        self.key_pair.as_ref(),
+                        first,
+                    )
+                    .map_err(Error::Keys)?;
+                    if let (false, Some(key)) = (given, &first.server_key) {
+                        tracing::info!(%zone, server_key = %key, "CURVE with the broker key the zone publishes");
+                    }
+                }
                 if self.prefer_udp {
                     // UDP cannot tell whether anyone listens: the first broker it is.
                     Target::Udp(first.udp_addr())
@@ -233,6 +255,13 @@ impl AdaptorBuilder {
             }
             Target::Zone(_) => None,
         });
+        if let (None, Some(_), Target::Zmq(urls)) = (&self.curve, &self.key_pair, &target) {
+            return Err(Error::Keys(format!(
+                "a key pair but no broker key for {}: give the broker's public key \
+                 (--server-key), or a zone that publishes it",
+                urls.join(", ")
+            )));
+        }
         if let (Some(_), Target::Udp(addr)) = (&self.curve, &target) {
             return Err(Error::Udp {
                 addr: addr.clone(),
@@ -415,6 +444,7 @@ impl Adaptor {
             signing: None,
             signing_boot: None,
             curve: None,
+            key_pair: None,
         }
     }
 

@@ -49,6 +49,10 @@ pub enum Error {
     /// `serve` needs the broker's command endpoint, and none is known.
     #[error("no command endpoint known: give .command_url(\"tcp://host:7957\") to the builder")]
     NoCommandEndpoint,
+    /// CURVE keys that cannot be used (the zone's published key is not a key, a key pair
+    /// without the broker's key, no CURVE in this build).
+    #[error("CURVE keys: {0}")]
+    Keys(String),
     /// The adaptor was closed.
     #[error("the adaptor is closed")]
     Closed,

@@ -64,13 +64,15 @@ pub struct BusArgs {
 
     /// The broker's CURVE public key (40 Z85 characters): every connection to the broker is
     /// then encrypted and the broker authenticated. Without --key-file, a new key pair is made
-    /// for this run (a broker that checks client keys will not know it).
+    /// for this run (a broker that checks client keys will not know it). With --zone it is not
+    /// needed when the zone publishes the key (TXT "curve=KEY" beside the SRV record); given,
+    /// it wins over DNS.
     #[arg(long, global = true, env = "THINGSBUS_SERVER_KEY", value_name = "Z85", value_parser = server_key)]
     pub server_key: Option<PublicKey>,
 
     /// File with this client's CURVE secret key (as `thingsbus keygen --secret-file` writes
-    /// it); needs --server-key.
-    #[arg(long, global = true, env = "THINGSBUS_KEY_FILE", value_name = "PATH", requires = "server_key", value_parser = key_file)]
+    /// it); needs --server-key, or a zone that publishes the broker's key.
+    #[arg(long, global = true, env = "THINGSBUS_KEY_FILE", value_name = "PATH", value_parser = key_file)]
     pub key_file: Option<KeyPair>,
 }
 
@@ -125,6 +127,8 @@ impl BusArgs {
         let mut b = Client::builder().discovery_timeout(timeout);
         if let Some(keys) = self.curve() {
             b = b.curve(keys);
+        } else if let Some(own) = &self.key_file {
+            b = b.key_pair(own.clone());
         }
         if let Some(ns) = self.nameserver {
             b = b.nameserver(ns);
@@ -157,6 +161,8 @@ impl BusArgs {
         let mut b = Adaptor::builder(ns).discovery_timeout(timeout);
         if let Some(keys) = self.curve() {
             b = b.curve(keys);
+        } else if let Some(own) = &self.key_file {
+            b = b.key_pair(own.clone());
         }
         if let Some(n) = self.nameserver {
             b = b.nameserver(n);

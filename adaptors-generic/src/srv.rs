@@ -155,7 +155,8 @@ impl Report {
             json!({"target": c.host, "port": c.port,
                    "address": c.ip.map(|ip| ip.to_string()),
                    "directory_url": c.directory_url(),
-                   "input_url": c.input_url(), "udp": c.udp_addr()})
+                   "input_url": c.input_url(), "udp": c.udp_addr(),
+                   "server_key": c.server_key})
         });
         json!({
             "name": self.name,
@@ -202,6 +203,11 @@ impl Report {
             return text;
         };
         text.push_str(&format!("would use {chosen}\n"));
+        text.push_str(&match &chosen.server_key {
+            Some(key) => format!("  CURVE key (TXT curve=): {key}; clients need no --server-key\n"),
+            None => "  no CURVE key published (TXT curve=): plain ZMQ, or --server-key by hand\n"
+                .to_owned(),
+        });
         for c in &self.checks {
             let verdict = match &c.result {
                 Ok(()) => "answers".to_owned(),

@@ -648,9 +648,11 @@ fn key_flags_are_checked_before_anything_is_sent() {
     thingsbus_protocol::keys::SecretKey::from_bytes([7; 32])
         .write_file(&file, true)
         .expect("key file");
+    // A key file with a URL and no broker key: refused before anything is sent (a zone could
+    // publish the key; a URL cannot).
     let out = sent(&["--key-file", file.to_str().expect("utf-8")]);
     let _ = std::fs::remove_file(&file);
-    assert_eq!(out.code(), 2, "{out:?}");
+    assert_ne!(out.code(), 0, "{out:?}");
     assert!(out.stderr.contains("--server-key"), "{}", out.stderr);
     let key = "%nSc0".repeat(8);
     let out = sent(&["--server-key", &key, "--key-file", "/nonexistent/k"]);
@@ -685,4 +687,66 @@ fn against_a_curve_broker_the_key_gets_in_and_without_it_the_error_says_what_to_
     let out = tb(&broker, &["--timeout", "1", "get", "shop.door"]);
     assert_eq!(out.code(), 2, "{}", out.stderr);
     assert!(out.stderr.contains("--server-key"), "{}", out.stderr);
+}
+
+#[test]
+fn a_zone_that_publishes_the_broker_key_needs_no_server_key() {
+    let keys = thingsbus_protocol::keys::KeyPair::generate().expect("keys");
+    let public = keys.public.to_string();
+    let broker = spawn_broker_on_port_pair(move |c| {
+        quiet(c);
+        c.curve = Some(keys.clone());
+    });
+    let txt = format!("curve={public}");
+    let dns = DnsServer::start_with_txt(
+        "example.org",
+        &[SrvRecord {
+            name: "_thingsbus._tcp.example.org".into(),
+            priority: 0,
+            weight: 0,
+            port: broker.endpoints().directory_port,
+            target: "broker.example.org.".into(),
+        }],
+        &[("broker.example.org", Ipv4Addr::LOCALHOST)],
+        &[("_thingsbus._tcp.example.org", &[txt.as_str()])],
+    );
+    let ns = dns.addr().to_string();
+    let find = ["--zone", "example.org", "--nameserver", ns.as_str()];
+    ok(&run(tool("thingsbus").args(find).args([
+        "send",
+        "shop.door",
+        "1",
+    ])));
+    wait_accepted(&broker, 1);
+    let got: Value = serde_json::from_str(ok(&run(tool("thingsbus").args(find).args([
+        "get",
+        "shop.door",
+        "--json",
+    ]))))
+    .expect("JSON");
+    assert_eq!(got["data"], json!(1));
+    // `srv` shows the key it found.
+    let report: Value = serde_json::from_str(ok(&run(tool("thingsbus").args([
+        "--nameserver",
+        ns.as_str(),
+        "srv",
+        "example.org",
+        "--json",
+    ]))))
+    .expect("JSON");
+    assert_eq!(report["chosen"]["server_key"], json!(public));
+    // A key given by hand wins over DNS: a wrong one reads nothing.
+    let wrong = thingsbus_protocol::keys::KeyPair::generate()
+        .expect("keys")
+        .public
+        .to_string();
+    let out = run(tool("thingsbus").args(find).args([
+        "--server-key",
+        &wrong,
+        "--timeout",
+        "1",
+        "get",
+        "shop.door",
+    ]));
+    assert_eq!(out.code(), 2, "{}", out.stderr);
 }

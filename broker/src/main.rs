@@ -567,11 +567,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         command = %format!("tcp://{host}:{}", at.command_port),
         http = %at.http.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/")),
         curve = %at.server_key.as_ref().map_or_else(|| "off".to_owned(), |k| format!("on, server key {}", k)),
-
         snapshot_interval_s = args.snapshot_interval,
         live_window_s = args.live_window,
         "thingsbus broker running"
     );
+    if let Some(key) = &at.server_key {
+        tracing::info!(
+            txt = %thingsbus_protocol::discovery::txt_record("ZONE", &key.to_string()),
+            "clients that find this broker through a zone need no --server-key when the zone publishes this TXT record beside the SRV record"
+        );
+    }
     warn_if_open(&args);
     if args.allow_input.is_empty() {
         tracing::info!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use thingsbus_protocol::discovery::Discovery;
 use thingsbus_protocol::endpoint::{connect_url, port_plus};
-use thingsbus_protocol::transport::Worker;
+use thingsbus_protocol::transport::{self, Worker};
 use thingsbus_protocol::Namespace;
 
 use crate::command::{CommandError, Commander};
@@ -32,6 +32,8 @@ pub struct ClientBuilder {
     snapshot_url: Option<String>,
     command_url: Option<String>,
     options: DriverOptions,
+    /// This client's own key pair, for a broker whose key comes from DNS.
+    key_pair: Option<thingsbus_protocol::keys::KeyPair>,
     /// Subscriptions made before the client starts.
     subs: Vec<Slot>,
 }
@@ -80,6 +82,15 @@ impl ClientBuilder {
     /// [`ClientKeys::new`]: thingsbus_protocol::transport::ClientKeys::new
     pub fn curve(mut self, keys: thingsbus_protocol::transport::ClientKeys) -> Self {
         self.options.curve = Some(keys);
+        self
+    }
+
+    /// This client's own CURVE key pair (a key file's), used with the broker's key when a zone
+    /// publishes it (a TXT record `curve=<key>` beside the SRV record). Without it, such a zone is
+    /// reached with a new key pair, which a broker that checks keys treats as anonymous. Keys
+    /// given with [`ClientBuilder::curve`] win over the zone's.
+    pub fn key_pair(mut self, keys: thingsbus_protocol::keys::KeyPair) -> Self {
+        self.key_pair = Some(keys);
         self
     }
 
@@ -132,7 +143,7 @@ impl ClientBuilder {
     ///
     /// # Errors
     /// No target, a failed SRV lookup, or a malformed URL.
-    pub async fn connect(self) -> Result<Client, Error> {
+    pub async fn connect(mut self) -> Result<Client, Error> {
         let mut command_url = self.command_url.clone();
         let targets = match &self.target {
             Some(Target::Zone(zone)) => {
@@ -141,6 +152,16 @@ impl ClientBuilder {
                     return Err(Error::NoTarget);
                 }
                 tracing::info!(%zone, broker = %brokers[0], others = brokers.len() - 1, "found brokers through SRV");
+                let given = self.options.curve.is_some();
+                self.options.curve = transport::keys_for_zone(
+                    self.options.curve.take(),
+                    self.key_pair.as_ref(),
+                    &brokers[0],
+                )
+                .map_err(Error::Keys)?;
+                if let (false, Some(key)) = (given, &brokers[0].server_key) {
+                    tracing::info!(%zone, server_key = %key, "CURVE with the broker key the zone publishes");
+                }
                 command_url.get_or_insert_with(|| brokers[0].command_url());
                 brokers
                     .iter()
@@ -151,6 +172,12 @@ impl ClientBuilder {
                     .collect()
             }
             Some(Target::Url(url)) => {
+                if self.options.curve.is_none() && self.key_pair.is_some() {
+                    return Err(Error::Keys(format!(
+                        "a key pair but no broker key for {url}: give the broker's public key \
+                         (--server-key), or a zone that publishes it"
+                    )));
+                }
                 let (url, rewritten) = connect_url(url);
                 if rewritten {
                     tracing::info!(%url, "a '*' host in a connect URL means this machine");

@@ -23,6 +23,10 @@ pub enum Error {
         /// What libzmq said.
         source: zmq::Error,
     },
+    /// CURVE keys that cannot be used (the zone's published key is not a key, a key pair
+    /// without the broker's key, no CURVE in this build).
+    #[error("CURVE keys: {0}")]
+    Keys(String),
     /// A background thread or runtime could not be started.
     #[error("cannot start the client: {0}")]
     Start(std::io::Error),

@@ -3,6 +3,11 @@
 //! The record's port is the directory port P; the input (ZMQ and UDP) is P + 1 and the snapshot
 //! endpoint P + 2.
 //!
+//! A broker that speaks CURVE can publish its public key beside the SRV record, in a TXT record
+//! on the same name holding `curve=<40-character Z85 key>`, so that a zone stays the only thing a
+//! client needs ([`BrokerAddr::server_key`]). The brokers of one zone share that key. DNS without
+//! DNSSEC can be forged: a key given by hand (`--server-key`) always wins over the TXT record.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), thingsbus_protocol::discovery::DiscoveryError> {
 //! use thingsbus_protocol::discovery::Discovery;
@@ -24,6 +29,14 @@ use hickory_resolver::Resolver;
 /// The service label in front of the zone.
 pub const SRV_PREFIX: &str = "_thingsbus._tcp";
 
+/// What a TXT string on the SRV name starts with when it holds the brokers' CURVE public key.
+pub const TXT_CURVE_KEY: &str = "curve=";
+
+/// The TXT record a zone publishes for brokers whose public key is `z85`, as a zone file line.
+pub fn txt_record(zone: &str, z85: &str) -> String {
+    format!("{}. TXT \"{TXT_CURVE_KEY}{z85}\"", srv_name(zone))
+}
+
 /// One broker found in DNS, in the order it should be tried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
@@ -38,6 +51,9 @@ pub struct BrokerAddr {
     pub priority: u16,
     /// SRV weight within a priority.
     pub weight: u16,
+    /// The broker's CURVE public key in Z85, when the zone publishes one (a TXT record
+    /// `curve=<key>` on the SRV name); checked to be 40 Z85 characters.
+    pub server_key: Option<String>,
 }
 
 impl BrokerAddr {
@@ -49,6 +65,7 @@ impl BrokerAddr {
             port,
             priority: 0,
             weight: 0,
+            server_key: None,
         }
     }
 
@@ -145,6 +162,17 @@ pub enum DiscoveryError {
         nameserver: String,
         /// How long we waited.
         timeout: Duration,
+    },
+    /// A TXT record on the SRV name that says `curve=` but holds no usable key, or two
+    /// different keys.
+    #[error("{name} TXT {text:?}: {reason}; publish one `{TXT_CURVE_KEY}<40-character Z85 public key>` (thingsbus keygen prints it)")]
+    BadKey {
+        /// The name looked up.
+        name: String,
+        /// The TXT string.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// Any other resolver failure.
     #[error("looking up {name} via {nameserver} failed: {message}")]
@@ -348,7 +376,12 @@ impl Discovery {
         .map_err(|e| resolver_error(e.to_string()))?;
         // Fully qualified, so no search domain is tried.
         let fqdn = format!("{name}.");
-        let lookup = match resolver.srv_lookup(fqdn.as_str()).await {
+        // The TXT record (the brokers' CURVE key) asked at the same time: no added round trip.
+        let (srv, txt) = tokio::join!(
+            resolver.srv_lookup(fqdn.as_str()),
+            resolver.txt_lookup(fqdn.as_str())
+        );
+        let lookup = match srv {
             Ok(l) => l,
             Err(e) => return Err(classify(e, &name, &nameserver, self.timeout)),
         };
@@ -362,6 +395,7 @@ impl Discovery {
                     port: srv.port,
                     priority: srv.priority,
                     weight: srv.weight,
+                    server_key: None,
                 }),
                 _ => None,
             })
@@ -373,8 +407,25 @@ impl Discovery {
         if records.len() == 1 && records[0].host.is_empty() {
             return Err(DiscoveryError::NoService { name });
         }
-        let mut records: Vec<BrokerAddr> =
-            records.into_iter().filter(|r| !r.host.is_empty()).collect();
+        let server_key = match txt {
+            Ok(txt) => curve_key(
+                &name,
+                txt.answers().iter().filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(txt.txt_data.iter()),
+                    _ => None,
+                }),
+            )?,
+            // No TXT record (or a name server that will not say): brokers without a key.
+            Err(_) => None,
+        };
+        let mut records: Vec<BrokerAddr> = records
+            .into_iter()
+            .filter(|r| !r.host.is_empty())
+            .map(|r| BrokerAddr {
+                server_key: server_key.clone(),
+                ..r
+            })
+            .collect();
         for r in &mut records {
             r.ip = match r.host.parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
@@ -391,6 +442,47 @@ impl Discovery {
         }
         Ok(records)
     }
+}
+
+/// The brokers' key from the TXT strings on the SRV name: the one `curve=` string (the same key
+/// may appear more than once); strings without that prefix are someone else's and left alone.
+fn curve_key<'a>(
+    name: &str,
+    records: impl Iterator<Item = impl Iterator<Item = &'a Box<[u8]>>>,
+) -> Result<Option<String>, DiscoveryError> {
+    let mut found: Option<String> = None;
+    for text in records.flatten() {
+        let text = String::from_utf8_lossy(text);
+        let Some(key) = text.trim().strip_prefix(TXT_CURVE_KEY) else {
+            continue;
+        };
+        let bad = |reason: String| DiscoveryError::BadKey {
+            name: name.to_owned(),
+            text: text.clone().into_owned(),
+            reason,
+        };
+        let key = key.trim();
+        if key.len() != 40 || !key.bytes().all(is_z85) {
+            return Err(bad(format!(
+                "a CURVE public key is 40 Z85 characters, this is {:?}",
+                key
+            )));
+        }
+        match &found {
+            Some(other) if other != key => {
+                return Err(bad(format!(
+                    "a second, different key (the first was {other}): the brokers of a zone share one key"
+                )))
+            }
+            _ => found = Some(key.to_owned()),
+        }
+    }
+    Ok(found)
+}
+
+/// A character of Z85's alphabet (ZeroMQ RFC 32).
+fn is_z85(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b".-:+=^!/*?&<>()[]{}@%$#".contains(&b)
 }
 
 fn srv_name(zone: &str) -> String {
@@ -429,7 +521,49 @@ mod tests {
             port: 7954,
             priority,
             weight,
+            server_key: None,
         }
+    }
+
+    fn txt(strings: &[&str]) -> Vec<Vec<Box<[u8]>>> {
+        vec![strings
+            .iter()
+            .map(|s| s.as_bytes().to_vec().into_boxed_slice())
+            .collect()]
+    }
+
+    fn key_of(strings: &[&str]) -> Result<Option<String>, DiscoveryError> {
+        let records = txt(strings);
+        curve_key(
+            "_thingsbus._tcp.example.org",
+            records.iter().map(|r| r.iter()),
+        )
+    }
+
+    #[test]
+    fn the_txt_key_is_the_one_curve_string() {
+        let key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+        assert_eq!(key_of(&[]).expect("no key"), None);
+        assert_eq!(key_of(&["v=spf1 -all"]).expect("no key"), None);
+        assert_eq!(
+            key_of(&[
+                "v=spf1 -all",
+                &format!("curve={key}"),
+                &format!("curve= {key}")
+            ])
+            .expect("one key"),
+            Some(key.to_owned())
+        );
+        let short = key_of(&["curve=abc"]).expect_err("a short key");
+        assert!(short.to_string().contains("40 Z85 characters"), "{short}");
+        let other = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID";
+        let two =
+            key_of(&[&format!("curve={key}"), &format!("curve={other}")]).expect_err("two keys");
+        assert!(two.to_string().contains("share one key"), "{two}");
+        assert_eq!(
+            txt_record("example.org.", key),
+            format!("_thingsbus._tcp.example.org. TXT \"curve={key}\"")
+        );
     }
 
     #[test]

@@ -155,6 +155,32 @@ impl ClientKeys {
     }
 }
 
+/// The keys for talking to a broker found in DNS: the keys given by hand when there are any
+/// (they win over DNS, which can be forged); otherwise, when the zone publishes the brokers' key
+/// ([`BrokerAddr::server_key`](crate::discovery::BrokerAddr::server_key)), that key with `own`
+/// (a key file's pair) or a new key pair; otherwise none, and plain ZMQ.
+///
+/// # Errors
+/// A message naming the zone's key and what is wrong: not a key, or no CURVE in this build.
+pub fn keys_for_zone(
+    given: Option<ClientKeys>,
+    own: Option<&KeyPair>,
+    found: &crate::discovery::BrokerAddr,
+) -> Result<Option<ClientKeys>, String> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    let Some(z85) = found.server_key.as_deref() else {
+        return Ok(None);
+    };
+    require_curve().map_err(|e| format!("the zone publishes the broker's CURVE key, but {e}"))?;
+    let server = PublicKey::from_z85(z85)
+        .map_err(|e| format!("the broker key {z85:?} the zone publishes: {e}"))?;
+    ClientKeys::new(server, own.cloned())
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 /// Makes `socket` a CURVE client of the server whose public key is `keys.server`, as
 /// `keys.own` (set it before `connect`).
 ///

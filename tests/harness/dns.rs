@@ -6,7 +6,7 @@
 //! listen backlog (TCP) until the server's own thread picks them up. No sleeping needed.
 //!
 //! The zone holds exactly: an SOA and an NS record at the apex (NS target `ns1.<zone>.`, which has
-//! no address record unless the caller adds one), plus the caller's SRV and A records, all with a
+//! no address record unless the caller adds one), plus the caller's SRV, A and TXT records, all with a
 //! TTL of [`TTL`] seconds. Negative answers follow hickory-server's authoritative logic:
 //!
 //! * a name in the zone with no records at or below it answers `NXDOMAIN`, SOA in authority;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hickory_proto::rr::rdata::{A, NS, SOA, SRV};
+use hickory_proto::rr::rdata::{A, NS, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
@@ -80,12 +80,24 @@ impl DnsServer {
     /// name and type form one RRset. Panics, saying why, on a malformed name, on a record
     /// outside `zone`, or if no port pair can be bound.
     pub fn start(zone: &str, srv: &[SrvRecord], a: &[(&str, Ipv4Addr)]) -> DnsServer {
+        DnsServer::start_with_txt(zone, srv, a, &[])
+    }
+
+    /// [`DnsServer::start`] with TXT records too: each `(name, strings)` is one TXT record (the
+    /// strings are its character-strings), e.g. the brokers' key,
+    /// `("_thingsbus._tcp.example.org", &["curve=<Z85>"])`.
+    pub fn start_with_txt(
+        zone: &str,
+        srv: &[SrvRecord],
+        a: &[(&str, Ipv4Addr)],
+        txt: &[(&str, &[&str])],
+    ) -> DnsServer {
         let origin = absolute(zone);
         assert!(
             !origin.is_root(),
             "DnsServer needs a real zone, not the root: {zone:?}"
         );
-        let handler = build_zone(&origin, srv, a);
+        let handler = build_zone(&origin, srv, a, txt);
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&origin), vec![handler]);
 
@@ -187,7 +199,12 @@ fn in_zone(name: &str, origin: &Name) -> Name {
 }
 
 /// Builds the zone: SOA and NS at the apex, then the caller's SRV and A records.
-fn build_zone(origin: &Name, srv: &[SrvRecord], a: &[(&str, Ipv4Addr)]) -> Arc<dyn ZoneHandler> {
+fn build_zone(
+    origin: &Name,
+    srv: &[SrvRecord],
+    a: &[(&str, Ipv4Addr)],
+    txt: &[(&str, &[&str])],
+) -> Arc<dyn ZoneHandler> {
     let mut handler: InMemoryZoneHandler =
         InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
 
@@ -231,6 +248,13 @@ fn build_zone(origin: &Name, srv: &[SrvRecord], a: &[(&str, Ipv4Addr)]) -> Arc<d
         insert(
             Record::from_rdata(in_zone(host, origin), TTL, RData::A(A(*ip))),
             &format_args!("A {host} {ip}"),
+        );
+    }
+    for (name, strings) in txt {
+        let rdata = TXT::new(strings.iter().map(|t| (*t).to_owned()).collect());
+        insert(
+            Record::from_rdata(in_zone(name, origin), TTL, RData::TXT(rdata)),
+            &format_args!("TXT {name} {strings:?}"),
         );
     }
     Arc::new(handler)

@@ -242,6 +242,11 @@ fn keygen(secret_file: Option<&std::path::Path>, force: bool) -> Outcome {
                 .write_file(path, force)
                 .map_err(anyhow::Error::from)?;
             println!("public {}", pair.public);
+            eprintln!(
+                "(clients of a zone find the key without --server-key when it publishes \
+                 {})",
+                thingsbus_protocol::discovery::txt_record("ZONE", &pair.public.to_string())
+            );
         }
         None => {
             println!("public {}", pair.public);
