@@ -161,6 +161,18 @@ impl Bench {
     ) -> anyhow::Result<Option<Step>> {
         let server = Server::start(kind, opts)?;
         let mut rate = 20_000.0;
+        if self.smoke {
+            // A smoke run proves each path still works: one step at the first rate, no search.
+            let s = self.step(&server, transport, subs, rate, true)?;
+            eprintln!(
+                "    {} {} x{subs} @ {rate:.0}/s (smoke: one step): loss {:.4}%, p99 {:.2} ms",
+                kind.label(),
+                transport.label(),
+                s.loss * 100.0,
+                s.p99,
+            );
+            return Ok(Some(s));
+        }
         let mut best: Option<Step> = None;
         let mut fail: Option<f64> = None;
         for _ in 0..16 {

@@ -58,7 +58,8 @@ pub(crate) struct Options {
     pub(crate) max_things: Option<u64>,
     /// Ours only: `--state-file`.
     pub(crate) state_file: Option<PathBuf>,
-    /// Ours only: CURVE on every endpoint with this key pair (`--curve-secret-file`).
+    /// Ours and the floor: CURVE on every endpoint with this key pair (ours:
+    /// `--curve-secret-file`).
     pub(crate) curve: Option<thingsbus_protocol::keys::KeyPair>,
 }
 
@@ -369,9 +370,17 @@ pub(crate) fn serve_floor(args: &Serve) -> anyhow::Result<()> {
     let sub = ctx.socket(zmq::SUB)?;
     sub.set_subscribe(b"")?;
     sub.set_rcvhwm(100_000)?;
-    sub.bind("tcp://127.0.0.1:*")?;
     let publisher = ctx.socket(zmq::PUB)?;
     publisher.set_sndhwm(hwm)?;
+    // With a key pair, CURVE on both sockets (no ZAP handler: any client key is let in), so the
+    // curve scenario can show what libzmq's own encryption costs with nothing else in the way.
+    if let Some(secret) = args.curve_secret.as_deref() {
+        let keys = thingsbus_protocol::keys::SecretKey::from_z85(secret)
+            .and_then(thingsbus_protocol::keys::KeyPair::from_secret)?;
+        thingsbus_protocol::transport::curve_server(&sub, &keys)?;
+        thingsbus_protocol::transport::curve_server(&publisher, &keys)?;
+    }
+    sub.bind("tcp://127.0.0.1:*")?;
     publisher.bind("tcp://127.0.0.1:*")?;
     let udp = UdpSocket::bind("127.0.0.1:0")?;
     udp.set_nonblocking(true)?;

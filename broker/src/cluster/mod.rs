@@ -24,7 +24,7 @@ pub(crate) mod relay;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -426,7 +426,10 @@ fn start(
     // Bounded: should the conflate thread fall behind, ingest keeps its marks (one flag per
     // thing) and hands over later, instead of queueing batches here.
     let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<Vec<Outgoing>>(HAND_OVER_QUEUE);
-    let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+    // A rendezvous: the load is either taken by the start below or, once it has given up
+    // waiting (and dropped the receiver), refused back to the sender, which hands it to ingest.
+    // Never left in a buffer nobody reads.
+    let (loaded_tx, loaded_rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("thingsbus-cluster")
@@ -522,6 +525,7 @@ fn start(
         tracing::warn!("the cluster could not be loaded in time; serving locally and catching up when NATS answers");
         Vec::new()
     });
+    drop(loaded_rx);
     Ok((
         ClusterLink {
             out: out_tx,
@@ -642,7 +646,7 @@ impl Bucket {
     /// writes are retried, and the watch (an ordered consumer) resumes after the last revision it
     /// delivered. That matters when a stream leader dies: every rebuild would wait out time-outs
     /// while a new leader is elected.
-    async fn run(self, loaded: Sender<Vec<Vec<u8>>>) {
+    async fn run(self, loaded: SyncSender<Vec<Vec<u8>>>) {
         let Some((js, kv)) = self.open().await else {
             return;
         };
