@@ -217,6 +217,9 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// How often the health thing is published at least.
     pub health_every: Duration,
+    /// PEM certificate authorities trusted for `https://` (polls, serves, webhooks), besides
+    /// the system's: a home server's own CA or a self-signed certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// An error in the file: where and what to do.
@@ -265,6 +268,7 @@ struct RawFile {
     broker: Option<BrokerConfig>,
     base: S<String>,
     health_every: Option<S<String>>,
+    ca_file: Option<S<String>>,
     #[serde(default)]
     poll: Vec<S<RawPoll>>,
     #[serde(default)]
@@ -829,6 +833,7 @@ impl Config {
             serves,
             rules,
             health_every,
+            ca_file: raw.ca_file.map(|f| PathBuf::from(f.into_inner())),
         })
     }
 }

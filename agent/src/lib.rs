@@ -21,3 +21,4 @@ pub mod rules;
 pub mod run;
 pub mod serve;
 pub mod template;
+pub mod web;

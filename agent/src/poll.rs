@@ -11,6 +11,7 @@ use thingsbus_protocol::Namespace;
 
 use crate::config::{Poll, Source};
 use crate::health::Health;
+use crate::web::Web;
 
 /// The longest wait after failures (unless `every` is longer).
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -103,7 +104,7 @@ pub async fn run_program(argv: &[String], timeout: Duration) -> Result<String, S
 ///
 /// # Errors
 /// Why the source gave no value, as text.
-pub async fn read(source: &Source, timeout: Duration) -> Result<Value, String> {
+pub async fn read(source: &Source, timeout: Duration, web: &Web) -> Result<Value, String> {
     match source {
         Source::File { path, scale } => {
             let text = tokio::time::timeout(timeout, tokio::fs::read_to_string(path))
@@ -116,16 +117,9 @@ pub async fn read(source: &Source, timeout: Duration) -> Result<Value, String> {
         Source::Http { url, pick } => {
             let url = url.clone();
             let pick = pick.clone();
+            let web = web.clone();
             tokio::task::spawn_blocking(move || {
-                let reply = ureq::AgentBuilder::new()
-                    .timeout(timeout)
-                    .build()
-                    .get(&url)
-                    .call()
-                    .map_err(|e| format!("GET {url}: {e}"))?;
-                let body = reply
-                    .into_string()
-                    .map_err(|e| format!("GET {url}: reading the reply: {e}"))?;
+                let body = web.get(&url, timeout)?;
                 match pick {
                     Some(p) => p
                         .run(body.as_bytes())
@@ -159,7 +153,14 @@ impl Jitter {
 }
 
 /// Polls forever: the task of one `[[poll]]`.
-pub async fn run(poll: Poll, base: Namespace, adaptor: Adaptor, health: Arc<Health>, seed: u64) {
+pub async fn run(
+    poll: Poll,
+    base: Namespace,
+    adaptor: Adaptor,
+    health: Arc<Health>,
+    web: Web,
+    seed: u64,
+) {
     let ns = match base.join(poll.ns.as_str()) {
         Ok(ns) => ns,
         Err(e) => {
@@ -176,7 +177,7 @@ pub async fn run(poll: Poll, base: Namespace, adaptor: Adaptor, health: Arc<Heal
     health.poll(&name, |_| {});
     loop {
         let ts = now();
-        match read(&poll.source, poll.timeout).await {
+        match read(&poll.source, poll.timeout, &web).await {
             Ok(value) => {
                 if let Err(e) = adaptor.send_to(ns.as_str(), &value, Some(ts)) {
                     health.poll_failed(&name, &format!("publishing: {e}"));

@@ -11,6 +11,7 @@ use thingsbus_client::Client;
 use crate::config::{Action, Rule, RuleKind};
 use crate::expr::resolve;
 use crate::health::Health;
+use crate::web::Web;
 
 /// What an evaluation asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,11 +105,18 @@ pub struct Engine {
     client: Client,
     adaptor: Adaptor,
     health: Arc<Health>,
+    web: Web,
 }
 
 impl Engine {
     /// An engine over `rules`.
-    pub fn new(rules: Vec<Rule>, client: Client, adaptor: Adaptor, health: Arc<Health>) -> Engine {
+    pub fn new(
+        rules: Vec<Rule>,
+        client: Client,
+        adaptor: Adaptor,
+        health: Arc<Health>,
+        web: Web,
+    ) -> Engine {
         for r in &rules {
             health.rule(&r.name, |_| {});
         }
@@ -120,6 +128,7 @@ impl Engine {
             client,
             adaptor,
             health,
+            web,
         }
     }
 
@@ -187,6 +196,7 @@ impl Engine {
                     &self.client,
                     &self.adaptor,
                     &self.health,
+                    &self.web,
                     &rule.name,
                     action,
                     &lookup,
@@ -200,6 +210,7 @@ fn act(
     client: &Client,
     adaptor: &Adaptor,
     health: &Arc<Health>,
+    web: &Web,
     name: &str,
     action: Action,
     lookup: &dyn Fn(&str) -> Option<Value>,
@@ -226,19 +237,12 @@ fn act(
                 Err(e) => health.rule_failed(&name, &e),
             },
             Action::Webhook { url, data, timeout } => {
-                tokio::task::spawn_blocking(move || {
-                    let r = ureq::AgentBuilder::new()
-                        .timeout(timeout)
-                        .build()
-                        .post(&url)
-                        .send_json(&data);
-                    match r {
-                        Ok(reply) => {
-                            let status = reply.status();
-                            health.rule(&name, |h| h.last_outcome = Some(Value::from(status)));
-                        }
-                        Err(e) => health.rule_failed(&name, &format!("POST {url}: {e}")),
+                let web = web.clone();
+                tokio::task::spawn_blocking(move || match web.post_json(&url, &data, timeout) {
+                    Ok((status, _)) => {
+                        health.rule(&name, |h| h.last_outcome = Some(Value::from(status)));
                     }
+                    Err(e) => health.rule_failed(&name, &e),
                 });
             }
         }

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::config::{BrokerConfig, Config};
 use crate::health::Health;
 use crate::rules::Engine;
+use crate::web::Web;
 
 /// How often rules are evaluated when nothing changes on the bus (for `for` and rate limits).
 const TICK: Duration = Duration::from_millis(100);
@@ -94,9 +95,17 @@ impl Agent {
             health: health.clone(),
         };
         let runtime = tokio::runtime::Handle::current();
+        let web = Web::new(config.ca_file.as_deref()).map_err(anyhow::Error::msg)?;
         for s in &config.serves {
-            crate::serve::install(&adaptor, &config.base, s, health.clone(), runtime.clone())
-                .with_context(|| format!("serving {}.{} (line {})", config.base, s.ns, s.line))?;
+            crate::serve::install(
+                &adaptor,
+                &config.base,
+                s,
+                health.clone(),
+                web.clone(),
+                runtime.clone(),
+            )
+            .with_context(|| format!("serving {}.{} (line {})", config.base, s.ns, s.line))?;
         }
         for (i, p) in config.polls.iter().enumerate() {
             let seed =
@@ -106,6 +115,7 @@ impl Agent {
                 config.base.clone(),
                 adaptor.clone(),
                 health.clone(),
+                web.clone(),
                 seed,
             )));
         }
@@ -118,6 +128,7 @@ impl Agent {
                 client.clone(),
                 adaptor.clone(),
                 health.clone(),
+                web.clone(),
             );
             agent.tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(TICK);

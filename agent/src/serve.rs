@@ -13,12 +13,18 @@ use crate::config::{Serve, ServeAction};
 use crate::health::Health;
 use crate::poll::{parse_output, run_program};
 use crate::template::{check_data, Bools, Template};
+use crate::web::Web;
 
 /// Carries out one command: checks the data against the templates, fills them and acts.
 ///
 /// # Errors
 /// The reason given to the caller.
-pub async fn act(action: &ServeAction, data: &Value, timeout: Duration) -> Result<Value, String> {
+pub async fn act(
+    action: &ServeAction,
+    data: &Value,
+    timeout: Duration,
+    web: &Web,
+) -> Result<Value, String> {
     match action {
         ServeAction::Command(templates) => {
             let refs: Vec<&Template> = templates.iter().collect();
@@ -42,16 +48,9 @@ pub async fn act(action: &ServeAction, data: &Value, timeout: Duration) -> Resul
         ServeAction::Http(url) => {
             let url = url.clone();
             let data = data.clone();
+            let web = web.clone();
             tokio::task::spawn_blocking(move || {
-                let reply = ureq::AgentBuilder::new()
-                    .timeout(timeout)
-                    .build()
-                    .post(&url)
-                    .send_json(&data)
-                    .map_err(|e| format!("POST {url}: {e}"))?;
-                let body = reply
-                    .into_string()
-                    .map_err(|e| format!("POST {url}: reading the reply: {e}"))?;
+                let (_, body) = web.post_json(&url, &data, timeout)?;
                 Ok(parse_output(&body))
             })
             .await
@@ -70,6 +69,7 @@ pub fn install(
     base: &thingsbus_protocol::Namespace,
     serve: &Serve,
     health: Arc<Health>,
+    web: Web,
     runtime: tokio::runtime::Handle,
 ) -> Result<(), thingsbus_adaptor::Error> {
     let sub = base.join(serve.ns.as_str())?;
@@ -83,6 +83,7 @@ pub fn install(
         let health = health.clone();
         let name = name.clone();
         let runtime = runtime.clone();
+        let web = web.clone();
         async move {
             let Ok(permit) = slots.try_acquire_owned() else {
                 let e = "busy: as many commands as `concurrency` allows are running; try again"
@@ -92,7 +93,7 @@ pub fn install(
             };
             let outcome = runtime
                 .spawn(async move {
-                    let r = act(&action, &data, timeout).await;
+                    let r = act(&action, &data, timeout, &web).await;
                     drop(permit);
                     r
                 })

@@ -556,3 +556,97 @@ fn with_the_broker_key_it_polls_into_a_curve_broker_and_a_bad_key_is_a_config_er
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("broker.server_key"), "{said}");
 }
+
+/// An HTTPS server on 127.0.0.1 with a certificate signed by `ca` (a real TLS handshake through
+/// tokio-rustls) answering every request with `body` as JSON. Runs on `rt`; returns its port.
+fn https_json(
+    rt: &tokio::runtime::Runtime,
+    ca: &thingsbus_tests::certs::Authority,
+    body: Value,
+) -> u16 {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let files = ca.server("agent-https");
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(Iterator::collect)
+        .expect("the server certificate");
+    let key = PrivateKeyDer::from_pem_file(&files.key).expect("the server key");
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let body = body.to_string();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                // A failed handshake (a client that does not trust us) just ends this one.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn polls_https_trusting_the_files_ca_and_refuses_a_server_it_does_not_trust() {
+    let broker = spawn_broker(quiet);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ca = thingsbus_tests::certs::Authority::new("agent");
+    let port = https_json(&rt, &ca, json!({"current": {"temp": 7.5}}));
+    let dir = scratch("https");
+    let poll = |base: &str, ca_line: &str| {
+        format!(
+            "{}base = \"{base}\"\n{ca_line}\n\
+             [[poll]]\nns = \"weather\"\nevery = \"100ms\"\nhttp = \"https://127.0.0.1:{port}/now.json\"\npick = \".current.temp\"\n",
+            broker_line(&broker)
+        )
+    };
+    let trusting = dir.join("trusting.toml");
+    let ca_line = format!("ca_file = {:?}", ca.ca_file().display().to_string());
+    std::fs::write(&trusting, poll("kitchen", &ca_line)).expect("write");
+    let doubting = dir.join("doubting.toml");
+    std::fs::write(&doubting, poll("garage", "")).expect("write");
+    let _a = start_agent(&trusting);
+    let _b = start_agent(&doubting);
+    let c = client(&broker);
+    wait_value(&c, "kitchen.weather", &json!(7.5));
+    // Without the file's CA the certificate is not trusted: the poll fails and says why.
+    let mark = eventually(DEADLINE, "the untrusted poll's marker", || {
+        value(&c, "garage.weather.failing")
+    });
+    assert!(
+        mark["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("certificate") || e.contains("UnknownIssuer")),
+        "{mark}"
+    );
+    assert!(value(&c, "garage.weather").is_none());
+}
