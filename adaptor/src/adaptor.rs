@@ -258,7 +258,7 @@ impl AdaptorBuilder {
         if let (None, Some(_), Target::Zmq(urls)) = (&self.curve, &self.key_pair, &target) {
             return Err(Error::Keys(format!(
                 "a key pair but no broker key for {}: give the broker's public key \
-                 (--server-key), or a zone that publishes it",
+                 (--server-key, server_key=), or a zone that publishes it",
                 urls.join(", ")
             )));
         }

@@ -5,6 +5,7 @@
 //! cargo run --release -p thingsbus-bench -- ingest --against floor
 //! ```
 
+mod agent;
 mod cluster;
 mod commands;
 mod curve;
@@ -72,6 +73,9 @@ enum Scenario {
     /// What CURVE costs: ingest and fan-out with CURVE on every endpoint beside the same broker
     /// without it, and a late join with CURVE.
     Curve,
+    /// A thingsbus-agent with 1,000 rules: the update rate it keeps up with, and an update → rule
+    /// → command beside a plain command round trip.
+    Agent,
     /// Every scenario above, in that order.
     All,
     /// Our broker as a server process of the bench (started by the bench itself): endpoints as
@@ -134,7 +138,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
             .note("python 0.2.1 skipped: not installed (scripts/python-peers.sh)");
     }
     let started = std::time::Instant::now();
-    let steps: [(Scenario, Step); 10] = [
+    let steps: [(Scenario, Step); 11] = [
         (Scenario::Ingest, Bench::ingest),
         (Scenario::Fanout, Bench::fanout),
         (Scenario::Latency, Bench::latency),
@@ -145,6 +149,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
         (Scenario::Cluster, Bench::cluster),
         (Scenario::Limits, Bench::limits),
         (Scenario::Curve, Bench::curve),
+        (Scenario::Agent, Bench::agent),
     ];
     for (scenario, step) in steps {
         if args.scenario == Scenario::All || args.scenario == scenario {

@@ -175,7 +175,7 @@ impl ClientBuilder {
                 if self.options.curve.is_none() && self.key_pair.is_some() {
                     return Err(Error::Keys(format!(
                         "a key pair but no broker key for {url}: give the broker's public key \
-                         (--server-key), or a zone that publishes it"
+                         (--server-key, server_key=), or a zone that publishes it"
                     )));
                 }
                 let (url, rewritten) = connect_url(url);

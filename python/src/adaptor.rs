@@ -85,8 +85,10 @@ impl Adaptor {
             })?;
             b = b.nameserver(addr);
         }
-        if let Some(k) = keys::from_args(server_key, key_file)? {
-            b = b.curve(k);
+        match keys::from_args(server_key, key_file)? {
+            keys::Keys::None => {}
+            keys::Keys::Given(k) => b = b.curve(k),
+            keys::Keys::Own(k) => b = b.key_pair(k),
         }
         let adaptor = wait::run(py, b.connect())?.map_err(adaptor_error)?;
         Ok(Adaptor {

@@ -86,8 +86,10 @@ impl Client {
         if let Some(u) = command_url {
             b = b.command_url(u);
         }
-        if let Some(k) = keys::from_args(server_key, key_file)? {
-            b = b.curve(k);
+        match keys::from_args(server_key, key_file)? {
+            keys::Keys::None => {}
+            keys::Keys::Given(k) => b = b.curve(k),
+            keys::Keys::Own(k) => b = b.key_pair(k),
         }
         let client = wait::run(py, b.connect())?.map_err(client_error)?;
         Ok(Client {

@@ -76,11 +76,17 @@ def test_client_with_server_key_mirrors_a_curve_directory():
         pub.close()
 
 
-def test_bad_keys_are_named():
+def test_bad_keys_are_named(tmp_path):
     with pytest.raises(ValueError, match="server key"):
         thingsbus_rs.Client(url="tcp://127.0.0.1:9", server_key="not a key")
-    with pytest.raises(ValueError, match="needs server_key"):
+    with pytest.raises(ValueError, match="/nonexistent"):
         thingsbus_rs.Adaptor("a", url="tcp://127.0.0.1:9", key_file="/nonexistent")
+    # A key file alone serves a zone that publishes the broker's key; a URL has none.
+    (tmp_path / "own.key").write_text(zmq.curve_keypair()[1].decode() + "\n")
+    for make in (thingsbus_rs.Adaptor, thingsbus_rs.Client):
+        args = ("a",) if make is thingsbus_rs.Adaptor else ()
+        with pytest.raises(thingsbus_rs.ThingsbusError, match="server_key="):
+            make(*args, url="tcp://127.0.0.1:9", key_file=str(tmp_path / "own.key"))
     with pytest.raises(ValueError):
         thingsbus_rs.Adaptor("a", url="tcp://127.0.0.1:9",
                              server_key=zmq.curve_keypair()[0].decode(), key_file="/nonexistent")
