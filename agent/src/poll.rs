@@ -17,6 +17,33 @@ use crate::web::Web;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// What is kept of a program's standard error in a message.
 const STDERR_KEPT: usize = 300;
+/// The most of a program's standard output read as its value (more is an error).
+const STDOUT_KEPT_BYTES: usize = 1024 * 1024;
+/// The most of its standard error kept while it runs.
+const STDERR_KEPT_BYTES: usize = 64 * 1024;
+
+/// Reads `pipe` to its end, keeping at most `cap` bytes; true when there was more.
+async fn read_capped(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    cap: usize,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    use tokio::io::AsyncReadExt as _;
+    let Some(mut pipe) = pipe else {
+        return Ok((Vec::new(), false));
+    };
+    let mut kept = Vec::new();
+    let mut more = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = pipe.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((kept, more));
+        }
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        more |= n > room;
+    }
+}
 
 /// The wait before the next reading: `every` give or take `jitter` (`r` in 0..1 picks where),
 /// doubled for each failure in a row up to five minutes (or `every`, if longer).
@@ -68,7 +95,7 @@ fn truncate(s: &str, n: usize) -> &str {
 /// As text.
 pub async fn run_program(argv: &[String], timeout: Duration) -> Result<String, String> {
     let (program, args) = argv.split_first().ok_or("no program")?;
-    let child = tokio::process::Command::new(program)
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -76,14 +103,36 @@ pub async fn run_program(argv: &[String], timeout: Duration) -> Result<String, S
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => return Err(format!("{program}: {e}")),
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    // Both pipes are read to their end (a program never blocks on a full pipe), but only so
+    // much of each is kept: a runaway program costs its time-out, not the agent's memory.
+    let work = async {
+        let (stdout, stderr) = tokio::join!(
+            read_capped(stdout, STDOUT_KEPT_BYTES),
+            read_capped(stderr, STDERR_KEPT_BYTES)
+        );
+        (stdout, stderr, child.wait().await)
+    };
+    let (stdout, stderr, status) = match tokio::time::timeout(timeout, work).await {
+        Ok((Ok(o), Ok(e), Ok(status))) => (o, e, status),
+        Ok((Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e))) => {
+            return Err(format!("{program}: {e}"))
+        }
         Err(_) => {
             return Err(format!(
                 "{program} took longer than {timeout:?} and was killed"
             ))
         }
+    };
+    if stdout.1 {
+        return Err(format!(
+            "{program} printed more than {STDOUT_KEPT_BYTES} bytes: too much to be a value"
+        ));
+    }
+    let out = std::process::Output {
+        status,
+        stdout: stdout.0,
+        stderr: stderr.0,
     };
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -229,6 +278,30 @@ mod tests {
         assert_eq!(parse_number("12000\n", 0.001), Ok(json!(12)));
         assert_eq!(parse_number("12500", 0.001), Ok(json!(12.5)));
         assert!(parse_number("crc=00 NO", 1.0).is_err());
+    }
+
+    #[tokio::test]
+    async fn programs_are_run_without_a_shell_and_their_output_is_bounded() {
+        let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let t = Duration::from_secs(20);
+        assert_eq!(
+            run_program(&argv(&["echo", "42"]), t).await.as_deref(),
+            Ok("42\n")
+        );
+        let e = run_program(&argv(&["sh", "-c", "echo oops >&2; exit 3"]), t)
+            .await
+            .expect_err("exit 3");
+        assert!(e.contains("exit code 3") && e.contains("oops"), "{e}");
+        // 2 MB on stdout: read to the end (the program is not stuck), kept only to 1 MiB.
+        let e = run_program(&argv(&["head", "-c", "2000000", "/dev/zero"]), t)
+            .await
+            .expect_err("too much");
+        assert!(e.contains("printed more than"), "{e}");
+        // Endless output ends with the time-out, the program killed.
+        let e = run_program(&argv(&["yes"]), Duration::from_millis(300))
+            .await
+            .expect_err("killed");
+        assert!(e.contains("was killed"), "{e}");
     }
 
     #[test]
