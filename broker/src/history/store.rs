@@ -56,7 +56,28 @@ pub struct Store {
     tiers: [Tier; 3],
     max_bytes: u64,
     ids: HashMap<(String, String), i64>,
+    /// Up to when the minute and hour tiers are folded (as in the file's `meta`).
+    folded: Folded,
+    /// Series given points in time already folded (values that came late: a device's clock,
+    /// the mirror's first fill), with the earliest such time: their minutes and hours are
+    /// folded again after the write.
+    late: HashMap<i64, i64>,
 }
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Folded {
+    minute: i64,
+    hour: i64,
+}
+
+/// Raw points of one series (?1) from ?2 to ?3 into minute rows.
+const FOLD_MINUTES: &str = "INSERT OR REPLACE INTO minute (series, t, min, avg, max, n)
+     SELECT series, t - t % 60000, min(v), avg(v), max(v), count(*) FROM raw
+     WHERE series = ?1 AND t >= ?2 AND t < ?3 GROUP BY t / 60000";
+/// Minute rows of one series (?1) from ?2 to ?3 into hour rows, the mean weighted by points.
+const FOLD_HOURS: &str = "INSERT OR REPLACE INTO hour (series, t, min, avg, max, n)
+     SELECT series, t - t % 3600000, min(min), sum(avg * n) / sum(n), max(max), sum(n)
+     FROM minute WHERE series = ?1 AND t >= ?2 AND t < ?3 GROUP BY t / 3600000";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS series (
@@ -111,11 +132,17 @@ impl Store {
                 ids.insert((ns, field), id);
             }
         }
+        let folded = Folded {
+            minute: watermark(&conn, "minute")?,
+            hour: watermark(&conn, "hour")?,
+        };
         Ok(Store {
             conn,
             tiers: span::tiers(resolution_ms),
             max_bytes,
             ids,
+            folded,
+            late: HashMap::new(),
         })
     }
 
@@ -157,16 +184,42 @@ impl Store {
                 };
                 insert.execute(params![id, p.t_ms, p.v])?;
                 written += 1;
+                if p.t_ms < self.folded.minute {
+                    let earliest = self.late.entry(id).or_insert(p.t_ms);
+                    *earliest = (*earliest).min(p.t_ms);
+                }
             }
         }
         match tx.commit() {
-            Ok(()) => Ok(written),
+            Ok(()) => {
+                self.refold_late()?;
+                Ok(written)
+            }
             Err(e) => {
                 // Series made in the failed transaction are not in the file.
                 self.reload_ids()?;
                 Err(e)
             }
         }
+    }
+
+    /// Folds again the minutes and hours that points came late into.
+    fn refold_late(&mut self) -> rusqlite::Result<()> {
+        if self.late.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut minutes = tx.prepare_cached(FOLD_MINUTES)?;
+            let mut hours = tx.prepare_cached(FOLD_HOURS)?;
+            for (&id, &t) in &self.late {
+                minutes.execute(params![id, t - t.rem_euclid(60_000), self.folded.minute])?;
+                hours.execute(params![id, t - t.rem_euclid(3_600_000), self.folded.hour])?;
+            }
+        }
+        tx.commit()?;
+        self.late.clear();
+        Ok(())
     }
 
     fn reload_ids(&mut self) -> rusqlite::Result<()> {
@@ -200,6 +253,7 @@ impl Store {
     /// # Errors
     /// What SQLite says.
     pub fn maintain(&mut self, now_ms: i64) -> rusqlite::Result<Maintenance> {
+        self.refold_late()?;
         let mut done = Maintenance::default();
         let ids: Vec<i64> = self.ids.values().copied().collect();
         let tx = self.conn.transaction()?;
@@ -207,11 +261,7 @@ impl Store {
         let from = watermark(&tx, "minute")?;
         let cut = (now_ms - SETTLE_MS).div_euclid(60_000) * 60_000;
         if cut > from {
-            let mut fold = tx.prepare_cached(
-                "INSERT OR REPLACE INTO minute (series, t, min, avg, max, n)
-                 SELECT series, t - t % 60000, min(v), avg(v), max(v), count(*) FROM raw
-                 WHERE series = ?1 AND t >= ?2 AND t < ?3 GROUP BY t / 60000",
-            )?;
+            let mut fold = tx.prepare_cached(FOLD_MINUTES)?;
             for &id in &ids {
                 done.minutes += fold.execute(params![id, from, cut])?;
             }
@@ -222,11 +272,7 @@ impl Store {
         let from = watermark(&tx, "hour")?;
         let cut = ((now_ms - SETTLE_MS).min(minutes_done)).div_euclid(3_600_000) * 3_600_000;
         if cut > from {
-            let mut fold = tx.prepare_cached(
-                "INSERT OR REPLACE INTO hour (series, t, min, avg, max, n)
-                 SELECT series, t - t % 3600000, min(min), sum(avg * n) / sum(n), max(max), sum(n)
-                 FROM minute WHERE series = ?1 AND t >= ?2 AND t < ?3 GROUP BY t / 3600000",
-            )?;
+            let mut fold = tx.prepare_cached(FOLD_HOURS)?;
             for &id in &ids {
                 done.hours += fold.execute(params![id, from, cut])?;
             }
@@ -242,6 +288,10 @@ impl Store {
         ];
         done.expired = delete_before(&tx, &ids, &cuts)?;
         tx.commit()?;
+        self.folded = Folded {
+            minute: minutes_done,
+            hour: hours_done,
+        };
 
         let mut used = used_bytes(&self.conn)?;
         let mut rounds = 0;
@@ -518,6 +568,23 @@ mod tests {
         assert!((hour[0].avg - 30.0).abs() < 1e-9, "{}", hour[0].avg);
         // The second, partly from minutes and partly from raw points.
         assert_eq!((hour[1].min, hour[1].max, hour[1].n), (60.0, 120.0, 120));
+    }
+
+    #[test]
+    fn points_that_come_after_their_minute_was_folded_are_folded_in() {
+        let (mut s, _) = temp_store("late", u64::MAX);
+        s.write(&[point("temp", T0, 1.0)]).expect("writes");
+        s.maintain(T0 + 2 * HOUR).expect("maintains");
+        // Late: into the minute and the hour already folded.
+        s.write(&[point("temp", T0 + 1_000, 3.0)]).expect("writes");
+        let minute = s
+            .query("kitchen.fridge", "temp", &plan(T0, T0 + MIN, MIN, 1))
+            .expect("reads");
+        assert_eq!((minute[0].min, minute[0].max, minute[0].n), (1.0, 3.0, 2));
+        let hour = s
+            .query("kitchen.fridge", "temp", &plan(T0, T0 + HOUR, HOUR, 2))
+            .expect("reads");
+        assert_eq!((hour[0].avg, hour[0].n), (2.0, 2));
     }
 
     #[test]
