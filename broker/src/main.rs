@@ -155,8 +155,8 @@ struct Args {
     /// of an object thing, by dotted path) in this SQLite file, made if missing, for
     /// /api/history/NS and `thingsbus history`. Kept: every point for 2 days, 1-minute
     /// min/avg/max for 90 days, 1-hour for 5 years. Measured: a point takes 25 bytes, a minute
-    /// or hour row 49; 200 series updated every 10 s take 43 MB a day of raw points, 1.35 GB
-    /// after 90 days and 1.8 GB at most (after 5 years). Off unless given.
+    /// or hour row 48; 200 series updated every 10 s take 43 MB a day of raw points, 1.35 GB
+    /// after 90 days and 1.75 GB at most (after 5 years). Off unless given.
     #[arg(long, env = "THINGSBUS_HISTORY", value_name = "PATH")]
     history: Option<std::path::PathBuf>,
 
