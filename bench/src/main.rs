@@ -8,6 +8,7 @@
 mod cluster;
 mod commands;
 mod curve;
+mod history;
 mod limits;
 mod load;
 mod report;
@@ -72,6 +73,9 @@ enum Scenario {
     /// What CURVE costs: ingest and fan-out with CURVE on every endpoint beside the same broker
     /// without it, and a late join with CURVE.
     Curve,
+    /// What `--history` costs: ingest at a fixed rate over 10,000 things with and without it,
+    /// the store's size per series and day for each tier, and `/api/history` for a 90-day chart.
+    History,
     /// Every scenario above, in that order.
     All,
     /// Our broker as a server process of the bench (started by the bench itself): endpoints as
@@ -134,7 +138,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
             .note("python 0.2.1 skipped: not installed (scripts/python-peers.sh)");
     }
     let started = std::time::Instant::now();
-    let steps: [(Scenario, Step); 10] = [
+    let steps: [(Scenario, Step); 11] = [
         (Scenario::Ingest, Bench::ingest),
         (Scenario::Fanout, Bench::fanout),
         (Scenario::Latency, Bench::latency),
@@ -145,6 +149,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
         (Scenario::Cluster, Bench::cluster),
         (Scenario::Limits, Bench::limits),
         (Scenario::Curve, Bench::curve),
+        (Scenario::History, Bench::history),
     ];
     for (scenario, step) in steps {
         if args.scenario == Scenario::All || args.scenario == scenario {
