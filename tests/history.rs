@@ -378,3 +378,61 @@ fn history_without_http_is_refused_saying_to_add_it() {
     };
     assert!(e.to_string().contains("add --http"), "{e}");
 }
+
+#[test]
+fn over_its_bound_the_oldest_points_go_first() {
+    let dir = scratch("bound");
+    let file = dir.join("history.db");
+    let now_ms = (now() * 1e3) as i64;
+    let start = now_ms - DAY_MS;
+    {
+        // A day of one point a second for four fields: several megabytes.
+        let mut store = Store::open(&file, 1_000, u64::MAX).expect("opens");
+        let mut batch = Vec::new();
+        let mut t = start - start % 1_000;
+        while t < now_ms {
+            for f in ["a", "b", "c", "d"] {
+                batch.push(thingsbus_broker::history::Point {
+                    ns: "garden.station".into(),
+                    field: f.into(),
+                    t_ms: t,
+                    v: (t / 1_000 % 100) as f64,
+                });
+            }
+            t += 1_000;
+        }
+        store.write(&batch).expect("writes");
+        assert!(store.used_bytes().expect("size") > 4 << 20);
+    }
+    let bound = 256 * 1024;
+    let broker = spawn_broker(|c| {
+        recording(c, &file);
+        if let Some(h) = c.history.as_mut() {
+            h.max_bytes = bound;
+        }
+    });
+    let b = base(&broker);
+    // The writer maintains the file as it starts.
+    let used = eventually(DEADLINE, "the file to be within its bound", || {
+        let used = broker.stats().history_bytes.load(Ordering::Relaxed);
+        (used > 0 && used <= bound).then_some(used)
+    });
+    assert!(used <= bound);
+    let newest = get_json(&format!(
+        "{b}/api/history/garden.station?field=a&since=2m&until=1m&step=1s"
+    ));
+    // A point a second (61 when the span starts on a whole second and ends after one).
+    let kept = points(&newest).len();
+    assert!((60..=61).contains(&kept), "the last minutes stay: {newest}");
+    for step in ["1s", "1m"] {
+        let oldest = get_json(&format!(
+            "{b}/api/history/garden.station?field=a&since=24h&until=20h&step={step}"
+        ));
+        assert!(points(&oldest).is_empty(), "the oldest hours go: {oldest}");
+    }
+    let (_, metrics) = get(&format!("{b}/metrics"));
+    assert!(
+        metrics.contains(&format!("thingsbus_history_bytes {used}")),
+        "{metrics}"
+    );
+}
