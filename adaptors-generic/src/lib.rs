@@ -3,7 +3,8 @@
 //! - `thingsbus-zmq-adaptor` bridges any ZMQ publisher of JSON objects into the bus, with the
 //!   flags of the 0.2.x `generic_zmq_adaptor` ([`bridge`] holds its rules).
 //! - `thingsbus` looks at and pokes the bus from a shell: `get`, `ls`, `watch`, `send`, `call`,
-//!   `srv` ([`srv`] holds its doctor).
+//!   `srv` ([`srv`] holds its doctor), and `history` from the broker's HTTP side ([`sparkline`]
+//!   draws it).
 //! - `thingsbus-coap-adaptor` brings CoAP nodes onto the bus ([`coap`]: the gateway).
 //! - `thingsbus-mqtt-bridge` bridges the bus and MQTT both ways ([`mqtt`]: the bridge), and
 //!   speaks pyaiot's MQTT node protocol with `--pyaiot-nodes` ([`mqtt::pyaiot`]).
@@ -32,5 +33,6 @@ pub mod mqtt;
 pub mod probe;
 pub mod pyaiot;
 pub mod render;
+pub mod sparkline;
 pub mod srv;
 pub mod ws;

@@ -750,3 +750,147 @@ fn a_zone_that_publishes_the_broker_key_needs_no_server_key() {
     ]));
     assert_eq!(out.code(), 2, "{}", out.stderr);
 }
+
+// ---- `thingsbus history`: a broker with --http and --history ----
+
+/// A broker recording history in a temp file, and `kitchen.fridge`'s temperatures published
+/// at `t0 + i` through an adaptor, each once the broker's HTTP side has recorded the one before.
+fn history_broker(name: &str, temps: &[f64]) -> (Broker, String, f64) {
+    let dir = std::env::temp_dir().join(format!("thingsbus-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("history.db");
+    let broker = spawn_broker_on_port_pair(|c: &mut Config| {
+        quiet(c);
+        c.http = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.history = Some(thingsbus_broker::HistoryConfig::new(&file));
+    });
+    let http = format!("http://{}", broker.endpoints().http.expect("http"));
+    let kitchen = thingsbus_adaptor::Adaptor::builder("kitchen")
+        .url(&broker.endpoints().input)
+        .connect_blocking()
+        .expect("adaptor");
+    let t0 = ((now() - 90.0) / 60.0).floor() * 60.0;
+    for (i, temp) in temps.iter().enumerate() {
+        let url = format!("{http}/api/history/kitchen.fridge?field=temp&since={t0}&step=1s");
+        eventually(DEADLINE, &format!("point {i} recorded"), || {
+            kitchen
+                .send_to(
+                    "fridge",
+                    &json!({"temp": temp, "door": {"open": true}}),
+                    Some(t0 + i as f64),
+                )
+                .expect("send");
+            std::thread::sleep(Duration::from_millis(100));
+            let body = ureq::get(&url).call().ok()?.into_string().ok()?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (v["points"].as_array()?.len() > i).then_some(())
+        });
+    }
+    (broker, http, t0)
+}
+
+fn history_cmd(http: &str, args: &[&str]) -> Output {
+    run(tool("thingsbus")
+        .arg("history")
+        .args(args)
+        .env("THINGSBUS_HTTP_URL", http))
+}
+
+#[test]
+fn history_as_json_csv_and_a_sparkline() {
+    let temps = [4.0, 5.0, 3.0, 6.0, 2.0, 7.0, 1.0, 8.0];
+    let (_broker, http, t0) = history_broker("history", &temps);
+
+    let out = history_cmd(
+        &http,
+        &[
+            "kitchen.fridge",
+            "temp",
+            "--since",
+            "10m",
+            "--step",
+            "1s",
+            "--json",
+        ],
+    );
+    let v: Value = serde_json::from_str(ok(&out)).expect("JSON");
+    let got: Vec<(f64, f64)> = v["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| (p["t"].as_f64().expect("t"), p["avg"].as_f64().expect("avg")))
+        .collect();
+    let want: Vec<(f64, f64)> = temps
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (t0 + i as f64, x))
+        .collect();
+    assert_eq!(got, want);
+
+    let since = t0.to_string();
+    let out = history_cmd(
+        &http,
+        &[
+            "kitchen.fridge",
+            "temp",
+            "--since",
+            &since,
+            "--step",
+            "2s",
+            "--csv",
+        ],
+    );
+    let csv = ok(&out);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "t,time,min,avg,max,n");
+    assert!(
+        lines[1].starts_with(&format!("{t0},")) && lines[1].ends_with(",4,4.5,5,2"),
+        "{csv}"
+    );
+    assert_eq!(lines.len(), 5, "{csv}");
+
+    // Eight seconds in eight columns: each value its own block, lowest 1, highest 8.
+    let until = (t0 + 8.0).to_string();
+    let out = history_cmd(
+        &http,
+        &[
+            "kitchen.fridge",
+            "temp",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--step",
+            "1s",
+        ],
+    );
+    let text = ok(&out);
+    assert!(
+        text.contains("kitchen.fridge temp  ▄▅▃▆▂▇▁█  min 1  max 8  last 8"),
+        "{text}"
+    );
+    assert!(text.contains("step 1s, raw tier, 8 points"), "{text}");
+}
+
+#[test]
+fn history_says_what_is_missing() {
+    let (_broker, http, _) = history_broker("history-missing", &[4.0]);
+    // Nothing recorded: exit 1 with the broker's reason.
+    let out = history_cmd(&http, &["nothing.here"]);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("nothing recorded"), "{}", out.stderr);
+    // Several fields and none chosen, or a bad span: exit 2 naming it.
+    let out = history_cmd(&http, &["kitchen.fridge"]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(out.stderr.contains("several fields"), "{}", out.stderr);
+    let out = history_cmd(&http, &["kitchen.fridge", "temp", "--since", "soon"]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(out.stderr.contains("since:"), "{}", out.stderr);
+    // No HTTP address: exit 2 saying how to give one.
+    let out = run(tool("thingsbus")
+        .args(["history", "kitchen.fridge", "temp"])
+        .env_remove("THINGSBUS_HTTP_URL"));
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--http-url"), "{}", out.stderr);
+}

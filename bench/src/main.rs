@@ -9,6 +9,7 @@ mod agent;
 mod cluster;
 mod commands;
 mod curve;
+mod history;
 mod limits;
 mod load;
 mod report;
@@ -76,6 +77,9 @@ enum Scenario {
     /// A thingsbus-agent with 1,000 rules: the update rate it keeps up with, and an update → rule
     /// → command beside a plain command round trip.
     Agent,
+    /// What `--history` costs: ingest at a fixed rate over 10,000 things with and without it,
+    /// the store's size per series and day for each tier, and `/api/history` for a 90-day chart.
+    History,
     /// Every scenario above, in that order.
     All,
     /// Our broker as a server process of the bench (started by the bench itself): endpoints as
@@ -138,7 +142,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
             .note("python 0.2.1 skipped: not installed (scripts/python-peers.sh)");
     }
     let started = std::time::Instant::now();
-    let steps: [(Scenario, Step); 11] = [
+    let steps: [(Scenario, Step); 12] = [
         (Scenario::Ingest, Bench::ingest),
         (Scenario::Fanout, Bench::fanout),
         (Scenario::Latency, Bench::latency),
@@ -150,6 +154,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
         (Scenario::Limits, Bench::limits),
         (Scenario::Curve, Bench::curve),
         (Scenario::Agent, Bench::agent),
+        (Scenario::History, Bench::history),
     ];
     for (scenario, step) in steps {
         if args.scenario == Scenario::All || args.scenario == scenario {

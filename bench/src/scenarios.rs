@@ -77,6 +77,21 @@ impl Bench {
         rate: f64,
         latency: bool,
     ) -> anyhow::Result<Step> {
+        self.step_over(input, output, transport, subs, rate, latency, 1000)
+    }
+
+    /// [`Bench::step_between`], cycling over `things` namespaces.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn step_over(
+        &self,
+        input: &Server,
+        output: &Server,
+        transport: Transport,
+        subs: usize,
+        rate: f64,
+        latency: bool,
+        things: u64,
+    ) -> anyhow::Result<Step> {
         let server = output;
         let handles: Vec<_> = (0..subs)
             .map(|i| {
@@ -109,9 +124,11 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(20));
         }
         let secs = self.secs();
-        let (sent, took) =
-            std::thread::scope(|s| s.spawn(|| generator.run(rate, secs, u64::MAX, 1000)).join())
-                .map_err(|_| anyhow::anyhow!("generator panicked"))?;
+        let (sent, took) = std::thread::scope(|s| {
+            s.spawn(|| generator.run(rate, secs, u64::MAX, things))
+                .join()
+        })
+        .map_err(|_| anyhow::anyhow!("generator panicked"))?;
         let seen: Vec<_> = handles.into_iter().map(|h| h.finish()).collect();
         let min_received = seen.iter().map(|s| s.updates).min().unwrap_or(0);
         let mut lat = seen

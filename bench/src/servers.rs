@@ -61,6 +61,10 @@ pub(crate) struct Options {
     /// Ours and the floor: CURVE on every endpoint with this key pair (ours:
     /// `--curve-secret-file`).
     pub(crate) curve: Option<thingsbus_protocol::keys::KeyPair>,
+    /// Ours only: the HTTP side on 127.0.0.1 (`--http`).
+    pub(crate) http: bool,
+    /// Ours only, with `http`: `--history` in this file.
+    pub(crate) history: Option<PathBuf>,
 }
 
 /// `--cluster` settings of a bench broker.
@@ -100,6 +104,12 @@ pub(crate) struct Serve {
     /// Speak CURVE with this secret key, in Z85 (our broker only; a bench's throwaway key).
     #[arg(long)]
     pub(crate) curve_secret: Option<String>,
+    /// Serve the HTTP side on 127.0.0.1 (our broker only).
+    #[arg(long)]
+    pub(crate) http: bool,
+    /// With --http: record history in this file (our broker only).
+    #[arg(long)]
+    pub(crate) history: Option<PathBuf>,
 }
 
 impl Serve {
@@ -119,6 +129,12 @@ impl Serve {
         }
         if let Some(k) = &self.curve_secret {
             args.extend(["--curve-secret".to_owned(), k.clone()]);
+        }
+        if self.http {
+            args.push("--http".to_owned());
+        }
+        if let Some(p) = &self.history {
+            args.extend(["--history".to_owned(), p.display().to_string()]);
         }
         let c = &self.cluster;
         if !c.urls.is_empty() {
@@ -147,6 +163,8 @@ impl Default for Options {
             max_things: None,
             state_file: None,
             curve: None,
+            http: false,
+            history: None,
         }
     }
 }
@@ -164,6 +182,8 @@ pub(crate) struct Server {
     pub(crate) command: Option<String>,
     /// What clients need when the server speaks CURVE.
     pub(crate) keys: Option<ClientKeys>,
+    /// The HTTP side's address, `http://127.0.0.1:PORT` (ours with `http` only).
+    pub(crate) http: Option<String>,
 }
 
 /// How long a server of ours may take to say where it serves: with a cluster, it loads the whole
@@ -182,6 +202,8 @@ impl Server {
                     max_things: opts.max_things,
                     state_file: opts.state_file.clone(),
                     curve_secret: opts.curve.as_ref().map(|k| k.secret.to_z85()),
+                    http: opts.http,
+                    history: opts.history.clone(),
                 };
                 let mode = if kind == Kind::Ours {
                     "serve-broker"
@@ -208,6 +230,7 @@ impl Server {
                     udp: s("udp")?.parse()?,
                     snapshot: v["snapshot"].as_str().map(str::to_owned),
                     command: v["command"].as_str().map(str::to_owned),
+                    http: v["http"].as_str().map(str::to_owned),
                     process,
                     keys: match &opts.curve {
                         Some(k) => Some(ClientKeys::new(k.public, None)?),
@@ -241,6 +264,7 @@ impl Server {
                     snapshot: None,
                     command: None,
                     keys: None,
+                    http: None,
                 })
             }
         }
@@ -331,13 +355,20 @@ pub(crate) fn serve_broker(args: &Serve) -> anyhow::Result<()> {
                     .and_then(thingsbus_protocol::keys::KeyPair::from_secret)
             })
             .transpose()?,
+        http: args
+            .http
+            .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        history: args
+            .history
+            .as_ref()
+            .map(thingsbus_broker::HistoryConfig::new),
         ..thingsbus_broker::Config::ephemeral()
     };
     let broker = thingsbus_broker::Broker::start(config)?;
     let e = broker.endpoints();
     println!(
         "{}",
-        json!({"directory": e.directory, "input": e.input, "udp": e.udp.to_string(), "snapshot": e.snapshot, "command": e.command})
+        json!({"directory": e.directory, "input": e.input, "udp": e.udp.to_string(), "snapshot": e.snapshot, "command": e.command, "http": e.http.map(|a| format!("http://{a}"))})
     );
     std::io::stdout().flush()?;
     // Serves until stdin closes; a `stats` line asks for the counters the bench reads.
@@ -352,6 +383,8 @@ pub(crate) fn serve_broker(args: &Serve) -> anyhow::Result<()> {
                     "too_many_things": s.rejected(thingsbus_broker::Reason::TooManyThings),
                     "journal_synced_seq": n(&s.journal_synced_seq),
                     "things": n(&s.things),
+                    "history_points": n(&s.history_points),
+                    "history_conflated": n(&s.history_conflated),
                 })
             );
             std::io::stdout().flush()?;
@@ -444,7 +477,11 @@ mod tests {
             max_things: Some(7),
             state_file: Some(PathBuf::from("/tmp/x.journal")),
             curve_secret: Some("JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6".into()),
+            http: true,
+            history: Some(PathBuf::from("/tmp/x.db")),
         };
+        assert!(round_trip(&alone).http);
+        assert_eq!(round_trip(&alone).history, alone.history);
         assert_eq!(round_trip(&alone).max_things, Some(7));
         assert_eq!(round_trip(&alone).curve_secret, alone.curve_secret);
         assert_eq!(round_trip(&alone).state_file, alone.state_file);

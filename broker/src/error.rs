@@ -65,6 +65,9 @@ pub enum Error {
     /// The HTTP side's TLS or token files could not be used.
     #[error("HTTP endpoint: {0}")]
     Http(String),
+    /// `--history` cannot be used as given (its file, or its flags).
+    #[error("history: {0}")]
+    History(String),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] io::Error),

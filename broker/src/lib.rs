@@ -32,6 +32,10 @@ mod config;
 mod endpoints;
 mod error;
 mod health;
+/// The history store behind `--history` (see its module documentation); public for tests and
+/// the bench, which read and age a store with a `now` of their choosing.
+#[cfg(feature = "http")]
+pub mod history;
 #[cfg_attr(not(feature = "http"), path = "http_off.rs")]
 mod http;
 mod ingest;
@@ -47,7 +51,10 @@ mod udp_drops;
 
 pub use access::Cidr;
 pub use auth::AuthCell;
-pub use config::{ClusterAuth, ClusterConfig, ClusterTls, Config, HttpOptions};
+pub use config::{
+    ClusterAuth, ClusterConfig, ClusterTls, Config, HistoryConfig, HttpOptions,
+    DEFAULT_HISTORY_MAX_BYTES,
+};
 pub use endpoints::Endpoints;
 pub use error::Error;
 pub use health::Health;

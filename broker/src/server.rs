@@ -274,6 +274,13 @@ impl Broker {
     /// [`Error::AddressInUse`] when a port is taken, [`Error::FeatureMissing`] when the
     /// configuration asks for what this build left out, other variants when the system refuses.
     pub fn start(config: Config) -> Result<Broker, Error> {
+        if config.history.is_some() && config.http.is_none() {
+            return Err(Error::History(
+                "--history records what the HTTP side sees: add --http ADDR:PORT (e.g. --http \
+                 127.0.0.1:8080)"
+                    .into(),
+            ));
+        }
         if config.curve.is_some() {
             // Never run unprotected because this build cannot protect.
             thingsbus_protocol::transport::require_curve()?;

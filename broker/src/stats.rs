@@ -165,6 +165,18 @@ counters! {
         /// With `--http`: times the HTTP side's copy of the directory was loaded afresh because it
         /// held too many things the directory had forgotten.
         http_mirror_reloads: Counter, "http_mirror_reloads", "thingsbus_http_mirror_reloads_total";
+        /// With `--history`: points written to the history file.
+        history_points: Counter, "history.points", "thingsbus_history_points_total";
+        /// With `--history`: points not written because recording fell behind (a newer value
+        /// took the place of one not yet written, the HTTP side's feed lagged, or more series
+        /// than the store keeps).
+        history_conflated: Counter, "history.conflated", "thingsbus_history_conflated_total";
+        /// With `--history`: writes or maintenance of the history file that failed.
+        history_errors: Counter, "history.errors", "thingsbus_history_errors_total";
+        /// With `--history`: bytes of the history file in use.
+        history_bytes: Gauge, "history.bytes", "thingsbus_history_bytes";
+        /// With `--history`: series recorded (a number thing, or one field of an object thing).
+        history_series: Gauge, "history.series", "thingsbus_history_series";
     }
     also {
         /// Input messages dropped, indexed like [`Reason::all`].

@@ -146,7 +146,7 @@ fn bad_flag_is_a_usage_error() {
 }
 
 fn assert_one_line_error(out: &std::process::Output, needle: &str) {
-    assert_eq!(out.status.code(), Some(1), "busy port must exit 1");
+    assert_eq!(out.status.code(), Some(1), "a refused start must exit 1");
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one clear line expected, got: {err}");
@@ -181,6 +181,33 @@ fn busy_port_is_one_line_and_exit_code_1() {
         .output()
         .expect("run");
     assert_one_line_error(&out, "UDP input");
+}
+
+#[test]
+fn history_without_http_is_one_line_saying_to_add_it() {
+    let dir = std::env::temp_dir().join(format!("thingsbus-cli-history-{}", std::process::id()));
+    let out = Command::new(BIN)
+        .args(["--bind", "127.0.0.1", "--port", "0", "-q", "--history"])
+        .arg(dir.join("history.db"))
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, "add --http");
+    let help = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--history <PATH>",
+        "--history-resolution",
+        "--history-max-bytes",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    assert!(
+        help.contains("1.35 GB after 90 days"),
+        "--help says what a home needs"
+    );
 }
 
 #[test]

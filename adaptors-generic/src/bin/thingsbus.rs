@@ -24,8 +24,11 @@ Examples:
   thingsbus srv example.org                 check the SRV record and the broker it names
   thingsbus call demo.led '{\"on\": true}'  a command to a thing; prints the thing's reply
   thingsbus keygen --secret-file broker.key a CURVE key pair: the secret in the file, public printed
+  thingsbus history kitchen.fridge temp --http-url http://127.0.0.1:7980
+                                            the last 24 h of a field as a sparkline (broker with
+                                            --http and --history)
 
-Exit codes: 0 done, 1 not found or not delivered (get, send, srv) or refused by the thing (call),
+Exit codes: 0 done, 1 not found or not delivered (get, send, srv, history) or refused by the thing (call),
 2 bad usage or the bus could not be reached, 3 no_route (nobody serves it), 4 timeout or gone,
 5 refused by the broker (busy, not_allowed, bad_request).";
 
@@ -124,6 +127,44 @@ enum Command {
         #[arg(long, requires = "secret_file")]
         force: bool,
     },
+    /// A thing's recorded values over time, from the broker's HTTP side (a broker started with
+    /// --http and --history): a sparkline with min, max and last by default.
+    History {
+        /// The thing, e.g. kitchen.fridge.
+        ns: String,
+        /// The field of an object thing by dotted path, e.g. temp or door.open (not needed for
+        /// a number thing, or a thing with one numeric field).
+        field: Option<String>,
+        /// From when: a span back from now (2h, 7d), epoch seconds or RFC 3339.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Until when (default: now), in the same forms as --since.
+        #[arg(long)]
+        until: Option<String>,
+        /// Time each point covers (30s, 5m, 1h); default: about 300 points over the span.
+        #[arg(long)]
+        step: Option<String>,
+        /// The points as CSV: t,time,min,avg,max,n.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// The broker's JSON answer: {"ns", "field", "tier", "since", "until", "step", "points"}.
+        #[arg(long)]
+        json: bool,
+        /// Columns of the sparkline.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        width: u16,
+        /// The broker's HTTP address (its --http), e.g. http://127.0.0.1:7980.
+        #[arg(long, env = "THINGSBUS_HTTP_URL", value_name = "URL")]
+        http_url: Option<String>,
+        /// A token of the broker's --http-token-file, when it has one.
+        #[arg(
+            long,
+            env = "THINGSBUS_HTTP_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        http_token: Option<String>,
+    },
     /// A doctor for discovery: the SRV records of ZONE in RFC 2782 order, the broker a client
     /// would pick, and whether its ports answer. Exit 1 if that broker does not answer.
     Srv {
@@ -219,6 +260,38 @@ async fn run(args: Args) -> Outcome {
             ref secret_file,
             force,
         } => keygen(secret_file.as_deref(), force),
+        Command::History {
+            ref ns,
+            ref field,
+            ref since,
+            ref until,
+            ref step,
+            csv,
+            json,
+            width,
+            ref http_url,
+            ref http_token,
+        } => {
+            let query = HistoryQuery {
+                ns,
+                field: field.as_deref(),
+                since,
+                until: until.as_deref(),
+                step: step.as_deref(),
+            };
+            let form = match (csv, json) {
+                (true, _) => HistoryForm::Csv,
+                (_, true) => HistoryForm::Json,
+                _ => HistoryForm::Sparkline(usize::from(width)),
+            };
+            history(
+                http_url.as_deref(),
+                http_token.as_deref(),
+                timeout,
+                &query,
+                form,
+            )
+        }
         Command::Srv { ref zone, json } => {
             let zone = zone
                 .clone()
@@ -231,6 +304,142 @@ async fn run(args: Args) -> Outcome {
             srv(&args.bus, timeout, &zone, json).await
         }
     }
+}
+
+/// What `thingsbus history` asks the broker for.
+struct HistoryQuery<'a> {
+    ns: &'a str,
+    field: Option<&'a str>,
+    since: &'a str,
+    until: Option<&'a str>,
+    step: Option<&'a str>,
+}
+
+enum HistoryForm {
+    Sparkline(usize),
+    Csv,
+    Json,
+}
+
+/// `GET URL/api/history/NS?...`, printed as asked. 404 (nothing recorded) exits 1; a refused
+/// parameter or an unreachable broker exits 2.
+fn history(
+    url: Option<&str>,
+    token: Option<&str>,
+    timeout: Duration,
+    q: &HistoryQuery<'_>,
+    form: HistoryForm,
+) -> Outcome {
+    let Some(url) = url else {
+        return Err(Failure::Unreachable(anyhow::anyhow!(
+            "history comes from the broker's HTTP side: give its address with --http-url (or \
+             THINGSBUS_HTTP_URL), e.g. --http-url http://127.0.0.1:7980 for a broker started \
+             with --http 127.0.0.1:7980 --history FILE"
+        )));
+    };
+    valid_ns(q.ns)?;
+    let endpoint = format!("{}/api/history/{}", url.trim_end_matches('/'), q.ns);
+    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+    let mut req = agent.get(&endpoint).query("since", q.since);
+    for (key, value) in [("field", q.field), ("until", q.until), ("step", q.step)] {
+        if let Some(v) = value {
+            req = req.query(key, v);
+        }
+    }
+    if matches!(form, HistoryForm::Csv) {
+        req = req.query("format", "csv");
+    }
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let body = match req.call() {
+        Ok(r) => r
+            .into_string()
+            .with_context(|| format!("reading the answer of {endpoint}"))?,
+        Err(ureq::Error::Status(code, r)) => {
+            let why = r.into_string().unwrap_or_default();
+            let why = why.trim();
+            return Err(match code {
+                404 => Failure::NotFound(why.to_owned()),
+                401 => Failure::Unreachable(anyhow::anyhow!(
+                    "{why} (give a token with --http-token or THINGSBUS_HTTP_TOKEN)"
+                )),
+                _ => Failure::Unreachable(anyhow::anyhow!("{endpoint}: {code}: {why}")),
+            });
+        }
+        Err(e) => {
+            return Err(Failure::Unreachable(anyhow::anyhow!(
+                "{endpoint}: {e} (is the broker's --http at {url}?)"
+            )))
+        }
+    };
+    let mut out = io::stdout().lock();
+    let width = match form {
+        HistoryForm::Csv | HistoryForm::Json => {
+            let _ = writeln!(out, "{}", body.trim_end());
+            return Ok(());
+        }
+        HistoryForm::Sparkline(width) => width,
+    };
+    let v: Value =
+        serde_json::from_str(&body).with_context(|| format!("{endpoint} did not answer JSON"))?;
+    let _ = writeln!(out, "{}", sparkline_text(&v, width));
+    Ok(())
+}
+
+/// The human form of a history answer: the thing and field, the sparkline, min, max and last,
+/// then the span, the step and the tier read.
+fn sparkline_text(v: &Value, width: usize) -> String {
+    let num = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
+    let points: Vec<(f64, f64, f64, f64)> = v["points"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| (num(&p["t"]), num(&p["min"]), num(&p["avg"]), num(&p["max"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (since, until, step) = (num(&v["since"]), num(&v["until"]), num(&v["step"]));
+    let field = v["field"].as_str().unwrap_or("");
+    let name = if field.is_empty() {
+        v["ns"].as_str().unwrap_or("").to_owned()
+    } else {
+        format!("{} {field}", v["ns"].as_str().unwrap_or(""))
+    };
+    let steps = ((until - since) / step).ceil().max(1.0) as usize;
+    let cols = thingsbus_adaptors_generic::sparkline::columns(
+        &points.iter().map(|p| (p.0, p.2)).collect::<Vec<_>>(),
+        since,
+        until,
+        width.min(steps),
+    );
+    let line = thingsbus_adaptors_generic::sparkline::draw(&cols);
+    let stats = match points.last() {
+        None => "nothing recorded in this span".to_owned(),
+        Some(last) => {
+            let min = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+            let max = points.iter().map(|p| p.3).fold(f64::NEG_INFINITY, f64::max);
+            format!("min {min}  max {max}  last {}", last.2)
+        }
+    };
+    format!(
+        "{name}  {line}  {stats}\n{} → {}, step {}, {} tier, {} points",
+        render::utc(since),
+        render::utc(until),
+        step_text(step),
+        v["tier"].as_str().unwrap_or("?"),
+        points.len()
+    )
+}
+
+/// `5m`, `1h`, `30s`, `1.5s`: a step in its largest whole unit.
+fn step_text(secs: f64) -> String {
+    for (unit, size) in [("d", 86_400.0), ("h", 3_600.0), ("m", 60.0), ("s", 1.0)] {
+        if secs >= size && (secs / size).fract() == 0.0 {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
 }
 
 fn keygen(secret_file: Option<&std::path::Path>, force: bool) -> Outcome {

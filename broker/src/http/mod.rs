@@ -1,5 +1,6 @@
 //! The HTTP side (`--http ADDR:PORT`): Prometheus metrics, health, the directory as JSON,
-//! Server-Sent Events, a live web page, and commands to things.
+//! Server-Sent Events, a live web page, commands to things, and with `--history` the recorded
+//! values (`/api/history/NS`, see `crate::history`).
 //!
 //! It is a client of the broker itself: a `thingsbus-client` mirror on the broker's own
 //! directory output (asking for stale things too), so it costs the ingest path nothing and shows
@@ -12,6 +13,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod guard;
+mod history;
 mod json;
 mod sse;
 
@@ -79,6 +81,8 @@ struct App {
     /// Bytes of events that may wait for one stream.
     sse_queue_bytes: usize,
     access: Arc<Access>,
+    /// With `--history`: the recorded values, for `/api/history`.
+    history: Option<Arc<crate::history::Reader>>,
 }
 
 impl App {
@@ -196,8 +200,19 @@ pub(crate) fn start(
             endpoint: endpoints.directory.clone(),
             reason: e.to_string(),
         })?;
+    let mirror = Arc::new(RwLock::new(client));
+    let recording = match &config.history {
+        Some(h) => Some(crate::history::History::start(
+            h,
+            mirror.clone(),
+            stats.clone(),
+            stop.clone(),
+        )?),
+        None => None,
+    };
     let app = App {
-        mirror: Arc::new(RwLock::new(client)),
+        history: recording.as_ref().map(|h| h.reader.clone()),
+        mirror,
         stats: stats.clone(),
         thing_metrics: config.http_thing_metrics,
         streams: Arc::default(),
@@ -245,6 +260,10 @@ pub(crate) fn start(
                 }
             });
             runtime.shutdown_timeout(Duration::from_millis(200));
+            // The writer writes what waits before it ends.
+            if let Some(h) = recording {
+                h.join();
+            }
         })?;
     Ok((thread, bound))
 }
@@ -319,6 +338,7 @@ fn router(app: App) -> Router {
             post(command).layer(DefaultBodyLimit::max(COMMAND_BYTES)),
         )
         .route("/api/events", get(sse::events))
+        .route("/api/history/{ns}", get(history::history))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
