@@ -114,6 +114,126 @@ fn per_thing_series_on_request() {
     promtool_check(&text);
 }
 
+#[test]
+fn values_as_gauges_scraped_by_a_real_prometheus() {
+    require_peers!(peers::PROMTOOL, peers::PROMETHEUS);
+    let broker = spawn_broker(|c| {
+        with_http(c);
+        c.http_value_metrics = Some(100);
+    });
+    publish(
+        &broker,
+        &[
+            json!(["garden.temp", null, 21.5, null]),
+            json!(["kitchen.fridge", null, {"temp": 4.5, "door": {"open": true}, "model": "x"}, null]),
+        ],
+        "kitchen.fridge",
+    );
+    let b = base(&broker);
+    let (_, text) = get(&format!("{b}/metrics"));
+    for line in [
+        "thingsbus_value{ns=\"garden.temp\",field=\"\"} 21.5",
+        "thingsbus_value{ns=\"kitchen.fridge\",field=\"temp\"} 4.5",
+        "thingsbus_value{ns=\"kitchen.fridge\",field=\"door.open\"} 1",
+        "thingsbus_value_series_omitted 0",
+    ] {
+        assert!(text.contains(line), "metrics lack {line:?}:\n{text}");
+    }
+    assert!(!text.contains("model"), "a string is no series:\n{text}");
+    promtool_check(&text);
+
+    // A real Prometheus scrapes the broker every second and answers a PromQL query for it.
+    let dir = std::env::temp_dir().join(format!("thingsbus-prometheus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let target = broker.endpoints().http.expect("http runs");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: thingsbus\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .expect("write the config");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("addr").port()
+    };
+    let _prometheus = thingsbus_tests::process::Process::build(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+    )
+    .name("prometheus")
+    .start();
+    let query = |q: &str| -> Option<Value> {
+        let encoded: String = q
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let url = format!("http://127.0.0.1:{port}/api/v1/query?query={encoded}");
+        let r = ureq::get(&url)
+            .timeout(Duration::from_secs(5))
+            .call()
+            .ok()?;
+        serde_json::from_str(&r.into_string().ok()?).ok()
+    };
+    let value = eventually(
+        Duration::from_secs(60),
+        "Prometheus to answer the query",
+        || {
+            let v = query("thingsbus_value{ns=\"kitchen.fridge\",field=\"temp\"}")?;
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .map(str::to_owned)
+        },
+    );
+    assert_eq!(value, "4.5");
+    // Every query of the Grafana dashboard in contrib/ is valid PromQL on these series, and the
+    // value panels find the things under their prefix.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../contrib/grafana-thingsbus.json"),
+        )
+        .expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 5, "{exprs:?}");
+    for expr in exprs {
+        let q = expr
+            .replace("$prefix", "kitchen")
+            .replace("$__rate_interval", "1m");
+        let v = query(&q).unwrap_or_else(|| panic!("no answer to {q}"));
+        assert_eq!(v["status"], "success", "{q}: {v}");
+        if q.contains("thingsbus_value{") {
+            let found = v["data"]["result"].to_string();
+            assert!(
+                found.contains("kitchen.fridge") && !found.contains("garden.temp"),
+                "{q}: {v}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `promtool check metrics` on real output (the test requires [`peers::PROMTOOL`]).
 fn promtool_check(text: &str) {
     let mut child = Command::new("promtool")

@@ -65,6 +65,9 @@ pub struct Config {
     pub http: Option<std::net::SocketAddr>,
     /// With `http`: also one Prometheus series per thing (its last update time).
     pub http_thing_metrics: bool,
+    /// With `http`: each numeric field of each live thing as the gauge
+    /// `thingsbus_value{ns,field}` (booleans as 0/1), at most this many series; `None`: off.
+    pub http_value_metrics: Option<usize>,
     /// With `http`: TLS, tokens, allowed Host names and the limits of event streams.
     pub http_options: HttpOptions,
     /// With `http`: record every numeric value the HTTP side mirrors in this SQLite file
@@ -126,6 +129,7 @@ impl Default for Config {
             fault: None,
             http: None,
             http_thing_metrics: false,
+            http_value_metrics: None,
             http_options: HttpOptions::default(),
             history: None,
             cluster: None,

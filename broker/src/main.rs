@@ -103,6 +103,22 @@ struct Args {
     #[arg(long, env = "THINGSBUS_HTTP_THING_METRICS")]
     http_thing_metrics: bool,
 
+    /// With --http: each numeric field of each live thing as a Prometheus gauge,
+    /// thingsbus_value{ns="kitchen.fridge",field="temp"} (a number thing's field is "",
+    /// booleans are 0/1), so Prometheus, VictoriaMetrics or Mimir keep its history. At most
+    /// --http-value-series-max series; the rest are counted in thingsbus_value_series_omitted.
+    #[arg(long, env = "THINGSBUS_HTTP_VALUE_METRICS")]
+    http_value_metrics: bool,
+
+    /// With --http-value-metrics: the most series /metrics shows.
+    #[arg(
+        long,
+        env = "THINGSBUS_HTTP_VALUE_SERIES_MAX",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    http_value_series_max: usize,
+
     /// With --http: serve HTTPS only, with the certificate chain in this PEM file (give
     /// --http-tls-key too).
     #[arg(
@@ -473,6 +489,9 @@ fn config(args: &Args) -> Config {
             accept_nodes: args.cluster_accept_nodes.clone(),
         }),
         http_thing_metrics: args.http_thing_metrics,
+        http_value_metrics: args
+            .http_value_metrics
+            .then_some(args.http_value_series_max),
         history: args
             .history
             .as_ref()

@@ -52,6 +52,13 @@ pub const PROMTOOL: Peer = Peer {
     probe: || on_path("promtool"),
 };
 
+/// The Prometheus server (Debian's `prometheus`), which scrapes a broker in the tests.
+pub const PROMETHEUS: Peer = Peer {
+    name: "prometheus",
+    package: "Debian package prometheus",
+    probe: || on_path("prometheus"),
+};
+
 /// Headless Chromium, driven through playwright-core on Node.js.
 pub const CHROMIUM: Peer = Peer {
     name: "chromium",

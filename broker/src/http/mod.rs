@@ -76,6 +76,8 @@ struct App {
     mirror: Arc<RwLock<Client>>,
     stats: Arc<Stats>,
     thing_metrics: bool,
+    /// Each numeric field as a gauge, at most this many series.
+    value_metrics: Option<usize>,
     /// Event streams open now.
     streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Bytes of events that may wait for one stream.
@@ -215,6 +217,7 @@ pub(crate) fn start(
         mirror,
         stats: stats.clone(),
         thing_metrics: config.http_thing_metrics,
+        value_metrics: config.http_value_metrics,
         streams: Arc::default(),
         sse_queue_bytes: opts.sse_queue_bytes,
         access: Arc::new(access),
@@ -656,7 +659,12 @@ fn command_error(status: StatusCode, error: &str, detail: &str) -> Response {
 
 /// The Prometheus text format.
 async fn metrics(State(app): State<App>) -> Response {
-    let text = render_metrics(&app.stats, &app.client(), app.thing_metrics);
+    let text = render_metrics(
+        &app.stats,
+        &app.client(),
+        app.thing_metrics,
+        app.value_metrics,
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -667,7 +675,7 @@ async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
-fn render_metrics(st: &Stats, client: &Client, per_thing: bool) -> String {
+fn render_metrics(st: &Stats, client: &Client, per_thing: bool, values: Option<usize>) -> String {
     let mut out = String::with_capacity(8192);
     st.write_metrics(&mut out);
     let all = client.walk("");
@@ -697,12 +705,98 @@ fn render_metrics(st: &Stats, client: &Client, per_thing: bool) -> String {
             );
         }
     }
+    if let Some(max) = values {
+        let live = all
+            .iter()
+            .filter(|t| !t.stale)
+            .map(|t| (t.ns.as_str(), t.value()));
+        write_values(&mut out, live, max);
+    }
     out
+}
+
+/// `thingsbus_value{ns,field}` for each number in each thing's value (the fields history
+/// records), at most `max` series, then how many were left out.
+fn write_values<'a>(out: &mut String, things: impl Iterator<Item = (&'a str, Value)>, max: usize) {
+    let _ = writeln!(
+        out,
+        "# HELP thingsbus_value Each numeric field of each live thing (booleans as 0/1)."
+    );
+    let _ = writeln!(out, "# TYPE thingsbus_value gauge");
+    let mut shown = 0usize;
+    let mut omitted = 0u64;
+    let mut fields = Vec::new();
+    for (ns, value) in things {
+        fields.clear();
+        crate::history::values::numeric(&value, &mut fields);
+        for (field, x) in &fields {
+            if shown >= max {
+                omitted += 1;
+                continue;
+            }
+            shown += 1;
+            // Namespaces need no escaping; field names are JSON keys and may hold anything.
+            let _ = writeln!(
+                out,
+                "thingsbus_value{{ns=\"{ns}\",field=\"{}\"}} {x}",
+                label_value(field)
+            );
+        }
+    }
+    stats::write_family(
+        out,
+        "thingsbus_value_series_omitted",
+        stats::Kind::Gauge,
+        "Numeric fields not shown as thingsbus_value: past --http-value-series-max.",
+        [("", omitted)].into_iter(),
+    );
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['\\', '"', '\n']) {
+        return s.into();
+    }
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_gauges_by_field_escaped_and_capped() {
+        let things = vec![
+            ("garden.temp", json!(21.5)),
+            (
+                "kitchen.fridge",
+                json!({"temp": 4, "door": {"open": true}, "name": "x"}),
+            ),
+            ("odd", json!({"a\"b\\c\nd": 1})),
+        ];
+        let mut out = String::new();
+        write_values(&mut out, things.clone().into_iter(), 100);
+        for line in [
+            "thingsbus_value{ns=\"garden.temp\",field=\"\"} 21.5",
+            "thingsbus_value{ns=\"kitchen.fridge\",field=\"temp\"} 4",
+            "thingsbus_value{ns=\"kitchen.fridge\",field=\"door.open\"} 1",
+            "thingsbus_value{ns=\"odd\",field=\"a\\\"b\\\\c\\nd\"} 1",
+            "thingsbus_value_series_omitted 0",
+        ] {
+            assert!(out.contains(line), "{line:?} missing:\n{out}");
+        }
+        assert!(!out.contains("name"), "strings are no series:\n{out}");
+        let mut capped = String::new();
+        write_values(&mut capped, things.into_iter(), 2);
+        assert_eq!(capped.matches("thingsbus_value{").count(), 2, "{capped}");
+        assert!(
+            capped.contains("thingsbus_value_series_omitted 2"),
+            "{capped}"
+        );
+    }
 
     #[test]
     fn the_mirror_may_hold_a_tenth_more_than_the_directory_and_a_thousand() {
