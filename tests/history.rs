@@ -1,9 +1,9 @@
 //! `--history`: values published through an adaptor, recorded by the broker's HTTP side, read
 //! back from `/api/history` (real sockets, a real SQLite file in a temp directory).
 
-use std::net::SocketAddr;
 use std::io::BufRead;
 use std::io::BufReader;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -534,17 +534,28 @@ fn the_page_draws_sparklines_and_a_live_chart_of_a_known_series() {
     let (fx, fy, fw, fh) = (frame("x"), frame("y"), frame("width"), frame("height"));
     // From drawing coordinates back to time and value, through the domain the chart shows.
     let (t_lo, t_hi) = (num("t0"), num("t1"));
-    assert!(t_hi - t_lo >= 3600.0 - 15.0 && t_hi - t_lo <= 3600.0 + 30.0, "{chart}");
+    assert!(
+        t_hi - t_lo >= 3600.0 - 15.0 && t_hi - t_lo <= 3600.0 + 30.0,
+        "{chart}"
+    );
     let time = |x: f64| t_lo + (x - fx) / fw * (t_hi - t_lo);
     let value = |y: f64| min + (fy + fh - y) / fh * (max - min);
     let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol;
     let avg = drawn(&chart["avg"]);
-    assert_eq!(avg.len(), LOW.len(), "a point per minute of the series: {chart}");
+    assert_eq!(
+        avg.len(),
+        LOW.len(),
+        "a point per minute of the series: {chart}"
+    );
     for (i, &(x, y)) in avg.iter().enumerate() {
         let t = t0 + 60.0 * i as f64;
         let mean = (LOW[i] + HIGH[i]) / 2.0;
         assert!(close(time(x), t, 2.0), "point {i} at {} not {t}", time(x));
-        assert!(close(value(y), mean, 0.02), "point {i} is {} not {mean}", value(y));
+        assert!(
+            close(value(y), mean, 0.02),
+            "point {i} is {} not {mean}",
+            value(y)
+        );
     }
     // The band: the highs along the top, the lows back along the bottom; its extent is the
     // series' min and max.
@@ -555,10 +566,16 @@ fn the_page_draws_sparklines_and_a_live_chart_of_a_known_series() {
     bottoms.reverse();
     for i in 0..LOW.len() {
         assert!(close(tops[i], HIGH[i], 0.02), "band top {i}: {tops:?}");
-        assert!(close(bottoms[i], LOW[i], 0.02), "band bottom {i}: {bottoms:?}");
+        assert!(
+            close(bottoms[i], LOW[i], 0.02),
+            "band bottom {i}: {bottoms:?}"
+        );
     }
     let ys = band.iter().map(|p| p.1);
-    assert!(close(ys.clone().fold(f64::MAX, f64::min), fy, 0.01), "{chart}");
+    assert!(
+        close(ys.clone().fold(f64::MAX, f64::min), fy, 0.01),
+        "{chart}"
+    );
     assert!(close(ys.fold(f64::MIN, f64::max), fy + fh, 0.01), "{chart}");
 
     // The pointer on the 4th minute: its time, mean and range, with the unit.
@@ -579,7 +596,9 @@ fn the_page_draws_sparklines_and_a_live_chart_of_a_known_series() {
         .collect();
     assert!(complaints.is_empty(), "{complaints:?}");
     assert!(
-        std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false),
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 1000)
+            .unwrap_or(false),
         "a screenshot at {}",
         shot.display()
     );
