@@ -79,7 +79,9 @@ function upsert(ns, t, fresh, fragment) {
   r.value.textContent = r.text;
   if (r.spark) r.value.prepend(r.spark);
   switches(r);
-  r.tr.classList.toggle("charted", numericFields(r.data).length > 0);
+  const charted = numericFields(r.data).length > 0;
+  r.tr.classList.toggle("charted", charted);
+  r.tr.firstChild.tabIndex = charted ? 0 : -1;
   r.age.textContent = age(Date.now() / 1000 - r.ts);
   if (t.documentation_url) {
     r.docs.replaceChildren();
@@ -340,6 +342,7 @@ function openChart(ns) {
   chart.field = f !== null ? f : fields[0];
   chartField.value = chart.field;
   panel.hidden = false;
+  document.body.classList.add("charting");
   loadChart();
 }
 
@@ -363,6 +366,7 @@ async function loadChart() {
 
 function closeChart() {
   panel.hidden = true;
+  document.body.classList.remove("charting");
   chart.ns = null; chart.h = null; chart.gen++;
   plot.replaceChildren();
 }
@@ -450,6 +454,10 @@ function drawChart() {
 body.addEventListener("click", e => {
   if (e.target.closest("button, a, input, select")) return;
   const tr = e.target.closest("tr");
+  if (tr && tr.classList.contains("charted")) openChart(tr.dataset.ns);
+});
+body.addEventListener("keydown", e => {
+  const tr = e.key === "Enter" && e.target.closest("td.ns") && e.target.closest("tr");
   if (tr && tr.classList.contains("charted")) openChart(tr.dataset.ns);
 });
 chartField.addEventListener("change", () => { chart.field = chartField.value; loadChart(); });
