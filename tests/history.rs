@@ -588,6 +588,15 @@ fn the_page_draws_sparklines_and_a_live_chart_of_a_known_series() {
     lab.send_to("probe", &json!({"value": 20.5, "unit": "°C"}), None)
         .expect("send");
     assert_eq!(expect("live "), format!("{} 20.5", LOW.len() + 1));
+    // 24 h: the whole day (5 min steps), the series' minimum still the bottom of the band.
+    let day = expect("span 24 h ");
+    let (width, bottom) = day.split_once(' ').expect("two numbers");
+    let width: f64 = width.parse().expect("a span");
+    assert!(
+        (86_400.0..=86_400.0 + 300.0 + 60.0).contains(&width),
+        "{day}"
+    );
+    assert_eq!(bottom, "2", "{day}");
     let status = node.wait().expect("node exits");
     assert!(status.success(), "{all:?}");
     let complaints: Vec<_> = all

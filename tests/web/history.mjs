@@ -4,6 +4,7 @@
 //   "chart <json>"                        the chart of lab.probe: its domain, frame, avg line, band
 //   "hover <text>"                        the readout with the pointer on the 4th point
 //   "live <points> <v1>"                  the chart once a live update was appended
+//   "span <label> <t1 - t0> <v0>"         the chart after choosing 24 h
 //   "csp …" / "pageerror …"               anything the page or its policy complained about
 import { chromium } from "playwright-core";
 
@@ -72,6 +73,13 @@ try {
   await until(async () => (await read()).avg.length > c.avg.length, 30000);
   const after = await read();
   console.log(`live ${after.avg.length} ${after.v1}`);
+  await page.click('#chart-spans button[data-span="24h"]');
+  await until(async () => {
+    const n = await page.locator("#chart-plot svg[data-t1]").count();
+    return n > 0 && (await read()).span === "24 h" && (await read()).t1 - (await read()).t0 > 80000;
+  }, 30000);
+  const day = await read();
+  console.log(`span ${day.span} ${day.t1 - day.t0} ${day.v0}`);
 } finally {
   await browser.close();
 }
