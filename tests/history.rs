@@ -1,6 +1,8 @@
 //! `--history`: values published through an adaptor, recorded by the broker's HTTP side, read
 //! back from `/api/history` (real sockets, a real SQLite file in a temp directory).
 
+use std::io::BufRead;
+use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -435,4 +437,179 @@ fn over_its_bound_the_oldest_points_go_first() {
         metrics.contains(&format!("thingsbus_history_bytes {used}")),
         "{metrics}"
     );
+}
+
+/// The low and high value of each minute of the page's known series (5 s apart in the minute).
+const LOW: [f64; 8] = [4.0, 5.0, 3.0, 6.0, 2.0, 7.0, 5.0, 4.0];
+const HIGH: [f64; 8] = [5.0, 7.0, 4.0, 9.0, 3.0, 8.0, 6.0, 5.0];
+
+/// The `(x, y)` pairs of a drawn polyline or polygon, as the script reports them.
+fn drawn(v: &Value) -> Vec<(f64, f64)> {
+    v.as_array()
+        .expect("points")
+        .iter()
+        .map(|p| (p[0].as_f64().expect("x"), p[1].as_f64().expect("y")))
+        .collect()
+}
+
+/// Seconds since 1970 as the page shows a time (the browser runs in UTC), `YYYY-MM-DD HH:MM:SS`.
+fn shown_time(t: f64) -> String {
+    let rfc = span::format_rfc3339((t * 1000.0) as i64);
+    rfc[..19].replace('T', " ")
+}
+
+#[test]
+fn the_page_draws_sparklines_and_a_live_chart_of_a_known_series() {
+    require_peers!(peers::CHROMIUM, peers::PLAYWRIGHT);
+    let dir = scratch("page");
+    let broker = spawn_broker(|c| recording(c, &dir.join("history.db")));
+    let b = base(&broker);
+    // 8 minutes, half an hour ago: in each, LOW then HIGH 5 s later (one 15 s step of the chart).
+    let t0 = ((now() - 1800.0) / 60.0).floor() * 60.0;
+    let lab = adaptor(&broker, "lab");
+    let url = format!(
+        "{b}/api/history/lab.probe?field=value&since={t0}&until={}&step=1s",
+        t0 + 600.0
+    );
+    for (i, (low, high)) in LOW.iter().zip(HIGH).enumerate() {
+        for (k, v) in [(0, *low), (1, high)] {
+            let ts = t0 + 60.0 * i as f64 + 5.0 * k as f64;
+            eventually(DEADLINE, &format!("point {i}.{k} to be recorded"), || {
+                lab.send_to("probe", &json!({"value": v, "unit": "°C"}), Some(ts))
+                    .expect("send");
+                std::thread::sleep(Duration::from_millis(100));
+                let (code, body) = get(&url);
+                (code == 200
+                    && points(&serde_json::from_str(&body).expect("JSON")).len() > 2 * i + k)
+                    .then_some(())
+            });
+        }
+    }
+    // Recorded, but two hours ago: nothing in the last hour, so no sparkline. A string: none either.
+    let old = now() - 7200.0;
+    eventually(DEADLINE, "lab.old to be recorded", || {
+        lab.send_to("old", &3.5, Some(old)).expect("send");
+        lab.send_to("label", &"hello", None).expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+        (get(&format!("{b}/api/history/lab.old?since=3h")).0 == 200
+            && get(&format!("{b}/api/things/lab.label")).0 == 200)
+            .then_some(())
+    });
+
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("history-chart.png");
+    let mut node = std::process::Command::new("node")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web/history.mjs"))
+        .arg(format!("{b}/"))
+        .arg(&shot)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut all = Vec::new();
+    let mut expect = |prefix: &str| -> String {
+        loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("the browser ended before {prefix:?}: {all:?}"))
+                .expect("utf-8");
+            all.push(line.clone());
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_string();
+            }
+        }
+    };
+    // The sparkline of the last hour: a point a minute, so one per minute of the series.
+    assert_eq!(expect("spark lab.probe "), "drawn 1 8");
+    assert_eq!(expect("spark lab.old "), "none 0 0");
+    assert_eq!(expect("spark lab.label "), "none 0 0");
+
+    let chart: Value = serde_json::from_str(&expect("chart ")).expect("chart JSON");
+    assert_eq!(chart["field"], "value");
+    assert_eq!(chart["span"], "1 h");
+    let (min, max) = (2.0, 9.0);
+    let num = |k: &str| chart[k].as_f64().expect(k);
+    assert_eq!((num("v0"), num("v1")), (min, max), "{chart}");
+    let frame = |k: &str| chart["frame"][k].as_f64().expect(k);
+    let (fx, fy, fw, fh) = (frame("x"), frame("y"), frame("width"), frame("height"));
+    // From drawing coordinates back to time and value, through the domain the chart shows.
+    let (t_lo, t_hi) = (num("t0"), num("t1"));
+    assert!(
+        t_hi - t_lo >= 3600.0 - 15.0 && t_hi - t_lo <= 3600.0 + 30.0,
+        "{chart}"
+    );
+    let time = |x: f64| t_lo + (x - fx) / fw * (t_hi - t_lo);
+    let value = |y: f64| min + (fy + fh - y) / fh * (max - min);
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol;
+    let avg = drawn(&chart["avg"]);
+    assert_eq!(
+        avg.len(),
+        LOW.len(),
+        "a point per minute of the series: {chart}"
+    );
+    for (i, &(x, y)) in avg.iter().enumerate() {
+        let t = t0 + 60.0 * i as f64;
+        let mean = (LOW[i] + HIGH[i]) / 2.0;
+        assert!(close(time(x), t, 2.0), "point {i} at {} not {t}", time(x));
+        assert!(
+            close(value(y), mean, 0.02),
+            "point {i} is {} not {mean}",
+            value(y)
+        );
+    }
+    // The band: the highs along the top, the lows back along the bottom; its extent is the
+    // series' min and max.
+    let band = drawn(&chart["band"]);
+    assert_eq!(band.len(), 2 * LOW.len(), "{chart}");
+    let tops: Vec<f64> = band[..LOW.len()].iter().map(|p| value(p.1)).collect();
+    let mut bottoms: Vec<f64> = band[LOW.len()..].iter().map(|p| value(p.1)).collect();
+    bottoms.reverse();
+    for i in 0..LOW.len() {
+        assert!(close(tops[i], HIGH[i], 0.02), "band top {i}: {tops:?}");
+        assert!(
+            close(bottoms[i], LOW[i], 0.02),
+            "band bottom {i}: {bottoms:?}"
+        );
+    }
+    let ys = band.iter().map(|p| p.1);
+    assert!(
+        close(ys.clone().fold(f64::MAX, f64::min), fy, 0.01),
+        "{chart}"
+    );
+    assert!(close(ys.fold(f64::MIN, f64::max), fy + fh, 0.01), "{chart}");
+
+    // The pointer on the 4th minute: its time, mean and range, with the unit.
+    assert_eq!(
+        expect("hover "),
+        format!("{}  7.5 °C  (6 – 9 °C)", shown_time(t0 + 180.0))
+    );
+
+    // Live: an update now is appended to the open chart, and widens its range.
+    lab.send_to("probe", &json!({"value": 20.5, "unit": "°C"}), None)
+        .expect("send");
+    assert_eq!(expect("live "), format!("{} 20.5", LOW.len() + 1));
+    // 24 h: the whole day (5 min steps), the series' minimum still the bottom of the band.
+    let day = expect("span 24 h ");
+    let (width, bottom) = day.split_once(' ').expect("two numbers");
+    let width: f64 = width.parse().expect("a span");
+    assert!(
+        (86_400.0..=86_400.0 + 300.0 + 60.0).contains(&width),
+        "{day}"
+    );
+    assert_eq!(bottom, "2", "{day}");
+    let status = node.wait().expect("node exits");
+    assert!(status.success(), "{all:?}");
+    let complaints: Vec<_> = all
+        .iter()
+        .filter(|l| l.starts_with("csp") || l.starts_with("pageerror"))
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:?}");
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 1000)
+            .unwrap_or(false),
+        "a screenshot at {}",
+        shot.display()
+    );
+    eprintln!("screenshot: {}", shot.display());
 }

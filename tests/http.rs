@@ -423,6 +423,8 @@ fn the_web_page_shows_a_thing_appear_and_turn_stale() {
     assert_eq!(seen, r#"seen web.demo.lamp {"on":true}"#);
     assert_eq!(next(), "stale web.demo.lamp");
     drop(stdin);
+    // Without --history the page asks for no history, though its rows are numbers.
+    assert_eq!(next(), "history 0 0");
     let status = node.wait().expect("node exits");
     assert!(status.success());
 }

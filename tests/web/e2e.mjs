@@ -1,6 +1,8 @@
 // Opens the broker's web page in headless Chromium and reports what it sees, one line at a time,
 // for tests/http.rs: "ready" once the page has loaded its things, then "seen <ns>" when the row
-// of the thing named on stdin appears, and "stale <ns>" when that row turns stale.
+// of the thing named on stdin appears, "stale <ns>" when that row turns stale, and at the end
+// "history <n> <sparklines>": the page's requests to /api/history and the sparklines it drew
+// (none from a broker without --history).
 import { chromium } from "playwright-core";
 import readline from "node:readline";
 
@@ -21,6 +23,8 @@ const browser = await chromium.launch({
 try {
   const page = await browser.newPage();
   page.on("pageerror", e => console.log("pageerror " + e.message));
+  let asked = 0;
+  page.on("request", r => { if (r.url().includes("/api/history/")) asked++; });
   await page.goto(url);
   // Polled from here: waitForFunction evaluates a string in the page, which its
   // Content-Security-Policy forbids.
@@ -36,6 +40,8 @@ try {
     await page.waitForSelector(`${row}.stale`, { timeout: 30000 });
     console.log(`stale ${ns}`);
   }
+  const drawn = await page.locator("svg.spark").count();
+  console.log(`history ${asked} ${drawn}`);
 } finally {
   await browser.close();
 }

@@ -551,8 +551,9 @@ async fn thing(State(app): State<App>, Path(ns): Path<String>) -> Response {
     }
 }
 
-/// What the page needs to know about its caller: whether it may send commands, and which
-/// prefixes are served (their things obey commands).
+/// What the page needs to know about its caller: whether it may send commands, which prefixes
+/// are served (their things obey commands), and whether `/api/history` has anything to give
+/// (without `--history` the page draws no sparkline and asks for none).
 async fn session(State(app): State<App>, Extension(role): Extension<Role>) -> Response {
     let served = app
         .stats
@@ -561,7 +562,12 @@ async fn session(State(app): State<App>, Extension(role): Extension<Role>) -> Re
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    Json(json!({"command": role == Role::Command, "served": served})).into_response()
+    Json(json!({
+        "command": role == Role::Command,
+        "served": served,
+        "history": app.history.is_some(),
+    }))
+    .into_response()
 }
 
 #[derive(serde::Deserialize)]
