@@ -455,22 +455,6 @@ fn without_anonymous_rights_a_curve_broker_admits_only_its_keys_and_the_http_sid
 
 // ---- The broker's key from DNS: a TXT record `curve=<key>` beside the SRV record ----
 
-/// A zone whose SRV record names `broker`, with these TXT strings on the SRV name.
-fn zone_with_txt(broker: &Broker, txt: &[&str]) -> dns::DnsServer {
-    dns::DnsServer::start_with_txt(
-        "example.org",
-        &[dns::SrvRecord {
-            name: "_thingsbus._tcp.example.org".into(),
-            priority: 0,
-            weight: 0,
-            port: broker.endpoints().directory_port,
-            target: "broker.example.org.".into(),
-        }],
-        &[("broker.example.org", std::net::Ipv4Addr::LOCALHOST)],
-        &[("_thingsbus._tcp.example.org", txt)],
-    )
-}
-
 #[test]
 fn a_zone_that_publishes_the_broker_key_is_all_a_client_and_an_adaptor_need() {
     use serde_json::json;
@@ -484,7 +468,7 @@ fn a_zone_that_publishes_the_broker_key_is_all_a_client_and_an_adaptor_need() {
         c.curve = Some(keys.clone());
     });
     let txt = format!("curve={}", server.public);
-    let dns = zone_with_txt(&broker, &["v=spf1 -all", &txt]);
+    let dns = dns_with_txt(&broker, &["v=spf1 -all", &txt]);
     let adaptor = Adaptor::builder("kitchen")
         .zone("example.org")
         .nameserver(dns.addr())
@@ -531,7 +515,7 @@ fn a_zone_that_publishes_the_broker_key_is_all_a_client_and_an_adaptor_need() {
         "a wrong key read the broker"
     );
     // A TXT record that holds no key is an error naming it, not a silent plain connection.
-    let bad_dns = zone_with_txt(&broker, &["curve=not-a-key"]);
+    let bad_dns = dns_with_txt(&broker, &["curve=not-a-key"]);
     let Err(e) = Client::builder()
         .zone("example.org")
         .nameserver(bad_dns.addr())

@@ -10,7 +10,7 @@ use common::{run, tool, Output, Proc, DEADLINE};
 use serde_json::{json, Value};
 use thingsbus_broker::{Broker, Config};
 use thingsbus_tests::dns::{DnsServer, SrvRecord};
-use thingsbus_tests::{dns_for, eventually, now, spawn_broker_on_port_pair};
+use thingsbus_tests::{dns_for, dns_with_txt, eventually, now, spawn_broker_on_port_pair};
 
 fn quiet(c: &mut Config) {
     c.stats_interval = Duration::ZERO;
@@ -698,18 +698,7 @@ fn a_zone_that_publishes_the_broker_key_needs_no_server_key() {
         c.curve = Some(keys.clone());
     });
     let txt = format!("curve={public}");
-    let dns = DnsServer::start_with_txt(
-        "example.org",
-        &[SrvRecord {
-            name: "_thingsbus._tcp.example.org".into(),
-            priority: 0,
-            weight: 0,
-            port: broker.endpoints().directory_port,
-            target: "broker.example.org.".into(),
-        }],
-        &[("broker.example.org", Ipv4Addr::LOCALHOST)],
-        &[("_thingsbus._tcp.example.org", &[txt.as_str()])],
-    );
+    let dns = dns_with_txt(&broker, &[txt.as_str()]);
     let ns = dns.addr().to_string();
     let find = ["--zone", "example.org", "--nameserver", ns.as_str()];
     ok(&run(tool("thingsbus").args(find).args([

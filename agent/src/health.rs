@@ -56,6 +56,7 @@ pub struct RuleHealth {
 struct State {
     polls_ok: usize,
     polls_failing: usize,
+    polls_waiting: usize,
     polls: BTreeMap<String, PollHealth>,
     serves: BTreeMap<String, ServeHealth>,
     rules: BTreeMap<String, RuleHealth>,
@@ -79,8 +80,10 @@ impl Health {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let r = f(&mut s);
-        s.polls_failing = s.polls.values().filter(|p| !p.ok).count();
-        s.polls_ok = s.polls.len() - s.polls_failing;
+        // A poll that has not read yet is neither: it is counted in `polls_waiting`.
+        s.polls_failing = s.polls.values().filter(|p| p.failures > 0).count();
+        s.polls_ok = s.polls.values().filter(|p| p.ok).count();
+        s.polls_waiting = s.polls.len() - s.polls_failing - s.polls_ok;
         self.changed.store(true, Ordering::Relaxed);
         r
     }
@@ -182,9 +185,12 @@ mod tests {
             p.readings += 1;
         });
         h.poll_failed("b", "no such file");
+        h.poll("c", |_| {});
         let v = h.snapshot();
         assert_eq!(v["polls_ok"], 1);
         assert_eq!(v["polls_failing"], 1);
+        // Registered, not read yet: not failing.
+        assert_eq!(v["polls_waiting"], 1);
         assert_eq!(v["polls"]["b"]["last_error"], "no such file");
         assert!(!h.changed());
         for i in 0..20 {

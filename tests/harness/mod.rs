@@ -364,15 +364,24 @@ pub fn client_for(broker: &Broker) -> thingsbus_client::ClientBuilder {
 /// A DNS server for the zone `example.org` whose SRV record `_thingsbus._tcp.example.org` points
 /// at `broker` (host `broker.example.org`, A record 127.0.0.1).
 pub fn dns_for(broker: &Broker) -> dns::DnsServer {
-    dns::DnsServer::start(
+    dns_with_txt(broker, &[])
+}
+
+/// [`dns_for`] with these TXT strings on the SRV name too (none: no TXT record), e.g. the
+/// broker's key, `curve=<Z85>`.
+pub fn dns_with_txt(broker: &Broker, txt: &[&str]) -> dns::DnsServer {
+    let name = "_thingsbus._tcp.example.org";
+    let records: &[(&str, &[&str])] = if txt.is_empty() { &[] } else { &[(name, txt)] };
+    dns::DnsServer::start_with_txt(
         "example.org",
         &[dns::SrvRecord {
-            name: "_thingsbus._tcp.example.org".into(),
+            name: name.into(),
             priority: 0,
             weight: 0,
             port: broker.endpoints().directory_port,
             target: "broker.example.org.".into(),
         }],
         &[("broker.example.org", std::net::Ipv4Addr::LOCALHOST)],
+        records,
     )
 }
