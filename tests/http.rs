@@ -480,8 +480,22 @@ fn a_thread_that_panics_or_ends_stops_the_broker_saying_which() {
         ),
         ("thingsbus-ingest=exit", "thingsbus-ingest stopped"),
         ("thingsbus-commands=panic", "thingsbus-commands panicked"),
+        // With --history, its recorder and writer too.
+        ("thingsbus-recorder=exit", "thingsbus-recorder stopped"),
+        ("thingsbus-history=panic", "thingsbus-history panicked"),
     ] {
-        let broker = spawn_broker(with_fault(fault));
+        let dir = std::env::temp_dir().join(format!(
+            "thingsbus-supervised-{}-{}",
+            std::process::id(),
+            fault.replace('=', "-")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let history = dir.join("history.db");
+        let broker = spawn_broker(move |c| {
+            with_fault(fault)(c);
+            c.history = Some(thingsbus_broker::HistoryConfig::new(history.clone()));
+        });
         eventually(DEADLINE, "the broker to stop by itself", || {
             broker.is_stopping().then_some(())
         });

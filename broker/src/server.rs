@@ -141,44 +141,56 @@ struct Threads {
 
 impl Threads {
     fn spawn(&mut self, name: &str, run: impl FnOnce() + Send + 'static) -> Result<(), Error> {
-        let (stop, stats) = (self.stop.clone(), self.stats.clone());
         // Registered now, so that a loop that never turns is seen as such.
-        let _ = stats.health.beat(name);
-        let fault = self.fault_of(name);
-        let thread = name.to_owned();
-        let handle = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    if inject(fault, &stop) {
-                        run();
-                    }
-                }));
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let cause = match ended {
-                    Ok(()) => format!("{thread} stopped"),
-                    Err(panic) => format!("{thread} panicked: {}", panic_text(&*panic)),
-                };
-                tracing::error!(cause, "a broker thread ended; the broker stops");
-                stats.health.fail(cause);
-                stop.store(true, Ordering::Relaxed);
-            })?;
+        let _ = self.stats.health.beat(name);
+        let fault = fault_for(self.fault.as_deref(), name);
+        let handle = supervised(name, self.stats.clone(), self.stop.clone(), fault, run)?;
         self.handles.push(handle);
         Ok(())
-    }
-
-    /// The fault to inject into thread `name` (debug builds only).
-    fn fault_of(&self, name: &str) -> Option<String> {
-        let (thread, fault) = self.fault.as_deref()?.split_once('=')?;
-        (cfg!(debug_assertions) && thread == name).then(|| fault.to_owned())
     }
 
     /// The broker started: its threads are its own from now on.
     fn running(mut self) -> Vec<JoinHandle<()>> {
         std::mem::take(&mut self.handles)
     }
+}
+
+/// Runs `run` on a thread called `name`, supervised: should it end or panic while the broker
+/// runs (`stop` not set), the broker stops, with one log line and [`crate::Health::failure`]
+/// saying why. `fault` (debug builds, [`fault_for`]) makes it fail as asked.
+pub(crate) fn supervised(
+    name: &str,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    fault: Option<String>,
+    run: impl FnOnce() + Send + 'static,
+) -> io::Result<JoinHandle<()>> {
+    let thread = name.to_owned();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if inject(fault, &stop) {
+                    run();
+                }
+            }));
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let cause = match ended {
+                Ok(()) => format!("{thread} stopped"),
+                Err(panic) => format!("{thread} panicked: {}", panic_text(&*panic)),
+            };
+            tracing::error!(cause, "a broker thread ended; the broker stops");
+            stats.health.fail(cause);
+            stop.store(true, Ordering::Relaxed);
+        })
+}
+
+/// The fault [`Config::fault`] (`THREAD=FAULT`) asks of thread `name`, in debug builds only.
+pub(crate) fn fault_for(fault: Option<&str>, name: &str) -> Option<String> {
+    let (thread, fault) = fault?.split_once('=')?;
+    (cfg!(debug_assertions) && thread == name).then(|| fault.to_owned())
 }
 
 /// Carries out a fault asked for by [`Config::fault`]: `panic` panics, `exit` returns at once,

@@ -79,7 +79,9 @@ impl History {
         mirror: Arc<RwLock<Client>>,
         stats: Arc<Stats>,
         stop: Arc<AtomicBool>,
+        fault: Option<&str>,
     ) -> Result<History, Error> {
+        let (supervision, halt) = (stats.clone(), stop.clone());
         let resolution_ms = i64::try_from(config.resolution.as_millis())
             .unwrap_or(i64::MAX)
             .max(1);
@@ -102,13 +104,20 @@ impl History {
             stats,
             stop,
         };
+        // Supervised as the broker's own loops: a recorder or writer that ends or panics while
+        // the broker runs stops it, saying which, instead of leaving history silently off.
+        let thread = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            crate::server::supervised(
+                name,
+                supervision.clone(),
+                halt.clone(),
+                crate::server::fault_for(fault, name),
+                run,
+            )
+        };
         let threads = vec![
-            std::thread::Builder::new()
-                .name("thingsbus-history".into())
-                .spawn(move || writer.run())?,
-            std::thread::Builder::new()
-                .name("thingsbus-recorder".into())
-                .spawn(move || recorder.run())?,
+            thread("thingsbus-history", Box::new(move || writer.run()))?,
+            thread("thingsbus-recorder", Box::new(move || recorder.run()))?,
         ];
         Ok(History {
             threads,

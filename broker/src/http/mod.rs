@@ -209,6 +209,7 @@ pub(crate) fn start(
             mirror.clone(),
             stats.clone(),
             stop.clone(),
+            config.fault.as_deref(),
         )?),
         None => None,
     };
