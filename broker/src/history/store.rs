@@ -117,21 +117,7 @@ impl Store {
         // A crash loses at most the last transactions, never the file's consistency.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        let mut ids = HashMap::new();
-        {
-            let mut q = conn.prepare("SELECT id, ns, field FROM series")?;
-            let rows = q.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (id, ns, field) = row?;
-                ids.insert((ns, field), id);
-            }
-        }
+        let ids = series_ids(&conn)?;
         let folded = Folded {
             minute: watermark(&conn, "minute")?,
             hour: watermark(&conn, "hour")?,
@@ -223,19 +209,7 @@ impl Store {
     }
 
     fn reload_ids(&mut self) -> rusqlite::Result<()> {
-        self.ids.clear();
-        let mut q = self.conn.prepare("SELECT id, ns, field FROM series")?;
-        let rows = q.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, ns, field) = row?;
-            self.ids.insert((ns, field), id);
-        }
+        self.ids = series_ids(&self.conn)?;
         Ok(())
     }
 
@@ -399,6 +373,20 @@ fn delete_before(conn: &Connection, ids: &[i64], cuts: &[(&str, i64)]) -> rusqli
         }
     }
     Ok(n)
+}
+
+/// Every series in the file: `(ns, field)` → its id.
+fn series_ids(conn: &Connection) -> rusqlite::Result<HashMap<(String, String), i64>> {
+    let mut q = conn.prepare("SELECT id, ns, field FROM series")?;
+    let rows = q.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    rows.map(|row| row.map(|(id, ns, field)| ((ns, field), id)))
+        .collect()
 }
 
 /// The fields recorded for `ns`, sorted (`""` for the thing's own number).
