@@ -238,13 +238,12 @@ impl Mirror {
     }
 
     pub(crate) fn children(&self, ns: &str) -> Vec<Namespace> {
-        let mut kids: Vec<Namespace> = self
+        let kids: Vec<Namespace> = self
             .nodes
             .get(ns)
             .map(|n| n.children.to_vec())
             .unwrap_or_default();
-        kids.sort_unstable();
-        kids
+        sorted_siblings(kids)
     }
 
     /// Every thing with a value at or below `ns`, in namespace order.
@@ -262,10 +261,9 @@ impl Mirror {
                 out.push(t.clone());
             }
             // Sorted, reversed: popping visits children in order.
-            let mut kids: Vec<Namespace> = node.children.to_vec();
+            let kids: Vec<Namespace> = node.children.to_vec();
             drop(node);
-            kids.sort_unstable_by(|a, b| b.cmp(a));
-            stack.extend(kids);
+            stack.extend(sorted_siblings(kids).into_iter().rev());
         }
         out
     }
@@ -274,6 +272,34 @@ impl Mirror {
     pub(crate) fn things(&self) -> usize {
         self.nodes.iter().filter(|n| n.thing.is_some()).count()
     }
+}
+
+/// Siblings (namespaces with one parent) in namespace order. They differ only after the parent's
+/// prefix, so they are sorted on the first 8 bytes of that rest, packed in a `u64` kept beside
+/// each name, and compared whole only on a tie: sorting a million siblings then reads a
+/// contiguous array instead of following two pointers into the heap for every comparison
+/// (seconds, for `thingsbus ls` of a million things, came down to milliseconds).
+fn sorted_siblings(kids: Vec<Namespace>) -> Vec<Namespace> {
+    if kids.len() < 64 {
+        let mut kids = kids;
+        kids.sort_unstable();
+        return kids;
+    }
+    let parent_len = kids[0].as_str().rfind('.').map_or(0, |i| i + 1);
+    let mut keyed: Vec<(u64, Namespace)> = kids
+        .into_iter()
+        .map(|ns| {
+            let rest = ns.as_str().as_bytes().get(parent_len..).unwrap_or_default();
+            let mut head = [0u8; 8];
+            let n = rest.len().min(8);
+            head[..n].copy_from_slice(&rest[..n]);
+            (u64::from_be_bytes(head), ns)
+        })
+        .collect();
+    // A shorter name padded with zero bytes ties with a longer one only when their common
+    // bytes are equal: the whole comparison then orders them, as it orders any tie.
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    keyed.into_iter().map(|(_, ns)| ns).collect()
 }
 
 #[cfg(test)]
@@ -303,6 +329,49 @@ mod tests {
                 .flatten(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn many_siblings_come_in_namespace_order() {
+        let names = [
+            "p.b",
+            "p.a",
+            "p.aaaaaaaab",
+            "p.aaaaaaaa",
+            "p.aaaaaaaaa",
+            "p.a-",
+            "p.a_",
+            "p.z9",
+            "p.z10",
+            "p.t0000001",
+            "p.t0000010",
+            "p.t000001",
+            "p.y9",
+            "p.y0",
+        ];
+        let mut kids: Vec<Namespace> = (0..200)
+            .map(|i| Namespace::new(&format!("p.x{}", i * 7919 % 1000)).expect("ns"))
+            .chain(names.iter().map(|n| Namespace::new(n).expect("ns")))
+            .collect();
+        kids.reverse();
+        let mut want: Vec<String> = kids.iter().map(ToString::to_string).collect();
+        want.sort();
+        let got: Vec<String> = sorted_siblings(kids)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, want);
+        // The root's children: no parent prefix.
+        let kids: Vec<Namespace> = (0..100)
+            .map(|i| Namespace::new(&format!("r{}", 99 - i)).expect("ns"))
+            .collect();
+        let mut want: Vec<String> = kids.iter().map(ToString::to_string).collect();
+        want.sort();
+        let got: Vec<String> = sorted_siblings(kids)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
