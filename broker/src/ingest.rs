@@ -57,8 +57,13 @@ impl Turn {
 const DIRECT_MAX: usize = 32;
 /// Longest sleep in poll: bounds how long a stop request waits.
 const MAX_POLL_MS: i64 = 50;
-/// How often things that left the live window are looked for.
+/// How long one pass over the directory, looking for things that left the live window or are
+/// to be forgotten, takes at most.
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+/// Things looked at in one step of that pass: a pass over a big directory is cut into steps of
+/// this many, spread over [`EXPIRY_EVERY`], so live updates wait for one step at most (about
+/// 0.1 ms), never for a whole pass.
+const SWEEP_STEP: usize = 4096;
 /// Largest possible UDP payload plus one, so an oversized datagram is seen as such.
 const UDP_BUF: usize = 65_536;
 
@@ -248,8 +253,7 @@ impl Ingest {
             }
             let now = Instant::now();
             if now >= next_expiry {
-                self.expire();
-                next_expiry = now + EXPIRY_EVERY;
+                next_expiry = now + self.expire();
             }
             if !self.stats_interval.is_zero() && now >= next_stats {
                 self.publish_stats();
@@ -346,12 +350,27 @@ impl Ingest {
         let _ = self.views.try_send(view);
     }
 
-    /// Publishes `thing_expired` for things that left the live window.
-    fn expire(&mut self) {
+    /// One step of the pass over the directory: forgets the things not heard of within
+    /// `forget_after` and publishes `thing_expired` for things that left the live window.
+    /// Returns when the next step is due: a pass takes [`EXPIRY_EVERY`] whatever the size.
+    fn expire(&mut self) -> Duration {
         let now = Timestamp::now();
-        let expired = self.dir.expire(now, self.live_window);
+        let steps = u32::try_from(self.dir.len() / SWEEP_STEP + 1).unwrap_or(u32::MAX);
+        let swept = self
+            .dir
+            .sweep(now, self.live_window, self.forget_after, SWEEP_STEP);
+        if swept.forgotten > 0 {
+            stats::add(&self.stats.forgotten, swept.forgotten as u64);
+            stats::set(&self.stats.things, self.dir.len() as u64);
+            tracing::debug!(
+                forgotten = swept.forgotten,
+                "forgot things not heard of within forget_after"
+            );
+        }
+        let next = EXPIRY_EVERY / steps;
+        let expired = swept.expired;
         if expired.is_empty() {
-            return;
+            return next;
         }
         stats::add(&self.stats.expired, expired.len() as u64);
         for (ns, ts, seq) in expired {
@@ -359,6 +378,7 @@ impl Ingest {
             encode_expired(&mut out, ns.as_str(), ts, seq);
             self.batch.push(Arc::from(out));
         }
+        next
     }
 
     /// Publishes the broker's own counters as the thing `thingsbus.broker`.
@@ -675,11 +695,6 @@ impl Ingest {
 
     fn snapshot(&mut self) -> Result<(), ()> {
         let now = Timestamp::now();
-        let forgotten = self.dir.forget_older_than(now, self.forget_after);
-        if forgotten > 0 {
-            stats::add(&self.stats.forgotten, forgotten as u64);
-            tracing::debug!(forgotten, "forgot things not heard of within forget_after");
-        }
         stats::set(&self.stats.things, self.dir.len() as u64);
         let entries = self.dir.live_entries(now, self.live_window);
         self.snapshot_id += 1;

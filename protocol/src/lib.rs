@@ -37,7 +37,7 @@ pub mod snapshot;
 pub mod transport;
 
 pub use codec::{Limits, Rejection};
-pub use directory::{Caps, Directory, Entry, Refused};
+pub use directory::{Caps, Directory, Entry, Refused, Swept};
 pub use message::{NamespaceRef, ThingUpdate, Timestamp, UpdateRef};
 pub use namespace::{Namespace, NamespaceError};
 
