@@ -400,3 +400,119 @@ fn values_beyond_max_bytes_are_dropped_and_shrinking_ones_pass() {
         "counted under its own name"
     );
 }
+
+/// A burst of datagrams waiting together on the socket is taken a batch at a time (`recvmmsg`):
+/// every one of them must still be checked on its own, with its own sender and length. Good
+/// updates, refused senders, oversized (truncated) and malformed datagrams alternate in one
+/// burst, sent faster than the broker wakes up; the good ones must all come out, in order, and
+/// every bad one be counted once under its own reason.
+#[test]
+fn a_burst_of_mixed_datagrams_is_taken_in_batches_and_accounted_for_exactly() {
+    use std::sync::atomic::Ordering;
+    use thingsbus_broker::{Cidr, Reason};
+
+    let rig = Rig::new(|c| {
+        c.max_message_bytes = 8192;
+        c.stats_interval = Duration::ZERO;
+        c.allow_input = vec!["127.0.0.1/32".parse::<Cidr>().expect("cidr")];
+    });
+    let to = rig.broker.endpoints().udp;
+    let ours = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind on loopback");
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2 on loopback");
+    let update = |n: u64| rmp_serde::to_vec(&json!(["burst.a", null, n, null])).expect("msgpack");
+    let mut oversized = vec![0x94, 0xa7];
+    oversized.extend_from_slice(b"burst.a");
+    oversized.extend_from_slice(&[0xc0, 0xda, 0x23, 0x28]);
+    oversized.extend(std::iter::repeat_n(b'x', 9000));
+    oversized.push(0xc0);
+    let malformed: [(&[u8], Reason); 4] = [
+        (&[0xc1], Rejection::InvalidMsgpack.into()),
+        (&[0x2a], Rejection::NotObject.into()),
+        (
+            &[0x93, 0xa1, b'a', 0xc0, 0x01],
+            Rejection::BadListLength.into(),
+        ),
+        (&[], Rejection::Empty.into()),
+    ];
+    let reasons = [
+        Reason::NotAllowed,
+        Rejection::TooLarge.into(),
+        Rejection::InvalidMsgpack.into(),
+        Rejection::NotObject.into(),
+        Rejection::BadListLength.into(),
+        Rejection::Empty.into(),
+    ];
+    let before: Vec<u64> = reasons.iter().map(|r| rig.stats().rejected(*r)).collect();
+    let bytes_before = rig.stats().bytes_in.load(Ordering::Relaxed);
+    let accepted_before = rig.stats().accepted.load(Ordering::Relaxed);
+
+    // Built first, so that sending is one tight loop.
+    let mut burst: Vec<(&std::net::UdpSocket, Vec<u8>)> = Vec::new();
+    let mut good = Vec::new();
+    let mut expected = vec![0u64; reasons.len()];
+    for i in 0..240u64 {
+        match i % 8 {
+            3 if i % 24 == 3 => {
+                burst.push((&ours, oversized.clone()));
+                expected[1] += 1;
+            }
+            5 => {
+                burst.push((&stranger, update(1_000_000 + i)));
+                expected[0] += 1;
+            }
+            7 => {
+                let (bytes, reason) = malformed[(i / 8) as usize % malformed.len()];
+                burst.push((&ours, bytes.to_vec()));
+                let at = reasons.iter().position(|r| *r == reason).expect("listed");
+                expected[at] += 1;
+            }
+            _ => {
+                burst.push((&ours, update(i)));
+                good.push(i);
+            }
+        }
+    }
+    let total_bytes: usize = burst.iter().map(|(_, d)| d.len()).sum();
+    for (from, datagram) in &burst {
+        from.send_to(datagram, to).expect("send on loopback");
+    }
+
+    let mut seen = Vec::new();
+    while seen.len() < good.len() {
+        let v = rig.sub.recv_json(DEADLINE).unwrap_or_else(|| {
+            panic!(
+                "only {} of {} good updates came: {seen:?}",
+                seen.len(),
+                good.len()
+            )
+        });
+        if v["type"] == "thing_update" && v["ns"] == "burst.a" {
+            seen.push(v["data"].as_u64().expect("a number"));
+        }
+    }
+    assert_eq!(seen, good, "the good updates, in the order sent");
+    // The last good datagram was last but one: let the broker finish the burst.
+    eventually(
+        DEADLINE,
+        "every datagram of the burst to be counted",
+        || {
+            (rig.stats().bytes_in.load(Ordering::Relaxed) - bytes_before >= total_bytes as u64)
+                .then_some(())
+        },
+    );
+    let counted: Vec<u64> = reasons
+        .iter()
+        .zip(&before)
+        .map(|(r, b)| rig.stats().rejected(*r) - b)
+        .collect();
+    assert_eq!(counted, expected, "refusals by reason ({reasons:?})");
+    assert_eq!(
+        rig.stats().accepted.load(Ordering::Relaxed) - accepted_before,
+        good.len() as u64
+    );
+    assert_eq!(
+        rig.stats().bytes_in.load(Ordering::Relaxed) - bytes_before,
+        total_bytes as u64,
+        "every datagram's whole length, the oversized ones' included"
+    );
+}

@@ -3,13 +3,15 @@
 //! Messages are preformatted templates whose numbers are overwritten in place, so the generator
 //! does no allocation and no formatting per message.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use thingsbus_protocol::transport::{curve_client, ClientKeys};
+
+use crate::udp_send::UdpSender;
 
 /// The bench's clock: nanoseconds since the first call, comparable across threads.
 pub(crate) fn now_ns() -> u64 {
@@ -140,13 +142,13 @@ pub(crate) struct Generator {
     mp: MsgpackTemplate,
     sync_json: JsonTemplate,
     sync_mp: MsgpackTemplate,
-    udp_to: SocketAddr,
     sync_n: u64,
 }
 
 enum Out {
     Zmq(zmq::Socket),
-    Udp(UdpSocket),
+    /// Datagrams go out in batches (`sendmmsg`): [`Generator::flush`] sends what is queued.
+    Udp(UdpSender),
 }
 
 impl Generator {
@@ -170,7 +172,7 @@ impl Generator {
                 s.connect(zmq_url).expect("connect");
                 Out::Zmq(s)
             }
-            Transport::Udp => Out::Udp(UdpSocket::bind("127.0.0.1:0").expect("bind udp")),
+            Transport::Udp => Out::Udp(UdpSender::new(udp)),
         };
         Generator {
             out,
@@ -178,14 +180,13 @@ impl Generator {
             mp: MsgpackTemplate::new(prefix),
             sync_json: JsonTemplate::new("sync"),
             sync_mp: MsgpackTemplate::new("sync"),
-            udp_to: udp,
             sync_n: 0,
         }
     }
 
     fn send(&mut self, sync: bool, thing: u64, n: u64) {
         let t = now_ns();
-        match &self.out {
+        match &mut self.out {
             Out::Zmq(s) => {
                 let bytes = if sync {
                     self.sync_json.fill(thing, n, t)
@@ -200,8 +201,15 @@ impl Generator {
                 } else {
                     self.mp.fill(thing, n, t)
                 };
-                let _ = u.send_to(bytes, self.udp_to);
+                u.push(bytes);
             }
+        }
+    }
+
+    /// Sends the datagrams still queued (a no-op over ZMQ).
+    fn flush(&mut self) {
+        if let Out::Udp(u) = &mut self.out {
+            u.flush();
         }
     }
 
@@ -209,6 +217,7 @@ impl Generator {
     pub(crate) fn probe(&mut self) {
         self.sync_n += 1;
         self.send(true, 0, self.sync_n);
+        self.flush();
     }
 
     /// Sends at `rate` per second for `duration` (or `count` updates, whichever comes first),
@@ -240,6 +249,7 @@ impl Generator {
                 self.send(false, sent % things.max(1), sent);
                 sent += 1;
             }
+            self.flush();
         }
         (sent, start.elapsed())
     }

@@ -15,6 +15,7 @@ mod load;
 mod report;
 mod scenarios;
 mod servers;
+mod udp_send;
 
 use std::process::ExitCode;
 

@@ -31,6 +31,7 @@ use crate::mailbox::{Mailbox, Post};
 use crate::publish::{Job, Output};
 use crate::snapshot_server::{View, ViewWanted};
 use crate::stats::{self, Stats, StatusExtra, BROKER_DOC, BROKER_NS};
+use crate::udp_input::{self, Got, UdpReceiver};
 
 /// Messages taken from one input per round before the other gets its turn.
 const BUDGET: usize = 1024;
@@ -52,6 +53,11 @@ impl Turn {
     fn over(&self, taken: usize) -> bool {
         taken >= BUDGET || (taken % CLOCK_EVERY == 0 && taken > 0 && self.0.elapsed() >= TURN)
     }
+
+    /// Whether the turn is over after `taken` messages, asked between batches of them.
+    fn over_after_batch(&self, taken: usize) -> bool {
+        taken >= BUDGET || (taken > 0 && self.0.elapsed() >= TURN)
+    }
 }
 /// Batches up to this size are sent by ingest itself when the publish thread is idle.
 const DIRECT_MAX: usize = 32;
@@ -64,8 +70,6 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 /// this many, spread over [`EXPIRY_EVERY`], so live updates wait for one step at most (about
 /// 0.1 ms), never for a whole pass.
 const SWEEP_STEP: usize = 4096;
-/// Largest possible UDP payload plus one, so an oversized datagram is seen as such.
-const UDP_BUF: usize = 65_536;
 
 enum Source<'a> {
     Zmq(Option<&'a str>),
@@ -100,7 +104,6 @@ pub(crate) struct Ingest {
     /// Seconds a `ts` may be ahead of this broker's clock (`--max-clock-skew`).
     max_clock_skew: f64,
     batch: Vec<Arc<[u8]>>,
-    udp_buf: Vec<u8>,
     bad_input_log: LogLimiter,
     snapshot_id: u64,
     want_view: Mailbox<ViewWanted>,
@@ -212,7 +215,6 @@ impl Ingest {
             forget_after: config.forget_after.as_secs_f64(),
             max_clock_skew: config.max_clock_skew.as_secs_f64(),
             batch: Vec::with_capacity(BUDGET),
-            udp_buf: vec![0; UDP_BUF],
             bad_input_log: LogLimiter::new(Duration::from_secs(10), 20),
             snapshot_id: 0,
             epoch: (Timestamp::now().as_secs() * 1e6) as u64,
@@ -246,6 +248,8 @@ impl Ingest {
         let mut next_stats = Instant::now();
         let udp_fd = self.udp.as_raw_fd();
         let heart = self.stats.health.beat("thingsbus-ingest");
+        // Made here, on the ingest thread, because its receive headers may not change threads.
+        let mut udp_in = UdpReceiver::new(self.max_message_bytes);
         loop {
             heart.beat();
             if self.stop.load(Ordering::Relaxed) {
@@ -306,7 +310,7 @@ impl Ingest {
             loop {
                 let now = Timestamp::now();
                 let zmq_more = self.drain_zmq(now);
-                let udp_more = self.drain_udp(now);
+                let udp_more = self.drain_udp(&mut udp_in, now);
                 if self.flush().is_err() {
                     return;
                 }
@@ -507,24 +511,17 @@ impl Ingest {
         Ok(())
     }
 
-    /// Takes one turn of UDP input; true when it ended with datagrams still waiting.
-    fn drain_udp(&mut self, now: Timestamp) -> bool {
-        // Out of `self` for the turn, so that an update borrowing it can be accepted by `self`.
-        let mut buf = std::mem::take(&mut self.udp_buf);
-        let more = self.drain_udp_into(&mut buf, now);
-        self.udp_buf = buf;
-        more
-    }
-
-    fn drain_udp_into(&mut self, buf: &mut [u8], now: Timestamp) -> bool {
+    /// Takes one turn of UDP input, a batch of datagrams per system call; true when it ended
+    /// with datagrams still waiting.
+    fn drain_udp(&mut self, udp_in: &mut UdpReceiver, now: Timestamp) -> bool {
         let mut n = 0;
         let turn = Turn::start();
         loop {
-            if turn.over(n) {
+            if turn.over_after_batch(n) {
                 return true;
             }
-            let (len, from) = match self.udp.recv_from(buf) {
-                Ok(r) => r,
+            let received = match udp_in.recv(&self.udp, (BUDGET - n).min(udp_input::BATCH)) {
+                Ok(received) => received,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -533,82 +530,97 @@ impl Ingest {
                     return false;
                 }
             };
-            n += 1;
-            stats::add(&self.stats.bytes_in, len as u64);
-            if !self.allow.allows(from.ip()) {
-                self.reject(Reason::NotAllowed, Source::Udp(from), len, &[]);
-                continue;
+            n += received;
+            for i in 0..received {
+                let (bytes, got) = udp_in.datagram(i);
+                self.take_datagram(bytes, got, now);
             }
-            if let Some(rate) = self.rate.as_mut() {
-                if !rate.allow(from.ip(), Instant::now()) {
-                    self.reject(Reason::RateLimited, Source::Udp(from), len, &[]);
-                    continue;
+        }
+    }
+
+    /// Checks one datagram and takes it in, or counts and logs why not. `bytes` is what was kept
+    /// of it: all of it unless `got.truncated`.
+    fn take_datagram(&mut self, bytes: &[u8], got: Got, now: Timestamp) {
+        let len = got.len;
+        stats::add(&self.stats.bytes_in, len as u64);
+        let Some(from) = got.from else {
+            // UDP always names the sender; nothing to check a datagram without one against.
+            tracing::debug!(bytes = len, "UDP datagram without a sender address dropped");
+            return;
+        };
+        if !self.allow.allows(from.ip()) {
+            self.reject(Reason::NotAllowed, Source::Udp(from), len, &[]);
+            return;
+        }
+        if let Some(rate) = self.rate.as_mut() {
+            if !rate.allow(from.ip(), Instant::now()) {
+                self.reject(Reason::RateLimited, Source::Udp(from), len, &[]);
+                return;
+            }
+        }
+        if got.truncated || len > self.max_message_bytes {
+            self.reject(Rejection::TooLarge, Source::Udp(from), len, &[]);
+            return;
+        }
+        let mut datagram = bytes;
+        let mut who = Who::Anonymous;
+        // With an auth file, a signed datagram is checked and unwrapped; without one it is
+        // not MessagePack, and dropped as 0.2.x brokers drop it.
+        let mut refused = None;
+        if let Some(view) = self
+            .auth
+            .as_mut()
+            .filter(|_| BoardAuth::is_signed(datagram))
+        {
+            let auth = view.get();
+            let lookup = |name: &str| auth.board(name).map(|b| b.secret.clone());
+            let verified = self
+                .board_auth
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .verify(datagram, from, lookup);
+            match verified {
+                Ok(signed) => {
+                    datagram = signed.payload;
+                    who = Who::Board(signed.board);
+                }
+                Err(refusal) => {
+                    // Counted by board when the file knows the name (a name made up by a
+                    // sender must not grow the counts).
+                    let name = thingsbus_protocol::signed::parse(datagram)
+                        .ok()
+                        .map(|s| s.name)
+                        .filter(|n| auth.board(n).is_some())
+                        .unwrap_or("(unknown board)");
+                    refused = Some((name.to_owned(), refusal.as_str()));
                 }
             }
-            if len > self.max_message_bytes {
-                self.reject(Rejection::TooLarge, Source::Udp(from), len, &[]);
-                continue;
+        }
+        if let Some((name, why)) = refused {
+            self.stats.refuse_by(&name, why);
+            let head = &bytes[..bytes.len().min(48)];
+            self.reject(Reason::BadSignature, Source::Udp(from), len, head);
+            return;
+        }
+        let taken = match decode_msgpack_input(datagram, &self.limits) {
+            Ok(update) if !permitted(&mut self.auth, who, update.ns.as_str()) => {
+                self.stats
+                    .refuse_by(who.label(), Reason::NotPermitted.as_str());
+                Err(Reason::NotPermitted)
             }
-            let mut datagram = &buf[..len];
-            let mut who = Who::Anonymous;
-            // With an auth file, a signed datagram is checked and unwrapped; without one it is
-            // not MessagePack, and dropped as 0.2.x brokers drop it.
-            let mut refused = None;
-            if let Some(view) = self
-                .auth
-                .as_mut()
-                .filter(|_| BoardAuth::is_signed(datagram))
+            Ok(update) => self.accept(&update, now),
+            // A map of another type: maybe a board serving commands, or answering one
+            // (only those are decoded a second time, as commands).
+            Err(Rejection::UnknownType)
+                if command_datagram((datagram, from, who), &self.datagrams, &self.stats) =>
             {
-                let auth = view.get();
-                let lookup = |name: &str| auth.board(name).map(|b| b.secret.clone());
-                let verified = self
-                    .board_auth
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .verify(datagram, from, lookup);
-                match verified {
-                    Ok(signed) => {
-                        datagram = signed.payload;
-                        who = Who::Board(signed.board);
-                    }
-                    Err(refusal) => {
-                        // Counted by board when the file knows the name (a name made up by a
-                        // sender must not grow the counts).
-                        let name = thingsbus_protocol::signed::parse(datagram)
-                            .ok()
-                            .map(|s| s.name)
-                            .filter(|n| auth.board(n).is_some())
-                            .unwrap_or("(unknown board)");
-                        refused = Some((name.to_owned(), refusal.as_str()));
-                    }
-                }
+                Ok(())
             }
-            if let Some((name, why)) = refused {
-                self.stats.refuse_by(&name, why);
-                let head = &buf[..len.min(48)];
-                self.reject(Reason::BadSignature, Source::Udp(from), len, head);
-                continue;
-            }
-            let taken = match decode_msgpack_input(datagram, &self.limits) {
-                Ok(update) if !permitted(&mut self.auth, who, update.ns.as_str()) => {
-                    self.stats
-                        .refuse_by(who.label(), Reason::NotPermitted.as_str());
-                    Err(Reason::NotPermitted)
-                }
-                Ok(update) => self.accept(&update, now),
-                // A map of another type: maybe a board serving commands, or answering one
-                // (only those are decoded a second time, as commands).
-                Err(Rejection::UnknownType)
-                    if command_datagram((datagram, from, who), &self.datagrams, &self.stats) =>
-                {
-                    Ok(())
-                }
-                Err(reason) => Err(reason.into()),
-            };
-            if let Err(reason) = taken {
-                let head = &datagram[..datagram.len().min(48)];
-                self.reject(reason, Source::Udp(from), len, head);
-            }
+            Err(reason) => Err(reason.into()),
+        };
+        if let Err(reason) = taken {
+            let head = &datagram[..datagram.len().min(48)];
+            self.reject(reason, Source::Udp(from), len, head);
         }
     }
 

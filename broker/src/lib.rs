@@ -48,6 +48,7 @@ mod server;
 mod snapshot_server;
 mod stats;
 mod udp_drops;
+mod udp_input;
 
 pub use access::Cidr;
 pub use auth::AuthCell;
