@@ -96,7 +96,6 @@ impl Bench {
         let handles: Vec<_> = (0..subs)
             .map(|i| {
                 subscriber(
-                    &self.zmq,
                     &output.directory,
                     "bench",
                     latency && i == 0,
@@ -259,22 +258,31 @@ impl Bench {
                 }
             }
         }
-        // The generator's own ceiling: unthrottled into the floor's input.
-        let floor = Server::start(Kind::Floor, Options::default())?;
-        let mut g = Generator::new(
-            &self.zmq,
-            Transport::Zmq,
-            &floor.input,
-            floor.udp,
-            "bench",
-            None,
+        self.ceilings("ingest", 1)?;
+        Ok(())
+    }
+
+    /// The bench's own ceilings, recorded under `scenario`: the load generator unthrottled into
+    /// a sink, and `subs` subscribers reading a bare libzmq PUB the bench feeds unthrottled.
+    fn ceilings(&mut self, scenario: &str, subs: usize) -> anyhow::Result<()> {
+        let generator = crate::crowd::generator_ceiling(&self.zmq, self.secs())?;
+        self.report.ceiling(
+            scenario,
+            "load generator alone (one thread, ZMQ+JSON, unthrottled into a bare SUB sink)",
+            generator,
+            "msg/s",
         );
-        std::thread::sleep(Duration::from_millis(200));
-        let (sent, took) = g.run(f64::INFINITY, self.secs(), u64::MAX, 1000);
-        self.report.note(format!(
-            "load generator ceiling (one thread, ZMQ, unthrottled): {:.0} msg/s",
-            sent as f64 / took.as_secs_f64()
-        ));
+        let reading = crate::crowd::subscribers_ceiling(subs, self.secs())?;
+        self.report.ceiling(
+            scenario,
+            &format!(
+                "{subs} subscriber{} alone (each its own context, reading a bare libzmq PUB one \
+                 bench thread feeds unthrottled; the least any received)",
+                if subs == 1 { "" } else { "s" }
+            ),
+            reading,
+            "msg/s",
+        );
         Ok(())
     }
 
@@ -292,6 +300,98 @@ impl Bench {
                 "msg/s",
             );
         }
+        self.ceilings("fanout", 10)?;
+        Ok(())
+    }
+
+    /// Many subscribers at 1,000 updates/s, ours and the floor: every subscriber must receive
+    /// every update; p99 sampled from ten subscribers; the server's CPU per delivered message.
+    pub(crate) fn fanout_many(&mut self) -> anyhow::Result<()> {
+        let sizes: &[usize] = if self.smoke { &[10, 100] } else { &[100, 1000] };
+        let rate = 1000.0;
+        eprintln!(
+            "fanout-many: {sizes:?} subscribers at {rate:.0} updates/s, each must get every one"
+        );
+        let limit = crate::crowd::raise_open_files();
+        let scenario = "fanout-many @ 1,000/s";
+        for &n in sizes {
+            for kind in self
+                .systems()
+                .into_iter()
+                .filter(|k| matches!(k, Kind::Ours | Kind::Floor))
+            {
+                let server = Server::start(kind, Options::default())?;
+                let crowd = crate::crowd::Crowd::start(&server.directory, "bench", n, 10);
+                let mut generator = Generator::new(
+                    &self.zmq,
+                    Transport::Zmq,
+                    &server.input,
+                    server.udp,
+                    "bench",
+                    None,
+                );
+                crate::crowd::await_probes(
+                    &format!("{} with {n} subscribers", kind.label()),
+                    Duration::from_secs(60),
+                    || generator.probe(),
+                    || crowd.synced() == crowd.size(),
+                )
+                .with_context(|| format!("open files: {limit:?}"))?;
+                let cpu = server.cpu_seconds();
+                let (sent, took) = generator.run(rate, self.secs(), u64::MAX, 1000);
+                let seen = crowd.finish(sent)?;
+                let cpu = server.cpu_seconds() - cpu;
+                let least = seen.counts.iter().copied().min().unwrap_or(0);
+                let short = seen.counts.iter().filter(|c| **c < sent).count();
+                let fraction = if sent == 0 {
+                    0.0
+                } else {
+                    least as f64 / sent as f64
+                };
+                let mut lat = seen.latencies;
+                let samples = lat.len();
+                let p99 = percentile_ms(&mut lat, 99.0);
+                self.report.add(
+                    scenario,
+                    &format!("{n} subscribers: least fraction of updates received"),
+                    kind,
+                    fraction,
+                    "fraction",
+                );
+                self.report.add(
+                    scenario,
+                    &format!("{n} subscribers: p99 (10 sampled subscribers)"),
+                    kind,
+                    p99,
+                    "ms",
+                );
+                self.report.add(
+                    scenario,
+                    &format!("{n} subscribers: server CPU per delivered message"),
+                    kind,
+                    cpu * 1e9 / (sent as f64 * n as f64),
+                    "ns",
+                );
+                eprintln!(
+                    "    {} x{n}: sent {sent} in {:.2} s, least received {least}, {samples} latency samples, server CPU {cpu:.2} s",
+                    kind.label(),
+                    took.as_secs_f64()
+                );
+                if short > 0 {
+                    self.report.note(format!(
+                        "FAILED fanout-many, {} with {n} subscribers: {short} subscribers missed \
+                         updates (the least got {least} of {sent})",
+                        kind.label()
+                    ));
+                }
+            }
+        }
+        self.report.note(
+            "fanout-many: subscribers are SUB sockets spread over reader threads of the bench \
+             (250 per thread, each thread its own libzmq context), polled with zmq_poll; CPU per \
+             delivered message = the server process's CPU time while sending and draining / \
+             (updates sent × subscribers)",
+        );
         Ok(())
     }
 
@@ -341,13 +441,7 @@ impl Bench {
         rate: f64,
         prefix: &str,
     ) -> anyhow::Result<()> {
-        let sub = subscriber(
-            &self.zmq,
-            &server.directory,
-            prefix,
-            false,
-            server.keys.as_ref(),
-        );
+        let sub = subscriber(&server.directory, prefix, false, server.keys.as_ref());
         let mut g = Generator::new(
             &self.zmq,
             Transport::Zmq,
@@ -545,7 +639,7 @@ impl Bench {
         stuck.set_rcvhwm(1)?;
         stuck.set_rcvbuf(4096)?;
         stuck.connect(&server.directory)?;
-        let reader = subscriber(&self.zmq, &server.directory, "stuck", false, None);
+        let reader = subscriber(&server.directory, "stuck", false, None);
         let mut g = Generator::new(
             &self.zmq,
             Transport::Zmq,
