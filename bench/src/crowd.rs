@@ -333,6 +333,33 @@ pub(crate) fn subscribers_ceiling(n: usize, duration: Duration) -> anyhow::Resul
     Ok(if least.is_finite() { least } else { 0.0 })
 }
 
+/// The same crowd as a scenario's, reading a [`BarePub`] the bench feeds at `rate` for
+/// `duration`: what the bench's readers reach with nothing but libzmq in the way. Returns the
+/// least fraction any socket received and the p99 of the sampled sockets, in ms.
+pub(crate) fn crowd_ceiling(
+    size: usize,
+    sampled: usize,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let mut publisher = BarePub::bind("bench", 100_000)?;
+    let crowd = Crowd::start(&publisher.url, "bench", size, sampled);
+    await_probes(
+        &format!("the crowd of {size} alone"),
+        Duration::from_secs(60),
+        || publisher.probe(),
+        || crowd.synced() == crowd.size(),
+    )?;
+    let (sent, _) = publisher.run(rate, duration);
+    let seen = crowd.finish(sent)?;
+    let least = seen.counts.iter().copied().min().unwrap_or(0);
+    let mut lat = seen.latencies;
+    Ok((
+        least as f64 / sent.max(1) as f64,
+        crate::load::percentile_ms(&mut lat, 99.0),
+    ))
+}
+
 /// Raises this process's soft limit on open files to the hard limit: a crowd of 1,000
 /// subscribers needs more than the usual 1,024 (a socket and a mailbox each). Returns the limit
 /// now in force.

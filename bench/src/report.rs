@@ -211,24 +211,21 @@ impl Report {
         json!({"command": command, "scenarios": scenarios, "notes": self.notes})
     }
 
-    /// Reads back a report written by [`Report::to_json`]; also returns its command.
+    /// Reads back a report written by [`Report::to_json`] (or the JSON line of a run before
+    /// `--json`: a flat `results` list); also returns its command.
     pub(crate) fn from_json(v: &Value) -> anyhow::Result<(Report, String)> {
-        use anyhow::Context as _;
-        let text = |v: &Value, k: &str| -> anyhow::Result<String> {
-            v[k].as_str()
-                .map(str::to_owned)
-                .with_context(|| format!("\"{k}\" missing or not a string in {v}"))
-        };
-        let number = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-        let list = |v: &Value, k: &str| -> anyhow::Result<Vec<Value>> {
-            match &v[k] {
-                Value::Array(a) => Ok(a.clone()),
-                Value::Null => Ok(Vec::new()),
-                other => anyhow::bail!("\"{k}\" is not a list: {other}"),
-            }
-        };
         let command = text(v, "command")?;
         let mut report = Report::default();
+        // The JSON line of runs before --json: one flat list of metrics, no ceilings.
+        if let Value::Array(results) = &v["results"] {
+            for m in results {
+                metric_row(&mut report.rows, &text(m, "scenario")?, m)?;
+            }
+            for n in list(v, "notes")? {
+                report.notes.push(n.as_str().unwrap_or_default().to_owned());
+            }
+            return Ok((report, command));
+        }
         if !v["scenarios"].is_array() {
             anyhow::bail!(
                 "not a thingsbus-bench JSON report (written by --json): no \"scenarios\" list"
@@ -237,27 +234,7 @@ impl Report {
         for s in list(v, "scenarios")? {
             let scenario = text(&s, "scenario")?;
             for m in list(&s, "metrics")? {
-                let metric = text(&m, "metric")?;
-                let unit = text(&m, "unit")?;
-                let Value::Object(fields) = &m else {
-                    continue;
-                };
-                if let Some(key) = fields.keys().find(|k| {
-                    !matches!(k.as_str(), "metric" | "unit") && Kind::from_str(k, false).is_err()
-                }) {
-                    anyhow::bail!("unknown system {key:?} in {scenario} / {metric}");
-                }
-                for kind in SYSTEMS {
-                    if let Some(value) = fields.get(kind.key()) {
-                        report.rows.push(Row {
-                            scenario: scenario.clone(),
-                            metric: metric.clone(),
-                            kind,
-                            value: number(value),
-                            unit: unit.clone(),
-                        });
-                    }
-                }
+                metric_row(&mut report.rows, &scenario, &m)?;
             }
             for c in list(&s, "ceilings")? {
                 report.ceilings.push(Ceiling {
@@ -273,6 +250,54 @@ impl Report {
         }
         Ok((report, command))
     }
+}
+
+/// `v[k]` as a string, or an error naming what is missing.
+fn text(v: &Value, k: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    v[k].as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("\"{k}\" missing or not a string in {v}"))
+}
+
+/// A value of a report: `null` (not measured) is NaN.
+fn number(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// `v[k]` as a list; absent is empty.
+fn list(v: &Value, k: &str) -> anyhow::Result<Vec<Value>> {
+    match &v[k] {
+        Value::Array(a) => Ok(a.clone()),
+        Value::Null => Ok(Vec::new()),
+        other => anyhow::bail!("\"{k}\" is not a list: {other}"),
+    }
+}
+
+/// One metric's values per system, `{"metric", "unit", "ours": …, "floor": …}`, as rows.
+fn metric_row(rows: &mut Vec<Row>, scenario: &str, m: &Value) -> anyhow::Result<()> {
+    let metric = text(m, "metric")?;
+    let unit = text(m, "unit")?;
+    let Value::Object(fields) = m else {
+        return Ok(());
+    };
+    if let Some(key) = fields.keys().find(|k| {
+        !matches!(k.as_str(), "metric" | "unit" | "scenario") && Kind::from_str(k, false).is_err()
+    }) {
+        anyhow::bail!("unknown system {key:?} in {scenario} / {metric}");
+    }
+    for kind in SYSTEMS {
+        if let Some(value) = fields.get(kind.key()) {
+            rows.push(Row {
+                scenario: scenario.to_owned(),
+                metric: metric.clone(),
+                kind,
+                value: number(value),
+                unit: unit.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `a / b` as `0.61×`, or `–` when either is missing, not finite, or b is 0.
@@ -456,8 +481,23 @@ mod tests {
     }
 
     #[test]
+    fn the_json_line_of_earlier_runs_reads_too() {
+        let v = json!({"command": "thingsbus-bench fanout", "notes": ["n"], "results": [
+            {"scenario": "fanout", "metric": "ZMQ+JSON sustained, to each of 10", "unit": "msg/s",
+             "ours": 1.0, "floor": 2.0}]});
+        let (r, command) = Report::from_json(&v).expect("reads");
+        assert_eq!(command, "thingsbus-bench fanout");
+        assert_eq!(r.rows.len(), 2);
+        assert_eq!(
+            r.get("fanout", "ZMQ+JSON sustained, to each of 10", Kind::Floor),
+            Some(2.0)
+        );
+        assert_eq!(r.notes, ["n"]);
+    }
+
+    #[test]
     fn a_file_that_is_not_a_report_is_refused_saying_so() {
-        let e = Report::from_json(&json!({"command": "x", "results": []})).expect_err("refused");
+        let e = Report::from_json(&json!({"command": "x", "figures": []})).expect_err("refused");
         assert!(
             format!("{e:#}").contains("not a thingsbus-bench JSON report"),
             "{e:#}"

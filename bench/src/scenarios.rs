@@ -385,6 +385,22 @@ impl Bench {
                     ));
                 }
             }
+            let (fraction, p99) = crate::crowd::crowd_ceiling(n, 10, rate, self.secs())?;
+            self.report.ceiling(
+                scenario,
+                &format!(
+                    "{n} subscribers alone (the same reader threads, reading a bare libzmq PUB \
+                     the bench feeds at 1,000/s): p99 of 10 sampled"
+                ),
+                p99,
+                "ms",
+            );
+            self.report.ceiling(
+                scenario,
+                &format!("{n} subscribers alone: least fraction of updates received"),
+                fraction,
+                "fraction",
+            );
         }
         self.report.note(
             "fanout-many: subscribers are SUB sockets spread over reader threads of the bench \
