@@ -320,14 +320,11 @@ pub(crate) fn subscribers_ceiling(n: usize, duration: Duration) -> anyhow::Resul
         || subs.iter().all(|s| s.synced() > 0),
     )?;
     publisher.run(f64::INFINITY, duration);
-    let least = subs
+    let least = crate::load::SubscriberHandle::finish_all(subs)
         .into_iter()
-        .map(|s| {
-            let seen = s.finish();
-            match (seen.first_at, seen.last_at) {
-                (Some(a), Some(b)) if b > a => seen.updates as f64 / (b - a).as_secs_f64(),
-                _ => 0.0,
-            }
+        .map(|seen| match (seen.first_at, seen.last_at) {
+            (Some(a), Some(b)) if b > a => seen.updates as f64 / (b - a).as_secs_f64(),
+            _ => 0.0,
         })
         .fold(f64::INFINITY, f64::min);
     Ok(if least.is_finite() { least } else { 0.0 })

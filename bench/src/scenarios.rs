@@ -128,7 +128,7 @@ impl Bench {
                 .join()
         })
         .map_err(|_| anyhow::anyhow!("generator panicked"))?;
-        let seen: Vec<_> = handles.into_iter().map(|h| h.finish()).collect();
+        let seen = crate::load::SubscriberHandle::finish_all(handles);
         let min_received = seen.iter().map(|s| s.updates).min().unwrap_or(0);
         let mut lat = seen
             .first()
