@@ -272,7 +272,7 @@ impl Bench {
         // The brokers wait (and retry) while the new cluster elects its leaders.
         let a = Server::start(Kind::Ours, clustered(&urls, "a", 50.0, 3))?;
         let b = Server::start(Kind::Ours, clustered(&urls, "b", 50.0, 3))?;
-        let sub = subscriber(&self.zmq, &b.directory, "absorb", false, b.keys.as_ref());
+        let sub = subscriber(&b.directory, "absorb", false, b.keys.as_ref());
         let mut g = Generator::new(
             &self.zmq,
             Transport::Zmq,

@@ -274,15 +274,66 @@ pub(crate) struct SubscriberHandle {
     thread: JoinHandle<Seen>,
 }
 
+/// What one frame from a directory socket is, to a measuring subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// A periodic or instant snapshot chunk.
+    Snapshot,
+    /// One of the measured updates (namespace under the subscriber's prefix).
+    Update,
+    /// A `sync.*` probe: the path is open.
+    Probe,
+    /// Anything else.
+    Other,
+}
+
+/// The namespaces a subscriber counts: `prefix.t…` in JSON (compact, or Python's `"ns": "…`)
+/// and in MessagePack.
+pub(crate) struct Needles {
+    json: Vec<u8>,
+    mp: Vec<u8>,
+}
+
+impl Needles {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Needles {
+            json: format!("\"{prefix}.t").into_bytes(),
+            mp: format!("{prefix}.t").into_bytes(),
+        }
+    }
+
+    pub(crate) fn classify(&self, b: &[u8]) -> Frame {
+        if b.starts_with(b"{\"type\":\"thing_snapshot\"") {
+            return Frame::Snapshot;
+        }
+        let needle = if b.first() == Some(&b'{') {
+            &self.json
+        } else {
+            &self.mp
+        };
+        if memfind(b, needle).is_some() {
+            Frame::Update
+        } else if memfind(b, b"sync.t").is_some() {
+            Frame::Probe
+        } else {
+            Frame::Other
+        }
+    }
+}
+
 /// Starts a subscriber counting updates whose namespace starts with `prefix`; with `latency`,
 /// it also records each one's end-to-end latency from the embedded send time.
+///
+/// Each subscriber has its own libzmq context (so its own I/O thread): subscribers sharing one
+/// I/O thread with each other and the generator made the bench, not the broker, the bound of
+/// fan-out figures.
 pub(crate) fn subscriber(
-    ctx: &zmq::Context,
     url: &str,
     prefix: &str,
     latency: bool,
     keys: Option<&ClientKeys>,
 ) -> SubscriberHandle {
+    let ctx = zmq::Context::new();
     let s = ctx.socket(zmq::SUB).expect("SUB");
     if let Some(k) = keys {
         curve_client(&s, k).expect("CURVE keys");
@@ -297,9 +348,7 @@ pub(crate) fn subscriber(
     let synced2 = synced.clone();
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let count2 = count.clone();
-    // `"bench.t` matches both compact JSON and Python's `"ns": "bench.t`.
-    let needle_json = format!("\"{prefix}.t").into_bytes();
-    let needle_mp = format!("{prefix}.t").into_bytes();
+    let needles = Needles::new(prefix);
     let thread = std::thread::spawn(move || {
         let mut seen = Seen::default();
         let mut msg = zmq::Message::new();
@@ -309,20 +358,17 @@ pub(crate) fn subscriber(
                 Ok(()) => {
                     idle_since = None;
                     let b: &[u8] = &msg;
-                    if b.starts_with(b"{\"type\":\"thing_snapshot\"") {
-                        seen.snapshots += 1;
-                        continue;
-                    }
-                    let ours = if b.first() == Some(&b'{') {
-                        memfind(b, &needle_json).is_some()
-                    } else {
-                        memfind(b, &needle_mp).is_some()
-                    };
-                    if !ours {
-                        if memfind(b, b"sync.t").is_some() {
-                            synced2.fetch_add(1, Ordering::Relaxed);
+                    match needles.classify(b) {
+                        Frame::Snapshot => {
+                            seen.snapshots += 1;
+                            continue;
                         }
-                        continue;
+                        Frame::Probe => {
+                            synced2.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Frame::Other => continue,
+                        Frame::Update => {}
                     }
                     let now = Instant::now();
                     seen.first_at.get_or_insert(now);
@@ -347,6 +393,8 @@ pub(crate) fn subscriber(
                 }
             }
         }
+        drop(s);
+        drop(ctx);
         seen
     });
     SubscriberHandle {
@@ -368,6 +416,15 @@ impl SubscriberHandle {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Lets every subscriber drain what is in flight, all at once (each waits for 300 ms of
+    /// quiet: one after the other, ten would take 3 s), then returns what each saw.
+    pub(crate) fn finish_all(handles: Vec<SubscriberHandle>) -> Vec<Seen> {
+        for h in &handles {
+            h.stop.store(true, Ordering::Relaxed);
+        }
+        handles.into_iter().map(SubscriberHandle::finish).collect()
+    }
+
     /// Lets the subscriber drain what is in flight, then returns what it saw.
     pub(crate) fn finish(self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
@@ -380,7 +437,7 @@ fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The send time `"t": <ns>` from JSON, or from the MessagePack `t` key.
-fn embedded_t(b: &[u8]) -> Option<u64> {
+pub(crate) fn embedded_t(b: &[u8]) -> Option<u64> {
     if b.first() == Some(&b'{') {
         let at = memfind(b, b"\"t\":")? + 4;
         let digits: String = b[at..]

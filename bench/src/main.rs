@@ -3,11 +3,14 @@
 //! ```text
 //! cargo run --release -p thingsbus-bench -- all --seconds 2
 //! cargo run --release -p thingsbus-bench -- ingest --against floor
+//! cargo run --release -p thingsbus-bench -- fanout --against floor --json new.json
+//! cargo run --release -p thingsbus-bench -- compare old.json new.json
 //! ```
 
 mod agent;
 mod cluster;
 mod commands;
+mod crowd;
 mod curve;
 mod history;
 mod limits;
@@ -27,11 +30,14 @@ use crate::servers::{Kind, Serve};
 /// Benchmark the thingsbus broker against the libzmq floor and the Python 0.2.1 broker.
 ///
 /// Every server runs in its own process on 127.0.0.1 with ephemeral ports; load generators and
-/// subscribers are threads of this process. Prints a Markdown table, then one JSON line.
+/// subscribers are threads of this process (each subscriber its own libzmq context). Prints a
+/// Markdown table, then the same report as one JSON line (and, with --json, into a file).
 #[derive(Parser)]
 #[command(
     name = "thingsbus-bench",
-    after_help = "Examples:\n  thingsbus-bench all --seconds 2\n  thingsbus-bench ingest --against floor"
+    after_help = "Examples:\n  thingsbus-bench all --seconds 2\n  thingsbus-bench ingest --against floor\n  \
+                  thingsbus-bench fanout --against floor --json new.json\n  \
+                  thingsbus-bench compare old.json new.json"
 )]
 struct Args {
     /// What to measure.
@@ -49,6 +55,10 @@ struct Args {
         global = true
     )]
     against: Vec<Kind>,
+    /// Also write the report as JSON to this file (one object per scenario; what `compare`
+    /// reads).
+    #[arg(long, value_name = "FILE", global = true)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, clap::Subcommand)]
@@ -57,6 +67,9 @@ enum Scenario {
     Ingest,
     /// Highest sustained rate delivered to each of 10 subscribers.
     Fanout,
+    /// 100 and 1,000 subscribers at 1,000 updates/s (ours and the floor): the least fraction any
+    /// subscriber received, p99, and the server's CPU per delivered message.
+    FanoutMany,
     /// End-to-end latency, adaptor send to subscriber receive.
     Latency,
     /// Time from connect until a new client's mirror holds every thing.
@@ -83,6 +96,14 @@ enum Scenario {
     History,
     /// Every scenario above, in that order.
     All,
+    /// Two reports written with --json side by side: old and new value, new / old, and ours /
+    /// floor in each, as a Markdown table.
+    Compare {
+        /// The earlier report.
+        old: std::path::PathBuf,
+        /// The later report.
+        new: std::path::PathBuf,
+    },
     /// Our broker as a server process of the bench (started by the bench itself): endpoints as
     /// one JSON line on stdout, then serves until stdin closes.
     #[command(hide = true)]
@@ -94,6 +115,20 @@ enum Scenario {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Bench and server modes alike: 1,000 subscribers are 1,000 connections on each side.
+    crowd::raise_open_files();
+    if let Scenario::Compare { old, new } = &args.scenario {
+        return match compare_files(old, new) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("thingsbus-bench compare: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let served = match &args.scenario {
         Scenario::ServeBroker(serve) => Some(servers::serve_broker(serve)),
         Scenario::ServeFloor(serve) => Some(servers::serve_floor(serve)),
@@ -116,6 +151,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `compare OLD NEW`: both reports read, the table of [`report::compare`].
+fn compare_files(old: &std::path::Path, new: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let read = |path: &std::path::Path| -> anyhow::Result<report::Report> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not JSON: write reports with `thingsbus-bench ... --json FILE`",
+                path.display()
+            )
+        })?;
+        let (r, command) =
+            report::Report::from_json(&v).with_context(|| format!("reading {}", path.display()))?;
+        eprintln!("{}: {command}", path.display());
+        Ok(r)
+    };
+    Ok(report::compare(&read(old)?, &read(new)?))
 }
 
 /// One scenario's measurements.
@@ -143,9 +198,10 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
             .note("python 0.2.1 skipped: not installed (scripts/python-peers.sh)");
     }
     let started = std::time::Instant::now();
-    let steps: [(Scenario, Step); 12] = [
+    let steps: [(Scenario, Step); 13] = [
         (Scenario::Ingest, Bench::ingest),
         (Scenario::Fanout, Bench::fanout),
+        (Scenario::FanoutMany, Bench::fanout_many),
         (Scenario::Latency, Bench::latency),
         (Scenario::Latejoin, Bench::latejoin),
         (Scenario::SnapshotStall, Bench::snapshot_stall),
@@ -170,12 +226,14 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
         if bench.smoke { " (smoke sizes)" } else { "" }
     ));
     println!("{}", bench.report.markdown());
-    println!(
-        "{}",
-        bench
-            .report
-            .json_line(&format!("thingsbus-bench {command}"))
-    );
+    let json = bench.report.to_json(&format!("thingsbus-bench {command}"));
+    println!("{json}");
+    if let Some(path) = &args.json {
+        use anyhow::Context as _;
+        std::fs::write(path, format!("{json:#}\n"))
+            .with_context(|| format!("writing the JSON report to {}", path.display()))?;
+        eprintln!("JSON report written to {}", path.display());
+    }
     Ok(())
 }
 
@@ -216,6 +274,22 @@ mod tests {
         let a = parse("thingsbus-bench snapshot-stall --against floor,python,ours");
         assert_eq!(a.scenario, Scenario::SnapshotStall);
         assert_eq!(a.against, [Kind::Floor, Kind::Python, Kind::Ours]);
+    }
+
+    #[test]
+    fn json_and_compare_parse() {
+        let a = parse("thingsbus-bench fanout-many --seconds 0.5 --json /tmp/r.json");
+        assert_eq!(a.scenario, Scenario::FanoutMany);
+        assert_eq!(a.json, Some(std::path::PathBuf::from("/tmp/r.json")));
+        let a = parse("thingsbus-bench compare old.json new.json");
+        assert_eq!(
+            a.scenario,
+            Scenario::Compare {
+                old: "old.json".into(),
+                new: "new.json".into()
+            }
+        );
+        assert!(Args::try_parse_from(["thingsbus-bench", "compare", "old.json"]).is_err());
     }
 
     #[test]

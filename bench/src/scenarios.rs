@@ -103,7 +103,6 @@ impl Bench {
         let handles: Vec<_> = (0..subs)
             .map(|i| {
                 subscriber(
-                    &self.zmq,
                     &output.directory,
                     "bench",
                     latency && i == 0,
@@ -142,7 +141,7 @@ impl Bench {
                 .join()
         })
         .map_err(|_| anyhow::anyhow!("generator panicked"))?;
-        let seen: Vec<_> = handles.into_iter().map(|h| h.finish()).collect();
+        let seen = crate::load::SubscriberHandle::finish_all(handles);
         let kernel_drops = match (drops_before, udp_drops()) {
             (Some(before), Some(after)) => after.saturating_sub(before),
             _ => 0,
@@ -279,43 +278,57 @@ impl Bench {
                 }
             }
         }
-        // The generator's own ceiling: unthrottled into the floor's input.
-        let floor = Server::start(Kind::Floor, Options::default())?;
-        let mut g = Generator::new(
-            &self.zmq,
-            Transport::Zmq,
-            &floor.input,
-            floor.udp,
-            "bench",
-            None,
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        let (sent, took) = g.run(f64::INFINITY, self.secs(), u64::MAX, 1000);
-        self.report.note(format!(
-            "load generator ceiling (one thread, ZMQ, unthrottled): {:.0} msg/s",
-            sent as f64 / took.as_secs_f64()
-        ));
+        self.ceilings("ingest", 1)?;
         // Over UDP: unthrottled into a socket nobody reads (the kernel drops what does not fit),
         // so the figure is the generator's own, with no server taking a core from it.
         let sink = std::net::UdpSocket::bind("127.0.0.1:0").context("binding a UDP sink")?;
         let mut g = Generator::new(
             &self.zmq,
             Transport::Udp,
-            &floor.input,
+            "",
             sink.local_addr()?,
             "bench",
             None,
         );
         let (sent, took) = g.run(f64::INFINITY, self.secs(), u64::MAX, 1000);
-        self.report.note(format!(
-            "load generator ceiling (one thread, UDP sendmmsg batches of {}, unthrottled into an unread socket): {:.0} msg/s",
-            crate::udp_send::BATCH,
-            sent as f64 / took.as_secs_f64()
-        ));
+        self.report.ceiling(
+            "ingest",
+            &format!(
+                "load generator alone (one thread, UDP sendmmsg batches of {}, unthrottled into \
+                 an unread socket)",
+                crate::udp_send::BATCH
+            ),
+            sent as f64 / took.as_secs_f64(),
+            "msg/s",
+        );
         self.report.note(
             "a UDP step passes only with no datagram dropped by the kernel on the server's \
              input (/proc/net/udp drops), besides loss < 0.1 % at the subscriber"
                 .to_owned(),
+        );
+        Ok(())
+    }
+
+    /// The bench's own ceilings, recorded under `scenario`: the load generator unthrottled into
+    /// a sink, and `subs` subscribers reading a bare libzmq PUB the bench feeds unthrottled.
+    fn ceilings(&mut self, scenario: &str, subs: usize) -> anyhow::Result<()> {
+        let generator = crate::crowd::generator_ceiling(&self.zmq, self.secs())?;
+        self.report.ceiling(
+            scenario,
+            "load generator alone (one thread, ZMQ+JSON, unthrottled into a bare SUB sink)",
+            generator,
+            "msg/s",
+        );
+        let reading = crate::crowd::subscribers_ceiling(subs, self.secs())?;
+        self.report.ceiling(
+            scenario,
+            &format!(
+                "{subs} subscriber{} alone (each its own context, reading a bare libzmq PUB one \
+                 bench thread feeds unthrottled; the least any received)",
+                if subs == 1 { "" } else { "s" }
+            ),
+            reading,
+            "msg/s",
         );
         Ok(())
     }
@@ -334,6 +347,114 @@ impl Bench {
                 "msg/s",
             );
         }
+        self.ceilings("fanout", 10)?;
+        Ok(())
+    }
+
+    /// Many subscribers at 1,000 updates/s, ours and the floor: every subscriber must receive
+    /// every update; p99 sampled from ten subscribers; the server's CPU per delivered message.
+    pub(crate) fn fanout_many(&mut self) -> anyhow::Result<()> {
+        let sizes: &[usize] = if self.smoke { &[10, 100] } else { &[100, 1000] };
+        let rate = 1000.0;
+        eprintln!(
+            "fanout-many: {sizes:?} subscribers at {rate:.0} updates/s, each must get every one"
+        );
+        let limit = crate::crowd::raise_open_files();
+        let scenario = "fanout-many @ 1,000/s";
+        for &n in sizes {
+            for kind in self
+                .systems()
+                .into_iter()
+                .filter(|k| matches!(k, Kind::Ours | Kind::Floor))
+            {
+                let server = Server::start(kind, Options::default())?;
+                let crowd = crate::crowd::Crowd::start(&server.directory, "bench", n, 10);
+                let mut generator = Generator::new(
+                    &self.zmq,
+                    Transport::Zmq,
+                    &server.input,
+                    server.udp,
+                    "bench",
+                    None,
+                );
+                crate::crowd::await_probes(
+                    &format!("{} with {n} subscribers", kind.label()),
+                    Duration::from_secs(60),
+                    || generator.probe(),
+                    || crowd.synced() == crowd.size(),
+                )
+                .with_context(|| format!("open files: {limit:?}"))?;
+                let cpu = server.cpu_seconds();
+                let (sent, took) = generator.run(rate, self.secs(), u64::MAX, 1000);
+                let seen = crowd.finish(sent)?;
+                let cpu = server.cpu_seconds() - cpu;
+                let least = seen.counts.iter().copied().min().unwrap_or(0);
+                let short = seen.counts.iter().filter(|c| **c < sent).count();
+                let fraction = if sent == 0 {
+                    0.0
+                } else {
+                    least as f64 / sent as f64
+                };
+                let mut lat = seen.latencies;
+                let samples = lat.len();
+                let p99 = percentile_ms(&mut lat, 99.0);
+                self.report.add(
+                    scenario,
+                    &format!("{n} subscribers: least fraction of updates received"),
+                    kind,
+                    fraction,
+                    "fraction",
+                );
+                self.report.add(
+                    scenario,
+                    &format!("{n} subscribers: p99 (10 sampled subscribers)"),
+                    kind,
+                    p99,
+                    "ms",
+                );
+                self.report.add(
+                    scenario,
+                    &format!("{n} subscribers: server CPU per delivered message"),
+                    kind,
+                    cpu * 1e9 / (sent as f64 * n as f64),
+                    "ns",
+                );
+                eprintln!(
+                    "    {} x{n}: sent {sent} in {:.2} s, least received {least}, {samples} latency samples, server CPU {cpu:.2} s",
+                    kind.label(),
+                    took.as_secs_f64()
+                );
+                if short > 0 {
+                    self.report.note(format!(
+                        "FAILED fanout-many, {} with {n} subscribers: {short} subscribers missed \
+                         updates (the least got {least} of {sent})",
+                        kind.label()
+                    ));
+                }
+            }
+            let (fraction, p99) = crate::crowd::crowd_ceiling(n, 10, rate, self.secs())?;
+            self.report.ceiling(
+                scenario,
+                &format!(
+                    "{n} subscribers alone (the same reader threads, reading a bare libzmq PUB \
+                     the bench feeds at 1,000/s): p99 of 10 sampled"
+                ),
+                p99,
+                "ms",
+            );
+            self.report.ceiling(
+                scenario,
+                &format!("{n} subscribers alone: least fraction of updates received"),
+                fraction,
+                "fraction",
+            );
+        }
+        self.report.note(
+            "fanout-many: subscribers are SUB sockets spread over reader threads of the bench \
+             (250 per thread, each thread its own libzmq context), polled with zmq_poll; CPU per \
+             delivered message = the server process's CPU time while sending and draining / \
+             (updates sent × subscribers)",
+        );
         Ok(())
     }
 
@@ -383,13 +504,7 @@ impl Bench {
         rate: f64,
         prefix: &str,
     ) -> anyhow::Result<()> {
-        let sub = subscriber(
-            &self.zmq,
-            &server.directory,
-            prefix,
-            false,
-            server.keys.as_ref(),
-        );
+        let sub = subscriber(&server.directory, prefix, false, server.keys.as_ref());
         let mut g = Generator::new(
             &self.zmq,
             Transport::Zmq,
@@ -613,7 +728,7 @@ impl Bench {
         stuck.set_rcvhwm(1)?;
         stuck.set_rcvbuf(4096)?;
         stuck.connect(&server.directory)?;
-        let reader = subscriber(&self.zmq, &server.directory, "stuck", false, None);
+        let reader = subscriber(&server.directory, "stuck", false, None);
         let mut g = Generator::new(
             &self.zmq,
             Transport::Zmq,
