@@ -173,3 +173,83 @@ fn big_directory_goes_out_in_bounded_chunks() {
             >= chunks.len() as u64
     );
 }
+
+/// A directory bigger than one slice of a periodic snapshot (the broker copies 16,384 things a
+/// turn), with live updates to some things while snapshots go out: every full snapshot holds
+/// each quiet thing exactly once, and no snapshot entry is older than a live update of the same
+/// thing that came before it on the stream.
+#[test]
+fn a_snapshot_taken_in_slices_holds_everything_and_never_goes_back() {
+    let rig = Rig::new(|c| c.snapshot_interval = Duration::from_millis(300));
+    let n = 40_000;
+    for i in 0..n {
+        rig.zmq
+            .send_json(&json!([format!("big.t{i:05}"), null, {"v": 0}, null]));
+    }
+    rig.sub.update_for(&format!("big.t{:05}", n - 1));
+    let hot: Vec<String> = (0..n).step_by(97).map(|i| format!("big.t{i:05}")).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let input = ZmqInput::connect(&rig.broker);
+        let (hot, stop) = (hot.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut v = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                v += 1;
+                for ns in &hot {
+                    input.send_json(&json!([ns, null, {"v": v}, null]));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let mut live: HashMap<String, u64> = HashMap::new();
+    let mut full = 0;
+    let mut current: Option<(Value, HashSet<String>, u64)> = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while full < 3 {
+        assert!(std::time::Instant::now() < deadline, "three full snapshots");
+        let v = rig.sub.recv_json(DEADLINE).expect("traffic");
+        match v["type"].as_str() {
+            Some("thing_update") => {
+                if let (Some(ns), Some(got)) = (v["ns"].as_str(), v["data"]["v"].as_u64()) {
+                    live.insert(ns.to_owned(), got);
+                }
+            }
+            Some("thing_snapshot") => {
+                if v["chunk"] == 0 {
+                    current = Some((v["snapshot"].clone(), HashSet::new(), 0));
+                }
+                let Some((id, seen, next)) = current.as_mut() else {
+                    continue; // joined in the middle of one
+                };
+                assert_eq!(&v["snapshot"], id, "chunks of two snapshots interleaved");
+                assert_eq!(v["chunk"], *next, "chunks out of order");
+                *next += 1;
+                for (ns, entry) in v["data"].as_object().expect("data object") {
+                    assert!(seen.insert(ns.clone()), "{ns} twice in one snapshot");
+                    let Some(got) = entry["data"]["v"].as_u64() else {
+                        continue; // the broker's own thing
+                    };
+                    let before = live.get(ns).copied().unwrap_or(0);
+                    assert!(
+                        got >= before,
+                        "{ns}: the snapshot sent v={got} after a live v={before}"
+                    );
+                }
+                if v["last"] == true {
+                    let (_, seen, _) = current.take().expect("open");
+                    let quiet_missing = (0..n)
+                        .map(|i| format!("big.t{i:05}"))
+                        .filter(|ns| !hot.contains(ns) && !seen.contains(ns))
+                        .count();
+                    assert_eq!(quiet_missing, 0, "quiet things missing from a snapshot");
+                    full += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().expect("writer");
+}

@@ -225,6 +225,80 @@ impl Bench {
             .build()?;
         self.propagation(&rt)?;
         self.absorb_load_ingest(&rt)?;
+        if !self.smoke {
+            self.million()?;
+        }
+        Ok(())
+    }
+
+    /// A million things through the cluster (one NATS server, one replica: the bucket's own
+    /// speed is measured above): broker A takes them in, broker B shows they are all in the
+    /// bucket, then a new broker C starts on it. Reports C's start until a client of C holds
+    /// them all, and C's resident memory then.
+    fn million(&mut self) -> anyhow::Result<()> {
+        let n: u64 = 1_000_000;
+        let nats = nats_servers(1, None)?;
+        let urls = nats.urls();
+        let a = Server::start(Kind::Ours, clustered(&urls, "a", 50.0, 1))?;
+        let b = Server::start(Kind::Ours, clustered(&urls, "b", 50.0, 1))?;
+        let sub = subscriber(&b.directory, "million", false, b.keys.as_ref());
+        let mut g = Generator::new(
+            &self.zmq,
+            Transport::Zmq,
+            &a.input,
+            a.udp,
+            "million",
+            a.keys.as_ref(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sub.synced() == 0 {
+            if Instant::now() > deadline {
+                bail!("cluster, a million: probes never went from A to B");
+            }
+            g.probe();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let started = Instant::now();
+        let (sent, _) = g.run(100_000.0, Duration::from_secs(600), n, n);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while sub.updates() < sent {
+            if Instant::now() > deadline {
+                bail!(
+                    "cluster, a million: B saw {} of {sent} things",
+                    sub.updates()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let absorbed = n as f64 / started.elapsed().as_secs_f64();
+        drop(sub.finish());
+        drop((a, b));
+        self.report.add(
+            "cluster",
+            "1,000,000 distinct things, 1 replica, absorbed",
+            Kind::Ours,
+            absorbed,
+            "msg/s",
+        );
+        let started = Instant::now();
+        let c = Server::start(Kind::Ours, clustered(&urls, "c", 50.0, 1))?;
+        let ready = started.elapsed();
+        let joined =
+            crate::scenarios::join_time_under(&c.directory, c.snapshot.as_deref(), "million", n)?;
+        self.report.add(
+            "cluster",
+            "new broker: start → a client holds 1,000,000 things",
+            Kind::Ours,
+            (ready + joined).as_secs_f64() * 1e3,
+            "ms",
+        );
+        self.report.add(
+            "cluster",
+            "new broker holding 1,000,000 things: RSS",
+            Kind::Ours,
+            c.rss_kib() as f64 / 1024.0,
+            "MiB",
+        );
         Ok(())
     }
 

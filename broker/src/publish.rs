@@ -20,11 +20,27 @@ use crate::stats::{self, Stats};
 pub(crate) enum Job {
     /// Encoded `thing_update`s.
     Updates(Vec<Arc<[u8]>>),
-    /// A snapshot consistent with `header.seq`: the encoded last update of each live thing.
+    /// One slice of a snapshot taken after `header.seq`: the encoded last update of live
+    /// things, as they were when the slice was copied; `last` ends the snapshot. Ingest counts
+    /// the whole snapshot as one job (see [`Output::begin`]), ended with its last slice.
     Snapshot {
         header: SnapshotHeader,
         entries: Vec<Arc<[u8]>>,
+        last: bool,
     },
+}
+
+/// A snapshot whose slices are going out.
+struct Open {
+    writer: ChunkWriter,
+    /// Namespaces that went out live since the snapshot began: their entries in later slices
+    /// are left out (subscribers have them, newer or the same).
+    superseded: HashSet<Box<[u8]>>,
+    header: SnapshotHeader,
+    chunks: u64,
+    skipped: u64,
+    things: usize,
+    started: std::time::Instant,
 }
 
 /// The directory output socket, shared by the ingest and publish threads under a mutex (the
@@ -120,6 +136,7 @@ impl Publisher {
 
     pub(crate) fn run(self) {
         let mut queued = Vec::new();
+        let mut open: Option<Open> = None;
         let heart = self.stats.health.beat("thingsbus-publish");
         loop {
             heart.beat();
@@ -133,12 +150,36 @@ impl Publisher {
                 },
             };
             match job {
-                Job::Updates(batch) => self.send_updates(&batch, None),
-                Job::Snapshot { header, entries } => {
-                    let more = self.send_snapshot(header, entries, &mut queued);
-                    self.output.end();
-                    if !more {
+                Job::Updates(batch) => {
+                    self.send_updates(&batch, open.as_mut().map(|o| &mut o.superseded));
+                }
+                Job::Snapshot {
+                    header,
+                    entries,
+                    last,
+                } => {
+                    let o = open.get_or_insert_with(|| Open {
+                        writer: ChunkWriter::new(header, self.chunk_bytes),
+                        superseded: HashSet::new(),
+                        header,
+                        chunks: 0,
+                        skipped: 0,
+                        things: 0,
+                        started: std::time::Instant::now(),
+                    });
+                    if !self.send_slice(o, &entries, &mut queued) {
                         break;
+                    }
+                    if last {
+                        if let Some(o) = open.take() {
+                            self.finish_snapshot(o);
+                        }
+                        self.output.end();
+                    } else if o.writer.has_entries() {
+                        // Live updates may go out before the next slice: nothing already
+                        // written may wait in a chunk behind them.
+                        self.output.send_one(&o.writer.take_chunk());
+                        o.chunks += 1;
                     }
                 }
             }
@@ -170,50 +211,46 @@ impl Publisher {
         }
     }
 
-    fn send_snapshot(
-        &self,
-        header: SnapshotHeader,
-        entries: Vec<Arc<[u8]>>,
-        queued: &mut Vec<Job>,
-    ) -> bool {
-        let started = std::time::Instant::now();
-        let mut writer = ChunkWriter::new(header, self.chunk_bytes);
-        let mut superseded = HashSet::new();
-        let mut chunks = 0u64;
-        let mut skipped = 0u64;
-        for entry in &entries {
+    /// Sends one slice of the open snapshot, chunk by chunk, with the live updates waiting
+    /// between two chunks. Returns false when the ingest side has gone away.
+    fn send_slice(&self, o: &mut Open, entries: &[Arc<[u8]>], queued: &mut Vec<Job>) -> bool {
+        o.things += entries.len();
+        for entry in entries {
             let ns = encoded_update_ns(entry);
-            if superseded.contains(ns) {
-                skipped += 1;
+            if o.superseded.contains(ns) {
+                o.skipped += 1;
                 continue;
             }
-            if writer.is_full_for(ns, entry) {
-                self.output.send_one(&writer.take_chunk());
-                chunks += 1;
+            if o.writer.is_full_for(ns, entry) {
+                self.output.send_one(&o.writer.take_chunk());
+                o.chunks += 1;
                 // The current chunk is empty now, so no entry already written can be superseded.
-                if !self.forward_waiting(&mut superseded, queued) {
+                if !self.forward_waiting(&mut o.superseded, queued) {
                     return false;
                 }
-                if superseded.contains(ns) {
-                    skipped += 1;
+                if o.superseded.contains(ns) {
+                    o.skipped += 1;
                     continue;
                 }
             }
-            writer.push(ns, entry);
+            o.writer.push(ns, entry);
         }
-        self.output.send_one(&writer.finish());
-        chunks += 1;
+        true
+    }
+
+    fn finish_snapshot(&self, o: Open) {
+        self.output.send_one(&o.writer.finish());
+        let chunks = o.chunks + 1;
         stats::add(&self.stats.snapshots, 1);
         stats::add(&self.stats.snapshot_chunks, chunks);
-        stats::add(&self.stats.snapshot_entries_superseded, skipped);
+        stats::add(&self.stats.snapshot_entries_superseded, o.skipped);
         tracing::debug!(
-            things = entries.len(),
+            things = o.things,
             chunks,
-            superseded = skipped,
-            seq = header.seq,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            superseded = o.skipped,
+            seq = o.header.seq,
+            elapsed_ms = o.started.elapsed().as_secs_f64() * 1e3,
             "snapshot sent"
         );
-        true
     }
 }

@@ -376,6 +376,37 @@ impl Directory {
             .collect()
     }
 
+    /// [`Directory::live_entries`] a slice at a time: the live entries among at most `max`
+    /// things from position `from`, and the position to go on from (`None` at the end). A
+    /// broker takes a big snapshot this way, one slice per turn of its loop, so the time it
+    /// holds the directory for a snapshot does not grow with the directory.
+    ///
+    /// Positions move only when a thing is forgotten ([`Directory::sweep`],
+    /// [`Directory::forget_older_than`]): a caller walking the directory this way forgets nothing
+    /// until it reaches the end. A thing added meanwhile is at the end, and is met.
+    pub fn live_entries_from(
+        &self,
+        from: usize,
+        max: usize,
+        now: Timestamp,
+        live_window: f64,
+    ) -> (Vec<Arc<[u8]>>, Option<usize>) {
+        let cutoff = now.as_secs() - live_window;
+        let end = from.saturating_add(max).min(self.things.len());
+        let entries = self
+            .things
+            .get_range(from.min(end)..end)
+            .map(|slice| {
+                slice
+                    .values()
+                    .filter(|e| e.ts.as_secs() >= cutoff)
+                    .map(|e| e.encoded.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (entries, (end < self.things.len()).then_some(end))
+    }
+
     /// The things whose last `ts` is older than the live window but which are not forgotten
     /// yet, encoded as updates: what a snapshot request that asks for stale things adds.
     pub fn stale_entries(&self, now: Timestamp, live_window: f64) -> Vec<Arc<[u8]>> {
@@ -694,5 +725,41 @@ mod tests {
                 break;
             }
         }
+    }
+
+    #[test]
+    fn live_entries_a_slice_at_a_time_meet_every_live_thing_once() {
+        let mut d = Directory::new();
+        for i in 0..50 {
+            let ts = if i % 5 == 0 { 10.0 } else { 99.0 };
+            apply(&mut d, &format!(r#"["t{i}", {ts}, 1, null]"#), 0.0);
+        }
+        let now = Timestamp::from_secs(100.0).unwrap();
+        let mut whole: Vec<Vec<u8>> = d
+            .live_entries(now, 60.0)
+            .iter()
+            .map(|e| e.to_vec())
+            .collect();
+        let mut sliced = Vec::new();
+        let mut at = Some(0);
+        let mut turns = 0;
+        while let Some(from) = at {
+            let (part, next) = d.live_entries_from(from, 7, now, 60.0);
+            assert!(part.len() <= 7);
+            sliced.extend(part.iter().map(|e| e.to_vec()));
+            at = next;
+            turns += 1;
+            if turns == 2 {
+                // Added during the walk: met at the end.
+                apply(&mut d, r#"["late", 99.0, 1, null]"#, 0.0);
+                whole.push(d.get("late").unwrap().encoded.to_vec());
+            }
+        }
+        assert_eq!(turns, 8, "51 things, 7 at a time");
+        whole.sort();
+        sliced.sort();
+        assert_eq!(sliced.len(), 41);
+        assert_eq!(sliced, whole);
+        assert_eq!(d.live_entries_from(51, 7, now, 60.0), (Vec::new(), None));
     }
 }

@@ -104,6 +104,11 @@ impl ChunkWriter {
             && self.buf.len() + Self::needed(ns, encoded_update) + TAIL_MORE.len() > self.max_bytes
     }
 
+    /// True when the current chunk holds at least one entry.
+    pub fn has_entries(&self) -> bool {
+        self.entries > 0
+    }
+
     /// Closes the current chunk (not the last one), returns it and starts the next.
     pub fn take_chunk(&mut self) -> Vec<u8> {
         self.buf.extend_from_slice(TAIL_MORE);
