@@ -386,7 +386,7 @@ impl Ingest {
         let steps = u32::try_from(self.dir.len() / SWEEP_STEP + 1).unwrap_or(u32::MAX);
         let swept = self
             .dir
-            .sweep(now, self.live_window, self.forget_after, SWEEP_STEP);
+            .sweep(now, self.live_window, f64::INFINITY, SWEEP_STEP);
         if swept.forgotten > 0 {
             stats::add(&self.stats.forgotten, swept.forgotten as u64);
             stats::set(&self.stats.things, self.dir.len() as u64);
@@ -733,6 +733,14 @@ impl Ingest {
     /// far), its entries a slice at a time (see [`Ingest::snapshot_slice`]).
     fn start_snapshot(&mut self) {
         let now = Timestamp::now();
+        // Forgetting stays here, between two snapshots, as before the sweep: done in the
+        // sweep's steps it broke http::things_the_directory_forgot_leave_the_http_side_too
+        // (not understood yet; see the closing note of 2026-12-06).
+        let forgotten = self.dir.forget_older_than(now, self.forget_after);
+        if forgotten > 0 {
+            stats::add(&self.stats.forgotten, forgotten as u64);
+            tracing::debug!(forgotten, "forgot things not heard of within forget_after");
+        }
         stats::set(&self.stats.things, self.dir.len() as u64);
         self.snapshot_id += 1;
         self.pass = Some(SnapshotPass {
