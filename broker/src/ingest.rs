@@ -63,8 +63,8 @@ impl Turn {
 const DIRECT_MAX: usize = 32;
 /// Longest sleep in poll: bounds how long a stop request waits.
 const MAX_POLL_MS: i64 = 50;
-/// How long one pass over the directory, looking for things that left the live window or are
-/// to be forgotten, takes at most.
+/// How long one pass over the directory, looking for things that left the live window, takes
+/// at most.
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 /// Things looked at in one step of that pass: a pass over a big directory is cut into steps of
 /// this many, spread over [`EXPIRY_EVERY`], so live updates wait for one step at most (about
@@ -378,8 +378,8 @@ impl Ingest {
         let _ = self.views.try_send(view);
     }
 
-    /// One step of the pass over the directory: forgets the things not heard of within
-    /// `forget_after` and publishes `thing_expired` for things that left the live window.
+    /// One step of the pass over the directory: publishes `thing_expired` for things that left
+    /// the live window (forgetting is done at snapshot time, see [`Ingest::start_snapshot`]).
     /// Returns when the next step is due: a pass takes [`EXPIRY_EVERY`] whatever the size.
     fn expire(&mut self) -> Duration {
         let now = Timestamp::now();
@@ -387,14 +387,6 @@ impl Ingest {
         let swept = self
             .dir
             .sweep(now, self.live_window, f64::INFINITY, SWEEP_STEP);
-        if swept.forgotten > 0 {
-            stats::add(&self.stats.forgotten, swept.forgotten as u64);
-            stats::set(&self.stats.things, self.dir.len() as u64);
-            tracing::debug!(
-                forgotten = swept.forgotten,
-                "forgot things not heard of within forget_after"
-            );
-        }
         let next = EXPIRY_EVERY / steps;
         let expired = swept.expired;
         if expired.is_empty() {
