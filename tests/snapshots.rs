@@ -114,7 +114,9 @@ fn snapshot_seq_matches_the_updates_before_it() {
                 assert!(s > last_update_seq);
                 last_update_seq = s;
             }
-            Some("thing_snapshot") if v["chunk"] == 0 => {
+            // Not before the first of them: a snapshot taken between `Rig::new`'s sync and the
+            // first update carries the seq of sync messages this loop never saw (failed so once).
+            Some("thing_snapshot") if v["chunk"] == 0 && last_update_seq > 0 => {
                 assert_eq!(v["seq"].as_u64(), Some(last_update_seq), "snapshot seq");
                 checked += 1;
             }

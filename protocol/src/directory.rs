@@ -381,8 +381,7 @@ impl Directory {
     /// broker takes a big snapshot this way, one slice per turn of its loop, so the time it
     /// holds the directory for a snapshot does not grow with the directory.
     ///
-    /// Positions move only when a thing is forgotten ([`Directory::sweep`],
-    /// [`Directory::forget_older_than`]): a caller walking the directory this way forgets nothing
+    /// Positions move only when a thing is forgotten ([`Directory::sweep`]): a caller walking the directory this way forgets nothing
     /// until it reaches the end. A thing added meanwhile is at the end, and is met.
     pub fn live_entries_from(
         &self,
@@ -418,41 +417,13 @@ impl Directory {
             .collect()
     }
 
-    /// Marks the things whose last `ts` fell out of the live window since the last call, and
-    /// returns them (namespace, last `ts`, last `seq`), so each expiry is reported once.
-    pub fn expire(&mut self, now: Timestamp, live_window: f64) -> Vec<(Namespace, Timestamp, u64)> {
-        let cutoff = now.as_secs() - live_window;
-        let mut out = Vec::new();
-        for (ns, e) in &mut self.things {
-            if !e.expired && e.ts.as_secs() < cutoff {
-                e.expired = true;
-                out.push((ns.clone(), e.ts, e.seq));
-            }
-        }
-        out
-    }
-
-    /// Removes things whose last `ts` is more than `forget_after` seconds before `now`, and
-    /// returns how many were removed.
-    pub fn forget_older_than(&mut self, now: Timestamp, forget_after: f64) -> usize {
-        let cutoff = now.as_secs() - forget_after;
-        let before = self.things.len();
-        let mut freed = 0;
-        self.things.retain(|_, e| {
-            let keep = e.ts.as_secs() >= cutoff;
-            if !keep {
-                freed += e.encoded.len();
-            }
-            keep
-        });
-        self.bytes -= freed;
-        before - self.things.len()
-    }
-
-    /// [`Directory::expire`] and [`Directory::forget_older_than`] over at most `budget` things,
-    /// from where the last step stopped: a broker calls it often with a small budget, so that
-    /// the time it holds the directory does not grow with the directory (a whole pass over a
-    /// million things at once held live updates back for tens of milliseconds).
+    /// Visits at most `budget` things from where the last step stopped: marks and returns
+    /// (namespace, last `ts`, last `seq`) those whose last `ts` fell out of the live window
+    /// since they were last visited, so each expiry is reported once, and removes those whose
+    /// last `ts` is more than `forget_after` seconds before `now`. A broker calls it often with
+    /// a small budget, so that the time it holds the directory does not grow with the directory
+    /// (a whole pass over a million things at once held live updates back for tens of
+    /// milliseconds).
     ///
     /// A pass visits every thing held from its start to its end: one added meanwhile is visited
     /// too (it goes at the end), and forgetting one moves the last thing into its place, where
@@ -564,7 +535,7 @@ mod tests {
         assert_eq!(d.len(), 3);
         // Forgetting gives the bytes back.
         let later = Timestamp::from_secs(5000.0).unwrap();
-        assert_eq!(d.forget_older_than(later, 10.0), 3);
+        assert_eq!(d.sweep(later, 1.0, 10.0, usize::MAX).forgotten, 3);
         assert_eq!(d.bytes(), 0);
     }
 
@@ -647,7 +618,7 @@ mod tests {
         let (out, _) = d.take_changed();
         assert_eq!(out.iter().map(data).collect::<Vec<_>>(), ["9"]);
         marked(&mut d, r#"["gone", 1.0, 1, null]"#);
-        d.forget_older_than(now, 10.0);
+        d.sweep(now, 1.0, 10.0, usize::MAX);
         assert_eq!(d.take_changed().0.len(), 0);
     }
 
@@ -659,18 +630,20 @@ mod tests {
         apply(&mut d, r#"["new", 99.0, 1, null]"#, 0.0);
         let now = Timestamp::from_secs(100.0).unwrap();
         assert_eq!(d.live_entries(now, 60.0).len(), 2);
-        let expired = d.expire(now, 15.0);
+        let expired = d.sweep(now, 15.0, f64::INFINITY, usize::MAX).expired;
         let mut names: Vec<&str> = expired.iter().map(|(n, _, _)| n.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["mid", "old"]);
         assert!(
-            d.expire(now, 15.0).is_empty(),
+            d.sweep(now, 15.0, f64::INFINITY, usize::MAX)
+                .expired
+                .is_empty(),
             "each expiry is reported once"
         );
         apply(&mut d, r#"["mid", 100.0, 2, null]"#, 0.0);
         assert!(!d.get("mid").unwrap().expired, "a new value is live again");
 
-        assert_eq!(d.forget_older_than(now, 50.0), 1);
+        assert_eq!(d.sweep(now, 15.0, 50.0, usize::MAX).forgotten, 1);
         assert!(d.get("old").is_none());
         assert!(d.get("mid").is_some());
     }
