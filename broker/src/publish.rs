@@ -7,7 +7,7 @@
 //! to the older one.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -116,6 +116,8 @@ pub(crate) struct Publisher {
     output: Arc<Output>,
     rx: Receiver<Job>,
     stats: Arc<Stats>,
+    /// Set when the broker stops; see [`crate::server::upstream_gone`].
+    stop: Arc<AtomicBool>,
     chunk_bytes: usize,
 }
 
@@ -124,12 +126,14 @@ impl Publisher {
         output: Arc<Output>,
         rx: Receiver<Job>,
         stats: Arc<Stats>,
+        stop: Arc<AtomicBool>,
         chunk_bytes: usize,
     ) -> Self {
         Publisher {
             output,
             rx,
             stats,
+            stop,
             chunk_bytes,
         }
     }
@@ -185,6 +189,8 @@ impl Publisher {
             }
         }
         tracing::debug!("publish thread stopped");
+        // Only ingest's end closes the channel.
+        crate::server::upstream_gone(&self.stop);
     }
 
     /// Sends a queued batch, remembering each namespace while a snapshot is going out.

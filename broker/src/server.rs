@@ -187,6 +187,17 @@ pub(crate) fn supervised(
         })
 }
 
+/// For a supervised thread whose input closed: the thread feeding it ended, and that thread's
+/// supervisor is about to stop the broker saying why. Waits (a second at most) for the stop
+/// before the thread returns, so that the cause recorded is the thread that ended first, not
+/// this one (which once read "thingsbus-publish stopped" for an ingest that ended).
+pub(crate) fn upstream_gone(stop: &AtomicBool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The fault [`Config::fault`] (`THREAD=FAULT`) asks of thread `name`, in debug builds only.
 pub(crate) fn fault_for(fault: Option<&str>, name: &str) -> Option<String> {
     let (thread, fault) = fault?.split_once('=')?;
@@ -407,6 +418,7 @@ impl Broker {
             output.clone(),
             publish_rx,
             stats.clone(),
+            stop.clone(),
             config.snapshot_chunk_bytes,
         );
         threads.spawn("thingsbus-publish", move || publish.run())?;

@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -207,10 +207,7 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => {
                     self.sync();
                     tracing::debug!("journal writer stopped");
-                    let end = Instant::now() + TURN;
-                    while !self.stop.load(Ordering::Relaxed) && Instant::now() < end {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
+                    crate::server::upstream_gone(&self.stop);
                     return;
                 }
             }
