@@ -773,3 +773,56 @@ mod tests {
         assert!(m.get("t").is_some_and(|t| !t.from_snapshot));
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// `cargo test --release -p thingsbus-client --lib timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a timing, for a release build"]
+    fn walk_a_million() {
+        let n: u64 = 1_000_000;
+        let m = Mirror::new();
+        let mut body = String::new();
+        for k in 0..n {
+            let i = k.wrapping_mul(7_919) % n;
+            if !body.is_empty() {
+                body.push(',');
+            }
+            body.push_str(&format!(
+                r#""late.t{i:07}":{{"ns":"late.t{i:07}","data":{{"n":{i}}},"ts":1.0,"documentation_url":null,"seq":{k}}}"#
+            ));
+        }
+        let text =
+            format!(r#"{{"type":"thing_snapshot","seq":{n},"data":{{{body}}},"last":true}}"#);
+        let t = std::time::Instant::now();
+        let s = match thingsbus_protocol::codec::decode_published_text(&text).unwrap() {
+            thingsbus_protocol::codec::Published::Snapshot(s) => s,
+            other => panic!("{other:?}"),
+        };
+        let r = Received::new(&text, &s.entries, 0.0, false).unwrap();
+        eprintln!("decode {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        m.reserve_for(1_000_000);
+        m.apply(&r, Source::Reply, 0, false);
+        eprintln!("apply {:?}", t.elapsed());
+        let things = m.read();
+        let t = std::time::Instant::now();
+        let sorted = sort_tree(
+            &things.slots,
+            (0..things.slots.len()).map(as_index).collect(),
+        );
+        eprintln!("sort {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let copies: Vec<Thing> = sorted
+            .iter()
+            .map(|&i| things.slots[i as usize].thing())
+            .collect();
+        eprintln!("copy {:?} {}", t.elapsed(), copies.len());
+        drop(things);
+        let t = std::time::Instant::now();
+        let w = m.walk("");
+        eprintln!("walk {:?} {}", t.elapsed(), w.len());
+    }
+}
