@@ -598,6 +598,37 @@ mod tests {
     }
 
     #[test]
+    fn a_walk_of_thousands_in_any_order_comes_in_namespace_order() {
+        let m = Mirror::new();
+        let n = 6000;
+        // Nine in ten under "b": a walk of "b" covers most of the mirror.
+        let name = |i: usize| format!("{}.t{i}", if i % 10 == 0 { "o" } else { "b" });
+        let mut body = Vec::new();
+        for k in 0..n {
+            let i = k * 7919 % n;
+            let ns = name(i);
+            body.push(format!(
+                r#""{ns}":{{"ns":"{ns}","data":{i},"ts":1.0,"documentation_url":null,"seq":1}}"#
+            ));
+        }
+        let chunk = format!(
+            r#"{{"type":"thing_snapshot","seq":1,"data":{{{}}},"last":true}}"#,
+            body.join(",")
+        );
+        m.apply(&received(&chunk, false), Source::Periodic, 0, false);
+        for prefix in ["", "b"] {
+            let mut want: Vec<String> = (0..n)
+                .map(name)
+                .filter(|ns| at_or_below(ns, prefix))
+                .collect();
+            want.sort();
+            let walk = m.walk(prefix);
+            assert_eq!(names(walk.iter().map(|t| t.ns.to_string())), want);
+            assert!(walk.iter().all(|t| t.ns.as_str()[3..] == *t.data));
+        }
+    }
+
+    #[test]
     fn tree_order_puts_a_thing_before_what_is_below_it() {
         assert!(tree_cmp("a", "a.b").is_lt());
         assert!(tree_cmp("a.b", "a-b").is_lt());
@@ -824,5 +855,8 @@ mod timing {
         let t = std::time::Instant::now();
         let w = m.walk("");
         eprintln!("walk {:?} {}", t.elapsed(), w.len());
+        assert!(w
+            .windows(2)
+            .all(|p| tree_cmp(p[0].ns.as_str(), p[1].ns.as_str()).is_lt()));
     }
 }
