@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thingsbus_protocol::codec::{decode_published, Published};
+use thingsbus_protocol::codec::{decode_published_text, Published, Rejection};
 use thingsbus_protocol::transport::{self, Event};
 
-use crate::mirror::Prepared;
+use crate::mirror::Received;
 use crate::shared::{lock, Shared};
 use crate::thing::now_secs;
 use crate::Error;
@@ -292,14 +292,21 @@ impl Driver {
 
     fn handle(&mut self, bytes: &[u8]) {
         let now = now_secs();
-        match decode_published(bytes) {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            self.bad_message(Rejection::InvalidUtf8);
+            return;
+        };
+        match decode_published_text(text) {
             Ok(Published::Update(u)) => {
                 self.shared.counters.updates.fetch_add(1, Ordering::Relaxed);
                 if u.seq.is_some_and(|seq| !self.track_live(seq)) {
                     return;
                 }
+                let Some(received) = Received::new(text, [&u], now, false) else {
+                    return;
+                };
                 self.writer.push(Write::Live {
-                    entry: Prepared::new(&u, now, false),
+                    received,
                     generation: self.seq.generation(),
                 });
             }
@@ -309,7 +316,13 @@ impl Driver {
                     .snapshot_messages
                     .fetch_add(1, Ordering::Relaxed);
                 let header = Header::of(&s);
-                match self.seq.snapshot(&header) {
+                let verdict = self.seq.snapshot(&header);
+                let stale = matches!(verdict, Snapshot::Reply { .. }) && s.stale;
+                let Some(received) = Received::new(text, &s.entries, now, stale) else {
+                    self.bad_message(Rejection::TooLarge);
+                    return;
+                };
+                match verdict {
                     Snapshot::Reply { generation, last } => {
                         if let Some(r) = s.request {
                             self.requests.chunk_for(r.get());
@@ -318,11 +331,7 @@ impl Driver {
                             self.requests.reply_complete();
                         }
                         self.writer.push(Write::Reply {
-                            entries: s
-                                .entries
-                                .iter()
-                                .map(|e| Prepared::new(e, now, s.stale))
-                                .collect(),
+                            received,
                             generation,
                             last,
                             total: (s.chunk == Some(0))
@@ -333,11 +342,7 @@ impl Driver {
                     }
                     Snapshot::Periodic { generation, filled } => {
                         self.writer.push(Write::Periodic {
-                            entries: s
-                                .entries
-                                .iter()
-                                .map(|e| Prepared::new(e, now, false))
-                                .collect(),
+                            received,
                             generation,
                             filled,
                         });
@@ -352,13 +357,15 @@ impl Driver {
                 self.requests.drop_pending();
             }
             Ok(_) => {}
-            Err(reason) => {
-                self.shared
-                    .counters
-                    .bad_messages
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(%reason, "dropped a message from the broker");
-            }
+            Err(reason) => self.bad_message(reason),
         }
+    }
+
+    fn bad_message(&self, reason: Rejection) {
+        self.shared
+            .counters
+            .bad_messages
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(%reason, "dropped a message from the broker");
     }
 }

@@ -25,9 +25,6 @@ pub struct Thing {
     /// True when the broker said the thing left its live window (`thing_expired`) and no new
     /// value has come since.
     pub stale: bool,
-    /// Which broker run `seq` belongs to, as the client counts them (it goes up when the broker
-    /// restarts or the client fails over): sequence numbers compare only within one.
-    pub(crate) generation: u64,
 }
 
 pub(crate) fn now_secs() -> f64 {

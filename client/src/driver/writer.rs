@@ -2,7 +2,7 @@
 //! it decided it — live updates, periodic snapshots, reply chunks, expiries — and offers each
 //! resulting event to the subscriptions. Being the only thread that changes the mirror, it needs
 //! no lock to keep each thing's events in the order the mirror took its values; readers use the
-//! mirror's `DashMap` directly.
+//! mirror directly (it takes its write lock once a message).
 //!
 //! The receive thread hands over work in batches (a reply chunk ends one), so it decodes the
 //! next message while this thread applies the last. The queue is bounded: a writer that falls
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use thingsbus_protocol::Namespace;
 
 use super::lock;
-use crate::mirror::{Prepared, Source};
+use crate::mirror::{Received, Source};
 use crate::shared::Shared;
 use crate::subscription::{Event, EventKind};
 use crate::Error;
@@ -30,16 +30,16 @@ const BATCH: usize = 256;
 #[derive(Debug)]
 pub(crate) enum Write {
     /// A live update.
-    Live { entry: Prepared, generation: u64 },
+    Live { received: Received, generation: u64 },
     /// A periodic snapshot message; `filled` when it ends a snapshot seen whole.
     Periodic {
-        entries: Vec<Prepared>,
+        received: Received,
         generation: u64,
         filled: bool,
     },
     /// One chunk of a reply to a snapshot request; `last` ends the reply.
     Reply {
-        entries: Vec<Prepared>,
+        received: Received,
         generation: u64,
         last: bool,
         /// From the first chunk: how many things the reply holds.
@@ -91,34 +91,32 @@ impl Writer {
 }
 
 fn run(batches: &Receiver<Vec<Write>>, shared: &Shared) {
-    let mut fresh = Vec::new();
     while let Ok(batch) = batches.recv() {
         for w in batch {
-            write(shared, w, &mut fresh);
+            write(shared, w);
         }
     }
 }
 
-fn write(shared: &Shared, w: Write, fresh: &mut Vec<Namespace>) {
+fn write(shared: &Shared, w: Write) {
     match w {
-        Write::Live { entry, generation } => {
-            apply(shared, entry, Source::Live, generation, fresh);
-        }
+        Write::Live {
+            received,
+            generation,
+        } => apply(shared, &received, Source::Live, generation),
         Write::Periodic {
-            entries,
+            received,
             generation,
             filled,
         } => {
-            for e in entries {
-                apply(shared, e, Source::Periodic, generation, fresh);
-            }
+            apply(shared, &received, Source::Periodic, generation);
             if filled {
                 shared.counters.snapshots.fetch_add(1, Ordering::Relaxed);
                 mark_filled(shared);
             }
         }
         Write::Reply {
-            entries,
+            received,
             generation,
             last,
             total,
@@ -127,10 +125,7 @@ fn write(shared: &Shared, w: Write, fresh: &mut Vec<Namespace>) {
                 // Room for the whole reply at once: the table does not grow by steps.
                 shared.mirror.reserve_for(total);
             }
-            for e in entries {
-                apply(shared, e, Source::Reply, generation, fresh);
-            }
-            shared.mirror.link_all(std::mem::take(fresh));
+            apply(shared, &received, Source::Reply, generation);
             if last {
                 let c = &shared.counters;
                 c.snapshot_replies.fetch_add(1, Ordering::Relaxed);
@@ -152,24 +147,18 @@ fn write(shared: &Shared, w: Write, fresh: &mut Vec<Namespace>) {
     }
 }
 
-fn apply(
-    shared: &Shared,
-    p: Prepared,
-    source: Source,
-    generation: u64,
-    fresh: &mut Vec<Namespace>,
-) {
-    // Without subscribers, no event: the mirror keeps its value and hands out no copy.
+fn apply(shared: &Shared, received: &Received, source: Source, generation: u64) {
+    // Without subscribers, no event: the mirror keeps its values and hands out no copies.
     let want = shared.subscribers.load(Ordering::Relaxed) > 0;
-    let Some(Some(thing)) = shared.mirror.apply(p, source, generation, want, fresh) else {
-        return;
-    };
     let kind = if source == Source::Live {
         EventKind::Update
     } else {
         EventKind::Snapshot
     };
-    dispatch(shared, Event { thing, kind });
+    // Events go out once the mirror's lock is released.
+    for thing in shared.mirror.apply(received, source, generation, want) {
+        dispatch(shared, Event { thing, kind });
+    }
 }
 
 /// The mirror holds a whole directory: wake whoever waits for that.

@@ -119,10 +119,22 @@ const SPACED_SNAPSHOT: &str = r#"{"type": "thing_snapshot""#;
 /// A [`Rejection`] when the message is not a valid update or snapshot; unknown types are
 /// [`Published::Unknown`], not errors.
 pub fn decode_published(bytes: &[u8]) -> Result<Published<'_>, Rejection> {
-    if bytes.is_empty() {
+    let text = std::str::from_utf8(bytes).map_err(|_| Rejection::InvalidUtf8)?;
+    decode_published_text(text)
+}
+
+/// Decodes one message from a broker's directory output that is already known to be UTF-8, as
+/// [`decode_published`] does. What it yields borrows from `text` wherever the JSON needs no
+/// unescaping (always, for the broker's own messages), so a client that keeps `text` can keep
+/// each value as a range of it instead of a copy.
+///
+/// # Errors
+/// A [`Rejection`] when the message is not a valid update or snapshot; unknown types are
+/// [`Published::Unknown`], not errors.
+pub fn decode_published_text(text: &str) -> Result<Published<'_>, Rejection> {
+    if text.is_empty() {
         return Err(Rejection::Empty);
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| Rejection::InvalidUtf8)?;
     // Brokers write "type" first: a snapshot then decodes in one pass over its entries, on the
     // fast path when it is in the broker's own shape.
     let compact = text.starts_with(COMPACT_SNAPSHOT);
@@ -152,6 +164,36 @@ mod tests {
             decode_published(b"{\"type\":\"thing_update\",\"ns\":\"\xff\"}").unwrap_err(),
             Rejection::InvalidUtf8
         );
+    }
+
+    #[test]
+    fn values_borrow_from_the_text() {
+        fn within(text: &str, part: &str) -> bool {
+            let (t, p) = (text.as_ptr() as usize, part.as_ptr() as usize);
+            p >= t && p + part.len() <= t + text.len()
+        }
+        let text = r#"{"type":"thing_update","ns":"a.b","data":{"x":[1,2]},"ts":1.5,"documentation_url":"u"}"#;
+        match decode_published_text(text) {
+            Ok(Published::Update(u)) => {
+                assert_eq!(u.data, r#"{"x":[1,2]}"#);
+                assert!(within(text, u.data) && within(text, u.ns.as_str()));
+                assert!(within(
+                    text,
+                    u.documentation_url.as_deref().unwrap_or_default()
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = r#"{"type":"thing_snapshot","seq":3,"data":{"a":{"ns":"a","data":"v","ts":8.5,"documentation_url":null,"seq":3}},"last":true}"#;
+        match decode_published_text(text) {
+            Ok(Published::Snapshot(s)) => {
+                let e = &s.entries[0];
+                assert_eq!((e.ns.as_str(), e.data), ("a", "\"v\""));
+                assert!(within(text, e.data) && within(text, e.ns.as_str()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decode_published_text("").unwrap_err(), Rejection::Empty);
     }
 
     #[test]
