@@ -357,24 +357,20 @@ pub(crate) fn crowd_ceiling(
     ))
 }
 
-/// Raises this process's soft limit on open files to the hard limit: a crowd of 1,000
-/// subscribers needs more than the usual 1,024 (a socket and a mailbox each). Returns the limit
-/// now in force.
+/// Raises this process's soft limit on open files to the hard limit (as the broker's binary
+/// does): a crowd of 1,000 subscribers needs more than the usual 1,024 (a socket and a mailbox
+/// each). Returns the limit now in force.
 pub(crate) fn raise_open_files() -> Option<u64> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let now = getrlimit(Resource::Nofile);
-    if now.current != now.maximum {
-        let raised = Rlimit {
-            current: now.maximum,
-            maximum: now.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+    match thingsbus_broker::raise_open_file_limit() {
+        thingsbus_broker::OpenFiles::Kept(limit)
+        | thingsbus_broker::OpenFiles::Raised { to: limit, .. } => limit,
+        thingsbus_broker::OpenFiles::Refused { from, error } => {
             eprintln!(
-                "thingsbus-bench: could not raise the open-file limit to the hard limit: {e}"
+                "thingsbus-bench: could not raise the open-file limit to the hard limit: {error}"
             );
+            Some(from)
         }
     }
-    getrlimit(Resource::Nofile).current
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ mod ingest;
 mod journal;
 mod log_limit;
 mod mailbox;
+mod open_files;
 mod publish;
 mod reason;
 mod server;
@@ -59,6 +60,7 @@ pub use config::{
 pub use endpoints::Endpoints;
 pub use error::Error;
 pub use health::Health;
+pub use open_files::{raise_open_file_limit, OpenFiles};
 pub use reason::Reason;
 pub use server::{Broker, Stopper};
 

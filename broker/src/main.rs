@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use thingsbus_broker::{Broker, Config};
+use thingsbus_broker::{Broker, Config, OpenFiles};
 use tracing_subscriber::EnvFilter;
 
 /// A thingsbus broker: keeps the live directory of things, republishes every update and
@@ -600,6 +600,29 @@ async fn stopped(broker: &Broker) {
     }
 }
 
+/// Raises the open-file limit to the hard limit before anything is opened, and says so; warns
+/// when the limit leaves room for few peers (each subscriber, adaptor or HTTP client is one).
+fn open_files() {
+    const FEW: u64 = 4096;
+    let how = "raise the hard limit: `ulimit -Hn` in the shell that starts it, or LimitNOFILE= in its systemd unit";
+    match thingsbus_broker::raise_open_file_limit() {
+        OpenFiles::Raised { from, to } => {
+            let to = to.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+            tracing::info!(from, to = %to, "open-file limit raised to the hard limit");
+        }
+        OpenFiles::Kept(Some(limit)) if limit < FEW => {
+            tracing::warn!(
+                limit,
+                "the open-file limit leaves room for fewer than {limit} peers; {how}"
+            );
+        }
+        OpenFiles::Kept(_) => {}
+        OpenFiles::Refused { from, error } => {
+            tracing::warn!(limit = from, error = %error, "could not raise the open-file limit, which leaves room for fewer than {from} peers; {how}");
+        }
+    }
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -608,6 +631,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let signals = Signals::install(&runtime)?;
     let mut config = config(&args);
     config.curve = curve_keys(&args)?;
+    open_files();
     let broker = Broker::start(config.clone())?;
     let at = broker.endpoints();
     let host = match config.bind {

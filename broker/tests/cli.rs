@@ -33,9 +33,14 @@ impl Proc {
     }
 
     fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::launch(Command::new(BIN).envs(env.iter().copied()), extra)
+    }
+
+    /// Starts `command` (the broker binary, or a command that runs it with its arguments after
+    /// the ones given here) with the test's flags and `extra`.
+    fn launch(command: &mut Command, extra: &[&str]) -> Proc {
         let process = Process::build(
-            Command::new(BIN)
-                .envs(env.iter().copied())
+            command
                 .args([
                     "--bind",
                     "127.0.0.1",
@@ -351,6 +356,40 @@ fn bad_input_flood_is_logged_at_a_bounded_rate() {
 }
 
 /// True when a `warm.up` update arrives at `sub` within 50 ms (other messages are skipped).
+#[test]
+fn raises_its_open_file_limit_and_serves_more_subscribers_than_the_soft_limit_it_was_given() {
+    // A soft limit of 64 open files (the hard limit as it is): a broker that kept it could not
+    // accept the 100 subscribers below, and they would wait without a word.
+    let broker = Proc::launch(
+        Command::new("prlimit")
+            .arg("--nofile=64:")
+            .arg("--")
+            .arg(BIN),
+        &[],
+    );
+    assert_eq!(broker.log_lines_with("open-file limit raised"), 1);
+    let subs: Vec<zmq::Socket> = (0..100).map(|_| subscriber(&broker.directory)).collect();
+    let input = ctx().socket(zmq::PUB).expect("pub");
+    input.connect(&broker.input).expect("connect pub");
+    let mut served = vec![false; subs.len()];
+    eventually(DEADLINE, "every subscriber to receive an update", || {
+        input
+            .send(
+                json!(["open.files", null, 1, null]).to_string().as_bytes(),
+                0,
+            )
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        for (sub, served) in subs.iter().zip(served.iter_mut()) {
+            while let Ok(bytes) = sub.recv_bytes(zmq::DONTWAIT) {
+                let v: Value = serde_json::from_slice(&bytes).expect("json");
+                *served |= v["type"] == "thing_update" && v["ns"] == "open.files";
+            }
+        }
+        served.iter().all(|s| *s).then_some(())
+    });
+}
+
 fn warmed_up(sub: &zmq::Socket) -> Option<()> {
     let end = Instant::now() + Duration::from_millis(50);
     while let Some(left) = end.checked_duration_since(Instant::now()) {
