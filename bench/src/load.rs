@@ -333,12 +333,24 @@ pub(crate) fn subscriber(
     latency: bool,
     keys: Option<&ClientKeys>,
 ) -> SubscriberHandle {
+    subscriber_to(url, b"", prefix, latency, keys)
+}
+
+/// [`subscriber`], taking only the messages that start with `subscription` (ZMQ's prefix
+/// match; empty for all).
+pub(crate) fn subscriber_to(
+    url: &str,
+    subscription: &[u8],
+    prefix: &str,
+    latency: bool,
+    keys: Option<&ClientKeys>,
+) -> SubscriberHandle {
     let ctx = zmq::Context::new();
     let s = ctx.socket(zmq::SUB).expect("SUB");
     if let Some(k) = keys {
         curve_client(&s, k).expect("CURVE keys");
     }
-    s.set_subscribe(b"").expect("subscribe");
+    s.set_subscribe(subscription).expect("subscribe");
     s.set_rcvhwm(0).expect("unlimited hwm");
     s.set_rcvbuf(8 << 20).expect("rcvbuf");
     s.connect(url).expect("connect");

@@ -191,6 +191,7 @@ fn run(args: &Args, command: &str) -> anyhow::Result<()> {
         report: report::Report::default(),
         smoke: args.seconds < 2.0,
         max_zmq: Vec::new(),
+        subscription: b"",
     };
     if !bench.against.contains(&Kind::Python) && args.against.contains(&Kind::Python) {
         bench
