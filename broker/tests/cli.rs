@@ -355,7 +355,6 @@ fn bad_input_flood_is_logged_at_a_bounded_rate() {
     );
 }
 
-/// True when a `warm.up` update arrives at `sub` within 50 ms (other messages are skipped).
 #[test]
 fn raises_its_open_file_limit_and_serves_more_subscribers_than_the_soft_limit_it_was_given() {
     // A soft limit of 64 open files (the hard limit as it is): a broker that kept it could not
@@ -390,6 +389,7 @@ fn raises_its_open_file_limit_and_serves_more_subscribers_than_the_soft_limit_it
     });
 }
 
+/// True when a `warm.up` update arrives at `sub` within 50 ms (other messages are skipped).
 fn warmed_up(sub: &zmq::Socket) -> Option<()> {
     let end = Instant::now() + Duration::from_millis(50);
     while let Some(left) = end.checked_duration_since(Instant::now()) {

@@ -381,8 +381,8 @@ impl Directory {
     /// broker takes a big snapshot this way, one slice per turn of its loop, so the time it
     /// holds the directory for a snapshot does not grow with the directory.
     ///
-    /// Positions move only when a thing is forgotten ([`Directory::sweep`]): a caller walking the directory this way forgets nothing
-    /// until it reaches the end. A thing added meanwhile is at the end, and is met.
+    /// Positions move only when a thing is forgotten ([`Directory::sweep`]): a caller walking the
+    /// directory this way forgets nothing until it reaches the end. A thing added meanwhile is at the end, and is met.
     pub fn live_entries_from(
         &self,
         from: usize,
